@@ -1,0 +1,44 @@
+# jira-mail-sync: the two commands users need are `make demo` and `make test`.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+STAMP := $(VENV)/.synced
+
+.PHONY: venv system-deps test lint bench demo demo-stop lock clean
+
+# .venv/ is created from the hash-pinned lock; it is re-synced whenever the lock changes.
+$(STAMP): requirements.txt requirements-bootstrap.txt
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@test -x $(UV) || $(VENV)/bin/pip install -q --disable-pip-version-check --require-hashes -r requirements-bootstrap.txt
+	$(UV) pip sync -q --python $(PY) --require-hashes requirements.txt
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+system-deps:
+	@bash scripts/install_system_deps.sh
+
+# Every service the tests need (Dovecot, PostgreSQL, the Jira stand-in, an Airflow metadata
+# database) is started by pytest session fixtures on free loopback ports and stopped after.
+test: venv system-deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check dags plugins include tests bench
+
+bench: venv system-deps
+	$(PY) -m bench.run_all
+
+demo: venv system-deps
+	@bash scripts/demo.sh start
+
+demo-stop:
+	@bash scripts/demo.sh stop
+
+# Re-resolve the pins (needs PyPI). Commit both files.
+lock: venv
+	$(UV) pip compile -q --python-version 3.11 --generate-hashes requirements.in -o requirements.txt
+
+clean:
+	rm -rf $(VENV) .pytest_cache
