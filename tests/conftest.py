@@ -1,0 +1,42 @@
+"""Test session set-up: an isolated Airflow home, and the real services the tests run against.
+
+Airflow reads its configuration when it is first imported, so the environment is set here, at
+conftest import time, before any test module imports Airflow.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+# Airflow puts plugins/ on sys.path for DAGs; the tests do the same.
+for path in (str(REPO), str(REPO / "plugins")):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+_AIRFLOW_HOME = tempfile.mkdtemp(prefix="jms-airflow-home-")
+os.environ.update(
+    {
+        "AIRFLOW_HOME": _AIRFLOW_HOME,
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_AIRFLOW_HOME}/airflow.db",
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": f"{_AIRFLOW_HOME}/logs",
+        "AIRFLOW__CORE__LAZY_LOAD_PLUGINS": "True",
+    }
+)
+
+# Each harness module owns one real service and its fixtures.
+pytest_plugins = [
+    "tests.harness.dovecot",
+    "tests.harness.postgres",
+    "tests.harness.jira_standin",
+    "tests.harness.airflow_env",
+]
