@@ -1,0 +1,374 @@
+"""A Jira Cloud REST v3 client for the sync: bulk fetch, JQL key search, bounded retries, no secrets shown.
+
+It is built on atlassian-python-api's `JiraCloud`, which has the Cloud endpoints (`get_current_user`,
+`get_issue`, `bulk_fetch_issues`, `enhanced_jql`) that the provider's legacy `Jira` lacks or routes to the
+removed /rest/api/2/search. What the library does not do the way a scheduled sync needs, this module adds:
+a retry policy with a bounded total wait, errors that carry Jira's messages but never the API token, and
+chunking of bulk fetches.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+from atlassian.jira import JiraCloud
+
+logger = logging.getLogger(__name__)
+
+TICKET_FIELDS = ("summary", "status", "assignee", "progress", "updated")
+BULK_FETCH_LIMIT = 100  # Jira rejects a bulk fetch of more keys with 400.
+SEARCH_PAGE_LIMIT = 5000  # Jira's page cap when only keys are asked for.
+DEFAULT_MAX_PAGES = 1000
+# First wait before retrying a 5xx or a transport failure; it doubles on each further attempt.
+RETRY_BACKOFF_BASE = 0.25
+_ISSUE_KEY = re.compile(r"^[A-Z][A-Z0-9_]+-[1-9][0-9]*$")
+_TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+class JiraError(Exception):
+    """Something went wrong talking to Jira; the message never contains the API token."""
+
+
+class JiraNotFound(JiraError):
+    """get_issue: the issue does not exist, or the account may not see it."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"Jira issue {key} does not exist or is not visible to this account")
+        self.key = key
+
+
+class JiraUnavailable(JiraError):
+    """Jira could not be reached, or kept failing (5xx, 429) past the bounded retries: try again later."""
+
+
+class JiraRequestError(JiraError):
+    """Jira refused the request (400, 401, 403, 410, ...); retrying the same request will not help."""
+
+    def __init__(self, message: str, *, status: int, error_messages: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_messages = list(error_messages)
+
+
+@dataclass(frozen=True)
+class BulkFetchResult:
+    issues: list[dict[str, Any]]
+    not_found: list[str]
+
+
+def _normalise_site_url(site_url: str) -> str:
+    text = str(site_url or "").strip().rstrip("/")
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"Jira site URL must be http(s)://host, got {text!r}")
+    if parts.username or parts.password:
+        raise ValueError("Jira site URL must not carry credentials; pass the e-mail and API token separately")
+    return text
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    """Retry-After as seconds (delta-seconds or an HTTP date), or None when absent or unreadable.
+
+    The library has a parser, but it is private and clamps long waits to its own maximum, which would
+    hide the one case we must see: a server asking for longer than our retry budget allows.
+    """
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            at = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if at.tzinfo is None:
+            at = at.replace(tzinfo=UTC)
+        seconds = (at - datetime.now(UTC)).total_seconds()
+    if not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def _jira_messages(response: requests.Response) -> list[str]:
+    try:
+        payload = response.json()
+    except ValueError:
+        return []
+    if not isinstance(payload, dict):
+        return []
+    messages = [str(m) for m in payload.get("errorMessages") or []]
+    errors = payload.get("errors")
+    if isinstance(errors, dict):
+        messages.extend(f"{field}: {text}" for field, text in errors.items())
+    return messages
+
+
+class JiraCloudClient:
+    """Reads issues from one Jira Cloud site with an account e-mail and API token (basic auth)."""
+
+    def __init__(
+        self,
+        site_url: str,
+        email: str,
+        api_token: str,
+        *,
+        timeout: float = 30.0,
+        max_retries: int = 3,
+        max_retry_wait: float = 60.0,
+        verify: bool | str = True,
+    ) -> None:
+        if not email or not api_token:
+            raise ValueError("Jira needs the account e-mail and an API token")
+        if timeout <= 0 or max_retries < 0 or max_retry_wait < 0:
+            raise ValueError("timeout must be positive; max_retries and max_retry_wait not negative")
+        self.site_url = _normalise_site_url(site_url)
+        self.email = email
+        self.verify = verify
+        self.timeout = float(timeout)
+        self.max_retries = int(max_retries)
+        self.max_retry_wait = float(max_retry_wait)
+        self.request_count = 0
+        self._secret = api_token
+        self._time_zone: str | None = None
+        # The library's own retrying is switched off: it retries a 429 only once, sleeping whatever
+        # Retry-After says up to 30 minutes, and its urllib3 backoff knows no total wait budget nor 5xx
+        # beyond 503. advanced_mode hands back the raw response, so this class decides what a status means.
+        self._api = JiraCloud(
+            url=self.site_url,
+            username=email,
+            password=api_token,
+            api_version=3,
+            verify_ssl=verify,
+            advanced_mode=True,
+            backoff_and_retry=False,
+            retry_with_header=False,
+        )
+        # The library stores int(timeout), turning a sub-second timeout into 0, which requests rejects; it
+        # reads this attribute on every request, so the float is put back here.
+        self._api.timeout = self.timeout
+
+    def __repr__(self) -> str:
+        return f"JiraCloudClient(site_url={self.site_url!r}, email={self.email!r})"
+
+    def __enter__(self) -> JiraCloudClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._api.close()
+
+    # ------------------------------------------------------------------------------------- transport
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self._secret, "***") if self._secret else text
+
+    def _send(self, what: str, call: Callable[[], requests.Response]) -> requests.Response:
+        """Run one request with the retry policy; returns the final response unless it is transient."""
+        waited = 0.0
+        attempt = 0
+        while True:
+            attempt += 1
+            self.request_count += 1
+            retry_after: float | None = None
+            try:
+                response = call()
+            except (
+                requests.Timeout,
+                requests.ConnectionError,
+                requests.exceptions.ChunkedEncodingError,
+            ) as exc:
+                failure = "timed out" if isinstance(exc, requests.Timeout) else "could not be reached"
+                failure = f"{failure} ({type(exc).__name__})"
+            else:
+                if response.status_code not in _TRANSIENT_STATUSES:
+                    return response
+                failure = f"answered HTTP {response.status_code}"
+                if response.status_code in (429, 503):
+                    retry_after = _retry_after_seconds(response.headers.get("Retry-After"))
+                response.close()
+            budget_left = self.max_retry_wait - waited
+            if attempt > self.max_retries:
+                raise JiraUnavailable(
+                    f"Jira at {self.site_url} {failure} on {what}; gave up after {attempt} attempt(s)"
+                )
+            delay = retry_after if retry_after is not None else RETRY_BACKOFF_BASE * 2 ** (attempt - 1)
+            if delay > budget_left:
+                why = "Retry-After asks for" if retry_after is not None else "the next retry would wait"
+                raise JiraUnavailable(
+                    f"Jira at {self.site_url} {failure} on {what}; {why} {delay:.1f}s, more than the "
+                    f"{budget_left:.1f}s left of the {self.max_retry_wait:.1f}s retry budget"
+                )
+            logger.warning(
+                "Jira %s on %s; retry %d of %d in %.2fs", failure, what, attempt, self.max_retries, delay
+            )
+            time.sleep(delay)
+            waited += delay
+
+    def _json(self, what: str, call: Callable[[], requests.Response]) -> Any:
+        response = self._send(what, call)
+        if response.status_code >= 400:
+            raise self._request_error(what, response)
+        try:
+            return response.json()
+        except ValueError:
+            raise JiraUnavailable(
+                f"Jira at {self.site_url} answered {what} with HTTP {response.status_code} but no JSON body"
+            ) from None
+
+    def _request_error(self, what: str, response: requests.Response) -> JiraRequestError:
+        messages = [self._redact(m) for m in _jira_messages(response)]
+        status = response.status_code
+        if status == 401:
+            detail = f"the e-mail {self.email} and API token were not accepted"
+        elif status == 403:
+            detail = "the account lacks permission"
+        else:
+            detail = "; ".join(messages) or response.reason or "no details"
+        return JiraRequestError(
+            f"Jira at {self.site_url} refused {what} with HTTP {status}: {detail}",
+            status=status,
+            error_messages=messages,
+        )
+
+    # ------------------------------------------------------------------------------------------ API
+
+    def myself(self) -> dict[str, Any]:
+        """The account the token belongs to (GET /rest/api/3/myself)."""
+        return self._json("GET /rest/api/3/myself", self._api.get_current_user)
+
+    def account_time_zone(self) -> str:
+        """The account's profile time zone, in which Jira reads zone-less JQL datetimes (cached)."""
+        if self._time_zone is None:
+            zone = self.myself().get("timeZone")
+            if not zone:
+                raise JiraError(f"Jira at {self.site_url} reported no timeZone for {self.email}")
+            self._time_zone = str(zone)
+        return self._time_zone
+
+    def get_issue(self, key: str, fields: Sequence[str] = TICKET_FIELDS) -> dict[str, Any]:
+        """One issue (GET /rest/api/3/issue/{key}); raises JiraNotFound when Jira does not show it."""
+        normalised = str(key).strip().upper()
+        if not _ISSUE_KEY.match(normalised):
+            # Not a key Jira could have; asking would only put arbitrary text into the URL path.
+            raise JiraNotFound(normalised)
+        what = f"GET /rest/api/3/issue/{normalised}"
+        response = self._send(what, lambda: self._api.get_issue(normalised, fields=",".join(fields)))
+        if response.status_code == 404:
+            raise JiraNotFound(normalised)
+        if response.status_code >= 400:
+            raise self._request_error(what, response)
+        return response.json()
+
+    def bulk_fetch(self, keys: Sequence[str], fields: Sequence[str] = TICKET_FIELDS) -> BulkFetchResult:
+        """Fetch any number of issues, 100 per request; keys Jira does not return are `not_found`.
+
+        Keys are compared case-insensitively and de-duplicated. A malformed key is reported as not
+        found without asking Jira. Issues come back in Jira's order within each request. An issue moved
+        to another project comes back under its new key, so its old key is reported as not found.
+        """
+        wanted = list(dict.fromkeys(str(key).strip().upper() for key in keys))
+        valid = [key for key in wanted if _ISSUE_KEY.match(key)]
+        issues: list[dict[str, Any]] = []
+        for start in range(0, len(valid), BULK_FETCH_LIMIT):
+            chunk = valid[start : start + BULK_FETCH_LIMIT]
+            payload = {"issueIdsOrKeys": chunk, "fields": list(fields)}
+            result = self._json(
+                f"POST /rest/api/3/issue/bulkfetch ({len(chunk)} keys)",
+                lambda payload=payload: self._api.bulk_fetch_issues(data=payload),
+            )
+            errors = result.get("issueErrors") or []
+            if errors:
+                # Jira lists here only issues it failed to load (retriable errors); calling them "not
+                # found" could make a caller forget tickets that exist, so the whole call fails instead.
+                raise JiraUnavailable(
+                    f"Jira at {self.site_url} could not load {len(errors)} of {len(chunk)} issues in a bulk "
+                    f"fetch: {'; '.join(str(e.get('errorMessage', e)) for e in errors[:3])}"
+                )
+            issues.extend(result.get("issues") or [])
+        returned = {str(issue.get("key", "")).upper() for issue in issues}
+        not_found = [key for key in wanted if key not in returned]
+        return BulkFetchResult(issues=issues, not_found=not_found)
+
+    def search_keys(
+        self, jql: str, *, page_size: int = SEARCH_PAGE_LIMIT, max_pages: int = DEFAULT_MAX_PAGES
+    ) -> Iterator[str]:
+        """The keys of the issues matching `jql`, following nextPageToken until Jira says isLast.
+
+        Results are eventually consistent and pages can overlap when issues change mid-search, so a
+        key is yielded only once. More than `max_pages` pages, or a repeated token, raises JiraError.
+        """
+        if not 1 <= page_size <= SEARCH_PAGE_LIMIT:
+            raise ValueError(f"page_size must be in 1..{SEARCH_PAGE_LIMIT}, got {page_size}")
+        seen: set[str] = set()
+        tokens: set[str] = set()
+        token: str | None = None
+        for page in range(1, max_pages + 1):
+            result = self._json(
+                f"GET /rest/api/3/search/jql (page {page})",
+                lambda token=token: self._api.enhanced_jql(
+                    jql, fields="key", nextPageToken=token, limit=page_size
+                ),
+            )
+            for issue in result.get("issues") or []:
+                key = issue.get("key")
+                if key and key not in seen:
+                    seen.add(key)
+                    yield key
+            token = result.get("nextPageToken")
+            if result.get("isLast", token is None) or not token:
+                return
+            if token in tokens:
+                raise JiraError(f"Jira at {self.site_url} repeated a search page token; stopping the search")
+            tokens.add(token)
+        raise JiraError(f"Jira search at {self.site_url} did not finish within {max_pages} pages")
+
+
+def parse_jira_datetime(text: str) -> datetime:
+    """An aware datetime from Jira's `2026-11-27T10:14:30.123+0000` (or any ISO 8601 with an offset)."""
+    at = datetime.fromisoformat(text)
+    if at.tzinfo is None:
+        raise ValueError(f"Jira datetime without an offset: {text!r}")
+    return at
+
+
+def ticket_details(issue: dict[str, Any]) -> dict[str, Any]:
+    """The compact, JSON-able record the store keeps for one issue from get_issue or bulk_fetch."""
+    fields = issue.get("fields") or {}
+    status = fields.get("status") or {}
+    assignee = fields.get("assignee")
+    progress = fields.get("progress")
+    updated = fields.get("updated")
+    compact_progress: dict[str, int] | None = None
+    if isinstance(progress, dict):
+        compact_progress = {
+            "progress": int(progress.get("progress") or 0),
+            "total": int(progress.get("total") or 0),
+        }
+        if progress.get("percent") is not None:
+            compact_progress["percent"] = int(progress["percent"])
+    return {
+        "key": issue["key"],
+        "summary": fields.get("summary"),
+        "status": status.get("name"),
+        # None both when unassigned and when the assignee's privacy settings hide the address.
+        "assignee_email": (assignee or {}).get("emailAddress") or None,
+        "progress": compact_progress,
+        # Fixed-width UTC text, so that string order is time order wherever it is stored.
+        "updated_at": (
+            parse_jira_datetime(updated).astimezone(UTC).isoformat(timespec="microseconds")
+            if updated
+            else None
+        ),
+    }

@@ -1,0 +1,1 @@
+"""Hooks that open our services from Airflow connections."""

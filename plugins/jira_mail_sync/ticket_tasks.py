@@ -1,0 +1,58 @@
+"""TaskFlow tasks that both DAGs share: the batched, mapped Jira fetch and the idempotent store."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from airflow.sdk import get_current_context, task
+
+from include.jira_cloud import JiraCloudClient
+from include.sync_pipeline import describe_batch, fetch_batch, store_batches
+from jira_mail_sync.hooks.jira_cloud import JiraCloudHook
+from jira_mail_sync.hooks.ticket_store import TicketStoreHook
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def jira_client(jira_conn_id: str = JiraCloudHook.default_conn_name) -> Iterator[JiraCloudClient]:
+    hook = JiraCloudHook(jira_conn_id)
+    with hook:
+        yield hook.get_conn()
+
+
+@task(
+    map_index_template="{{ batch_label }}",
+    retry_delay=timedelta(seconds=30),
+    retry_exponential_backoff=2.0,
+)
+def fetch_tickets(keys: list[str]) -> dict[str, list]:
+    """Fetch one batch of tickets with one Jira bulk request; missing keys come back as not found."""
+    get_current_context()["batch_label"] = describe_batch(keys)
+    with jira_client() as client:
+        return fetch_batch(client, keys)
+
+
+@task
+def store_tickets(fetched: Any, *, source: str, return_keys: bool = True) -> dict[str, Any]:
+    """Upsert every fetched batch into `jira_ticket`, one batch at a time; older updates never win."""
+    with TicketStoreHook().connect() as (conn, dialect):
+        summary = store_batches(
+            conn,
+            dialect,
+            fetched,
+            source=source,
+            fetched_at=datetime.now(UTC),
+            return_keys=return_keys,
+        )
+    log.info(
+        "Stored %d ticket(s); %d older update(s) ignored; %d key(s) not found in Jira",
+        summary["written"],
+        summary["stale_skipped"],
+        summary["not_found_count"],
+    )
+    return summary

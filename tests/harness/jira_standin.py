@@ -1,0 +1,52 @@
+"""pytest fixtures for the Jira Cloud stand-in: one server per session, reset before every test."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterator
+
+import pytest
+
+from include.jira_standin import JiraStandin
+
+STANDIN_EMAIL = "bot@example.com"
+
+
+@pytest.fixture(scope="session")
+def jira_standin_server() -> Iterator[JiraStandin]:
+    """The session's stand-in, listening on a free loopback port."""
+    standin = JiraStandin(
+        "127.0.0.1",
+        0,
+        email=STANDIN_EMAIL,
+        api_token=f"standin-token-{secrets.token_hex(12)}",
+        time_zone="UTC",
+    )
+    try:
+        standin.start()
+    except OSError as exc:
+        pytest.fail(f"the Jira stand-in could not listen on 127.0.0.1: {exc}")
+    yield standin
+    standin.stop()
+
+
+@pytest.fixture
+def jira_standin(jira_standin_server: JiraStandin) -> Iterator[JiraStandin]:
+    """The stand-in, empty: no issues or projects, no faults, no latency, UTC, an empty request log."""
+    jira_standin_server.reset()
+    yield jira_standin_server
+    jira_standin_server.reset()
+
+
+@pytest.fixture
+def jira_conn_env(jira_standin: JiraStandin, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """AIRFLOW_CONN_JIRA_DEFAULT pointing at the stand-in; returns the connection dict."""
+    conn = {
+        "conn_type": "jira",
+        "host": jira_standin.url,
+        "login": jira_standin.email,
+        "password": jira_standin.api_token,
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_JIRA_DEFAULT", json.dumps(conn))
+    return conn
