@@ -90,5 +90,5 @@ def run_dag(dag, *, conf: dict | None = None, logical_date=None, run_after=None)
             .all()
         )
         for ti in tis:
-            states.setdefault(ti.task_id, []).append(str(ti.state.value if ti.state else None))
-    return DagRunResult(state=str(dr.state), states=states, run_id=dr.run_id, dag_id=dag.dag_id)
+            states.setdefault(ti.task_id, []).append(str(getattr(ti.state, "value", ti.state)))
+    return DagRunResult(state=str(getattr(dr.state, "value", dr.state)), states=states, run_id=dr.run_id, dag_id=dag.dag_id)

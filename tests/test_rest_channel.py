@@ -1,0 +1,469 @@
+"""The REST channel served by a real `airflow api-server`: Airflow tokens required, store first, then Jira."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+import requests
+
+from include.jira_cloud import ticket_details
+from include.jira_standin import JiraStandin
+from include.ticket_store import ensure_table, get_ticket, upsert_tickets
+from tests.harness.dovecot import LOOPBACK, free_port, service_unavailable
+
+REPO = Path(__file__).resolve().parents[1]
+TICKET_PATH = "/jira-mail-sync/ticket"
+# Not the default on purpose: a row older than the default but younger than this is served from the
+# store only if the api-server really reads the setting.
+STORE_MAX_AGE = timedelta(seconds=900)
+STARTUP_TIMEOUT_S = 90
+REQUEST_TIMEOUT_S = 30
+
+pytestmark = pytest.mark.airflow
+
+
+@dataclass
+class RestServer:
+    """A running api-server with the plugin, its stand-in Jira and SQLite store, and an admin token."""
+
+    url: str
+    standin: JiraStandin
+    store_path: Path
+    jwt_secret: str = field(repr=False)
+    log_path: Path
+    token: str = field(default="", repr=False)
+    tokens_sent: list[str] = field(default_factory=list, repr=False)
+
+    def post_ticket(self, body: Any, token: str | None = None, **kwargs: Any) -> requests.Response:
+        headers = dict(kwargs.pop("headers", {}))
+        if token is not None:
+            self.tokens_sent.append(token)
+            headers["Authorization"] = f"Bearer {token}"
+        data = body if isinstance(body, str | bytes) else json.dumps(body)
+        return requests.post(
+            self.url + TICKET_PATH, data=data, headers=headers, timeout=REQUEST_TIMEOUT_S, **kwargs
+        )
+
+    def log_tail(self, max_chars: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-max_chars:] if self.log_path.exists() else ""
+
+    def store(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.store_path)
+
+
+def _stop_group(process: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+
+def _wait_until_healthy(process: subprocess.Popen[bytes], url: str, log_path: Path) -> str | None:
+    """None once /api/v2/monitor/health answers 200, else why the server did not come up."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return f"exited with {process.returncode}"
+        with contextlib.suppress(requests.RequestException):
+            if requests.get(f"{url}/api/v2/monitor/health", timeout=2).status_code == 200:
+                return None
+        time.sleep(0.5)
+    return f"not healthy after {STARTUP_TIMEOUT_S} s"
+
+
+@pytest.fixture(scope="module")
+def rest_server(airflow_db: str) -> Iterator[RestServer]:
+    """`airflow api-server` on a free loopback port, simple auth manager, connections as env vars."""
+    work = Path(tempfile.mkdtemp(prefix="jms-rest-"))
+    standin = JiraStandin(
+        LOOPBACK, 0, email="bot@example.com", api_token=f"standin-{secrets.token_hex(12)}", time_zone="UTC"
+    )
+    try:
+        standin.start()
+    except OSError as exc:
+        service_unavailable(f"the Jira stand-in could not listen on {LOOPBACK}: {exc}")
+    store_path = work / "jira_store.db"
+    with contextlib.closing(sqlite3.connect(store_path)) as conn:
+        ensure_table(conn, "sqlite")
+    admin_password = secrets.token_urlsafe(12)
+    passwords_file = work / "passwords.json"
+    passwords_file.write_text(json.dumps({"admin": admin_password}))
+    port = free_port()
+    server = RestServer(
+        url=f"http://{LOOPBACK}:{port}",
+        standin=standin,
+        store_path=store_path,
+        jwt_secret=secrets.token_urlsafe(64),
+        log_path=work / "api-server.log",
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "plugins")]),
+        "AIRFLOW__CORE__AUTH_MANAGER": (
+            "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+        ),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords_file),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+        "AIRFLOW__API_AUTH__JWT_SECRET": server.jwt_secret,
+        "AIRFLOW__API__HOST": LOOPBACK,
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__JIRA_MAIL_SYNC__STORE_MAX_AGE_SECONDS": str(int(STORE_MAX_AGE.total_seconds())),
+        "AIRFLOW_CONN_JIRA_STORE": json.dumps({"conn_type": "sqlite", "host": str(store_path)}),
+        "AIRFLOW_CONN_JIRA_DEFAULT": json.dumps(
+            {"conn_type": "jira", "host": standin.url, "login": standin.email, "password": standin.api_token}
+        ),
+    }
+    with server.log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "airflow",
+                "api-server",
+                "--host",
+                LOOPBACK,
+                "--port",
+                str(port),
+                "-w",
+                "1",
+            ],
+            env=env,
+            cwd=work,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        problem = _wait_until_healthy(process, server.url, server.log_path)
+        if problem:
+            service_unavailable(f"`airflow api-server` {problem}:\n{server.log_tail()}")
+        answer = requests.post(
+            f"{server.url}/auth/token",
+            json={"username": "admin", "password": admin_password},
+            timeout=REQUEST_TIMEOUT_S,
+        )
+        assert answer.status_code == 201, f"POST /auth/token: {answer.status_code} {answer.text}"
+        server.token = answer.json()["access_token"]
+        yield server
+    finally:
+        _stop_group(process)
+        if os.environ.get("JMS_KEEP_REST_LOG"):
+            shutil.copy(server.log_path, os.environ["JMS_KEEP_REST_LOG"])
+        standin.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture
+def server(rest_server: RestServer) -> Iterator[RestServer]:
+    """The module's server with an empty Jira and an empty store."""
+    rest_server.standin.reset()
+    with contextlib.closing(rest_server.store()) as conn, conn:
+        conn.execute("DELETE FROM jira_ticket")
+    yield rest_server
+    rest_server.standin.clear_faults()
+
+
+def store_ticket(server: RestServer, jira_issue: dict[str, Any], *, fetched_at: datetime) -> dict[str, Any]:
+    """Put Jira's view of an issue into the store as the sweep would, and return the stored row."""
+    with contextlib.closing(server.store()) as conn:
+        upsert_tickets(conn, "sqlite", [ticket_details(jira_issue)], source="sweep", fetched_at=fetched_at)
+        stored = get_ticket(conn, "sqlite", jira_issue["key"])
+    assert stored is not None
+    return stored
+
+
+def issue_requests(server: RestServer) -> int:
+    return server.standin.request_count("/rest/api/3/issue/", method="GET")
+
+
+def minted_token(server: RestServer, *, secret: str | None = None, **claim_changes: Any) -> str:
+    """A token like the one /auth/token issued, re-signed by Airflow's own JWTGenerator with changes."""
+    from airflow.api_fastapi.auth.tokens import JWTGenerator
+
+    issued = jwt.decode(server.token, options={"verify_signature": False})
+    algorithm = jwt.get_unverified_header(server.token)["alg"]
+    lifetime = claim_changes.pop("valid_for", issued["exp"] - issued["iat"])
+    audience = claim_changes.pop("aud", issued.get("aud"))
+    user_claims = {k: v for k, v in issued.items() if k not in {"jti", "iss", "aud", "nbf", "exp", "iat"}}
+    generator = JWTGenerator(
+        secret_key=secret or server.jwt_secret,
+        valid_for=lifetime,
+        audience=audience,
+        issuer=issued.get("iss"),
+        algorithm=algorithm,
+    )
+    return generator.generate(extras={**user_claims, **claim_changes})
+
+
+def test_request_without_a_token_is_refused_with_a_bearer_challenge(server: RestServer) -> None:
+    server.standin.add_issue("ABC-123", summary="Seed ticket", assignee_email="dev@example.com")
+
+    missing = server.post_ticket({"key": "ABC-123"})
+    not_bearer = server.post_ticket({"key": "ABC-123"}, headers={"Authorization": "Basic YWRtaW46YWRtaW4="})
+
+    for answer in (missing, not_bearer):
+        assert answer.status_code == 401, answer.text
+        assert answer.headers["WWW-Authenticate"] == "Bearer"
+        assert "/auth/token" in answer.json()["detail"]
+    assert issue_requests(server) == 0
+
+
+@pytest.mark.parametrize(
+    "make_token",
+    [
+        pytest.param(lambda s: "not-a-jwt", id="garbage"),
+        pytest.param(lambda s: minted_token(s, secret=secrets.token_urlsafe(64)), id="other-signing-key"),
+        pytest.param(lambda s: minted_token(s, aud="some-other-service"), id="wrong-audience"),
+        pytest.param(lambda s: minted_token(s, valid_for=-3600), id="expired"),
+    ],
+)
+def test_token_airflow_rejects_is_refused_as_invalid_token(server: RestServer, make_token) -> None:
+    server.standin.add_issue("ABC-123", summary="Seed ticket", assignee_email="dev@example.com")
+    token = make_token(server)
+    # Airflow's own API is the reference for which tokens are bad; it says 401 or 403.
+    airflow_answer = requests.get(
+        f"{server.url}/api/v2/dags", headers={"Authorization": f"Bearer {token}"}, timeout=REQUEST_TIMEOUT_S
+    )
+    assert airflow_answer.status_code in (401, 403), airflow_answer.text
+
+    answer = server.post_ticket({"key": "ABC-123"}, token=token)
+
+    assert answer.status_code == 401, answer.text
+    assert answer.headers["WWW-Authenticate"].startswith('Bearer error="invalid_token"')
+    assert token not in answer.text
+    assert issue_requests(server) == 0
+
+
+def test_expired_token_is_told_apart_from_a_forged_one(server: RestServer) -> None:
+    expired = server.post_ticket({"key": "ABC-123"}, token=minted_token(server, valid_for=-3600))
+    forged = server.post_ticket(
+        {"key": "ABC-123"}, token=minted_token(server, secret=secrets.token_urlsafe(64))
+    )
+
+    assert expired.status_code == forged.status_code == 401
+    assert "expired" in expired.json()["detail"]
+    assert "expired" not in forged.json()["detail"]
+
+
+def test_token_minted_like_airflows_is_accepted(server: RestServer) -> None:
+    # Proves the rejections above are due to the one claim or key that was changed, nothing else.
+    issue = server.standin.add_issue("ABC-123", summary="Seed ticket", assignee_email="dev@example.com")
+
+    answer = server.post_ticket({"key": "ABC-123"}, token=minted_token(server))
+
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["key"] == issue["key"]
+
+
+def test_fresh_store_row_answers_the_seed_request_without_asking_jira(server: RestServer) -> None:
+    jira_now = server.standin.add_issue(
+        "ABC-123",
+        summary="Seed ticket",
+        assignee_email="zato@example.com",
+        progress=(10, 30),
+        updated=datetime(2026, 11, 27, 9, 30, tzinfo=UTC),
+    )
+    # Older than the default max age, younger than the configured one.
+    stored = store_ticket(server, jira_now, fetched_at=datetime.now(UTC) - STORE_MAX_AGE / 2)
+    # Jira moved on since; a fresh row is still what the channel answers.
+    server.standin.update_issue("ABC-123", assignee_email="someone-else@example.com", progress=(20, 30))
+    server.standin.clear_requests()
+
+    # As in the seed: `curl -d '{"key":"ABC-123"}'`, which says the body is a form.
+    answer = server.post_ticket(
+        '{"key":"ABC-123"}',
+        token=server.token,
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["assigned_to"] == stored["assignee_email"] == "zato@example.com"
+    assert body["progress_info"] == stored["progress"]
+    assert {"progress": 10, "total": 30}.items() <= body["progress_info"].items()
+    assert body["source"] == "store"
+    assert body["key"] == "ABC-123"
+    assert datetime.fromisoformat(body["updated_at"]) == stored["updated_at"]
+    assert issue_requests(server) == 0
+
+
+def test_stale_store_row_is_answered_from_jira_and_left_as_it_was(server: RestServer) -> None:
+    before = server.standin.add_issue(
+        "ABC-7", summary="Old", assignee_email="old@example.com", progress=(1, 8)
+    )
+    stored = store_ticket(server, before, fetched_at=datetime.now(UTC) - 2 * STORE_MAX_AGE)
+    now = server.standin.update_issue("ABC-7", assignee_email="b@example.com", progress=(6, 8))
+    expected = ticket_details(now)
+
+    answer = server.post_ticket({"key": "ABC-7"}, token=server.token)
+
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["source"] == "jira"
+    assert body["assigned_to"] == expected["assignee_email"] == "b@example.com"
+    assert body["progress_info"] == expected["progress"]
+    assert body["status"] == expected["status"]
+    assert issue_requests(server) == 1
+    with contextlib.closing(server.store()) as conn:
+        assert get_ticket(conn, "sqlite", "ABC-7") == stored
+
+
+def test_key_missing_from_the_store_is_looked_up_in_jira_case_insensitively(server: RestServer) -> None:
+    issue = server.standin.add_issue("OPS-42", summary="Disk full", progress=(0, 0))
+    expected = ticket_details(issue)
+
+    answer = server.post_ticket({"key": " ops-42 "}, token=server.token)
+
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["key"] == "OPS-42"
+    assert body["assigned_to"] is None
+    assert body["progress_info"] == expected["progress"]
+    assert body["summary"] == expected["summary"]
+    assert body["source"] == "jira"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param({"key": "ABC123"}, id="no-dash"),
+        pytest.param({"key": "ABC-0"}, id="issue-number-zero"),
+        pytest.param({"key": "1BC-5"}, id="project-starts-with-digit"),
+        pytest.param({"key": "ABC-5/../../myself"}, id="path-injection"),
+        pytest.param({"key": ""}, id="empty"),
+        pytest.param({"key": 123}, id="not-a-string"),
+        pytest.param({"id": "ABC-5"}, id="no-key"),
+        pytest.param('{"key": "ABC-5"', id="not-json"),
+    ],
+)
+def test_malformed_request_is_rejected_with_422_before_jira_is_asked(server: RestServer, body) -> None:
+    answer = server.post_ticket(body, token=server.token)
+
+    assert answer.status_code == 422, answer.text
+    detail = answer.json()["detail"]
+    assert isinstance(detail, list) and detail and all(error["loc"][0] == "body" for error in detail)
+    assert server.standin.requests == []
+
+
+def test_unknown_key_is_404(server: RestServer) -> None:
+    server.standin.add_issue("ABC-1", summary="Another issue")
+
+    answer = server.post_ticket({"key": "ABC-999"}, token=server.token)
+
+    assert answer.status_code == 404, answer.text
+    assert "ABC-999" in answer.json()["detail"]
+    assert issue_requests(server) >= 1
+
+
+@pytest.mark.parametrize("fault", [503, 502, 429])
+@pytest.mark.parametrize("row", ["stale", "missing"])
+def test_jira_down_without_a_fresh_row_is_503(server: RestServer, fault: int, row: str) -> None:
+    issue = server.standin.add_issue("ABC-123", summary="Seed ticket", assignee_email="dev@example.com")
+    if row == "stale":
+        store_ticket(server, issue, fetched_at=datetime.now(UTC) - 2 * STORE_MAX_AGE)
+    server.standin.inject_fault(fault, count=50, path_prefix="/rest/api/3/issue/")
+
+    answer = server.post_ticket({"key": "ABC-123"}, token=server.token)
+
+    assert answer.status_code == 503, answer.text
+    assert "ABC-123" in answer.json()["detail"]
+    assert server.standin.api_token not in answer.text
+    assert server.standin.url not in answer.text
+    assert issue_requests(server) >= 1
+
+
+@pytest.mark.parametrize("fault", [401, 403])
+def test_jira_refusing_the_sync_account_is_502(server: RestServer, fault: int) -> None:
+    server.standin.add_issue("ABC-123", summary="Seed ticket")
+    server.standin.inject_fault(fault, count=5, path_prefix="/rest/api/3/issue/")
+
+    answer = server.post_ticket({"key": "ABC-123"}, token=server.token)
+
+    assert answer.status_code == 502, answer.text
+    assert f"HTTP {fault}" in answer.json()["detail"]
+    assert server.standin.api_token not in answer.text
+
+
+def test_unreadable_store_falls_back_to_jira(server: RestServer) -> None:
+    issue = server.standin.add_issue("ABC-123", summary="Seed ticket", assignee_email="dev@example.com")
+    store_ticket(server, issue, fetched_at=datetime.now(UTC))
+    with contextlib.closing(server.store()) as conn, conn:
+        conn.execute("ALTER TABLE jira_ticket RENAME TO jira_ticket_away")
+    try:
+        answer = server.post_ticket({"key": "ABC-123"}, token=server.token)
+    finally:
+        with contextlib.closing(server.store()) as conn, conn:
+            conn.execute("ALTER TABLE jira_ticket_away RENAME TO jira_ticket")
+
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["source"] == "jira"
+    assert answer.json()["assigned_to"] == ticket_details(issue)["assignee_email"]
+    assert "jira_ticket" in server.log_tail(), "the store failure should be logged"
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        pytest.param(None, timedelta(minutes=5), id="unset-means-5-minutes"),
+        pytest.param("0", timedelta(0), id="zero-always-asks-jira"),
+        pytest.param(" 45 ", timedelta(seconds=45), id="seconds"),
+        pytest.param("-1", None, id="negative"),
+        pytest.param("5m", None, id="not-a-number"),
+    ],
+)
+def test_store_max_age_setting(monkeypatch: pytest.MonkeyPatch, setting: str | None, expected) -> None:
+    from fastapi import HTTPException
+    from jira_mail_sync.rest_api import store_max_age
+
+    variable = "AIRFLOW__JIRA_MAIL_SYNC__STORE_MAX_AGE_SECONDS"
+    if setting is None:
+        monkeypatch.delenv(variable, raising=False)
+    else:
+        monkeypatch.setenv(variable, setting)
+
+    if expected is None:
+        with pytest.raises(HTTPException) as raised:
+            store_max_age()
+        assert raised.value.status_code == 500
+        assert "store_max_age_seconds" in raised.value.detail
+    else:
+        assert store_max_age() == expected
+
+
+def test_server_log_never_shows_a_token(server: RestServer) -> None:
+    # Last in this module, so the log also holds every earlier test's requests.
+    for token in (
+        server.token,
+        "not-a-jwt",
+        minted_token(server, valid_for=-3600),
+        minted_token(server, secret=secrets.token_urlsafe(64)),
+    ):
+        server.post_ticket({"key": "ABC-1"}, token=token)
+    log_text = server.log_path.read_text(errors="replace")
+
+    assert "/jira-mail-sync/ticket" in log_text, "the access log should show the channel was called"
+    leaked = [token for token in set(server.tokens_sent) if token in log_text]
+    assert leaked == []
+    assert server.standin.api_token not in log_text
