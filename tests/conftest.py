@@ -6,7 +6,9 @@ conftest import time, before any test module imports Airflow.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -20,6 +22,7 @@ for path in (str(REPO), str(REPO / "plugins")):
         sys.path.insert(0, path)
 
 _AIRFLOW_HOME = tempfile.mkdtemp(prefix="jms-airflow-home-")
+atexit.register(shutil.rmtree, _AIRFLOW_HOME, ignore_errors=True)
 os.environ.update(
     {
         "AIRFLOW_HOME": _AIRFLOW_HOME,

@@ -1,0 +1,277 @@
+"""Benchmark: a burst of 2,000 unseen Jira mails over 500 keys, our inbox pipeline against the seed's loop.
+
+Run it with `.venv/bin/python -m bench.inbox_burst` (or `make bench`). It starts a real Dovecot and
+the Jira stand-in (50 ms added to every request), runs each pipeline in its own child process (so
+peak memory is that pipeline's alone) against a fresh mailbox and a fresh SQLite store, then times
+one whole `jira_inbox` run through `airflow dags test`, and writes the table into docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import imaplib
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "plugins")]
+
+SITE = "acme.atlassian.net"
+TRUSTED = [f"jira@{SITE}"]
+MESSAGES = 2000
+KEYS = 500
+LATENCY_S = 0.05
+MAIL_PADDING = 8 * 1024  # text + HTML copies make a ~20 KB message, like the real fixtures
+
+
+class CountingIMAP4(imaplib.IMAP4):
+    """imaplib client that counts every command it sends, including LOGIN and LOGOUT."""
+
+    commands = 0
+
+    def _command(self, name, *args):
+        CountingIMAP4.commands += 1
+        return super()._command(name, *args)
+
+
+def _connect(account: dict) -> CountingIMAP4:
+    client = CountingIMAP4(account["host"], account["port"], timeout=60)
+    client.login(account["user"], account["password"])
+    return client
+
+
+def _store(path: str):
+    import sqlite3
+
+    return sqlite3.connect(path)
+
+
+def run_ours(account: dict, jira: dict, store_path: str) -> dict:
+    """The same include/ functions the jira_inbox tasks call, one connection per task as in Airflow."""
+    from include.imap_inbox import Inbox
+    from include.jira_cloud import JiraCloudClient
+    from include.sync_pipeline import (
+        batch_keys,
+        extract_keys,
+        fetch_batch,
+        mark_settled_seen,
+        sense_unseen,
+        settled_uids,
+        store_batches,
+    )
+
+    client_kwargs = {"site_url": jira["url"], "email": jira["email"], "api_token": jira["api_token"]}
+    started = time.perf_counter()
+    # wait_for_unseen_mail
+    imap = _connect(account)
+    sensed = sense_unseen(Inbox(imap), limit=MESSAGES)
+    imap.logout()
+    # extract_ticket_keys
+    imap = _connect(account)
+    inbox = Inbox(imap)
+    inbox.open(readonly=True)
+    extraction = extract_keys(inbox, sensed, trusted_senders=TRUSTED, jira_url=f"https://{SITE}")
+    imap.logout()
+    batches = batch_keys(extraction.keys)
+    # fetch_tickets, one mapped instance (and one client) per batch
+    jira_requests = 0
+    fetched = []
+    for keys in batches:
+        with JiraCloudClient(**client_kwargs) as jc:
+            fetched.append(fetch_batch(jc, keys))
+            jira_requests += jc.request_count
+    # store_tickets
+    conn = _store(store_path)
+    stored = store_batches(conn, "sqlite", fetched, source="inbox", fetched_at=datetime.now(UTC))
+    conn.close()
+    # mark_mail_seen
+    imap = _connect(account)
+    uids = settled_uids(extraction.messages, [*stored["stored"], *stored["not_found"]])
+    marked = mark_settled_seen(Inbox(imap), uids, uidvalidity=extraction.uidvalidity)
+    imap.logout()
+    return {
+        "wall_s": time.perf_counter() - started,
+        "jira_requests": jira_requests,
+        "imap_commands": CountingIMAP4.commands,
+        "rows": stored["written"],
+        "marked_seen": len(marked),
+    }
+
+
+def run_baseline(account: dict, jira: dict, store_path: str) -> dict:
+    """What a user would write from the seed: per message, fetch it whole, GET the issue, mark it seen."""
+    from include.jira_cloud import JiraCloudClient, JiraNotFound, ticket_details
+    from include.jira_mail import parse_message
+    from include.ticket_store import upsert_tickets
+
+    started = time.perf_counter()
+    imap = _connect(account)
+    imap.select("INBOX")
+    _, data = imap.uid("SEARCH", "UNSEEN")
+    uids = data[0].split()
+    conn = _store(store_path)
+    rows = 0
+    with JiraCloudClient(jira["url"], jira["email"], jira["api_token"]) as jc:
+        for uid in uids:
+            _, msg = imap.uid("FETCH", uid, "(RFC822)")
+            parsed = parse_message(msg[0][1], trusted_senders=TRUSTED, jira_url=f"https://{SITE}")
+            for key in parsed.keys:
+                try:
+                    ticket = ticket_details(jc.get_issue(key))
+                except JiraNotFound:
+                    continue
+                rows += upsert_tickets(conn, "sqlite", [ticket], source="inbox",
+                                       fetched_at=datetime.now(UTC)).written
+            imap.uid("STORE", uid, "+FLAGS", "(\\Seen)")
+        jira_requests = jc.request_count
+    conn.close()
+    imap.logout()
+    return {
+        "wall_s": time.perf_counter() - started,
+        "jira_requests": jira_requests,
+        "imap_commands": CountingIMAP4.commands,
+        "rows": rows,
+        "marked_seen": len(uids),
+    }
+
+
+def child_main(pipeline: str, spec: dict) -> None:
+    runner = {"ours": run_ours, "baseline": run_baseline}[pipeline]
+    result = runner(spec["account"], spec["jira"], spec["store"])
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(result))
+
+
+def _run_child(pipeline: str, spec: dict) -> dict:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.inbox_burst", "--child", pipeline, json.dumps(spec)],
+        cwd=REPO, capture_output=True, text=True, check=False, timeout=1800,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"{pipeline} pipeline failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _seed(server, jira) -> dict:
+    from include.mail_factory import jira_notification
+
+    account = server.create_account()
+    keys = [f"OPS-{n}" for n in range(1, KEYS + 1)]
+    for i in range(MESSAGES):
+        account.drop(jira_notification(keys[i % KEYS], site=SITE, summary=f"Burst ticket {i % KEYS}",
+                                       body_padding=MAIL_PADDING))
+    assert account.unseen_count() == MESSAGES
+    return account
+
+
+def _account_spec(account) -> dict:
+    return {"host": account.host, "port": account.port, "user": account.user, "password": account.password}
+
+
+def _dag_test_run(account, jira, tmp: Path) -> dict:
+    """One jira_inbox run over the same burst through `airflow dags test`, timed from the outside."""
+    home = tmp / "airflow-home"
+    home.mkdir()
+    env = os.environ | {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+        "PYTHONPATH": str(REPO),
+        "AIRFLOW_CONN_IMAP_DEFAULT": json.dumps(account.airflow_conn()),
+        "AIRFLOW_CONN_JIRA_DEFAULT": json.dumps(
+            {"conn_type": "jira", "host": jira.url, "login": jira.email, "password": jira.api_token}
+        ),
+        "AIRFLOW_CONN_JIRA_STORE": json.dumps({"conn_type": "sqlite", "host": str(tmp / "dag-store.db")}),
+    }
+    airflow = [sys.executable, "-m", "airflow"]
+    subprocess.run([*airflow, "db", "migrate"], env=env, cwd=REPO, check=True, capture_output=True)
+    requests_before = jira.request_count()
+    conf = {"max_messages": MESSAGES, "trusted_senders": TRUSTED}
+    started = time.perf_counter()
+    proc = subprocess.run([*airflow, "dags", "test", "jira_inbox", "-c", json.dumps(conf)],
+                          env=env, cwd=REPO, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"airflow dags test failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    conn = _store(str(tmp / "dag-store.db"))
+    rows = conn.execute("SELECT count(*) FROM jira_ticket").fetchone()[0]
+    conn.close()
+    return {"wall_s": wall, "rows": rows, "unseen_after": account.unseen_count(),
+            "jira_requests": jira.request_count() - requests_before}
+
+
+def main() -> None:
+    from bench.report import write_section
+    from include.jira_standin import JiraStandin
+    from tests.harness.dovecot import start_dovecot
+
+    server = start_dovecot()
+    jira = JiraStandin(email="bench@example.com", api_token="bench-token").start()
+    try:
+        t0 = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
+        for n in range(1, KEYS + 1):
+            jira.add_issue(f"OPS-{n}", summary=f"Burst ticket {n}", assignee_email=f"u{n % 7}@example.com",
+                           progress=(n, 1000), updated=t0 + timedelta(seconds=n))
+        jira.latency = LATENCY_S
+        jira_spec = {"url": jira.url, "email": jira.email, "api_token": jira.api_token}
+        results = {}
+        with tempfile.TemporaryDirectory(prefix="jms-bench-") as tmp:
+            for pipeline in ("ours", "baseline"):
+                account = _seed(server, jira)
+                spec = {"account": _account_spec(account), "jira": jira_spec, "store": f"{tmp}/{pipeline}.db"}
+                results[pipeline] = _run_child(pipeline, spec)
+                results[pipeline]["unseen_after"] = account.unseen_count()
+                print(pipeline, results[pipeline], flush=True)
+            account = _seed(server, jira)
+            dag_run = _dag_test_run(account, jira, Path(tmp))
+            print("dag test", dag_run, flush=True)
+    finally:
+        jira.stop()
+        server.stop()
+
+    ours, base = results["ours"], results["baseline"]
+    speedup = base["wall_s"] / ours["wall_s"]
+    markdown = f"""## Inbox burst: {MESSAGES:,} unseen mails over {KEYS} keys
+
+Command: `.venv/bin/python -m bench.inbox_burst` (part of `make bench`).
+
+Real Dovecot on loopback holding {MESSAGES:,} unseen Jira Cloud notification mails (~20 KB each) for
+{KEYS} distinct tickets; the Jira stand-in adds {LATENCY_S * 1000:.0f} ms to every request; SQLite store.
+Each pipeline runs in its own process against a fresh copy of the burst.
+
+| pipeline | wall time | Jira requests | IMAP commands | peak RSS | rows | marked seen |
+|---|---:|---:|---:|---:|---:|---:|
+| ours (the functions the `jira_inbox` tasks call) | {ours["wall_s"]:.2f} s | {ours["jira_requests"]} | {ours["imap_commands"]} | {ours["peak_rss_mib"]:.0f} MiB | {ours["rows"]} | {ours["marked_seen"]} |
+| seed-style loop (fetch RFC822, GET issue, mark seen, per message) | {base["wall_s"]:.2f} s | {base["jira_requests"]} | {base["imap_commands"]} | {base["peak_rss_mib"]:.0f} MiB | {base["rows"]} | {base["marked_seen"]} |
+
+- Ours is **{speedup:.1f}× faster** in the same run, with {ours["jira_requests"]} Jira requests
+  (target: at most ceil({KEYS}/100) = {-(-KEYS // 100)} plus a constant) and {ours["imap_commands"]} IMAP
+  commands whatever the number of messages (3 connections × LOGIN/SELECT/LOGOUT plus one SEARCH,
+  one FETCH and one STORE).
+- Mail left unseen afterwards: ours {ours["unseen_after"]}, baseline {base["unseen_after"]}.
+- One whole `jira_inbox` run over the same burst through `airflow dags test jira_inbox -c
+  '{{"max_messages": {MESSAGES}, ...}}'`: **{dag_run["wall_s"]:.1f} s** end to end (Airflow start-up
+  included), {dag_run["jira_requests"]} Jira requests, {dag_run["rows"]} rows stored,
+  {dag_run["unseen_after"]} mails left unseen.
+"""
+    print(write_section("inbox-burst", markdown))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--child", choices=["ours", "baseline"])
+    parser.add_argument("spec", nargs="?")
+    args = parser.parse_args()
+    if args.child:
+        child_main(args.child, json.loads(args.spec))
+    else:
+        main()

@@ -1,0 +1,381 @@
+"""include.imap_inbox on a real Dovecot: peeks never set \\Seen, flags go where asked, UIDVALIDITY holds."""
+
+from __future__ import annotations
+
+import imaplib
+import re
+from pathlib import Path
+
+import pytest
+
+from include.imap_inbox import (
+    DEFAULT_TIMEOUT_S,
+    REJECTED_KEYWORD,
+    ImapError,
+    Inbox,
+    PeekedMessage,
+    UidValidityChanged,
+    compact_uid_set,
+    parse_fetch_response,
+)
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "jira-emails"
+# RFC 7162 §4: clients should keep command lines under 8192 octets.
+COMMAND_LINE_LIMIT = 8192
+_TAGGED_COMMAND = re.compile(rb"^[A-Z]+\d+ (UID [A-Z]+|[A-Z]+)")
+
+
+class RecordingIMAP4(imaplib.IMAP4):
+    """An imaplib client that remembers every command line it sends (literals excluded)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.sent_lines: list[bytes] = []
+        super().__init__(*args, **kwargs)
+
+    def send(self, data: bytes) -> None:
+        if _TAGGED_COMMAND.match(data):
+            self.sent_lines.append(data.rstrip(b"\r\n"))
+        super().send(data)
+
+    def commands_since(self, start: int) -> list[str]:
+        return [_TAGGED_COMMAND.match(line).group(1).decode() for line in self.sent_lines[start:]]
+
+
+def _recording_client(account) -> RecordingIMAP4:
+    return account.connect(client_class=RecordingIMAP4)
+
+
+def _mail(subject: str, body: str = "Body.") -> bytes:
+    return (
+        f'From: "Ann (Jira)" <jira@example.atlassian.net>\r\nSubject: {subject}\r\n'
+        f"Content-Type: text/plain; charset=utf-8\r\n\r\n{body}\r\n"
+    ).encode()
+
+
+def _as_imap_bytes(raw: bytes) -> bytes:
+    """IMAP sends every line ending as CRLF (RFC 3501 §2.2), whatever the stored file uses."""
+    return raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+@pytest.mark.parametrize("readonly", [True, False], ids=["examined", "selected-read-write"])
+def test_peek_returns_the_messages_and_leaves_them_unseen(imap_account, readonly):
+    raws = [_mail(f"[JIRA] (ABC-{n}) ticket {n}") for n in range(1, 4)]
+    uids = [imap_account.append(raw) for raw in raws]
+    inbox = Inbox(imap_account.connect())
+
+    # Only a read-write SELECT lets a plain BODY[] fetch set \Seen; both must leave it alone.
+    inbox.open(readonly=readonly)
+    peeked = inbox.peek(inbox.unseen_uids(limit=10))
+
+    assert [message.uid for message in peeked] == uids
+    assert [message.raw for message in peeked] == raws
+    assert [message.size for message in peeked] == [len(raw) for raw in raws]
+    assert imap_account.unseen_count() == 3
+    assert imap_account.flags_by_uid() == {uid: set() for uid in uids}
+
+
+def test_unseen_uids_excludes_seen_and_rejected_messages(imap_account):
+    plain = imap_account.append(_mail("plain"))
+    imap_account.append(_mail("seen"), flags="\\Seen")
+    imap_account.append(_mail("rejected"), flags=REJECTED_KEYWORD)
+    imap_account.append(_mail("seen and rejected"), flags=f"\\Seen {REJECTED_KEYWORD}")
+    later = imap_account.append(_mail("later plain"))
+    inbox = Inbox(imap_account.connect())
+
+    assert inbox.unseen_uids(limit=100) == [plain, later]
+    assert inbox.unseen_uids(limit=100, exclude_keyword=None) == [plain, plain + 2, later]
+
+
+def test_unseen_uids_is_one_search_command(imap_account):
+    imap_account.drop(_mail("bulk"), n=200)
+    client = _recording_client(imap_account)
+    inbox = Inbox(client)
+    inbox.open()
+    start = len(client.sent_lines)
+
+    uids = inbox.unseen_uids(limit=150)
+
+    assert len(uids) == 150
+    assert client.commands_since(start) == ["UID SEARCH"]
+    assert client.sent_lines[-1].endswith(f"UID SEARCH UNSEEN UNKEYWORD {REJECTED_KEYWORD}".encode())
+
+
+def test_limit_takes_the_oldest_unseen_messages(imap_account):
+    appended = [
+        (imap_account.append(_mail(f"m{n}"), flags="\\Seen" if n in (1, 3) else ""), n) for n in range(8)
+    ]
+    unseen_in_order = [uid for uid, n in appended if n not in (1, 3)]
+    inbox = Inbox(imap_account.connect())
+
+    assert inbox.unseen_uids(limit=3) == unseen_in_order[:3]
+    assert inbox.unseen_uids(limit=0) == []
+
+
+def test_mark_seen_sets_seen_only_on_the_given_uids_in_one_store(imap_account):
+    imap_account.drop(_mail("bulk"), n=60)
+    client = _recording_client(imap_account)
+    inbox = Inbox(client)
+    uidvalidity = inbox.open()
+    unseen = inbox.unseen_uids(limit=60)
+    chosen = unseen[::3]
+    count_before, lines_before = inbox.command_count, len(client.sent_lines)
+
+    stored = inbox.mark_seen(chosen, expected_uidvalidity=uidvalidity)
+
+    assert stored == chosen
+    assert client.commands_since(lines_before) == ["SELECT", "UID STORE"]
+    assert inbox.command_count - count_before == 2
+    flags = imap_account.flags_by_uid()
+    assert {uid for uid, value in flags.items() if "\\Seen" in value} == set(chosen)
+    assert imap_account.unseen_count() == 60 - len(chosen)
+
+
+def test_add_keyword_hides_messages_from_unseen_uids_without_marking_them_seen(imap_account):
+    uids = [imap_account.append(_mail(f"m{n}")) for n in range(3)]
+    inbox = Inbox(imap_account.connect())
+    uidvalidity = inbox.open()
+
+    inbox.add_keyword([uids[1]], REJECTED_KEYWORD, expected_uidvalidity=uidvalidity)
+
+    assert imap_account.flags_by_uid() == {uids[0]: set(), uids[1]: {REJECTED_KEYWORD}, uids[2]: set()}
+    assert inbox.unseen_uids(limit=10) == [uids[0], uids[2]]
+
+
+def test_marking_an_empty_uid_list_sends_nothing(imap_account):
+    inbox = Inbox(imap_account.connect())
+    assert inbox.mark_seen([], expected_uidvalidity=1) == []
+    assert inbox.command_count == 0
+
+
+def test_bad_keyword_is_refused_before_any_command(imap_account):
+    uid = imap_account.append(_mail("m"))
+    inbox = Inbox(imap_account.connect())
+    uidvalidity = inbox.open()
+    with pytest.raises(ValueError, match="keyword"):
+        inbox.add_keyword([uid], "two words", expected_uidvalidity=uidvalidity)
+    with pytest.raises(ValueError, match="keyword"):
+        inbox.add_keyword([uid], "\\Deleted", expected_uidvalidity=uidvalidity)
+    assert inbox.command_count == 1
+    assert imap_account.flags_by_uid() == {uid: set()}
+
+
+def test_recreated_inbox_raises_uidvalidity_changed_and_marks_nothing(imap_account):
+    uids = [imap_account.append(_mail(f"m{n}")) for n in range(3)]
+    reader = Inbox(imap_account.connect())
+    old_uidvalidity = reader.open()
+    peeked_uids = reader.unseen_uids(limit=10)
+    reader.close()
+
+    new_uidvalidity = imap_account.recreate_mailbox("INBOX")
+    marker = Inbox(imap_account.connect())
+    with pytest.raises(UidValidityChanged) as raised:
+        marker.mark_seen(peeked_uids, expected_uidvalidity=old_uidvalidity)
+
+    assert (raised.value.expected, raised.value.actual) == (old_uidvalidity, new_uidvalidity)
+    assert peeked_uids == uids
+    assert imap_account.unseen_count() == 3
+    assert all(flags == set() for flags in imap_account.flags_by_uid().values())
+
+
+def test_mailbox_recreated_under_an_open_session_raises_for_both_flag_operations(imap_account):
+    assert imap_account.connect().create("Jira")[0] == "OK"
+    for n in range(2):
+        imap_account.append(_mail(f"m{n}"), mailbox="Jira")
+    inbox = Inbox(imap_account.connect(), "Jira")
+    old_uidvalidity = inbox.open()
+    uids = inbox.unseen_uids(limit=10)
+
+    imap_account.recreate_mailbox("Jira")
+
+    with pytest.raises(UidValidityChanged):
+        inbox.mark_seen(uids, expected_uidvalidity=old_uidvalidity)
+    with pytest.raises(UidValidityChanged):
+        inbox.add_keyword(uids, REJECTED_KEYWORD, expected_uidvalidity=old_uidvalidity)
+    assert all(flags == set() for flags in imap_account.flags_by_uid("Jira").values())
+
+
+def test_peek_bounds_the_body_of_a_25_mb_message(imap_account):
+    header = b"From: jira@example.atlassian.net\r\nSubject: [JIRA] (BIG-1) attachment\r\n\r\n"
+    line = b"A" * 1022 + b"\r\n"
+    raw = header + line * (25 * 1024)
+    imap_account.drop(raw)
+    inbox = Inbox(imap_account.connect())
+
+    (message,) = inbox.peek(inbox.unseen_uids(limit=1), max_body_bytes=256 * 1024)
+    (small,) = inbox.peek([message.uid], max_header_bytes=64 * 1024, max_body_bytes=1000)
+
+    assert message.size == len(raw)
+    assert message.raw == raw[: len(header) + 256 * 1024]
+    assert small.raw == raw[: len(header) + 1000]
+    assert imap_account.unseen_count() == 1
+
+
+def test_an_oversized_header_is_cut_at_a_line_and_kept_apart_from_the_body(imap_account):
+    fields = b"".join(b"X-Filler-%05d: %s\r\n" % (n, b"f" * 60) for n in range(2000))
+    raw = b"Subject: [JIRA] (HDR-1) long header\r\n" + fields + b"\r\nthe body\r\n"
+    imap_account.drop(raw)
+    inbox = Inbox(imap_account.connect())
+
+    (message,) = inbox.peek(inbox.unseen_uids(limit=1), max_header_bytes=4096)
+
+    head, separator, body = message.raw.partition(b"\r\n\r\n")
+    assert separator and body == b"the body\r\n"
+    assert len(head) <= 4096
+    assert raw.startswith(head + b"\r\n")
+
+
+def test_8bit_and_broken_messages_come_back_as_the_exact_bytes(imap_account):
+    samples = [
+        b"Subject: caf\xe9 \xff\xfe latin-1\r\nFrom: x@example.com\r\n\r\n\xe9t\xe9 \x80\x81 not utf-8\r\n",
+        b"Subject: [JIRA] (ABC-\r\nContent-Type: multipart/mixed; boundary=\r\n\r\n--\xff\xfe garbage\r\n",
+        b"no header separator and no colon\r\n",
+        "Subject: =?UTF-8?B?w6nDqQ==?= utf-8 body\r\n\r\nZ\u00fcrich \u2713\r\n".encode(),
+    ]
+    uids = [imap_account.append(raw) for raw in samples]
+    lf_only = b"Subject: bare LF line endings\n\nline one\nline two\n"
+    imap_account.drop(lf_only)
+    inbox = Inbox(imap_account.connect())
+
+    peeked = inbox.peek(inbox.unseen_uids(limit=10))
+
+    assert all(isinstance(message.raw, bytes) for message in peeked)
+    assert [message.raw for message in peeked] == [*samples, _as_imap_bytes(lf_only)]
+    assert [message.uid for message in peeked][: len(uids)] == uids
+
+
+def test_real_jira_mails_are_peeked_byte_for_byte(imap_account):
+    raws = [path.read_bytes() for path in sorted(FIXTURES.glob("*.eml"))]
+    assert raws, f"no .eml fixtures in {FIXTURES}"
+    for raw in raws:
+        imap_account.drop(raw)
+    inbox = Inbox(imap_account.connect())
+
+    peeked = inbox.peek(inbox.unseen_uids(limit=len(raws)))
+
+    assert [message.raw for message in peeked] == [_as_imap_bytes(raw) for raw in raws]
+    assert [message.size for message in peeked] == [len(_as_imap_bytes(raw)) for raw in raws]
+
+
+def test_peek_works_over_imaps_with_certificate_verification(imap_account):
+    uid = imap_account.append(_mail("[JIRA] (TLS-1) over TLS"))
+    client = imap_account.connect(ssl=True)
+    assert isinstance(client, imaplib.IMAP4_SSL)
+    inbox = Inbox(client)
+
+    assert inbox.peek(inbox.unseen_uids(limit=5)) == [
+        PeekedMessage(
+            uid=uid, raw=_mail("[JIRA] (TLS-1) over TLS"), size=len(_mail("[JIRA] (TLS-1) over TLS"))
+        )
+    ]
+    uidvalidity = inbox.uidvalidity
+    assert inbox.mark_seen([uid], expected_uidvalidity=uidvalidity) == [uid]
+    assert imap_account.flags_by_uid() == {uid: {"\\Seen"}}
+
+
+def test_huge_sparse_uid_sets_are_split_into_commands_under_8_kb(imap_account):
+    existing = [imap_account.append(_mail(f"m{n}")) for n in range(5)]
+    # Thousands of UIDs that no longer exist (expunged long ago) make the set long and sparse.
+    gone = list(range(1_000_001, 1_000_001 + 2 * 3000, 2))
+    client = _recording_client(imap_account)
+    inbox = Inbox(client)
+    uidvalidity = inbox.open()
+    start = len(client.sent_lines)
+
+    peeked = inbox.peek(existing + gone)
+    stored = inbox.mark_seen(existing + gone, expected_uidvalidity=uidvalidity)
+
+    commands = client.commands_since(start)
+    # Splitting may not degrade into many small commands: at most one per 4 KB of UID set.
+    most_commands = -(-len(compact_uid_set(existing + gone)) // 4096)
+    assert [message.uid for message in peeked] == existing
+    assert len(stored) == len(existing) + len(gone)
+    assert all(len(line) + 2 < COMMAND_LINE_LIMIT for line in client.sent_lines[start:])
+    assert 2 <= commands.count("UID FETCH") <= most_commands
+    assert 2 <= commands.count("UID STORE") <= most_commands
+    assert all("\\Seen" in flags for flags in imap_account.flags_by_uid().values())
+
+
+def test_peek_leaves_out_uids_that_no_longer_exist(imap_account):
+    uids = [imap_account.append(_mail(f"m{n}")) for n in range(2)]
+    inbox = Inbox(imap_account.connect())
+    assert [message.uid for message in inbox.peek([uids[1], 999, uids[0]])] == uids
+    assert inbox.peek([]) == []
+
+
+def test_close_never_expunges_deleted_messages(imap_account):
+    keep, deleted = imap_account.append(_mail("keep")), imap_account.append(_mail("deleted elsewhere"))
+    other = imap_account.connect()
+    other.select("INBOX")
+    other.uid("STORE", str(deleted), "+FLAGS.SILENT", "(\\Deleted)")
+    other.unselect()
+    client = _recording_client(imap_account)
+    inbox = Inbox(client)
+    inbox.mark_seen([keep], expected_uidvalidity=inbox.open())
+    start = len(client.sent_lines)
+
+    inbox.close()
+
+    assert client.commands_since(start) == ["UNSELECT"]
+    assert client.state == "AUTH"
+    assert set(imap_account.flags_by_uid()) == {keep, deleted}
+
+
+def test_inbox_gives_a_client_without_timeout_a_socket_timeout(imap_account):
+    client = imap_account.connect(timeout=None)
+    assert client.sock.gettimeout() is None
+
+    Inbox(client)
+
+    assert client.sock.gettimeout() == DEFAULT_TIMEOUT_S
+
+
+def test_opening_a_missing_mailbox_raises_imap_error_naming_it(imap_account):
+    inbox = Inbox(imap_account.connect(), "Does Not Exist")
+    with pytest.raises(ImapError, match="Does Not Exist"):
+        inbox.open()
+
+
+@pytest.mark.parametrize(
+    ("uids", "expected"),
+    [
+        ([1, 2, 3, 4, 5, 7, 9, 10, 11, 12], "1:5,7,9:12"),
+        ([12, 9, 7, 5, 4, 3, 2, 1, 10, 11, 7], "1:5,7,9:12"),
+        ([42], "42"),
+        ([4294967295], "4294967295"),
+    ],
+)
+def test_compact_uid_set_uses_ranges(uids, expected):
+    assert compact_uid_set(uids) == expected
+
+
+@pytest.mark.parametrize("uids", [[], [0], [-3], [2**32], [True], ["5"], [1.0]])
+def test_compact_uid_set_rejects_what_is_not_a_uid(uids):
+    with pytest.raises(ValueError):
+        compact_uid_set(uids)
+
+
+def test_fetch_parser_accepts_any_item_order_quoted_strings_and_nil():
+    # Shapes imaplib produces: (text up to a literal, literal) tuples, then the remaining text.
+    data = [
+        (b"7 (BODY[TEXT]<0> {3}", b"abc"),
+        (b" UID 9 BODY[HEADER]<0> {10}", b"H: x\r\n\r\n()"),
+        b" RFC822.SIZE 42)",
+        b'8 (UID 10 RFC822.SIZE 5 BODY[HEADER]<0> "S: \\"q\\"" BODY[TEXT]<0> NIL '
+        b"FLAGS (\\Seen $JiraRejected))",
+        b"9 (FLAGS (\\Seen))",
+    ]
+    parsed = parse_fetch_response(data)
+    assert set(parsed) == {9, 10}
+    assert parsed[9][b"BODY[HEADER]"] == b"H: x\r\n\r\n()"
+    assert parsed[9][b"BODY[TEXT]"] == b"abc"
+    assert parsed[9][b"RFC822.SIZE"] == b"42"
+    assert parsed[10][b"BODY[HEADER]"] == b'S: "q"'
+    assert parsed[10][b"BODY[TEXT]"] is None
+    assert parsed[10][b"FLAGS"] == [b"\\Seen", b"$JiraRejected"]
+
+
+def test_fetch_parser_reports_garbage_as_imap_error():
+    with pytest.raises(ImapError):
+        parse_fetch_response([b"1 (UID 3 BODY[TEXT]<0> {5}"])
+    with pytest.raises(ImapError):
+        parse_fetch_response([b"(UID 3)"])
