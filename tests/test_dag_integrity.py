@@ -114,3 +114,10 @@ def test_parsing_the_dags_opens_no_socket_and_no_database():
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result == {"dags": ["jira_inbox", "jira_sweep"], "errors": [], "calls": []}
+
+
+def test_every_task_that_calls_jira_takes_a_jira_api_pool_slot(dagbag):
+    calls_jira = {"jira_inbox": {"fetch_tickets"}, "jira_sweep": {"plan_sweep", "list_changed_keys", "fetch_tickets"}}
+    for dag_id, task_ids in calls_jira.items():
+        pools = {t.task_id: t.pool for t in dagbag.dags[dag_id].tasks}
+        assert {t for t, pool in pools.items() if pool == "jira_api"} == task_ids

@@ -17,6 +17,10 @@ from jira_mail_sync.hooks.ticket_store import TicketStoreHook
 
 log = logging.getLogger(__name__)
 
+# Every task that calls Jira takes a slot of this pool, so all workers together never run more
+# concurrent Jira requests than it has slots (Jira Cloud's burst limits are per account).
+JIRA_POOL = "jira_api"
+
 
 @contextmanager
 def jira_client(jira_conn_id: str = JiraCloudHook.default_conn_name) -> Iterator[JiraCloudClient]:
@@ -26,6 +30,7 @@ def jira_client(jira_conn_id: str = JiraCloudHook.default_conn_name) -> Iterator
 
 
 @task(
+    pool=JIRA_POOL,
     map_index_template="{{ batch_label }}",
     retry_delay=timedelta(seconds=30),
     retry_exponential_backoff=2.0,

@@ -1,0 +1,180 @@
+"""jira_sweep end to end: the Jira stand-in, a real store and real dag.test() runs over data intervals."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.harness.airflow_env import load_dag, run_dag
+
+REPO = Path(__file__).resolve().parents[1]
+HOUR_START = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
+
+pytestmark = pytest.mark.airflow
+
+
+@pytest.fixture
+def sweep_env(airflow_db, jira_standin, jira_conn_env, store_backend, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_JIRA_STORE", json.dumps(store_backend.airflow_conn()))
+    return jira_standin, store_backend
+
+
+@pytest.fixture
+def sweep_dag():
+    # A fresh DAG object per test: dag.test() leaves the run's conf in the DAG's params.
+    return load_dag("jira_sweep")
+
+
+def rows(store_backend) -> dict[str, tuple]:
+    conn = store_backend.connect()
+    try:
+        cur = conn.cursor()
+        cur.execute("SELECT key, summary, status, assignee_email, progress, updated_at FROM jira_ticket")
+        return {r[0]: tuple(str(v) for v in r[1:]) for r in cur.fetchall()}
+    finally:
+        conn.close()
+
+
+def manual(since: datetime, until: datetime, **extra) -> dict:
+    return {"since": since.isoformat(), "until": until.isoformat(), **extra}
+
+
+def test_sweep_stores_exactly_the_tickets_updated_in_its_window(sweep_env, sweep_dag):
+    jira, store = sweep_env
+    jira.set_time_zone("Australia/Sydney")
+    jira.add_issue("ABC-1", summary="inside", assignee_email="a@example.com", progress=(5, 10),
+                   updated=HOUR_START + timedelta(minutes=14, seconds=59))
+    jira.add_issue("ABC-2", summary="at start", updated=HOUR_START)
+    jira.add_issue("ABC-3", summary="at end: next window", updated=HOUR_START + timedelta(minutes=15))
+    jira.add_issue("ABC-4", summary="long before", updated=HOUR_START - timedelta(hours=3))
+
+    result = run_dag(sweep_dag, conf=manual(HOUR_START, HOUR_START + timedelta(minutes=15), lookback_minutes=0))
+
+    assert result.state == "success", result.states
+    assert set(rows(store)) == {"ABC-1", "ABC-2"}
+    plan = result.xcom("plan_sweep")
+    assert plan["account_time_zone"] == "Australia/Sydney"
+    assert '"2026-11-27 21:00"' in plan["jql"]  # 10:00Z is 21:00 in Sydney (AEDT, +11)
+
+
+def test_backfill_of_several_intervals_equals_one_long_manual_sweep(sweep_env, sweep_dag, store_backend):
+    jira, store = sweep_env
+    jira.set_time_zone("America/New_York")
+    for n in range(60):
+        jira.add_issue(f"OPS-{n + 1}", summary=f"ticket {n}", assignee_email=None if n % 3 else f"u{n}@example.com",
+                       progress=(n, 60), updated=HOUR_START + timedelta(minutes=n, seconds=n % 60))
+
+    for quarter in range(1, 5):  # the four scheduled intervals of the hour, as a backfill creates them
+        run = run_dag(sweep_dag, logical_date=HOUR_START + timedelta(minutes=15 * quarter))
+        assert run.state == "success", run.states
+    backfilled = rows(store)
+
+    conn = store.connect()
+    conn.cursor().execute("DELETE FROM jira_ticket")
+    conn.commit()
+    conn.close()
+    one_sweep = run_dag(sweep_dag, conf=manual(HOUR_START, HOUR_START + timedelta(hours=1)))
+    assert one_sweep.state == "success", one_sweep.states
+
+    assert len(backfilled) == 60
+    assert rows(store) == backfilled
+
+
+def test_backfill_dry_run_lists_one_run_per_15_minute_interval(sweep_env, sweep_dag):
+    run_dag(sweep_dag, conf=manual(HOUR_START, HOUR_START + timedelta(minutes=1)))  # serializes the DAG
+    proc = subprocess.run(
+        [sys.executable, "-m", "airflow", "backfill", "create", "--dag-id", "jira_sweep",
+         "--from-date", "2026-11-27T10:00:00+00:00", "--to-date", "2026-11-27T11:00:00+00:00", "--dry-run"],
+        cwd=REPO, env=os.environ.copy(), capture_output=True, text=True, timeout=180, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    listed = [line for line in proc.stdout.splitlines() if "2026-11-27" in line]
+    assert len(listed) == 5, proc.stdout  # both ends included: 10:00, 10:15, ..., 11:00
+
+
+@pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)
+@pytest.mark.parametrize(
+    "jql_filter",
+    [
+        'status = "Done") OR (project = "SECRET"',
+        'status = "Done" ORDER BY key',
+        'summary ~ "unterminated',
+        'status = Done; DELETE',
+        "status = Done\nOR project = SECRET",
+    ],
+)
+def test_jql_injection_through_params_fails_clearly_before_any_search(sweep_env, sweep_dag, jql_filter):
+    jira, store = sweep_env
+    result = run_dag(sweep_dag, conf=manual(HOUR_START, HOUR_START + timedelta(minutes=15), jql_filter=jql_filter))
+    assert result.state == "failed"
+    assert result.states["plan_sweep"] == ["failed"]  # no retries: bad input is final
+    assert jira.request_count("/rest/api/3/search") == 0
+
+
+@pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)
+def test_invalid_project_key_is_refused_by_the_trigger_form(sweep_env, sweep_dag):
+    from airflow.sdk.definitions.param import ParamValidationError
+
+    with pytest.raises(ParamValidationError):
+        run_dag(sweep_dag, conf=manual(HOUR_START, HOUR_START + timedelta(minutes=15),
+                                       projects=['ABC") OR (project = "X']))
+
+
+@pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)
+def test_valid_filter_and_projects_narrow_the_sweep(sweep_env, sweep_dag):
+    jira, store = sweep_env
+    t = HOUR_START + timedelta(minutes=5)
+    jira.add_issue("ABC-1", summary="done in ABC", status="Done", updated=t)
+    jira.add_issue("ABC-2", summary="open in ABC", status="To Do", updated=t)
+    jira.add_issue("WEB-1", summary="done in WEB", status="Done", updated=t)
+    result = run_dag(sweep_dag, conf=manual(HOUR_START, HOUR_START + timedelta(minutes=15),
+                                            projects=["ABC"], jql_filter='status = "Done"'))
+    assert result.state == "success", result.states
+    assert set(rows(store)) == {"ABC-1"}
+
+
+@pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)
+def test_paging_follows_next_page_token_to_is_last(sweep_env, sweep_dag):
+    jira, store = sweep_env
+    for n in range(5050):
+        jira.add_issue(f"BIG-{n + 1}", summary="s", updated=HOUR_START + timedelta(seconds=n % 900))
+    result = run_dag(sweep_dag, conf=manual(HOUR_START, HOUR_START + timedelta(minutes=15)))
+    assert result.state == "success", result.states
+    assert jira.request_count("/rest/api/3/search/jql") == 2  # 5000 + 50, the second page isLast
+    assert jira.request_count("/rest/api/3/issue/bulkfetch") == 51
+    assert len(rows(store)) == 5050
+
+
+@pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)
+def test_rate_limit_retry_after_is_honoured(sweep_env, sweep_dag):
+    jira, store = sweep_env
+    jira.add_issue("ABC-1", summary="s", updated=HOUR_START + timedelta(minutes=1))
+    jira.inject_fault(429, count=1, retry_after=2, path_prefix="/rest/api/3/search/jql")
+    started = time.monotonic()
+    result = run_dag(sweep_dag, conf=manual(HOUR_START, HOUR_START + timedelta(minutes=15)))
+    assert result.state == "success", result.states
+    assert time.monotonic() - started >= 2
+    statuses = [r[3] for r in jira.requests if r[1].startswith("/rest/api/3/search/jql")]
+    assert statuses == [429, 200]
+    assert set(rows(store)) == {"ABC-1"}
+
+
+@pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)
+def test_airflow_dags_test_cli_sweeps_the_given_window(sweep_env):
+    jira, store = sweep_env
+    jira.add_issue("CLI-1", summary="s", updated=datetime(2026, 11, 27, 0, 30, tzinfo=UTC))
+    conf = {"since": "2026-11-27T00:00:00+00:00", "until": "2026-11-27T01:00:00+00:00"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "airflow", "dags", "test", "jira_sweep", "-c", json.dumps(conf)],
+        cwd=REPO, env=os.environ.copy(), capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert set(rows(store)) == {"CLI-1"}
+    assert jira.api_token not in proc.stdout + proc.stderr
