@@ -87,16 +87,18 @@ def test_backfill_of_several_intervals_equals_one_long_manual_sweep(sweep_env, s
     assert rows(store) == backfilled
 
 
+@pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)
 def test_backfill_dry_run_lists_one_run_per_15_minute_interval(sweep_env, sweep_dag):
     run_dag(sweep_dag, conf=manual(HOUR_START, HOUR_START + timedelta(minutes=1)))  # serializes the DAG
     proc = subprocess.run(
         [sys.executable, "-m", "airflow", "backfill", "create", "--dag-id", "jira_sweep",
-         "--from-date", "2026-11-27T10:00:00+00:00", "--to-date", "2026-11-27T11:00:00+00:00", "--dry-run"],
+         "--from-date", "2026-10-01T10:00:00+00:00", "--to-date", "2026-10-01T11:00:00+00:00", "--dry-run"],
         cwd=REPO, env=os.environ.copy(), capture_output=True, text=True, timeout=180, check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    listed = [line for line in proc.stdout.splitlines() if "2026-11-27" in line]
-    assert len(listed) == 5, proc.stdout  # both ends included: 10:00, 10:15, ..., 11:00
+    listed = [line.split("|")[1].strip() for line in proc.stdout.splitlines() if line.startswith("| 2026-")]
+    # Both ends are included, one run per 15-minute data interval.
+    assert listed == [f"2026-10-01 {t}:00+00:00" for t in ("10:00", "10:15", "10:30", "10:45", "11:00")], proc.stdout
 
 
 @pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)
