@@ -127,8 +127,9 @@ def run_baseline(account: dict, jira: dict, store_path: str) -> dict:
                     ticket = ticket_details(jc.get_issue(key))
                 except JiraNotFound:
                     continue
-                rows += upsert_tickets(conn, "sqlite", [ticket], source="inbox",
-                                       fetched_at=datetime.now(UTC)).written
+                rows += upsert_tickets(
+                    conn, "sqlite", [ticket], source="inbox", fetched_at=datetime.now(UTC)
+                ).written
             imap.uid("STORE", uid, "+FLAGS", "(\\Seen)")
         jira_requests = jc.request_count
     conn.close()
@@ -152,7 +153,11 @@ def child_main(pipeline: str, spec: dict) -> None:
 def _run_child(pipeline: str, spec: dict) -> dict:
     proc = subprocess.run(
         [sys.executable, "-m", "bench.inbox_burst", "--child", pipeline, json.dumps(spec)],
-        cwd=REPO, capture_output=True, text=True, check=False, timeout=1800,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=1800,
     )
     if proc.returncode != 0:
         raise SystemExit(f"{pipeline} pipeline failed:\n{proc.stderr[-4000:]}")
@@ -165,8 +170,11 @@ def _seed(server, jira) -> dict:
     account = server.create_account()
     keys = [f"OPS-{n}" for n in range(1, KEYS + 1)]
     for i in range(MESSAGES):
-        account.drop(jira_notification(keys[i % KEYS], site=SITE, summary=f"Burst ticket {i % KEYS}",
-                                       body_padding=MAIL_PADDING))
+        account.drop(
+            jira_notification(
+                keys[i % KEYS], site=SITE, summary=f"Burst ticket {i % KEYS}", body_padding=MAIL_PADDING
+            )
+        )
     assert account.unseen_count() == MESSAGES
     return account
 
@@ -197,16 +205,26 @@ def _dag_test_run(account, jira, tmp: Path) -> dict:
     requests_before = jira.request_count()
     conf = {"max_messages": MESSAGES, "trusted_senders": TRUSTED}
     started = time.perf_counter()
-    proc = subprocess.run([*airflow, "dags", "test", "jira_inbox", "-c", json.dumps(conf)],
-                          env=env, cwd=REPO, capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [*airflow, "dags", "test", "jira_inbox", "-c", json.dumps(conf)],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     wall = time.perf_counter() - started
     if proc.returncode != 0:
         raise SystemExit(f"airflow dags test failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     conn = _store(str(tmp / "dag-store.db"))
     rows = conn.execute("SELECT count(*) FROM jira_ticket").fetchone()[0]
     conn.close()
-    return {"wall_s": wall, "rows": rows, "unseen_after": account.unseen_count(),
-            "jira_requests": jira.request_count() - requests_before}
+    return {
+        "wall_s": wall,
+        "rows": rows,
+        "unseen_after": account.unseen_count(),
+        "jira_requests": jira.request_count() - requests_before,
+    }
 
 
 def main() -> None:
@@ -219,8 +237,13 @@ def main() -> None:
     try:
         t0 = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
         for n in range(1, KEYS + 1):
-            jira.add_issue(f"OPS-{n}", summary=f"Burst ticket {n}", assignee_email=f"u{n % 7}@example.com",
-                           progress=(n, 1000), updated=t0 + timedelta(seconds=n))
+            jira.add_issue(
+                f"OPS-{n}",
+                summary=f"Burst ticket {n}",
+                assignee_email=f"u{n % 7}@example.com",
+                progress=(n, 1000),
+                updated=t0 + timedelta(seconds=n),
+            )
         jira.latency = LATENCY_S
         jira_spec = {"url": jira.url, "email": jira.email, "api_token": jira.api_token}
         results = {}

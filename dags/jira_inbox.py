@@ -61,7 +61,9 @@ from jira_mail_sync.ticket_tasks import fetch_tickets, store_tickets
             minimum=1,
             maximum=5000,
             title="Messages per run",
-            description="At most this many unseen messages are taken, oldest first; the rest wait for the next run.",
+            description=(
+                "At most this many unseen messages are taken, oldest first; the rest wait for the next run."
+            ),
             section="Mail",
         ),
         "trusted_senders": Param(
@@ -80,7 +82,7 @@ from jira_mail_sync.ticket_tasks import fetch_tickets, store_tickets
             False,
             type="boolean",
             title="Dry run",
-            description="Only report the ticket keys that would be fetched: no Jira call, no store, no flags.",
+            description="Only report the keys that would be fetched: no Jira call, no store, no flags.",
             section="Run",
         ),
     },

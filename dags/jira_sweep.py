@@ -50,7 +50,9 @@ from jira_mail_sync.ticket_tasks import fetch_tickets, store_tickets
             type=["null", "string"],
             format="date-time",
             title="Since",
-            description="Override the window start (ISO 8601 with offset, e.g. 2026-11-27T00:00:00+00:00). Inclusive.",
+            description=(
+                "Override the window start (ISO 8601 with offset, e.g. 2026-11-27T00:00:00+00:00). Inclusive."
+            ),
             section="Window",
         ),
         "until": Param(
@@ -67,7 +69,9 @@ from jira_mail_sync.ticket_tasks import fetch_tickets, store_tickets
             minimum=0,
             maximum=1440,
             title="Lookback (minutes)",
-            description="Also sweep this many minutes before the window, for Jira's eventually consistent search.",
+            description=(
+                "Also sweep this many minutes before the window, for Jira's eventually consistent search."
+            ),
             section="Window",
         ),
         "projects": Param(
@@ -84,7 +88,10 @@ from jira_mail_sync.ticket_tasks import fetch_tickets, store_tickets
             type=["null", "string"],
             maxLength=1000,
             title="Extra JQL clause",
-            description='ANDed with the window, e.g. status = "Done". No ORDER BY, no unbalanced quotes or parentheses.',
+            description=(
+                'ANDed with the window, e.g. status = "Done". '
+                "No ORDER BY, no unbalanced quotes or parentheses."
+            ),
             section="Filter",
         ),
     },

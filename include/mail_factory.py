@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
-from datetime import UTC, datetime
 from email.utils import format_datetime
 
 
@@ -52,7 +52,7 @@ def jira_notification(
         f"Get Jira notifications on your phone! Download the Jira Cloud app for Android or iOS.\n"
     )
     message.add_alternative(
-        f'<html><body><p>{actor} <strong>{event}</strong> an issue</p>'
+        f"<html><body><p>{actor} <strong>{event}</strong> an issue</p>"
         f'<p><a href="{link}">{key}</a>: {summary}</p><p>{padding}</p></body></html>',
         subtype="html",
     )

@@ -59,7 +59,9 @@ def test_dag_has_tags_docs_params_and_retries(dagbag, dag_id):
     assert set(dag.params.keys()) == EXPECTED_PARAMS[dag_id]
     for name in dag.params.keys():
         param = dag.params.get_param(name)
-        assert param.schema.get("title") and param.description, f"{dag_id}.{name} needs a title and a description"
+        assert param.schema.get("title") and param.description, (
+            f"{dag_id}.{name} needs a title and a description"
+        )
     for task in dag.tasks:
         assert task.retries >= 2, f"{dag_id}.{task.task_id} has retries={task.retries}"
     assert dag.catchup is False
@@ -110,14 +112,19 @@ def test_parsing_the_dags_opens_no_socket_and_no_database():
         print(json.dumps({{"dags": sorted(bag.dags), "errors": list(bag.import_errors), "calls": calls}}))
         """
     )
-    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result == {"dags": ["jira_inbox", "jira_sweep"], "errors": [], "calls": []}
 
 
 def test_every_task_that_calls_jira_takes_a_jira_api_pool_slot(dagbag):
-    calls_jira = {"jira_inbox": {"fetch_tickets"}, "jira_sweep": {"plan_sweep", "list_changed_keys", "fetch_tickets"}}
+    calls_jira = {
+        "jira_inbox": {"fetch_tickets"},
+        "jira_sweep": {"plan_sweep", "list_changed_keys", "fetch_tickets"},
+    }
     for dag_id, task_ids in calls_jira.items():
         pools = {t.task_id: t.pool for t in dagbag.dags[dag_id].tasks}
         assert {t for t, pool in pools.items() if pool == "jira_api"} == task_ids

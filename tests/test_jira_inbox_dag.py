@@ -65,8 +65,14 @@ def stored_count(store_backend):
 
 def test_mail_in_row_out_then_mail_seen_and_a_rerun_changes_nothing(inbox_env, inbox_dag):
     imap, jira, store = inbox_env
-    jira.add_issue("ABC-1", summary="Fix the login", status="In Progress", assignee_email="ann@example.com",
-                   progress=(10, 30), updated=T0)
+    jira.add_issue(
+        "ABC-1",
+        summary="Fix the login",
+        status="In Progress",
+        assignee_email="ann@example.com",
+        progress=(10, 30),
+        updated=T0,
+    )
     imap.append(jira_notification("ABC-1", site=SITE, summary="Fix the login"))
 
     first = run_dag(inbox_dag, conf=TRUSTED)
@@ -245,7 +251,10 @@ def test_spoofed_mail_makes_no_jira_request_and_is_labelled_and_kept(inbox_env, 
 def test_broken_oversized_and_key_flood_mail_end_cleanly(inbox_env, inbox_dag):
     imap, jira, store = inbox_env
     jira.add_issue("ABC-5", summary="Big", updated=T0)
-    imap.append(b"From: jira@acme.atlassian.net\r\nSubject: [JIRA] (ABC-\r\nContent-Type: multipart/mixed; boundary=\r\n\r\n--\x00\xff\xfe garbage")
+    imap.append(
+        b"From: jira@acme.atlassian.net\r\nSubject: [JIRA] (ABC-\r\n"
+        b"Content-Type: multipart/mixed; boundary=\r\n\r\n--\x00\xff\xfe garbage"
+    )
     imap.drop(jira_notification("ABC-5", site=SITE, body_padding=25 * 1024 * 1024))
     flood_links = " ".join(f"https://{SITE}/browse/FLOOD-{n}" for n in range(1, 5001))
     imap.append(jira_notification("ABC-5", site=SITE, extra_body=flood_links))
@@ -268,7 +277,9 @@ def test_empty_inbox_skips_fast_without_calling_jira(inbox_env, inbox_dag):
     result = run_dag(inbox_dag, conf=TRUSTED)
     assert result.state == "success"
     assert result.states["wait_for_unseen_mail"] == ["skipped"]
-    assert all(states == ["skipped"] for task, states in result.states.items() if task != "wait_for_unseen_mail")
+    assert all(
+        states == ["skipped"] for task, states in result.states.items() if task != "wait_for_unseen_mail"
+    )
     assert jira.request_count() == 0
 
 
@@ -306,12 +317,19 @@ def test_default_trust_is_the_jira_connection_host(inbox_env, inbox_dag):
 @pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)
 def test_airflow_dags_test_cli_runs_with_env_connections(inbox_env):
     imap, jira, store = inbox_env
-    jira.add_issue("CLI-1", summary="From the CLI", assignee_email="cli@example.com", progress=(1, 2), updated=T0)
+    jira.add_issue(
+        "CLI-1", summary="From the CLI", assignee_email="cli@example.com", progress=(1, 2), updated=T0
+    )
     imap.append(jira_notification("CLI-1", site=SITE))
 
     proc = subprocess.run(
         [sys.executable, "-m", "airflow", "dags", "test", "jira_inbox", "-c", json.dumps(TRUSTED)],
-        cwd=REPO, env=os.environ.copy(), capture_output=True, text=True, timeout=300, check=False,
+        cwd=REPO,
+        env=os.environ.copy(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
 
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

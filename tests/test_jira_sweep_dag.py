@@ -49,13 +49,20 @@ def manual(since: datetime, until: datetime, **extra) -> dict:
 def test_sweep_stores_exactly_the_tickets_updated_in_its_window(sweep_env, sweep_dag):
     jira, store = sweep_env
     jira.set_time_zone("Australia/Sydney")
-    jira.add_issue("ABC-1", summary="inside", assignee_email="a@example.com", progress=(5, 10),
-                   updated=HOUR_START + timedelta(minutes=14, seconds=59))
+    jira.add_issue(
+        "ABC-1",
+        summary="inside",
+        assignee_email="a@example.com",
+        progress=(5, 10),
+        updated=HOUR_START + timedelta(minutes=14, seconds=59),
+    )
     jira.add_issue("ABC-2", summary="at start", updated=HOUR_START)
     jira.add_issue("ABC-3", summary="at end: next window", updated=HOUR_START + timedelta(minutes=15))
     jira.add_issue("ABC-4", summary="long before", updated=HOUR_START - timedelta(hours=3))
 
-    result = run_dag(sweep_dag, conf=manual(HOUR_START, HOUR_START + timedelta(minutes=15), lookback_minutes=0))
+    result = run_dag(
+        sweep_dag, conf=manual(HOUR_START, HOUR_START + timedelta(minutes=15), lookback_minutes=0)
+    )
 
     assert result.state == "success", result.states
     assert set(rows(store)) == {"ABC-1", "ABC-2"}
@@ -68,8 +75,13 @@ def test_backfill_of_several_intervals_equals_one_long_manual_sweep(sweep_env, s
     jira, store = sweep_env
     jira.set_time_zone("America/New_York")
     for n in range(60):
-        jira.add_issue(f"OPS-{n + 1}", summary=f"ticket {n}", assignee_email=None if n % 3 else f"u{n}@example.com",
-                       progress=(n, 60), updated=HOUR_START + timedelta(minutes=n, seconds=n % 60))
+        jira.add_issue(
+            f"OPS-{n + 1}",
+            summary=f"ticket {n}",
+            assignee_email=None if n % 3 else f"u{n}@example.com",
+            progress=(n, 60),
+            updated=HOUR_START + timedelta(minutes=n, seconds=n % 60),
+        )
 
     for quarter in range(1, 5):  # the four scheduled intervals of the hour, as a backfill creates them
         run = run_dag(sweep_dag, logical_date=HOUR_START + timedelta(minutes=15 * quarter))
@@ -91,14 +103,33 @@ def test_backfill_of_several_intervals_equals_one_long_manual_sweep(sweep_env, s
 def test_backfill_dry_run_lists_one_run_per_15_minute_interval(sweep_env, sweep_dag):
     run_dag(sweep_dag, conf=manual(HOUR_START, HOUR_START + timedelta(minutes=1)))  # serializes the DAG
     proc = subprocess.run(
-        [sys.executable, "-m", "airflow", "backfill", "create", "--dag-id", "jira_sweep",
-         "--from-date", "2026-10-01T10:00:00+00:00", "--to-date", "2026-10-01T11:00:00+00:00", "--dry-run"],
-        cwd=REPO, env=os.environ.copy(), capture_output=True, text=True, timeout=180, check=False,
+        [
+            sys.executable,
+            "-m",
+            "airflow",
+            "backfill",
+            "create",
+            "--dag-id",
+            "jira_sweep",
+            "--from-date",
+            "2026-10-01T10:00:00+00:00",
+            "--to-date",
+            "2026-10-01T11:00:00+00:00",
+            "--dry-run",
+        ],
+        cwd=REPO,
+        env=os.environ.copy(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     listed = [line.split("|")[1].strip() for line in proc.stdout.splitlines() if line.startswith("| 2026-")]
     # Both ends are included, one run per 15-minute data interval.
-    assert listed == [f"2026-10-01 {t}:00+00:00" for t in ("10:00", "10:15", "10:30", "10:45", "11:00")], proc.stdout
+    assert listed == [f"2026-10-01 {t}:00+00:00" for t in ("10:00", "10:15", "10:30", "10:45", "11:00")], (
+        proc.stdout
+    )
 
 
 @pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)
@@ -108,13 +139,15 @@ def test_backfill_dry_run_lists_one_run_per_15_minute_interval(sweep_env, sweep_
         'status = "Done") OR (project = "SECRET"',
         'status = "Done" ORDER BY key',
         'summary ~ "unterminated',
-        'status = Done; DELETE',
+        "status = Done; DELETE",
         "status = Done\nOR project = SECRET",
     ],
 )
 def test_jql_injection_through_params_fails_clearly_before_any_search(sweep_env, sweep_dag, jql_filter):
     jira, store = sweep_env
-    result = run_dag(sweep_dag, conf=manual(HOUR_START, HOUR_START + timedelta(minutes=15), jql_filter=jql_filter))
+    result = run_dag(
+        sweep_dag, conf=manual(HOUR_START, HOUR_START + timedelta(minutes=15), jql_filter=jql_filter)
+    )
     assert result.state == "failed"
     assert result.states["plan_sweep"] == ["failed"]  # no retries: bad input is final
     assert jira.request_count("/rest/api/3/search") == 0
@@ -125,8 +158,10 @@ def test_invalid_project_key_is_refused_by_the_trigger_form(sweep_env, sweep_dag
     from airflow.sdk.definitions.param import ParamValidationError
 
     with pytest.raises(ParamValidationError):
-        run_dag(sweep_dag, conf=manual(HOUR_START, HOUR_START + timedelta(minutes=15),
-                                       projects=['ABC") OR (project = "X']))
+        run_dag(
+            sweep_dag,
+            conf=manual(HOUR_START, HOUR_START + timedelta(minutes=15), projects=['ABC") OR (project = "X']),
+        )
 
 
 @pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)
@@ -136,8 +171,12 @@ def test_valid_filter_and_projects_narrow_the_sweep(sweep_env, sweep_dag):
     jira.add_issue("ABC-1", summary="done in ABC", status="Done", updated=t)
     jira.add_issue("ABC-2", summary="open in ABC", status="To Do", updated=t)
     jira.add_issue("WEB-1", summary="done in WEB", status="Done", updated=t)
-    result = run_dag(sweep_dag, conf=manual(HOUR_START, HOUR_START + timedelta(minutes=15),
-                                            projects=["ABC"], jql_filter='status = "Done"'))
+    result = run_dag(
+        sweep_dag,
+        conf=manual(
+            HOUR_START, HOUR_START + timedelta(minutes=15), projects=["ABC"], jql_filter='status = "Done"'
+        ),
+    )
     assert result.state == "success", result.states
     assert set(rows(store)) == {"ABC-1"}
 
@@ -175,7 +214,12 @@ def test_airflow_dags_test_cli_sweeps_the_given_window(sweep_env):
     conf = {"since": "2026-11-27T00:00:00+00:00", "until": "2026-11-27T01:00:00+00:00"}
     proc = subprocess.run(
         [sys.executable, "-m", "airflow", "dags", "test", "jira_sweep", "-c", json.dumps(conf)],
-        cwd=REPO, env=os.environ.copy(), capture_output=True, text=True, timeout=300, check=False,
+        cwd=REPO,
+        env=os.environ.copy(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert set(rows(store)) == {"CLI-1"}

@@ -50,8 +50,14 @@ def plan_sweep() -> dict[str, Any]:
     with jira_client() as client:
         account_tz = client.account_time_zone()
     jql = build_sweep_jql(window, account_tz, projects=projects, jql_filter=jql_filter)
-    log.info("Sweeping %s → %s (lookback %s), account time zone %s: %s", window.start, window.end,
-             window.lookback, account_tz, jql)
+    log.info(
+        "Sweeping %s → %s (lookback %s), account time zone %s: %s",
+        window.start,
+        window.end,
+        window.lookback,
+        account_tz,
+        jql,
+    )
     return {
         "jql": jql,
         "window_start": window.start.isoformat(),

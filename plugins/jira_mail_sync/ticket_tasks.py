@@ -32,6 +32,8 @@ def jira_client(jira_conn_id: str = JiraCloudHook.default_conn_name) -> Iterator
 @task(
     pool=JIRA_POOL,
     map_index_template="{{ batch_label }}",
+    # A batch's details (up to 100 tickets) would flood the task log; the store task logs the counts.
+    show_return_value_in_logs=False,
     retry_delay=timedelta(seconds=30),
     retry_exponential_backoff=2.0,
 )

@@ -47,7 +47,9 @@ class DagRunResult:
         with create_session() as session:
             row = (
                 session.query(XComModel)
-                .filter_by(dag_id=self.dag_id, run_id=self.run_id, task_id=task_id, map_index=map_index, key=key)
+                .filter_by(
+                    dag_id=self.dag_id, run_id=self.run_id, task_id=task_id, map_index=map_index, key=key
+                )
                 .one_or_none()
             )
             return None if row is None else XComModel.deserialize_value(row)
@@ -91,4 +93,6 @@ def run_dag(dag, *, conf: dict | None = None, logical_date=None, run_after=None)
         )
         for ti in tis:
             states.setdefault(ti.task_id, []).append(str(getattr(ti.state, "value", ti.state)))
-    return DagRunResult(state=str(getattr(dr.state, "value", dr.state)), states=states, run_id=dr.run_id, dag_id=dag.dag_id)
+    return DagRunResult(
+        state=str(getattr(dr.state, "value", dr.state)), states=states, run_id=dr.run_id, dag_id=dag.dag_id
+    )

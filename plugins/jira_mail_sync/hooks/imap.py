@@ -25,7 +25,9 @@ class BoundedImapHook(ImapHook):
 
     hook_name = "IMAP (bounded, peek-only)"
 
-    def __init__(self, imap_conn_id: str = ImapHook.default_conn_name, *, timeout: float = DEFAULT_IMAP_TIMEOUT):
+    def __init__(
+        self, imap_conn_id: str = ImapHook.default_conn_name, *, timeout: float = DEFAULT_IMAP_TIMEOUT
+    ):
         super().__init__(imap_conn_id=imap_conn_id)
         self.timeout = timeout
 

@@ -46,4 +46,6 @@ class UnseenJiraMailSensor(BaseSensorOperator):
                 raise AirflowSkipException(f"No unseen Jira mail in {self.mailbox}")
             return False
         self.log.info("Found %d unseen message(s) in %s (limit %d)", len(sensed.uids), self.mailbox, limit)
-        return PokeReturnValue(is_done=True, xcom_value={"uidvalidity": sensed.uidvalidity, "uids": sensed.uids})
+        return PokeReturnValue(
+            is_done=True, xcom_value={"uidvalidity": sensed.uidvalidity, "uids": sensed.uids}
+        )

@@ -1,0 +1,13 @@
+"""Runs every benchmark in turn; each writes its own section of docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+BENCHMARKS = ["bench.parser_bench", "bench.inbox_burst", "bench.sweep_bench"]
+
+if __name__ == "__main__":
+    for module in BENCHMARKS:
+        print(f"== {module}", flush=True)
+        subprocess.run([sys.executable, "-m", module], check=True)

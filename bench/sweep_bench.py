@@ -1,0 +1,189 @@
+"""Benchmark: one jira_sweep run over 20,000 changed issues, through dag.test(), with 50 ms Jira latency.
+
+Run it with `.venv/bin/python -m bench.sweep_bench` (or `make bench`). It starts the Jira stand-in
+with 20,000 issues updated inside one window, runs `jira_sweep` for that window with dag.test() in
+this process against a fresh Airflow home and SQLite store, and reports the Jira requests, the wall
+time, each task's peak Python heap (tracemalloc, reset at every task start by an Airflow listener),
+the process's peak RSS, and the largest XCom value. Memory is measured in a second identical
+run, so that tracemalloc does not slow the timed one. Results go into docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import sys
+import tempfile
+import time
+import tracemalloc
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ISSUES = 20_000
+LATENCY_S = 0.05
+WINDOW_START = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
+WINDOW_END = WINDOW_START + timedelta(hours=1)
+
+
+def make_task_memory_listener():
+    """An Airflow listener recording the tracemalloc peak of each task (dag.test runs them in-process).
+
+    Built after the environment is set, because importing Airflow reads its configuration.
+    """
+    from airflow.listeners import hookimpl
+
+    class TaskMemoryListener:
+        def __init__(self) -> None:
+            self.peaks: dict[str, int] = {}
+            self._baseline = 0
+
+        @hookimpl
+        def on_task_instance_running(self, previous_state, task_instance):
+            # The stand-in's 20,000 issues and Airflow itself live in this process too: measure the
+            # growth above what was allocated when the task started.
+            tracemalloc.reset_peak()
+            self._baseline = tracemalloc.get_traced_memory()[0]
+
+        @hookimpl
+        def on_task_instance_success(self, previous_state, task_instance):
+            _, peak = tracemalloc.get_traced_memory()
+            name = task_instance.task_id
+            if getattr(task_instance, "map_index", -1) not in (-1, None):
+                name += "[mapped]"
+            self.peaks[name] = max(self.peaks.get(name, 0), peak - self._baseline)
+
+    return TaskMemoryListener()
+
+
+def _set_up_airflow(tmp: Path, jira, store_path: Path) -> None:
+    home = tmp / "airflow-home"
+    home.mkdir()
+    os.environ.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+            "AIRFLOW_CONN_JIRA_DEFAULT": json.dumps(
+                {"conn_type": "jira", "host": jira.url, "login": jira.email, "password": jira.api_token}
+            ),
+            "AIRFLOW_CONN_JIRA_STORE": json.dumps({"conn_type": "sqlite", "host": str(store_path)}),
+        }
+    )
+    sys.path[:0] = [str(REPO), str(REPO / "plugins")]
+    import subprocess
+
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        check=True,
+        capture_output=True,
+        env=os.environ.copy(),
+    )
+
+
+def main() -> None:
+    from include.jira_standin import JiraStandin
+
+    jira = JiraStandin(email="bench@example.com", api_token="bench-token", time_zone="Europe/Berlin").start()
+    try:
+        step = (WINDOW_END - WINDOW_START) / ISSUES
+        for n in range(ISSUES):
+            jira.add_issue(
+                f"SWP-{n + 1}",
+                summary=f"Swept ticket {n + 1}",
+                assignee_email=None if n % 5 == 0 else f"user{n % 40}@example.com",
+                progress=(n % 100, 100),
+                updated=WINDOW_START + step * n,
+            )
+        jira.latency = LATENCY_S
+        with tempfile.TemporaryDirectory(prefix="jms-sweep-bench-") as tmp_name:
+            tmp = Path(tmp_name)
+            store_path = tmp / "store.db"
+            _set_up_airflow(tmp, jira, store_path)
+
+            from airflow.dag_processing.dagbag import DagBag
+            from airflow.sdk.listener import get_listener_manager
+
+            listener = make_task_memory_listener()
+            get_listener_manager().add_listener(listener)
+            dag = DagBag(dag_folder=str(REPO / "dags")).dags["jira_sweep"]
+            conf = {"since": WINDOW_START.isoformat(), "until": WINDOW_END.isoformat(), "lookback_minutes": 0}
+
+            # First the timed run, then the same sweep again under tracemalloc (which slows Python
+            # down) for the memory figures; the second run rewrites the same rows.
+            jira.clear_requests()
+            started = time.perf_counter()
+            run = dag.test(run_conf=conf)
+            wall = time.perf_counter() - started
+            state = str(getattr(run.state, "value", run.state))
+            searches = jira.request_count("/rest/api/3/search/jql")
+            bulk = jira.request_count("/rest/api/3/issue/bulkfetch")
+            total = jira.request_count("/rest/api/")
+
+            tracemalloc.start()
+            memory_run = DagBag(dag_folder=str(REPO / "dags")).dags["jira_sweep"].test(run_conf=conf)
+            tracemalloc.stop()
+            if str(getattr(memory_run.state, "value", memory_run.state)) != "success":
+                raise SystemExit("the memory-measuring sweep run failed")
+
+            from airflow.models.xcom import XComModel
+            from airflow.utils.session import create_session
+
+            with create_session() as session:
+                xcoms = session.query(XComModel).filter_by(dag_id="jira_sweep", run_id=run.run_id).all()
+                sizes = {(x.task_id, x.map_index): len(json.dumps(x.value).encode()) for x in xcoms}
+            import sqlite3
+
+            conn = sqlite3.connect(store_path)
+            rows = conn.execute("SELECT count(*) FROM jira_ticket WHERE source = 'sweep'").fetchone()[0]
+            conn.close()
+    finally:
+        jira.stop()
+
+    if state != "success" or rows != ISSUES:
+        raise SystemExit(f"sweep run ended {state} with {rows} rows stored, expected {ISSUES}")
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    (big_task, big_index), biggest = max(sizes.items(), key=lambda item: item[1])
+    budget = math.ceil(ISSUES / 5000) + math.ceil(ISSUES / 100)
+    task_rows = "\n".join(
+        f"| `{name}` | {peak / 1024 / 1024:.1f} MiB |" for name, peak in sorted(listener.peaks.items())
+    )
+    markdown = f"""## Sweep: {ISSUES:,} changed issues through `dag.test()`
+
+Command: `.venv/bin/python -m bench.sweep_bench` (part of `make bench`).
+
+The Jira stand-in holds {ISSUES:,} issues updated inside one hour and adds {LATENCY_S * 1000:.0f} ms to
+every request; `jira_sweep` runs once over that hour (`since`/`until`, lookback 0) with `dag.test()`
+into a fresh SQLite store. Run state: **{state}**, rows stored: **{rows:,}**.
+
+| measure | value | target |
+|---|---:|---|
+| Jira requests, all | {total} | ≤ ceil(20000/5000) + ceil(20000/100) + a constant = {budget} + c |
+| of which `/search/jql` pages (keys only, 5000 a page) | {searches} | |
+| of which `/issue/bulkfetch` (100 keys each) | {bulk} | |
+| wall time of the run through `dag.test()` | {wall:.1f} s | |
+| largest XCom value | {biggest / 1024:.0f} KiB (`{big_task}`{f"[{big_index}]" if big_index >= 0 else ""}) | < 1 MB |
+| peak RSS of the whole process (Airflow + stand-in + all tasks) | {peak_rss:.0f} MiB | |
+
+Peak Python heap growth per task, from a second identical run under tracemalloc (the growth above
+what was allocated when the task instance started; for mapped instances, the largest one):
+
+| task | peak heap growth |
+|---|---:|
+{task_rows}
+
+`store_tickets` reads the mapped fetch results one at a time from Airflow's lazy XCom sequence and
+upserts each batch before reading the next, so no task holds all {ISSUES:,} tickets' details at once.
+"""
+    from bench.report import write_section
+
+    print(markdown)
+    print(write_section("sweep", markdown))
+
+
+if __name__ == "__main__":
+    main()
