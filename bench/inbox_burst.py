@@ -278,8 +278,10 @@ Each pipeline runs in its own process against a fresh copy of the burst.
 
 - Ours is **{speedup:.1f}× faster** in the same run, with {ours["jira_requests"]} Jira requests
   (target: at most ceil({KEYS}/100) = {-(-KEYS // 100)} plus a constant) and {ours["imap_commands"]} IMAP
-  commands whatever the number of messages (3 connections × LOGIN/SELECT/LOGOUT plus one SEARCH,
-  one FETCH and one STORE).
+  commands: a fixed handful per task connection (LOGIN, SELECT/EXAMINE, LOGOUT), one SEARCH, one STORE,
+  and one FETCH per 500 messages (`PEEK_CHUNK`, which bounds the buffered FETCH response to ~160 MiB
+  even for hostile mail), so {MESSAGES:,} messages cost {-(-MESSAGES // 500)} FETCHes. The baseline's
+  {base["imap_commands"]} commands grow by two per message.
 - Mail left unseen afterwards: ours {ours["unseen_after"]}, baseline {base["unseen_after"]}.
 - One whole `jira_inbox` run over the same burst through `airflow dags test jira_inbox -c
   '{{"max_messages": {MESSAGES}, ...}}'`: **{dag_run["wall_s"]:.1f} s** end to end (Airflow start-up

@@ -59,7 +59,7 @@ from jira_mail_sync.ticket_tasks import fetch_tickets, store_tickets
             200,
             type="integer",
             minimum=1,
-            maximum=5000,
+            maximum=2000,
             title="Messages per run",
             description=(
                 "At most this many unseen messages are taken, oldest first; the rest wait for the next run."

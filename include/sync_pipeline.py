@@ -24,6 +24,10 @@ BULK_FETCH_LIMIT = 100
 # Airflow's default [core] max_map_length; batches are sized so that a run never comes near it.
 MAX_MAP_LENGTH = 1024
 MAX_MAPPED_FETCHES = 500
+# imaplib buffers a whole FETCH response, and each message costs up to 64 KiB of header plus 256 KiB of
+# body prefix, so one FETCH covers at most this many messages: at most ~160 MiB however hostile the
+# mail, ~10 MiB for typical Jira mail. A run of up to 500 messages costs one FETCH.
+PEEK_CHUNK = 500
 
 
 @dataclass(frozen=True)
@@ -71,16 +75,17 @@ def extract_keys(
     if not sensed.uids:
         return extraction
     seen_keys: set[str] = set()
-    for peeked in inbox.peek(sensed.uids):
-        parsed = parse_message(peeked.raw, trusted_senders=trusted_senders, jira_url=jira_url)
-        if not parsed.accepted:
-            extraction.rejected.append({"uid": peeked.uid, "reason": parsed.reason})
-            continue
-        extraction.messages.append({"uid": peeked.uid, "keys": list(parsed.keys)})
-        for key in parsed.keys:
-            if key not in seen_keys:
-                seen_keys.add(key)
-                extraction.keys.append(key)
+    for start in range(0, len(sensed.uids), PEEK_CHUNK):
+        for peeked in inbox.peek(sensed.uids[start : start + PEEK_CHUNK]):
+            parsed = parse_message(peeked.raw, trusted_senders=trusted_senders, jira_url=jira_url)
+            if not parsed.accepted:
+                extraction.rejected.append({"uid": peeked.uid, "reason": parsed.reason})
+                continue
+            extraction.messages.append({"uid": peeked.uid, "keys": list(parsed.keys)})
+            for key in parsed.keys:
+                if key not in seen_keys:
+                    seen_keys.add(key)
+                    extraction.keys.append(key)
     if extraction.rejected:
         log.warning(
             "Rejected %d message(s), left for a human with keyword %s: %s",

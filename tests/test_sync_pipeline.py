@@ -1,0 +1,64 @@
+"""The shared pipeline steps: batching for mapped fetches, settling mail, and chunked peeks on real Dovecot."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from include.imap_inbox import Inbox
+from include.mail_factory import jira_notification
+from include.sync_pipeline import (
+    BULK_FETCH_LIMIT,
+    MAX_MAPPED_FETCHES,
+    PEEK_CHUNK,
+    batch_keys,
+    describe_batch,
+    extract_keys,
+    sense_unseen,
+    settled_uids,
+)
+
+
+@given(st.integers(min_value=0, max_value=120_000))
+def test_batches_cover_every_key_once_and_stay_far_below_max_map_length(count):
+    keys = [f"K-{n + 1}" for n in range(count)]
+    batches = batch_keys(keys)
+    assert [k for batch in batches for k in batch] == keys
+    assert len(batches) <= MAX_MAPPED_FETCHES
+    assert all(len(batch) % BULK_FETCH_LIMIT == 0 or batch is batches[-1] for batch in batches)
+    if count <= BULK_FETCH_LIMIT * MAX_MAPPED_FETCHES:
+        assert all(len(batch) <= BULK_FETCH_LIMIT for batch in batches)
+
+
+def test_duplicate_keys_are_fetched_once():
+    assert batch_keys(["A-1", "B-2", "A-1"]) == [["A-1", "B-2"]]
+
+
+def test_batch_label_names_the_keys():
+    assert describe_batch(["A-1", "A-2"]) == "A-1, A-2"
+    assert describe_batch([f"A-{n}" for n in range(1, 101)]) == "A-1 … A-100 (100 keys)"
+
+
+def test_only_messages_whose_keys_were_all_handled_are_settled():
+    messages = [{"uid": 1, "keys": ["A-1"]}, {"uid": 2, "keys": ["A-1", "A-2"]}, {"uid": 3, "keys": ["A-3"]}]
+    assert settled_uids(messages, ["A-1", "A-3"]) == [1, 3]
+    assert settled_uids(messages, []) == []
+
+
+@pytest.mark.timeout(120)
+def test_a_burst_larger_than_one_peek_chunk_is_read_whole_and_left_unseen(imap_account):
+    site = "acme.atlassian.net"
+    total = PEEK_CHUNK + 37
+    for n in range(total):
+        imap_account.drop(jira_notification(f"OPS-{n % 50 + 1}", site=site))
+    client = imap_account.connect()
+    try:
+        inbox = Inbox(client)
+        sensed = sense_unseen(inbox, limit=total)
+        extraction = extract_keys(inbox, sensed, trusted_senders=[f"jira@{site}"], jira_url=f"https://{site}")
+    finally:
+        client.logout()
+    assert len(extraction.messages) == total
+    assert extraction.keys == [f"OPS-{n}" for n in range(1, 51)]
+    assert imap_account.unseen_count() == total
