@@ -1,4 +1,4 @@
-"""The shared pipeline steps: batching for mapped fetches, settling mail, and chunked peeks on real Dovecot."""
+"""The shared pipeline steps: batching for mapped fetches, settling mail, chunked peeks on real Dovecot."""
 
 from __future__ import annotations
 
