@@ -68,7 +68,7 @@ from jira_mail_sync.ticket_tasks import fetch_tickets, store_tickets
         ),
         "trusted_senders": Param(
             [],
-            type="array",
+            type=["null", "array"],
             items={"type": "string", "minLength": 3, "maxLength": 254},
             maxItems=50,
             title="Trusted senders",

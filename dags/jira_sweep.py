@@ -76,7 +76,7 @@ from jira_mail_sync.ticket_tasks import fetch_tickets, store_tickets
         ),
         "projects": Param(
             [],
-            type="array",
+            type=["null", "array"],
             items={"type": "string", "pattern": "^[A-Z][A-Z0-9_]{1,9}$"},
             maxItems=100,
             title="Projects",

@@ -1,0 +1,718 @@
+"""Runs jira-mail-sync live on this machine, all state under .demo/: `start`, `stop`, `check`, `info`.
+
+`start` (what `make demo` runs) starts, each in a session of its own with its PID in .demo/pids/:
+
+- Dovecot on loopback with one mailbox account (the `imap_default` connection, plain IMAP);
+- the Jira Cloud stand-in with a generated demo site (`jira_default`);
+- `airflow standalone` (SQLite metadata database, LocalExecutor) on 127.0.0.1;
+- the activity generator (scripts/activity.py), which edits tickets and mails their notifications.
+
+It waits (bounded) until the api-server answers, every component is healthy and both DAGs are
+parsed, then creates the `jira_api` pool, unpauses both DAGs, triggers one `jira_sweep` run over the
+demo site's whole history (the initial load) and prints how to use it all. `check` asserts, by exit
+code, that the demo is ready and that the store holds tickets from both DAGs. `stop` ends every process
+`start` began, session by session, and is safe to run any number of times.
+
+Every variable the caller exported whose name starts with AIRFLOW is dropped: the demo configures its
+own Airflow, and a stray AIRFLOW_HOME or connection (a test session's, say) must not leak into it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / ".demo"
+PIDS = DEMO / "pids"
+LOGS = DEMO / "logs"
+STATE = DEMO / "state.json"
+STORE = DEMO / "store.db"
+AIRFLOW_HOME = DEMO / "airflow"
+LOOPBACK = "127.0.0.1"
+# Every process the demo starts carries this variable, so `stop` can find any that left its session.
+MARKER_ENV = "JMS_DEMO_ROOT"
+
+DEFAULT_API_PORT = 8080
+ADMIN_USER = "admin"
+JIRA_EMAIL = "sync-bot@example.com"
+JIRA_TIME_ZONE = "Europe/Berlin"
+DEMO_ISSUES = 300
+DEMO_SEED = 1
+DAG_IDS = ("jira_inbox", "jira_sweep")
+JIRA_POOL = "jira_api"
+JIRA_POOL_SLOTS = 3
+# Two cores: four LocalExecutor workers keep the scheduler and the api-server responsive.
+PARALLELISM = 4
+# The order `stop` ends them in: producers first, so nothing writes into a service that is going away.
+SERVICES = ("activity", "airflow", "jira-standin", "dovecot")
+
+READY_TIMEOUT_S = float(os.environ.get("DEMO_READY_TIMEOUT", "240"))
+SERVICE_START_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 30.0
+HTTP_TIMEOUT_S = 10.0
+
+
+class DemoError(RuntimeError):
+    """The demo could not do what was asked; the message says why and where to look."""
+
+
+# ------------------------------------------------------------------------------------------- processes
+
+
+def _proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, session id, start time in clock ticks) of a process, or None if there is none."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    # The command name may hold spaces and parentheses: the fields after the last ')' are fixed.
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return fields[0], int(fields[3]), int(fields[19])
+
+
+def _session_members(sid: int) -> list[int]:
+    """PIDs of the live (not zombie) processes in session `sid`.
+
+    Sessions, not process groups: Airflow's task supervisors put each task in a process group of its
+    own, but they stay in the session of the `airflow standalone` that `start` began.
+    """
+    members = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            stat = _proc_stat(int(entry.name))
+            if stat is not None and stat[1] == sid and stat[0] != "Z":
+                members.append(int(entry.name))
+    return members
+
+
+def _marked_processes() -> list[int]:
+    """PIDs of live processes started by this demo (they carry MARKER_ENV), other than this one."""
+    marker = f"{MARKER_ENV}={DEMO}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        stat = _proc_stat(int(entry.name))
+        if marker in environ.split(b"\0") and stat is not None and stat[0] != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def _spawn(name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start `argv` as the leader of a new session, output to .demo/logs/NAME.log, PID recorded."""
+    with open(LOGS / f"{name}.log", "ab") as log_file:
+        process = subprocess.Popen(
+            argv,
+            cwd=REPO,
+            env={**env, MARKER_ENV: str(DEMO)},
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    stat = _proc_stat(process.pid)
+    # The start time guards `stop` against a recycled PID: it only signals the process it started.
+    (PIDS / f"{name}.pid").write_text(f"{process.pid} {stat[2] if stat else 0}\n")
+    return process
+
+
+def _recorded(name: str) -> tuple[int, int] | None:
+    try:
+        pid, started = (PIDS / f"{name}.pid").read_text().split()
+        return int(pid), int(started)
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _running(name: str) -> bool:
+    recorded = _recorded(name)
+    if recorded is None:
+        return False
+    stat = _proc_stat(recorded[0])
+    return stat is not None and stat[0] != "Z" and stat[2] == recorded[1]
+
+
+def _signal_all(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signum)
+
+
+def _stop_service(name: str) -> bool:
+    """SIGTERM every process of the service's session, SIGKILL what is left after STOP_TIMEOUT_S.
+
+    Returns whether anything was running.
+    """
+    recorded = _recorded(name)
+    pid_file = PIDS / f"{name}.pid"
+    if recorded is None:
+        pid_file.unlink(missing_ok=True)
+        return False
+    sid, started = recorded
+    stat = _proc_stat(sid)
+    # The leader may be gone while its session lives on; a recycled PID (other start time) is not ours.
+    if stat is not None and stat[2] != started:
+        pid_file.unlink(missing_ok=True)
+        return False
+    members = _session_members(sid)
+    if not members:
+        pid_file.unlink(missing_ok=True)
+        return False
+    # airflow standalone ignores SIGINT when backgrounded; every component handles SIGTERM.
+    began = time.monotonic()
+    deadline = began + STOP_TIMEOUT_S
+    signalled: set[int] = set()
+    while members and time.monotonic() < deadline:
+        # A component may still fork (a task starting) while the others shut down: signal newcomers too.
+        _signal_all([pid for pid in members if pid not in signalled], signal.SIGTERM)
+        signalled.update(members)
+        time.sleep(0.2)
+        members = _session_members(sid)
+    if members:
+        print(f"  {name}: {len(members)} process(es) still running after {STOP_TIMEOUT_S:.0f} s: SIGKILL")
+        _signal_all(members, signal.SIGKILL)
+    else:
+        print(f"  {name}: stopped in {time.monotonic() - began:.1f} s", flush=True)
+    pid_file.unlink(missing_ok=True)
+    return True
+
+
+def stop(*, quiet: bool = False) -> int:
+    if not DEMO.exists():
+        print("The demo is not running (no .demo/).")
+        return 0
+    stopped = []
+    for name in SERVICES:
+        if _stop_service(name):
+            stopped.append(name)
+    # A process that started a session of its own is outside every session above.
+    strays = _marked_processes()
+    for pid in strays:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while strays and time.monotonic() < deadline:
+        strays = [pid for pid in strays if (s := _proc_stat(pid)) is not None and s[0] != "Z"]
+        time.sleep(0.2)
+    for pid in strays:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    if stopped:
+        print(f"Stopped: {', '.join(stopped)}. Logs and the store stay in .demo/ until the next start.")
+    elif not quiet:
+        print("The demo is not running.")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- HTTP
+
+
+def _http(
+    method: str, url: str, *, body: Any = None, token: str | None = None, auth: str | None = None
+) -> tuple[int, Any]:
+    """(status, parsed JSON or text); a refused connection raises OSError."""
+    headers = {"Accept": "application/json"}
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    if auth:
+        headers["Authorization"] = auth
+    request = urllib.request.Request(url, data=data, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
+            status, raw = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        status, raw = exc.code, exc.read()
+    try:
+        return status, json.loads(raw) if raw else None
+    except json.JSONDecodeError:
+        return status, raw.decode(errors="replace")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError:
+            return False
+    # Airflow's log servers bind 0.0.0.0, which a loopback-only probe would miss.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+def _api_port() -> int:
+    wanted = os.environ.get("DEMO_PORT")
+    if wanted:
+        if not _port_free(int(wanted)):
+            raise DemoError(f"DEMO_PORT={wanted} is in use")
+        return int(wanted)
+    return DEFAULT_API_PORT if _port_free(DEFAULT_API_PORT) else _free_port()
+
+
+# ---------------------------------------------------------------------------------------------- state
+
+
+def _load_state() -> dict[str, Any]:
+    try:
+        return json.loads(STATE.read_text())
+    except FileNotFoundError:
+        raise DemoError("The demo has not been started: run `make demo`.") from None
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.touch(mode=0o600)
+    os.chmod(path, 0o600)
+    path.write_text(text)
+
+
+def _base_env() -> dict[str, str]:
+    env = {name: value for name, value in os.environ.items() if not name.startswith("AIRFLOW")}
+    env.pop("PYTHONPATH", None)
+    return env
+
+
+# ----------------------------------------------------------------------------------------- services
+
+
+def _start_dovecot(env: dict[str, str]) -> dict[str, Any]:
+    """Dovecot with one account, configured as the test harness configures it, living in .demo/dovecot."""
+    sys.path.insert(0, str(REPO))
+    from tests.harness import dovecot as harness
+
+    if not os.access(harness.DOVECOT_BINARY, os.X_OK):
+        raise DemoError(f"{harness.DOVECOT_BINARY} is missing: run `make system-deps`")
+    root = DEMO / "dovecot"
+    root.mkdir()
+    # Dovecot's auth and mail processes run as the dovecot user and must reach into this directory.
+    for directory in (DEMO, root):
+        os.chmod(directory, 0o711)
+    for name in ("users", "mail"):
+        (root / name).mkdir(mode=0o711)
+    rootless = os.geteuid() != 0
+    if rootless:
+        mail_uid, mail_gid = os.getuid(), os.getgid()
+    else:
+        import grp
+        import pwd
+
+        # Dovecot refuses mail owned by uid 0.
+        mail_uid, mail_gid = pwd.getpwnam("dovecot").pw_uid, grp.getgrnam("dovecot").gr_gid
+    tls = harness.write_tls_files(root)
+    port, ssl_port = harness.free_port(), harness.free_port()
+    config = root / "dovecot.conf"
+    config.write_text(harness._render_config(root, tls, port, ssl_port, mail_uid, mail_gid, rootless))
+    process = _spawn("dovecot", [harness.DOVECOT_BINARY, "-c", str(config), "-F"], env)
+    server = harness.DovecotServer(root, LOOPBACK, port, ssl_port, tls.ca_cert, mail_uid, mail_gid, process)
+    deadline = time.monotonic() + SERVICE_START_TIMEOUT_S
+    while True:
+        if process.poll() is not None:
+            raise DemoError(f"Dovecot exited with status {process.returncode}: see .demo/logs/dovecot.log")
+        with contextlib.suppress(OSError):
+            if harness._read_greeting(port, None).startswith(b"* OK"):
+                break
+        if time.monotonic() > deadline:
+            raise DemoError(f"Dovecot did not greet on {LOOPBACK}:{port}: see {root}/dovecot.log")
+        time.sleep(0.05)
+    account = server.create_account()
+    return {"host": LOOPBACK, "port": port, "login": account.user, "password": account.password}
+
+
+def _start_jira_standin(env: dict[str, str], anchor: datetime) -> dict[str, Any]:
+    port = _free_port()
+    token = secrets.token_urlsafe(24)
+    process = _spawn(
+        "jira-standin",
+        [
+            sys.executable, "-m", "include.jira_standin",
+            "--host", LOOPBACK, "--port", str(port),
+            "--email", JIRA_EMAIL, "--time-zone", JIRA_TIME_ZONE,
+            "--demo-issues", str(DEMO_ISSUES), "--seed", str(DEMO_SEED), "--anchor", anchor.isoformat(),
+        ],
+        {**env, "PYTHONPATH": str(REPO), "JIRA_STANDIN_API_TOKEN": token},
+    )
+    url = f"http://{LOOPBACK}:{port}"
+    import base64
+
+    auth = "Basic " + base64.b64encode(f"{JIRA_EMAIL}:{token}".encode()).decode()
+    deadline = time.monotonic() + SERVICE_START_TIMEOUT_S
+    while True:
+        if process.poll() is not None:
+            raise DemoError("The Jira stand-in exited: see .demo/logs/jira-standin.log")
+        with contextlib.suppress(OSError):
+            status, _ = _http("GET", f"{url}/rest/api/3/myself", auth=auth)
+            if status == 200:
+                break
+        if time.monotonic() > deadline:
+            raise DemoError(f"The Jira stand-in did not answer on {url}: see .demo/logs/jira-standin.log")
+        time.sleep(0.1)
+    return {
+        "url": url,
+        "email": JIRA_EMAIL,
+        "api_token": token,
+        "time_zone": JIRA_TIME_ZONE,
+        "demo_issues": DEMO_ISSUES,
+        "seed": DEMO_SEED,
+        "anchor": anchor.isoformat(),
+    }
+
+
+def _airflow_env(env: dict[str, str], state: dict[str, Any]) -> dict[str, str]:
+    api = state["airflow"]
+    venv_bin = str(Path(sys.executable).parent)
+    jira, imap = state["jira"], state["imap"]
+    return {
+        **env,
+        # standalone starts its components as plain `airflow`, found on PATH.
+        "PATH": f"{venv_bin}{os.pathsep}{env.get('PATH', '')}",
+        "PYTHONPATH": os.pathsep.join((str(REPO), str(REPO / "plugins"))),
+        "AIRFLOW_HOME": str(AIRFLOW_HOME),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": str(PARALLELISM),
+        # Paused until the jira_api pool exists, so no task queues for a pool that is not there yet.
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{AIRFLOW_HOME}/airflow.db",
+        "AIRFLOW__API__HOST": LOOPBACK,
+        "AIRFLOW__API__PORT": str(api["port"]),
+        "AIRFLOW__API__BASE_URL": api["url"],
+        # Without this, task workers call the execution API on port 8080 whatever the api-server's port.
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api['url']}/execution/",
+        "AIRFLOW__API_AUTH__JWT_SECRET": api["jwt_secret"],
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(api["worker_log_port"]),
+        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(api["trigger_log_port"]),
+        "AIRFLOW_CONN_IMAP_DEFAULT": json.dumps(
+            {
+                "conn_type": "imap",
+                "host": imap["host"],
+                "port": imap["port"],
+                "login": imap["login"],
+                "password": imap["password"],
+                # Plain IMAP, on loopback only; a real mailbox takes IMAPS on 993.
+                "extra": {"use_ssl": False},
+            }
+        ),
+        "AIRFLOW_CONN_JIRA_DEFAULT": json.dumps(
+            {"conn_type": "jira", "host": jira["url"], "login": jira["email"], "password": jira["api_token"]}
+        ),
+        "AIRFLOW_CONN_JIRA_STORE": json.dumps({"conn_type": "sqlite", "host": str(STORE)}),
+    }
+
+
+def _token(state: dict[str, Any]) -> str | None:
+    api = state["airflow"]
+    status, body = _http(
+        "POST", f"{api['url']}/auth/token", body={"username": ADMIN_USER, "password": api["password"]}
+    )
+    if status in (200, 201) and isinstance(body, dict):
+        return body.get("access_token")
+    return None
+
+
+def readiness(state: dict[str, Any]) -> tuple[bool, str]:
+    """Whether the api-server answers, every component is healthy and both DAGs are parsed, and why not."""
+    url = state["airflow"]["url"]
+    try:
+        status, health = _http("GET", f"{url}/api/v2/monitor/health")
+    except OSError:
+        return False, "the api-server is not answering yet"
+    if status != 200 or not isinstance(health, dict):
+        return False, f"/api/v2/monitor/health answered {status}"
+    unhealthy = sorted(name for name, part in health.items() if (part or {}).get("status") != "healthy")
+    if unhealthy:
+        return False, f"waiting for {', '.join(unhealthy)}"
+    try:
+        token = _token(state)
+        if token is None:
+            return False, "the admin login is not accepted yet"
+        missing = [dag for dag in DAG_IDS if _http("GET", f"{url}/api/v2/dags/{dag}", token=token)[0] != 200]
+        if missing:
+            status, errors = _http("GET", f"{url}/api/v2/importErrors", token=token)
+            if status == 200 and errors.get("total_entries"):
+                details = "; ".join(
+                    f"{error['filename']}: {error['stack_trace'][-300:]}" for error in errors["import_errors"]
+                )
+                raise DemoError(f"The DAGs do not import: {details}")
+            return False, f"waiting for the DAG processor to parse {', '.join(missing)}"
+    except OSError as exc:
+        return False, f"the api-server dropped a request ({exc})"
+    return True, "ready"
+
+
+def _wait_until_ready(state: dict[str, Any], airflow: subprocess.Popen[bytes], launched: float) -> float:
+    """Seconds from launch until `readiness` holds; raises DemoError if Airflow exits or times out."""
+    deadline = launched + READY_TIMEOUT_S
+    last = ""
+    while True:
+        if airflow.poll() is not None:
+            raise DemoError(
+                f"airflow standalone exited with status {airflow.returncode}:\n{_tail(LOGS / 'airflow.log')}"
+            )
+        ready, why = readiness(state)
+        if ready:
+            return time.monotonic() - launched
+        if why != last:
+            print(f"  [{time.monotonic() - launched:5.1f} s] {why}", flush=True)
+            last = why
+        if time.monotonic() > deadline:
+            raise DemoError(
+                f"Airflow was not ready within {READY_TIMEOUT_S:.0f} s ({why}).\n"
+                f"{_tail(LOGS / 'airflow.log')}"
+            )
+        time.sleep(1.0)
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return f"({path} does not exist)"
+
+
+def _expect(status: int, body: Any, *ok: int, what: str) -> Any:
+    if status not in ok:
+        raise DemoError(f"{what} failed: HTTP {status} {body}")
+    return body
+
+
+def _set_up_airflow(state: dict[str, Any]) -> str:
+    """Create the pool, unpause both DAGs and trigger the initial-load sweep; returns its run id."""
+    url = state["airflow"]["url"]
+    token = _token(state)
+    if token is None:
+        raise DemoError("The admin login stopped working")
+    pool = {"name": JIRA_POOL, "slots": JIRA_POOL_SLOTS, "description": "Concurrent Jira REST requests"}
+    status, body = _http("POST", f"{url}/api/v2/pools", body=pool, token=token)
+    if status == 409:
+        status, body = _http("PATCH", f"{url}/api/v2/pools/{JIRA_POOL}", body=pool, token=token)
+    _expect(status, body, 200, 201, what=f"Creating the {JIRA_POOL} pool")
+    for dag_id in DAG_IDS:
+        status, body = _http("PATCH", f"{url}/api/v2/dags/{dag_id}", body={"is_paused": False}, token=token)
+        _expect(status, body, 200, what=f"Unpausing {dag_id}")
+    now = datetime.now(UTC).replace(microsecond=0)
+    # The demo site's tickets were updated over the 14 days before the anchor: one sweep loads them all,
+    # as a first backfill would; from then on the inbox keeps the store current.
+    since = datetime.fromisoformat(state["jira"]["anchor"]) - timedelta(days=15)
+    run = {
+        "dag_run_id": f"demo_initial_load__{now:%Y%m%dT%H%M%S}",
+        "logical_date": None,
+        "conf": {"since": since.isoformat(), "until": now.isoformat()},
+        "note": "Initial load triggered by `make demo`: every ticket of the demo site.",
+    }
+    status, body = _http("POST", f"{url}/api/v2/dags/jira_sweep/dagRuns", body=run, token=token)
+    return _expect(status, body, 200, 201, what="Triggering jira_sweep")["dag_run_id"]
+
+
+def start() -> int:
+    running = [name for name in SERVICES if _running(name)]
+    if running and len(running) == len(SERVICES) and STATE.exists():
+        print("The demo is already running (`make demo-stop` stops it).\n")
+        print(info_text(_load_state()))
+        return 0
+    if running:
+        stopped = ", ".join(name for name in SERVICES if name not in running)
+        print(f"The demo is only partly running ({stopped} stopped): starting it afresh.", flush=True)
+    began = time.monotonic()
+    if DEMO.exists():
+        # A fresh site every time: the stand-in keeps its tickets in memory, so an old store would disagree.
+        stop(quiet=True)
+        print("Removing the previous demo's .demo/ …", flush=True)
+        shutil.rmtree(DEMO)
+    for directory in (DEMO, PIDS, LOGS, AIRFLOW_HOME):
+        directory.mkdir(parents=True, exist_ok=True)
+    started_at = datetime.now(UTC)
+    env = _base_env()
+    try:
+        print("Starting Dovecot (IMAP) …", flush=True)
+        imap = _start_dovecot(env)
+        print("Starting the Jira stand-in …", flush=True)
+        jira = _start_jira_standin(env, started_at.replace(second=0, microsecond=0))
+        api_port = _api_port()
+        state: dict[str, Any] = {
+            "started_at": started_at.isoformat(),
+            "imap": imap,
+            "jira": jira,
+            "store": str(STORE),
+            "airflow": {
+                "url": f"http://{LOOPBACK}:{api_port}",
+                "port": api_port,
+                "user": ADMIN_USER,
+                "password": secrets.token_urlsafe(12),
+                "home": str(AIRFLOW_HOME),
+                "jwt_secret": secrets.token_urlsafe(48),
+                "worker_log_port": _free_port(),
+                "trigger_log_port": _free_port(),
+            },
+        }
+        _write_private(STATE, json.dumps(state, indent=2) + "\n")
+        # The simple auth manager keeps an existing password from this file instead of generating one.
+        _write_private(
+            AIRFLOW_HOME / "simple_auth_manager_passwords.json.generated",
+            json.dumps({ADMIN_USER: state["airflow"]["password"]}) + "\n",
+        )
+        print("Starting the activity generator …", flush=True)
+        _spawn(
+            "activity",
+            [sys.executable, str(REPO / "scripts" / "activity.py"), "--state", str(STATE)],
+            {**env, "PYTHONPATH": str(REPO)},
+        )
+        print(f"Starting airflow standalone on {state['airflow']['url']} (up to {READY_TIMEOUT_S:.0f} s) …",
+              flush=True)
+        launched = time.monotonic()
+        airflow = _spawn("airflow", [str(Path(sys.executable).parent / "airflow"), "standalone"],
+                         _airflow_env(env, state))
+        ready_after = _wait_until_ready(state, airflow, launched)
+        run_id = _set_up_airflow(state)
+    except BaseException:
+        print("Start failed; stopping what was started (logs stay in .demo/logs/).", file=sys.stderr)
+        stop(quiet=True)
+        raise
+    state["ready_after_s"] = round(ready_after, 1)
+    state["start_took_s"] = round(time.monotonic() - began, 1)
+    _write_private(STATE, json.dumps(state, indent=2) + "\n")
+    print(
+        f"\nAirflow was ready {ready_after:.0f} s after launch"
+        f" ({state['start_took_s']:.0f} s for the whole start). Triggered jira_sweep run {run_id}.\n"
+    )
+    print(info_text(state))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ reporting
+
+
+def store_counts(path: Path = STORE) -> dict[str, int]:
+    """Rows of jira_ticket by source; empty while the store does not exist yet."""
+    if not path.exists():
+        return {}
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as conn:
+            rows = conn.execute("SELECT source, count(*) FROM jira_ticket GROUP BY source").fetchall()
+    except sqlite3.OperationalError:
+        return {}
+    return {source: count for source, count in rows}
+
+
+def check(wait_s: float) -> int:
+    """Exit 0 once the demo is ready and the store holds rows from both DAGs; 1 if not within wait_s."""
+    state = _load_state()
+    started = datetime.fromisoformat(state["started_at"])
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            ready, why = readiness(state)
+        except DemoError as exc:
+            ready, why = False, str(exc)
+        counts = store_counts()
+        since_start = (datetime.now(UTC) - started).total_seconds()
+        stored = f"store: {counts.get('inbox', 0)} from jira_inbox, {counts.get('sweep', 0)} from jira_sweep"
+        if ready and counts.get("inbox", 0) > 0 and counts.get("sweep", 0) > 0:
+            print(f"OK: Airflow ready, both DAGs parsed; {stored} ({since_start:.0f} s after start).")
+            return 0
+        if time.monotonic() >= deadline:
+            print(f"NOT OK: {'Airflow ready' if ready else why}; {stored} ({since_start:.0f} s after start).")
+            return 1
+        time.sleep(5)
+
+
+STORE_QUERY = "select key, status, assignee_email, progress, source from jira_ticket"
+
+
+def info_text(state: dict[str, Any]) -> str:
+    """What `start` prints once everything is up: addresses, logins and commands to try."""
+    api, imap, jira = state["airflow"], state["imap"], state["jira"]
+    url, user, password = api["url"], api["user"], api["password"]
+    py = ".venv/bin/python"
+    python_query = (
+        f"{py} -c \"import sqlite3; [print(r) for r in sqlite3.connect('.demo/store.db')"
+        f".execute('{STORE_QUERY} order by updated_at desc limit 20')]\""
+    )
+    login_body = json.dumps({"username": user, "password": password})
+    read_token = f"{py} -c 'import json,sys; print(json.load(sys.stdin)[\"access_token\"])'"
+    lines = [
+        "jira-mail-sync demo is running (state and logs in .demo/)",
+        "",
+        f"  Airflow UI     {url}   login: {user} / {password}",
+        f"  Jira stand-in  {jira['url']}   ({jira['demo_issues']} demo tickets in ABC, OPS, WEB;"
+        f" time zone {jira['time_zone']})",
+        f"  IMAP mailbox   {imap['host']}:{imap['port']}   login: {imap['login']} / {imap['password']}",
+        "  Activity       every minute a few tickets change and their Jira mail arrives"
+        " (.demo/logs/activity.log)",
+        "",
+        "The store (connection jira_store = .demo/store.db):",
+        f"  sqlite3 .demo/store.db '{STORE_QUERY}'",
+        f"  {python_query}",
+        "",
+        "The REST channel (an Airflow token, then the seed's ticket lookup):",
+        f"  TOKEN=$(curl -s -X POST {url}/auth/token -H 'Content-Type: application/json' \\",
+        f"          -d '{login_body}' | {read_token})",
+        f"  curl -s -X POST {url}/jira-mail-sync/ticket -H \"Authorization: Bearer $TOKEN\""
+        """ -d '{"key": "OPS-1"}'""",
+        "",
+        "Check it:  bash scripts/demo.sh check --wait 180",
+        "Again:     bash scripts/demo.sh info",
+        "Stop it:   make demo-stop",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scripts/demo.sh", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("start", help="start everything and wait until it is ready")
+    commands.add_parser("stop", help="stop every process the demo started")
+    check_parser = commands.add_parser("check", help="exit 0 if ready and the store has rows from both DAGs")
+    check_parser.add_argument("--wait", type=float, default=0.0, help="keep trying this many seconds")
+    commands.add_parser("info", help="print the addresses and logins again")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "start":
+            return start()
+        if args.command == "stop":
+            return stop()
+        if args.command == "check":
+            return check(args.wait)
+        print(info_text(_load_state()))
+        return 0
+    except DemoError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,420 @@
+"""Headless Chromium drives the running demo's Airflow UI as a user would, and saves docs/screenshots/.
+
+Needs the whole demo (`scripts/demo.sh start`, started here and stopped after unless it was already
+running), Debian's `chromium` and `chromium-driver` (installed by scripts/install_browser.sh when
+missing) and the `selenium` package. Marked `ui`: run it on its own, not with the plain test suite.
+"""
+
+from __future__ import annotations
+
+import base64
+import email
+import email.policy
+import email.utils
+import imaplib
+import json
+import os
+import re
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import pytest
+
+from tests.harness.dovecot import service_unavailable
+
+pytestmark = [pytest.mark.ui, pytest.mark.timeout(900)]
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_SH = REPO / "scripts" / "demo.sh"
+INSTALL_BROWSER = REPO / "scripts" / "install_browser.sh"
+STATE = REPO / ".demo" / "state.json"
+SCREENSHOTS = REPO / "docs" / "screenshots"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
+WINDOW = (1440, 1000)
+DEMO_START_TIMEOUT_S = 420
+# The first jira_inbox run that fetches anything ends about two minutes after the demo starts.
+MAPPED_FETCH_TIMEOUT_S = 300
+PAGE_TIMEOUT_S = 45
+JIRA_KEY = re.compile(r"\b[A-Z][A-Z0-9_]{1,9}-[1-9][0-9]*\b")
+SUBJECT_KEY = re.compile(r"\(([A-Z][A-Z0-9_]{1,9}-[1-9][0-9]*)\)")
+
+
+# ---------------------------------------------------------------------------------------- fixtures
+
+
+def _selenium() -> Any:
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        service_unavailable("The UI test needs the `selenium` package (selenium==4.51.0) in this environment")
+    from selenium import webdriver
+
+    return webdriver
+
+
+def _ensure_chromium() -> None:
+    if CHROMIUM.exists() and CHROMEDRIVER.exists():
+        return
+    proc = subprocess.run(
+        ["bash", str(INSTALL_BROWSER)], capture_output=True, text=True, timeout=600, check=False
+    )
+    if proc.returncode != 0 or not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        service_unavailable(
+            f"Chromium and ChromeDriver are missing and {INSTALL_BROWSER.name} could not install them "
+            f"(exit {proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
+        )
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """A headless Chromium with an empty profile, quit after the module."""
+    webdriver = _selenium()
+    _ensure_chromium()
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="jms-chromium-")
+    options = Options()
+    options.binary_location = str(CHROMIUM)
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={WINDOW[0]},{WINDOW[1]}"):
+        options.add_argument(flag)
+    try:
+        driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    except WebDriverException as exc:
+        service_unavailable(f"Chromium did not start under ChromeDriver: {exc.msg}")
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        subprocess.run(["rm", "-rf", profile], check=False)
+
+
+@pytest.fixture(scope="module")
+def demo() -> Iterator[dict[str, Any]]:
+    """The running demo's state (.demo/state.json); started here, and stopped after if it was not running."""
+    was_running = STATE.exists() and _demo_status_ok()
+    # The test session's Airflow settings (tests/conftest.py) must not reach the demo's Airflow.
+    env = {name: value for name, value in os.environ.items() if not name.startswith("AIRFLOW")}
+    proc = subprocess.run(
+        ["bash", str(DEMO_SH), "start"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=DEMO_START_TIMEOUT_S,
+        check=False,
+    )
+    if proc.returncode != 0:
+        pytest.fail(
+            f"`scripts/demo.sh start` failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}", pytrace=False
+        )
+    try:
+        yield json.loads(STATE.read_text())
+    finally:
+        if not was_running:
+            subprocess.run(["bash", str(DEMO_SH), "stop"], cwd=REPO, env=env, timeout=180, check=False)
+
+
+def _demo_status_ok() -> bool:
+    try:
+        state = json.loads(STATE.read_text())
+        return _Api(state).health_ok()
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+@pytest.fixture(scope="module")
+def api(demo: dict[str, Any]) -> _Api:
+    return _Api(demo)
+
+
+@pytest.fixture(scope="module")
+def signed_in(browser: Any, demo: dict[str, Any]) -> Any:
+    """The browser, signed in to the demo's UI as the admin user the demo printed."""
+    _sign_in(browser, demo)
+    return browser
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+class _Api:
+    """Airflow's REST API of the demo, read with an admin token: the source of what the UI must show."""
+
+    def __init__(self, state: dict[str, Any]) -> None:
+        self.url = state["airflow"]["url"]
+        self._credentials = {"username": state["airflow"]["user"], "password": state["airflow"]["password"]}
+        self._token: str | None = None
+
+    def _request(self, method: str, path: str, body: Any = None, token: str | None = None) -> Any:
+        headers = {"Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(f"{self.url}{path}", data=data, headers=headers, method=method)
+        with urllib.request.urlopen(request, timeout=15) as response:
+            return json.loads(response.read() or b"null")
+
+    def health_ok(self) -> bool:
+        try:
+            health = self._request("GET", "/api/v2/monitor/health")
+        except OSError:
+            return False
+        return all((part or {}).get("status") == "healthy" for part in health.values())
+
+    def get(self, path: str) -> Any:
+        if self._token is None:
+            self._token = self._request("POST", "/auth/token", self._credentials)["access_token"]
+        return self._request("GET", path, token=self._token)
+
+
+def _body_text(driver: Any) -> str:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.TAG_NAME, "body").text
+
+
+def _wait_for_texts(
+    driver: Any, texts: list[str], *, within: Any = None, timeout: float = PAGE_TIMEOUT_S
+) -> str:
+    """Wait until every text is visible (in `within`, or the page); returns the visible text."""
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def visible_text() -> str:
+        try:
+            return within.text if within is not None else _body_text(driver)
+        except StaleElementReferenceException:
+            return ""
+
+    try:
+        WebDriverWait(driver, timeout).until(lambda _: all(text in visible_text() for text in texts))
+    except TimeoutException:
+        shown = visible_text()
+        missing = [text for text in texts if text not in shown]
+        failure = Path(tempfile.mkdtemp(prefix="jms-ui-failure-")) / "page.png"
+        driver.save_screenshot(str(failure))
+        pytest.fail(
+            f"{driver.current_url} did not show {missing} within {timeout:.0f} s "
+            f"(screenshot {failure}); it shows:\n{shown[:3000]}",
+            pytrace=False,
+        )
+    return visible_text()
+
+
+def _screenshot(driver: Any, name: str) -> Path:
+    # Charts and badges fade in after the data arrives.
+    time.sleep(1.5)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / name
+    assert driver.save_screenshot(str(path)), f"Chromium could not save {path}"
+    assert path.stat().st_size > 10_000, f"{path} is suspiciously small: a blank page?"
+    return path
+
+
+def _sign_in(driver: Any, state: dict[str, Any]) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url = state["airflow"]["url"]
+    driver.get(f"{url}/")
+    WebDriverWait(driver, PAGE_TIMEOUT_S).until(lambda d: d.find_elements(By.NAME, "username"))
+    assert "/auth/login" in driver.current_url, "an anonymous visitor must be sent to the login page"
+    driver.find_element(By.NAME, "username").send_keys(state["airflow"]["user"])
+    driver.find_element(By.NAME, "password").send_keys(state["airflow"]["password"])
+    driver.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    WebDriverWait(driver, PAGE_TIMEOUT_S).until(lambda d: "/auth/login" not in d.current_url)
+
+
+def _keys_in_label(label: str) -> list[str]:
+    return JIRA_KEY.findall(label)
+
+
+def _mailed_keys(state: dict[str, Any]) -> set[str]:
+    """Keys named by mail in the demo mailbox from the sender jira_inbox trusts (jira@<Jira host>)."""
+    imap = state["imap"]
+    trusted = f"jira@{urlsplit(state['jira']['url']).hostname}"
+    client = imaplib.IMAP4(imap["host"], int(imap["port"]), timeout=15)
+    try:
+        client.login(imap["login"], imap["password"])
+        client.select("INBOX", readonly=True)
+        typ, data = client.uid("FETCH", "1:*", "(BODY.PEEK[HEADER.FIELDS (FROM SUBJECT)])")
+        assert typ == "OK", data
+    finally:
+        client.logout()
+    keys: set[str] = set()
+    for item in data:
+        if not isinstance(item, tuple):
+            continue
+        headers = email.message_from_bytes(item[1], policy=email.policy.default)
+        _, sender = email.utils.parseaddr(str(headers["From"]))
+        if sender.lower() == trusted:
+            keys.update(SUBJECT_KEY.findall(str(headers["Subject"])))
+    return keys
+
+
+def _jira_has(state: dict[str, Any], key: str) -> bool:
+    jira = state["jira"]
+    auth = base64.b64encode(f"{jira['email']}:{jira['api_token']}".encode()).decode()
+    request = urllib.request.Request(
+        f"{jira['url']}/rest/api/3/issue/{key}?fields=summary", headers={"Authorization": f"Basic {auth}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status == 200
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return False
+        raise
+
+
+def _mapped_labels(api: _Api, dag_id: str, run_id: str) -> list[str]:
+    mapped = api.get(
+        f"/api/v2/dags/{dag_id}/dagRuns/{quote(run_id, safe='')}/taskInstances/fetch_tickets/listMapped"
+    )
+    return [ti["rendered_map_index"] for ti in mapped["task_instances"]]
+
+
+def _latest_inbox_run_with_fetches(api: _Api) -> str:
+    deadline = time.monotonic() + MAPPED_FETCH_TIMEOUT_S
+    while True:
+        found = api.get(
+            "/api/v2/dags/jira_inbox/dagRuns/~/taskInstances"
+            "?task_id=fetch_tickets&state=success&order_by=-start_date&limit=1"
+        )["task_instances"]
+        if found:
+            return found[0]["dag_run_id"]
+        if time.monotonic() > deadline:
+            pytest.fail(
+                f"No jira_inbox run fetched any ticket within {MAPPED_FETCH_TIMEOUT_S} s of the demo's start",
+                pytrace=False,
+            )
+        time.sleep(5)
+
+
+# -------------------------------------------------------------------------------------------- tests
+
+
+def test_admin_signs_in_with_the_printed_password_and_sees_both_dags(
+    signed_in: Any, demo: dict[str, Any]
+) -> None:
+    signed_in.get(f"{demo['airflow']['url']}/dags")
+    _wait_for_texts(signed_in, ["jira_inbox", "jira_sweep"])
+    assert "/auth/login" not in signed_in.current_url
+    _screenshot(signed_in, "dags.png")
+
+
+def test_inbox_fetches_are_labelled_with_the_jira_keys_from_the_mail(
+    signed_in: Any, demo: dict[str, Any], api: _Api
+) -> None:
+    run_id = _latest_inbox_run_with_fetches(api)
+    labels = _mapped_labels(api, "jira_inbox", run_id)
+    assert labels and all(labels), f"fetch_tickets of {run_id} has unlabelled instances: {labels}"
+    mailed = _mailed_keys(demo)
+    for label in labels:
+        keys = _keys_in_label(label)
+        assert keys, f"the label {label!r} names no Jira key"
+        assert set(keys) <= mailed, (
+            f"{label!r} names keys that no trusted Jira mail named (mailed: {sorted(mailed)})"
+        )
+
+    tasks = [task["task_id"] for task in api.get("/api/v2/dags/jira_inbox/tasks")["tasks"]]
+    signed_in.get(f"{demo['airflow']['url']}/dags/jira_inbox")
+    _wait_for_texts(signed_in, ["jira_inbox", *tasks])
+    _screenshot(signed_in, "jira_inbox.png")
+
+    signed_in.get(
+        f"{demo['airflow']['url']}/dags/jira_inbox/runs/{quote(run_id, safe='')}/tasks/fetch_tickets/mapped"
+    )
+    _wait_for_texts(signed_in, ["Map Index", *labels])
+    _screenshot(signed_in, "jira_inbox_fetch_tickets.png")
+
+
+def test_sweep_batches_are_labelled_with_their_first_and_last_key(
+    signed_in: Any, demo: dict[str, Any], api: _Api
+) -> None:
+    runs = api.get("/api/v2/dags/jira_sweep/dagRuns?run_type=manual&order_by=start_date&limit=1")["dag_runs"]
+    assert runs, "scripts/demo.sh start must have triggered the initial-load jira_sweep run"
+    run_id = runs[0]["dag_run_id"]
+    deadline = time.monotonic() + MAPPED_FETCH_TIMEOUT_S
+    while api.get(f"/api/v2/dags/jira_sweep/dagRuns/{quote(run_id, safe='')}")["state"] != "success":
+        assert time.monotonic() < deadline, f"jira_sweep run {run_id} did not succeed in time"
+        time.sleep(5)
+    batches = api.get(
+        f"/api/v2/dags/jira_sweep/dagRuns/{quote(run_id, safe='')}/taskInstances/list_changed_keys"
+        "/xcomEntries/return_value?deserialize=true"
+    )["value"]
+    assert len(batches) > 1, f"the initial load should need several bulk fetches, got {len(batches)}"
+    labels = _mapped_labels(api, "jira_sweep", run_id)
+    for batch, label in zip(batches, labels, strict=True):
+        assert label.startswith(batch[0]) and batch[-1] in label and f"({len(batch)} keys)" in label, (
+            f"{label!r} does not describe a batch of {len(batch)} keys from {batch[0]} to {batch[-1]}"
+        )
+        assert _jira_has(demo, batch[0]) and _jira_has(demo, batch[-1])
+
+    signed_in.get(
+        f"{demo['airflow']['url']}/dags/jira_sweep/runs/{quote(run_id, safe='')}/tasks/fetch_tickets/mapped"
+    )
+    _wait_for_texts(signed_in, ["Map Index", *labels])
+    _screenshot(signed_in, "jira_sweep_fetch_tickets.png")
+
+
+def test_sweep_trigger_form_shows_every_param_with_its_title_and_description(
+    signed_in: Any, demo: dict[str, Any], api: _Api
+) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    params = api.get("/api/v2/dags/jira_sweep/details")["params"]
+    sections: dict[str, list[tuple[str, str]]] = {}
+    for name, param in params.items():
+        title = param["schema"].get("title") or name
+        sections.setdefault(param["schema"].get("section", ""), []).append((title, param["description"]))
+    assert all(description for fields in sections.values() for _, description in fields)
+
+    signed_in.set_window_size(WINDOW[0], 1300)
+    try:
+        signed_in.get(f"{demo['airflow']['url']}/dags/jira_sweep")
+        _wait_for_texts(signed_in, ["jira_sweep", "Trigger"])
+        WebDriverWait(signed_in, PAGE_TIMEOUT_S).until(
+            lambda d: [b for b in d.find_elements(By.TAG_NAME, "button") if b.text.strip() == "Trigger"]
+        )
+        [b for b in signed_in.find_elements(By.TAG_NAME, "button") if b.text.strip() == "Trigger"][0].click()
+        dialog = WebDriverWait(signed_in, PAGE_TIMEOUT_S).until(
+            lambda d: d.find_element(By.CSS_SELECTOR, "[data-scope=dialog][data-part=content]")
+        )
+        _wait_for_texts(signed_in, ["jira_sweep", *[s for s in sections if s]], within=dialog)
+        for section, fields in sections.items():
+            if section:
+                # The form shows one section at a time: open this one.
+                header = [b for b in dialog.find_elements(By.TAG_NAME, "button") if b.text.strip() == section]
+                assert header, f"the trigger form has no section {section!r}"
+                if header[0].get_attribute("aria-expanded") != "true":
+                    header[0].click()
+            expected = [text for field in fields for text in field]
+            _wait_for_texts(signed_in, expected, within=dialog)
+            _screenshot(signed_in, f"jira_sweep_trigger_{(section or 'params').lower()}.png")
+        ActionChains(signed_in).send_keys(Keys.ESCAPE).perform()
+    finally:
+        signed_in.set_window_size(*WINDOW)
