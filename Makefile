@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.synced
 
-.PHONY: venv system-deps test test-ui lint bench demo demo-stop lock clean
+.PHONY: venv system-deps test test-distributed test-ui lint bench demo demo-stop lock clean
 
 # .venv/ is created from the hash-pinned lock; it is re-synced whenever the lock changes.
 $(STAMP): requirements.txt requirements-bootstrap.txt
@@ -24,13 +24,18 @@ system-deps:
 test: venv system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The compose topology (CeleryExecutor: PostgreSQL, Redis, api-server, scheduler, dag-processor,
+# triggerer, two Celery workers) run natively on loopback; see docs/distributed.md.
+test-distributed: venv system-deps
+	@bash scripts/test_distributed.sh $(PYTEST_ARGS)
+
 # Drives the demo's UI in Debian's headless Chromium; starts and stops the demo itself.
 test-ui: venv system-deps
 	bash scripts/install_browser.sh
 	$(PY) -m pytest -m ui tests/test_ui_browser.py $(PYTEST_ARGS)
 
 lint: venv
-	$(VENV)/bin/ruff check dags plugins include tests bench
+	$(VENV)/bin/ruff check dags plugins include tests tests_distributed bench scripts
 
 bench: venv system-deps
 	$(PY) -m bench.run_all

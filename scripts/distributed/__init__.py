@@ -1,0 +1,1 @@
+"""The docker-compose.yaml topology (CeleryExecutor) run natively on loopback, for `make test-distributed`."""
