@@ -336,3 +336,33 @@ def test_airflow_dags_test_cli_runs_with_env_connections(inbox_env):
     assert stored_row(store, "CLI-1")["assignee_email"] == "cli@example.com"
     assert imap.unseen_count() == 0
     assert jira.api_token not in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)
+def test_uidvalidity_change_before_marking_marks_nothing_and_the_next_run_starts_over(
+    inbox_env, inbox_dag, monkeypatch
+):
+    imap, jira, store = inbox_env
+    jira.add_issue("ABC-11", summary="Renumbered", updated=T0)
+    imap.append(jira_notification("ABC-11", site=SITE))
+    import jira_mail_sync.inbox_tasks as inbox_tasks
+
+    real_mark = inbox_tasks.mark_settled_seen
+
+    def mailbox_recreated_first(inbox, uids, *, uidvalidity):
+        imap.recreate_mailbox()  # another client rebuilt INBOX: every UID now means something else
+        return real_mark(inbox, uids, uidvalidity=uidvalidity)
+
+    monkeypatch.setattr(inbox_tasks, "mark_settled_seen", mailbox_recreated_first)
+    first = run_dag(inbox_dag, conf=TRUSTED)
+
+    assert first.states["store_tickets"] == ["success"]
+    assert first.states["mark_mail_seen"] == ["skipped"]
+    assert imap.unseen_count() == 1
+    monkeypatch.setattr(inbox_tasks, "mark_settled_seen", real_mark)
+
+    second = run_dag(load_dag("jira_inbox"), conf=TRUSTED)
+
+    assert second.state == "success", second.states
+    assert imap.unseen_count() == 0
+    assert stored_count(store) == 1

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from include.ticket_store import ensure_table
 from tests.harness.airflow_env import load_dag, run_dag
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,6 +36,7 @@ def sweep_dag():
 def rows(store_backend) -> dict[str, tuple]:
     conn = store_backend.connect()
     try:
+        ensure_table(conn, store_backend.dialect)
         cur = conn.cursor()
         cur.execute("SELECT key, summary, status, assignee_email, progress, updated_at FROM jira_ticket")
         return {r[0]: tuple(str(v) for v in r[1:]) for r in cur.fetchall()}
@@ -179,6 +181,21 @@ def test_valid_filter_and_projects_narrow_the_sweep(sweep_env, sweep_dag):
     )
     assert result.state == "success", result.states
     assert set(rows(store)) == {"ABC-1"}
+
+
+@pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)
+def test_a_window_with_too_many_changes_fails_clearly_without_fetching(sweep_env, sweep_dag, monkeypatch):
+    import jira_mail_sync.sweep_tasks as sweep_tasks
+
+    monkeypatch.setattr(sweep_tasks, "MAX_KEYS_PER_SWEEP", 3)
+    jira, store = sweep_env
+    for n in range(5):
+        jira.add_issue(f"ABC-{n + 1}", summary="s", updated=HOUR_START + timedelta(minutes=n))
+    result = run_dag(sweep_dag, conf=manual(HOUR_START, HOUR_START + timedelta(minutes=15)))
+    assert result.state == "failed"
+    assert result.states["list_changed_keys"] == ["failed"]
+    assert jira.request_count("/rest/api/3/issue/bulkfetch") == 0
+    assert rows(store) == {}
 
 
 @pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)

@@ -20,6 +20,10 @@ from jira_mail_sync.ticket_tasks import JIRA_POOL, jira_client
 
 log = logging.getLogger(__name__)
 
+# The key list travels to the mapped fetch as one XCom (about 12 bytes a key); past this many keys
+# it would near 1 MB, so a window that large must be split (narrower since/until, or a backfill).
+MAX_KEYS_PER_SWEEP = 50_000
+
 
 def _window_bounds(context: dict[str, Any]) -> tuple[Any, Any]:
     params = context["params"]
@@ -70,8 +74,15 @@ def plan_sweep() -> dict[str, Any]:
 @task(pool=JIRA_POOL)
 def list_changed_keys(plan: dict[str, Any]) -> list[list[str]]:
     """Page through /search/jql asking only for keys (up to 5000 a page) and batch them for the fetch."""
+    keys: list[str] = []
     with jira_client() as client:
-        keys = list(client.search_keys(plan["jql"]))
+        for key in client.search_keys(plan["jql"]):
+            keys.append(key)
+            if len(keys) > MAX_KEYS_PER_SWEEP:
+                raise AirflowFailException(
+                    f"More than {MAX_KEYS_PER_SWEEP} tickets changed between {plan['query_start']} and "
+                    f"{plan['window_end']}: sweep it in smaller windows (since/until, or a backfill)"
+                )
     batches = batch_keys(keys)
     log.info("%d changed ticket(s) in %d batch(es)", len(keys), len(batches))
     return batches
