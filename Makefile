@@ -36,6 +36,7 @@ test-ui: venv system-deps
 
 lint: venv
 	$(VENV)/bin/ruff check dags plugins include tests tests_distributed bench scripts
+	$(VENV)/bin/ruff format --check dags plugins include tests tests_distributed bench scripts
 
 bench: venv system-deps
 	$(PY) -m bench.run_all

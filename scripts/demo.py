@@ -356,10 +356,23 @@ def _start_jira_standin(env: dict[str, str], anchor: datetime) -> dict[str, Any]
     process = _spawn(
         "jira-standin",
         [
-            sys.executable, "-m", "include.jira_standin",
-            "--host", LOOPBACK, "--port", str(port),
-            "--email", JIRA_EMAIL, "--time-zone", JIRA_TIME_ZONE,
-            "--demo-issues", str(DEMO_ISSUES), "--seed", str(DEMO_SEED), "--anchor", anchor.isoformat(),
+            sys.executable,
+            "-m",
+            "include.jira_standin",
+            "--host",
+            LOOPBACK,
+            "--port",
+            str(port),
+            "--email",
+            JIRA_EMAIL,
+            "--time-zone",
+            JIRA_TIME_ZONE,
+            "--demo-issues",
+            str(DEMO_ISSUES),
+            "--seed",
+            str(DEMO_SEED),
+            "--anchor",
+            anchor.isoformat(),
         ],
         {**env, "PYTHONPATH": str(REPO), "JIRA_STANDIN_API_TOKEN": token},
     )
@@ -591,11 +604,14 @@ def start() -> int:
             [sys.executable, str(REPO / "scripts" / "activity.py"), "--state", str(STATE)],
             {**env, "PYTHONPATH": str(REPO)},
         )
-        print(f"Starting airflow standalone on {state['airflow']['url']} (up to {READY_TIMEOUT_S:.0f} s) …",
-              flush=True)
+        print(
+            f"Starting airflow standalone on {state['airflow']['url']} (up to {READY_TIMEOUT_S:.0f} s) …",
+            flush=True,
+        )
         launched = time.monotonic()
-        airflow = _spawn("airflow", [str(Path(sys.executable).parent / "airflow"), "standalone"],
-                         _airflow_env(env, state))
+        airflow = _spawn(
+            "airflow", [str(Path(sys.executable).parent / "airflow"), "standalone"], _airflow_env(env, state)
+        )
         ready_after = _wait_until_ready(state, airflow, launched)
         run_id = _set_up_airflow(state)
     except BaseException:
@@ -681,7 +697,7 @@ def info_text(state: dict[str, Any]) -> str:
         "The REST channel (an Airflow token, then the seed's ticket lookup):",
         f"  TOKEN=$(curl -s -X POST {url}/auth/token -H 'Content-Type: application/json' \\",
         f"          -d '{login_body}' | {read_token})",
-        f"  curl -s -X POST {url}/jira-mail-sync/ticket -H \"Authorization: Bearer $TOKEN\""
+        f'  curl -s -X POST {url}/jira-mail-sync/ticket -H "Authorization: Bearer $TOKEN"'
         """ -d '{"key": "OPS-1"}'""",
         "",
         "Check it:  bash scripts/demo.sh check --wait 180",

@@ -220,8 +220,9 @@ def stack(
             "password": jira.api_token,
         },
     }
-    distributed = DistributedStack(root, connections, StackSettings(workers=2, worker_concurrency=2,
-                                                                     jira_pool_slots=2))
+    distributed = DistributedStack(
+        root, connections, StackSettings(workers=2, worker_concurrency=2, jira_pool_slots=2)
+    )
     try:
         distributed.start()
     except StackError as exc:
@@ -242,8 +243,9 @@ def stack(
 
 
 @pytest.fixture(scope="module")
-def scenario(stack: tuple[DistributedStack, ImapAccount], jira: TimedJiraStandin,
-             measurements: dict[str, float | int]) -> Scenario:
+def scenario(
+    stack: tuple[DistributedStack, ImapAccount], jira: TimedJiraStandin, measurements: dict[str, float | int]
+) -> Scenario:
     """Seed Jira and the inbox, trigger both DAGs over REST, unpause them, and wait for the runs."""
     distributed, mailbox = stack
     assert distributed.rest is not None

@@ -412,13 +412,20 @@ class DistributedStack:
             "redis",
             [
                 binary,
-                "--port", str(self.redis_port),
-                "--bind", LOOPBACK,
-                "--save", "",
-                "--appendonly", "no",
-                "--dir", str(redis_dir),
-                "--daemonize", "no",
-                "--protected-mode", "yes",
+                "--port",
+                str(self.redis_port),
+                "--bind",
+                LOOPBACK,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(redis_dir),
+                "--daemonize",
+                "no",
+                "--protected-mode",
+                "yes",
             ],
             dict(os.environ),
             self.root / "redis.log",
@@ -523,9 +530,12 @@ class DistributedStack:
             add(
                 f"worker-{number}",
                 [
-                    "celery", "worker",
-                    "--celery-hostname", f"{hostname}@%h",
-                    "--concurrency", str(self.settings.worker_concurrency),
+                    "celery",
+                    "worker",
+                    "--celery-hostname",
+                    f"{hostname}@%h",
+                    "--concurrency",
+                    str(self.settings.worker_concurrency),
                     "--skip-serve-logs",
                 ],
                 hostname,
@@ -650,8 +660,9 @@ class DistributedStack:
         for component in self.components.values():
             status = component.exit_status
             state = "running" if status is None else f"exited {status}"
-            parts.append(f"--- {component.name} ({state}), {component.log_path} ---\n"
-                         f"{component.log_tail(max_lines)}")
+            parts.append(
+                f"--- {component.name} ({state}), {component.log_path} ---\n{component.log_tail(max_lines)}"
+            )
         return "\n".join(parts)
 
 
@@ -659,4 +670,3 @@ def _fernet_key() -> str:
     from cryptography.fernet import Fernet
 
     return Fernet.generate_key().decode()
-
