@@ -172,11 +172,28 @@ def _transaction(conn: Any, dialect: str) -> Iterator[Any]:
 
 
 def ensure_table(conn: Any, dialect: str) -> None:
-    """Create the table and its updated_at index if they are missing; safe to call every run."""
+    """Create the table and its updated_at index if they are missing; safe to call every run.
+
+    It looks first and runs DDL only when the table is missing: even `CREATE ... IF NOT EXISTS`
+    needs DDL rights and takes locks on PostgreSQL that wait behind open writers.
+    """
     _check_dialect(dialect)
+    if table_exists(conn, dialect):
+        return
     with _transaction(conn, dialect) as cursor:
         for statement in _DDL[dialect]:
             cursor.execute(statement)
+
+
+def table_exists(conn: Any, dialect: str) -> bool:
+    _check_dialect(dialect)
+    with _transaction(conn, dialect) as cursor:
+        if dialect == "sqlite":
+            cursor.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?", (TABLE,))
+        else:
+            cursor.execute("SELECT count(*) FROM pg_catalog.pg_class WHERE oid = to_regclass(%s)", (TABLE,))
+        (found,) = cursor.fetchone()
+    return bool(found)
 
 
 @dataclass(frozen=True)

@@ -184,6 +184,24 @@ def test_valid_filter_and_projects_narrow_the_sweep(sweep_env, sweep_dag):
 
 
 @pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)
+def test_a_scheduled_run_after_missed_intervals_sweeps_the_gap_too(sweep_env, sweep_dag):
+    """With catchup off, intervals missed while the scheduler was down are never run on their own."""
+    jira, store = sweep_env
+    day = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
+    jira.add_issue("GAP-1", summary="during the outage", updated=day + timedelta(minutes=31))
+    jira.add_issue("GAP-2", summary="in the next run's own window", updated=day + timedelta(minutes=50))
+
+    before = run_dag(sweep_dag, logical_date=day + timedelta(minutes=15))  # 10:00-10:15 succeeds
+    assert before.state == "success", before.states
+    # 10:15-10:30 and 10:30-10:45 never ran; the next scheduled run is 10:45-11:00.
+    after = run_dag(load_dag("jira_sweep"), logical_date=day + timedelta(minutes=60))
+
+    assert after.state == "success", after.states
+    assert set(rows(store)) == {"GAP-1", "GAP-2"}
+    assert after.xcom("plan_sweep")["window_start"] == (day + timedelta(minutes=15)).isoformat()
+
+
+@pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)
 def test_a_window_with_too_many_changes_fails_clearly_without_fetching(sweep_env, sweep_dag, monkeypatch):
     import jira_mail_sync.sweep_tasks as sweep_tasks
 

@@ -62,3 +62,26 @@ def test_a_burst_larger_than_one_peek_chunk_is_read_whole_and_left_unseen(imap_a
     assert len(extraction.messages) == total
     assert extraction.keys == [f"OPS-{n}" for n in range(1, 51)]
     assert imap_account.unseen_count() == total
+
+
+def test_a_mapped_result_that_cannot_be_read_fails_the_store_instead_of_ending_it_early():
+    from jira_mail_sync.ticket_tasks import every_batch
+
+    class FlakyLazySequence:
+        """Like Airflow's LazyXComSequence: IndexError when the API server does not return an item."""
+
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, index):
+            if index == 1:
+                raise IndexError(index)
+            return {"tickets": [], "not_found": []}
+
+        def __iter__(self):  # what a plain `for` loop would use: it stops quietly at the failure
+            yield self[0]
+
+    batches = every_batch(FlakyLazySequence())
+    assert next(batches) == {"tickets": [], "not_found": []}
+    with pytest.raises(RuntimeError, match="batch 1 of 3"):
+        next(batches)

@@ -369,3 +369,34 @@ def test_psycopg2_connections_behave_like_psycopg_3(postgres_db):
         assert conn.info.transaction_status == psycopg2.extensions.TRANSACTION_STATUS_IDLE
     finally:
         conn.close()
+
+
+def test_a_role_with_only_read_and_write_rights_can_store_once_the_table_exists(postgres_db):
+    """Production stores often forbid DDL to the sync account: an existing table must need none."""
+    import secrets
+
+    from psycopg.conninfo import make_conninfo
+
+    from include.ticket_store import ensure_table, get_ticket, upsert_tickets
+
+    role, password = f"sync_{secrets.token_hex(4)}", secrets.token_urlsafe(12)
+    with postgres_db.connect(autocommit=True) as admin:
+        ensure_table(admin, "postgres")
+        admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+        admin.execute(f"GRANT SELECT, INSERT, UPDATE ON jira_ticket TO {role}")
+    dsn = make_conninfo(postgres_db.dsn, user=role, password=password)
+    import psycopg
+
+    with psycopg.connect(dsn) as limited:
+        ensure_table(limited, "postgres")
+        ticket = {
+            "key": "ABC-1",
+            "summary": "s",
+            "status": "Done",
+            "assignee_email": None,
+            "progress": None,
+            "updated_at": "2026-11-27T10:00:00+00:00",
+        }
+        result = upsert_tickets(limited, "postgres", [ticket], source="sweep", fetched_at=datetime.now(UTC))
+        assert result.written == 1
+        assert get_ticket(limited, "postgres", "ABC-1")["status"] == "Done"

@@ -114,12 +114,20 @@ async def require_airflow_user(
 
     if credentials is None:
         raise _unauthorized(f"Not authenticated: {_TOKEN_HINT}", invalid_token=False)
+    auth_manager = get_auth_manager()
     try:
-        return await get_auth_manager().get_user_from_token(credentials.credentials)
+        user = await auth_manager.get_user_from_token(credentials.credentials)
     except ExpiredSignatureError:
         raise _unauthorized(f"The access token has expired: {_TOKEN_HINT}", invalid_token=True) from None
     except InvalidTokenError:
         raise _unauthorized(f"The access token is not valid: {_TOKEN_HINT}", invalid_token=True) from None
+    # Being logged in is not enough: the answer is what jira_inbox stores, so the user must be allowed
+    # to read that DAG, as Airflow's own routes would require.
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagDetails
+
+    if not auth_manager.is_authorized_dag(method="GET", details=DagDetails(id="jira_inbox"), user=user):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="This user may not read the jira_inbox DAG")
+    return user
 
 
 async def ticket_request(request: Request) -> TicketRequest:
@@ -253,6 +261,10 @@ app = FastAPI(
     summary="The seed's REST channel: a Jira issue's assignee and progress",
     description=__doc__,
     dependencies=[Depends(require_airflow_user)],
+    # App-level dependencies do not cover the docs routes, so they would be open without a token.
+    docs_url=None,
+    redoc_url=None,
+    openapi_url=None,
 )
 
 

@@ -31,6 +31,18 @@ def _window_bounds(context: dict[str, Any]) -> tuple[Any, Any]:
     end = context.get("data_interval_end")
     if params.get("since"):
         start = parse_iso_instant(params["since"], name="since")
+    else:
+        # With catchup off, intervals missed while the scheduler was down (or whose runs failed) are
+        # never run: start where the last successful sweep ended, so no gap is left between windows.
+        # A lazy proxy: it is never None itself, so test its truth (False when there is no such run).
+        previous_end = context.get("prev_data_interval_end_success")
+        if start is not None and previous_end and previous_end < start:
+            log.warning(
+                "The last successful sweep ended at %s, before this window's start %s: sweeping the gap too",
+                previous_end,
+                start,
+            )
+            start = previous_end
     if params.get("until"):
         end = parse_iso_instant(params["until"], name="until")
     if start is None or end is None:

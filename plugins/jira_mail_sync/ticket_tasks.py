@@ -44,6 +44,23 @@ def fetch_tickets(keys: list[str]) -> dict[str, list]:
         return fetch_batch(client, keys)
 
 
+def every_batch(fetched: Any) -> Iterator[Any]:
+    """Yield each mapped fetch result, failing loudly if one cannot be read.
+
+    Iterating Airflow's lazy XCom sequence ends quietly at the first item the API server fails to
+    return (its iterator turns IndexError into StopIteration), which would store part of a run and
+    still succeed. Indexing up to its length makes such a failure a task failure instead.
+    """
+    total = len(fetched)
+    for index in range(total):
+        try:
+            yield fetched[index]
+        except IndexError as exc:
+            raise RuntimeError(
+                f"Could not read fetched batch {index} of {total}; nothing is skipped"
+            ) from exc
+
+
 @task
 def store_tickets(fetched: Any, *, source: str, return_keys: bool = True) -> dict[str, Any]:
     """Upsert every fetched batch into `jira_ticket`, one batch at a time; older updates never win."""
@@ -51,7 +68,7 @@ def store_tickets(fetched: Any, *, source: str, return_keys: bool = True) -> dic
         summary = store_batches(
             conn,
             dialect,
-            fetched,
+            every_batch(fetched),
             source=source,
             fetched_at=datetime.now(UTC),
             return_keys=return_keys,
