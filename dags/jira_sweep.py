@@ -13,6 +13,9 @@ this DAG sweeps the run's data interval (a real interval, so backfills sweep his
    and an idempotent upsert into `jira_ticket` with `source = 'sweep'`. The lookback overlap never
    duplicates rows.
 
+A scheduled run whose window starts after the end of the last successful sweep (the scheduler was
+down, or runs failed: catchup is off) starts at that end instead, so no interval is left unswept.
+
 Manual runs may override the window with `since`/`until`, narrow it to `projects`, or add a
 validated `jql_filter` clause. Backfill with
 `airflow backfill create --dag-id jira_sweep --from-date ... --to-date ...`.

@@ -24,7 +24,8 @@ Settings (Airflow configuration, so airflow.cfg or the environment):
   300: how old a stored copy (its `fetched_at`) may be and still be served without asking Jira.
 
 Answers: 200 with the ticket; 401 with `WWW-Authenticate: Bearer` when the token is missing, malformed,
-badly signed, for another audience, expired or revoked; 404 when Jira has no such issue (or the sync
+badly signed, for another audience, expired or revoked; 403 for a user who may not read the
+`jira_inbox` DAG; 404 when Jira has no such issue (or the sync
 account may not see it); 422 for a body that is not `{"key": "PROJECT-123"}`; 502 when Jira refuses the
 sync account; 503 when Jira cannot be reached or its connection is unusable. Errors carry
 `{"detail": "..."}` and never a token, password or connection URI.
@@ -273,6 +274,7 @@ app = FastAPI(
     response_model=TicketDetails,
     responses={
         401: {"description": "No valid Airflow access token", **_ERROR},
+        403: {"description": "The user may not read the jira_inbox DAG", **_ERROR},
         404: {"description": "Jira has no such issue", **_ERROR},
         502: {"description": "Jira refused the sync account", **_ERROR},
         503: {"description": "Jira cannot be reached and the store has no fresh copy", **_ERROR},
