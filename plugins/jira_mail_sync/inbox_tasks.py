@@ -22,6 +22,9 @@ from jira_mail_sync.hooks.jira_cloud import JiraCloudHook
 
 log = logging.getLogger(__name__)
 
+# A run may take thousands of keys; the log names the first ones, the XCom holds them all.
+LOGGED_KEYS = 50
+
 
 def _trusted_senders(params: dict[str, Any], site_url: str) -> list[str]:
     configured = [s.strip() for s in (params.get("trusted_senders") or []) if s and s.strip()]
@@ -56,7 +59,7 @@ def extract_ticket_keys(sensed: dict[str, Any]) -> list[list[str]]:
         len(extraction.rejected),
         len(extraction.keys),
         " (dry run: nothing is fetched, stored or marked)" if dry_run else "",
-        ", ".join(extraction.keys),
+        ", ".join(extraction.keys[:LOGGED_KEYS]) + (" …" if len(extraction.keys) > LOGGED_KEYS else ""),
     )
     context["ti"].xcom_push(key="settlement", value=extraction.to_xcom() | {"dry_run": dry_run})
     return [] if dry_run else batch_keys(extraction.keys)
