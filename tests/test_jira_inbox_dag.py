@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,7 +12,7 @@ import pytest
 
 from include.mail_factory import jira_notification
 from include.ticket_store import count_tickets, ensure_table, get_ticket
-from tests.harness.airflow_env import load_dag, run_dag
+from tests.harness.airflow_env import airflow_cli, load_dag, run_dag
 
 REPO = Path(__file__).resolve().parents[1]
 SITE = "acme.atlassian.net"
@@ -322,15 +320,7 @@ def test_airflow_dags_test_cli_runs_with_env_connections(inbox_env):
     )
     imap.append(jira_notification("CLI-1", site=SITE))
 
-    proc = subprocess.run(
-        [sys.executable, "-m", "airflow", "dags", "test", "jira_inbox", "-c", json.dumps(TRUSTED)],
-        cwd=REPO,
-        env=os.environ.copy(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    proc = airflow_cli("dags", "test", "jira_inbox", "-c", json.dumps(TRUSTED))
 
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert stored_row(store, "CLI-1")["assignee_email"] == "cli@example.com"

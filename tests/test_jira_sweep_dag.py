@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from include.ticket_store import ensure_table
-from tests.harness.airflow_env import load_dag, run_dag
+from tests.harness.airflow_env import airflow_cli, load_dag, run_dag
 
 REPO = Path(__file__).resolve().parents[1]
 HOUR_START = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
@@ -104,27 +101,16 @@ def test_backfill_of_several_intervals_equals_one_long_manual_sweep(sweep_env, s
 @pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)
 def test_backfill_dry_run_lists_one_run_per_15_minute_interval(sweep_env, sweep_dag):
     run_dag(sweep_dag, conf=manual(HOUR_START, HOUR_START + timedelta(minutes=1)))  # serializes the DAG
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "airflow",
-            "backfill",
-            "create",
-            "--dag-id",
-            "jira_sweep",
-            "--from-date",
-            "2026-10-01T10:00:00+00:00",
-            "--to-date",
-            "2026-10-01T11:00:00+00:00",
-            "--dry-run",
-        ],
-        cwd=REPO,
-        env=os.environ.copy(),
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
+    proc = airflow_cli(
+        "backfill",
+        "create",
+        "--dag-id",
+        "jira_sweep",
+        "--from-date",
+        "2026-10-01T10:00:00+00:00",
+        "--to-date",
+        "2026-10-01T11:00:00+00:00",
+        "--dry-run",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     listed = [line.split("|")[1].strip() for line in proc.stdout.splitlines() if line.startswith("| 2026-")]
@@ -247,15 +233,7 @@ def test_airflow_dags_test_cli_sweeps_the_given_window(sweep_env):
     jira, store = sweep_env
     jira.add_issue("CLI-1", summary="s", updated=datetime(2026, 11, 27, 0, 30, tzinfo=UTC))
     conf = {"since": "2026-11-27T00:00:00+00:00", "until": "2026-11-27T01:00:00+00:00"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "airflow", "dags", "test", "jira_sweep", "-c", json.dumps(conf)],
-        cwd=REPO,
-        env=os.environ.copy(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    proc = airflow_cli("dags", "test", "jira_sweep", "-c", json.dumps(conf))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert set(rows(store)) == {"CLI-1"}
     assert jira.api_token not in proc.stdout + proc.stderr

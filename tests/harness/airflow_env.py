@@ -64,6 +64,19 @@ class DagRunResult:
             return {(r.task_id, r.map_index): len(str(r.value).encode()) for r in rows}
 
 
+def airflow_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run the `airflow` CLI in a subprocess with this session's environment (home, connections)."""
+    return subprocess.run(
+        [sys.executable, "-m", "airflow", *args],
+        cwd=REPO,
+        env=os.environ.copy(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
 def load_dag(dag_id: str):
     from airflow.dag_processing.dagbag import DagBag
 
