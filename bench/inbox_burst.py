@@ -196,9 +196,7 @@ def _dag_test_run(account, jira, tmp: Path) -> dict:
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
         "PYTHONPATH": str(REPO),
         "AIRFLOW_CONN_IMAP_DEFAULT": json.dumps(account.airflow_conn()),
-        "AIRFLOW_CONN_JIRA_DEFAULT": json.dumps(
-            {"conn_type": "jira", "host": jira.url, "login": jira.email, "password": jira.api_token}
-        ),
+        "AIRFLOW_CONN_JIRA_DEFAULT": json.dumps(jira.airflow_conn()),
         "AIRFLOW_CONN_JIRA_STORE": json.dumps({"conn_type": "sqlite", "host": str(tmp / "dag-store.db")}),
     }
     airflow = [sys.executable, "-m", "airflow"]

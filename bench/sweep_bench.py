@@ -68,9 +68,7 @@ def _set_up_airflow(tmp: Path, jira, store_path: Path) -> None:
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
-            "AIRFLOW_CONN_JIRA_DEFAULT": json.dumps(
-                {"conn_type": "jira", "host": jira.url, "login": jira.email, "password": jira.api_token}
-            ),
+            "AIRFLOW_CONN_JIRA_DEFAULT": json.dumps(jira.airflow_conn()),
             "AIRFLOW_CONN_JIRA_STORE": json.dumps({"conn_type": "sqlite", "host": str(store_path)}),
         }
     )

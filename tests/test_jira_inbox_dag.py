@@ -207,17 +207,13 @@ def test_crash_between_store_and_mark_leaves_no_duplicates_after_rerun(inbox_env
     monkeypatch.undo()
     monkeypatch.setenv("AIRFLOW_CONN_IMAP_DEFAULT", json.dumps(imap.airflow_conn()))
     monkeypatch.setenv("AIRFLOW_CONN_JIRA_STORE", json.dumps(store.airflow_conn()))
-    monkeypatch.setenv("AIRFLOW_CONN_JIRA_DEFAULT", json.dumps(jira_conn_for(jira)))
+    monkeypatch.setenv("AIRFLOW_CONN_JIRA_DEFAULT", json.dumps(jira.airflow_conn()))
 
     rerun = run_dag(inbox_dag, conf=TRUSTED)
 
     assert rerun.state == "success", rerun.states
     assert stored_count(store) == 2
     assert imap.unseen_count() == 0
-
-
-def jira_conn_for(jira):
-    return {"conn_type": "jira", "host": jira.url, "login": jira.email, "password": jira.api_token}
 
 
 @pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)

@@ -131,9 +131,7 @@ def rest_server(airflow_db: str) -> Iterator[RestServer]:
         "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__JIRA_MAIL_SYNC__STORE_MAX_AGE_SECONDS": str(int(STORE_MAX_AGE.total_seconds())),
         "AIRFLOW_CONN_JIRA_STORE": json.dumps({"conn_type": "sqlite", "host": str(store_path)}),
-        "AIRFLOW_CONN_JIRA_DEFAULT": json.dumps(
-            {"conn_type": "jira", "host": standin.url, "login": standin.email, "password": standin.api_token}
-        ),
+        "AIRFLOW_CONN_JIRA_DEFAULT": json.dumps(standin.airflow_conn()),
     }
     with server.log_path.open("wb") as log_file:
         process = subprocess.Popen(

@@ -330,6 +330,10 @@ class JiraStandin:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
+    def airflow_conn(self) -> dict[str, str]:
+        """The JSON form of an Airflow `jira` connection to this site (for AIRFLOW_CONN_JIRA_DEFAULT)."""
+        return {"conn_type": "jira", "host": self.url, "login": self.email, "password": self.api_token}
+
     def _base_url(self) -> str:
         return self.url if self._server is not None else f"http://{self._host}:{self._port}"
 

@@ -42,11 +42,6 @@ def jira_standin(jira_standin_server: JiraStandin) -> Iterator[JiraStandin]:
 @pytest.fixture
 def jira_conn_env(jira_standin: JiraStandin, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """AIRFLOW_CONN_JIRA_DEFAULT pointing at the stand-in; returns the connection dict."""
-    conn = {
-        "conn_type": "jira",
-        "host": jira_standin.url,
-        "login": jira_standin.email,
-        "password": jira_standin.api_token,
-    }
+    conn = jira_standin.airflow_conn()
     monkeypatch.setenv("AIRFLOW_CONN_JIRA_DEFAULT", json.dumps(conn))
     return conn
