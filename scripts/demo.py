@@ -307,6 +307,33 @@ def _base_env() -> dict[str, str]:
 # ----------------------------------------------------------------------------------------- services
 
 
+DOVECOT_LINK = DEMO / "dovecot"
+
+
+def _dovecot_dir() -> Path:
+    """Where Dovecot's config, accounts and mail live: .demo/dovecot, or a /tmp directory it links to.
+
+    Run as root, Dovecot reads accounts and mail as the dovecot user, which must be able to pass
+    through every directory above them; a checkout under a 0700 directory (/root, a mktemp -d) does
+    not allow that, so the files then go to a 0711 directory under /tmp instead.
+    """
+    if os.geteuid() != 0 or all(parent.stat().st_mode & 0o001 for parent in DEMO.resolve().parents):
+        DOVECOT_LINK.mkdir()
+        return DOVECOT_LINK
+    import tempfile
+
+    outside = Path(tempfile.mkdtemp(prefix="jms-demo-dovecot-"))
+    DOVECOT_LINK.symlink_to(outside, target_is_directory=True)
+    return outside
+
+
+def _remove_demo_dir() -> None:
+    if DOVECOT_LINK.is_symlink():
+        shutil.rmtree(DOVECOT_LINK.resolve(), ignore_errors=True)
+        DOVECOT_LINK.unlink()
+    shutil.rmtree(DEMO)
+
+
 def _start_dovecot(env: dict[str, str]) -> dict[str, Any]:
     """Dovecot with one account, configured as the test harness configures it, living in .demo/dovecot."""
     sys.path.insert(0, str(REPO))
@@ -314,8 +341,7 @@ def _start_dovecot(env: dict[str, str]) -> dict[str, Any]:
 
     if not os.access(harness.DOVECOT_BINARY, os.X_OK):
         raise DemoError(f"{harness.DOVECOT_BINARY} is missing: run `make system-deps`")
-    root = DEMO / "dovecot"
-    root.mkdir()
+    root = _dovecot_dir()
     # Dovecot's auth and mail processes run as the dovecot user and must reach into this directory.
     for directory in (DEMO, root):
         os.chmod(directory, 0o711)
@@ -565,7 +591,7 @@ def start() -> int:
         # A fresh site every time: the stand-in keeps its tickets in memory, so an old store would disagree.
         stop(quiet=True)
         print("Removing the previous demo's .demo/ …", flush=True)
-        shutil.rmtree(DEMO)
+        _remove_demo_dir()
     for directory in (DEMO, PIDS, LOGS, AIRFLOW_HOME):
         directory.mkdir(parents=True, exist_ok=True)
     started_at = datetime.now(UTC)
