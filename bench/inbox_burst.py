@@ -166,7 +166,7 @@ def _run_child(pipeline: str, spec: dict) -> dict:
 
 
 def _seed(server, jira) -> dict:
-    from include.mail_factory import jira_notification
+    from devkit.mail_factory import jira_notification
 
     account = server.create_account()
     keys = [f"OPS-{n}" for n in range(1, KEYS + 1)]
@@ -228,8 +228,8 @@ def _dag_test_run(account, jira, tmp: Path) -> dict:
 
 def main() -> None:
     from bench.report import write_section
-    from include.jira_standin import JiraStandin
-    from tests.harness.dovecot import start_dovecot
+    from devkit.jira_standin import JiraStandin
+    from devkit.dovecot import start_dovecot
 
     server = start_dovecot()
     jira = JiraStandin(email="bench@example.com", api_token="bench-token").start()

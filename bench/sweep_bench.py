@@ -84,7 +84,7 @@ def _set_up_airflow(tmp: Path, jira, store_path: Path) -> None:
 
 
 def main() -> None:
-    from include.jira_standin import JiraStandin
+    from devkit.jira_standin import JiraStandin
 
     jira = JiraStandin(email="bench@example.com", api_token="bench-token", time_zone="Europe/Berlin").start()
     try:

@@ -1,4 +1,8 @@
-"""Pytest plugin: a real Dovecot (IMAP, IMAPS) on loopback per session, and a fresh mail account per test."""
+"""Dovecot launcher: a real IMAP/IMAPS server on loopback from a generated config, with throw-away accounts.
+
+The test fixtures (tests/harness/dovecot.py), the demo, the distributed stack and the benchmarks all
+start Dovecot through `start_dovecot`.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +12,11 @@ import grp
 import imaplib
 import ipaddress
 import itertools
-import json
 import os
 import pwd
 import re
 import secrets
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -24,35 +26,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
+from devkit.processes import LOOPBACK, free_port, log_tail, spawn, stop_process_group
 
 DOVECOT_BINARY = "/usr/sbin/dovecot"
 # `openssl dhparam` takes minutes; Debian ships ready-made parameters.
 DH_PARAMS = Path("/usr/share/dovecot/dh.pem")
-LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 10.0
-STOP_TIMEOUT_S = 5.0
 CLIENT_TIMEOUT_S = 30.0
-ALLOW_SKIP_ENV = "JMS_ALLOW_SKIP"
 
 _APPENDUID = re.compile(rb"\[APPENDUID (\d+) (\d+)\]")
 _STATUS_UIDVALIDITY = re.compile(rb"UIDVALIDITY (\d+)")
 _FETCH_UID = re.compile(rb"\bUID (\d+)")
 _FETCH_FLAGS = re.compile(rb"\bFLAGS \(([^)]*)\)")
-
-
-def service_unavailable(message: str) -> None:
-    """Fail the requesting test with `message`; skip instead only when JMS_ALLOW_SKIP=1 is set explicitly."""
-    if os.environ.get(ALLOW_SKIP_ENV) == "1":
-        pytest.skip(f"{message} ({ALLOW_SKIP_ENV}=1)")
-    pytest.fail(f"{message}\n(set {ALLOW_SKIP_ENV}=1 to skip these tests instead of failing)", pytrace=False)
-
-
-def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
 
 
 class DovecotStartError(RuntimeError):
@@ -169,7 +154,7 @@ def _render_config(
     else:
         identity, no_chroot = "", ""
     return f"""\
-# Written by tests/harness/dovecot.py for one pytest session; nothing here is meant for production.
+# Written by devkit/dovecot.py for one test session or demo; nothing here is meant for production.
 base_dir = {root}/run
 state_dir = {root}/state
 log_path = {root}/dovecot.log
@@ -240,7 +225,7 @@ def _read_greeting(port: int, ssl_context: ssl.SSLContext | None) -> bytes:
 
 @dataclass
 class DovecotServer:
-    """A running Dovecot; `stop()` ends its whole process group and removes its directory."""
+    """A running Dovecot; `stop()` ends its whole process group and removes the directory it made."""
 
     root: Path
     host: str
@@ -250,6 +235,8 @@ class DovecotServer:
     mail_uid: int
     mail_gid: int
     process: subprocess.Popen[bytes]
+    output_path: Path
+    owns_root: bool = True
     _account_numbers: Iterator[int] = field(default_factory=lambda: itertools.count(1), repr=False)
 
     @property
@@ -265,12 +252,8 @@ class DovecotServer:
         return self.root / "dovecot.log"
 
     def log_tail(self, max_lines: int = 40) -> str:
-        lines: list[str] = []
-        for name in ("dovecot.stderr", "dovecot.log"):
-            path = self.root / name
-            if path.exists():
-                lines += path.read_text(errors="replace").splitlines()[-max_lines:]
-        return "\n".join(lines[-max_lines:])
+        """The end of Dovecot's own output (start-up errors) and of its log."""
+        return f"{log_tail(self.output_path, max_lines)}\n{log_tail(self.log_path, max_lines)}"
 
     def ssl_context(self) -> ssl.SSLContext:
         """A verifying client context that trusts only this server's CA."""
@@ -304,37 +287,44 @@ class DovecotServer:
         )
 
     def stop(self) -> None:
-        _stop_process_group(self.process)
-        shutil.rmtree(self.root, ignore_errors=True)
+        # Killing only the master leaves imap sessions running for ~10 s; the group goes at once.
+        stop_process_group(self.process)
+        if self.owns_root:
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
-def _stop_process_group(process: subprocess.Popen[bytes]) -> None:
-    # Killing only the master leaves imap sessions running for ~10 s; the group goes at once.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
+def _mail_owner(rootless: bool) -> tuple[int, int]:
+    if rootless:
+        return os.getuid(), os.getgid()
+    # Dovecot refuses mail owned by uid 0.
     try:
-        process.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=STOP_TIMEOUT_S)
+        return pwd.getpwnam("dovecot").pw_uid, grp.getgrnam("dovecot").gr_gid
+    except KeyError as exc:
+        raise DovecotStartError("the `dovecot` system user/group does not exist") from exc
 
 
-def start_dovecot() -> DovecotServer:
-    """Start Dovecot from a config in a fresh temporary directory and wait for both greetings."""
+def start_dovecot(
+    root: Path | None = None,
+    *,
+    env: dict[str, str] | None = None,
+    output_path: Path | None = None,
+    timeout_s: float = START_TIMEOUT_S,
+) -> DovecotServer:
+    """Start Dovecot on two free loopback ports (IMAP, IMAPS) and wait until both greet.
+
+    Its config, certificates, accounts and mail live in `root`: an empty directory the caller made (and
+    removes), or by default a fresh temporary one that `stop()` removes. Every directory above `root`
+    must let the dovecot user through (mode o+x) when running as root. Dovecot's own output goes to
+    `output_path` (default: root/dovecot.stderr) and it runs with `env` (default: this process's).
+    Raises DovecotStartError, with the output and log tail, if it does not come up.
+    """
     if not os.access(DOVECOT_BINARY, os.X_OK):
         raise DovecotStartError(f"{DOVECOT_BINARY} is not installed (Debian package dovecot-imapd)")
     rootless = os.geteuid() != 0
-    if rootless:
-        mail_uid, mail_gid = os.getuid(), os.getgid()
-    else:
-        # Dovecot refuses mail owned by uid 0.
-        try:
-            mail_uid, mail_gid = pwd.getpwnam("dovecot").pw_uid, grp.getgrnam("dovecot").gr_gid
-        except KeyError as exc:
-            raise DovecotStartError("the `dovecot` system user/group does not exist") from exc
-
-    root = Path(tempfile.mkdtemp(prefix="jms-dovecot-"))
+    mail_uid, mail_gid = _mail_owner(rootless)
+    owns_root = root is None
+    root = Path(tempfile.mkdtemp(prefix="jms-dovecot-")) if root is None else root
+    output_path = output_path or root / "dovecot.stderr"
     try:
         # mkdtemp makes 0700; Dovecot's auth and mail processes (uid dovecot) must traverse it.
         os.chmod(root, 0o711)
@@ -345,20 +335,16 @@ def start_dovecot() -> DovecotServer:
         config = root / "dovecot.conf"
         # base_dir (root/run) starts empty in this fresh directory: no stale master.pid can block the start.
         config.write_text(_render_config(root, tls, port, ssl_port, mail_uid, mail_gid, rootless))
-        with open(root / "dovecot.stderr", "wb") as stderr:
-            process = subprocess.Popen(
-                [DOVECOT_BINARY, "-c", str(config), "-F"],
-                stdin=subprocess.DEVNULL,
-                stdout=stderr,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        process = spawn([DOVECOT_BINARY, "-c", str(config), "-F"], output_path, env=env)
     except BaseException:
-        shutil.rmtree(root, ignore_errors=True)
+        if owns_root:
+            shutil.rmtree(root, ignore_errors=True)
         raise
 
-    server = DovecotServer(root, LOOPBACK, port, ssl_port, tls.ca_cert, mail_uid, mail_gid, process)
-    deadline = time.monotonic() + START_TIMEOUT_S
+    server = DovecotServer(
+        root, LOOPBACK, port, ssl_port, tls.ca_cert, mail_uid, mail_gid, process, output_path, owns_root
+    )
+    deadline = time.monotonic() + timeout_s
     last_error: Exception | None = None
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -381,7 +367,7 @@ def start_dovecot() -> DovecotServer:
     else:
         problem = (
             f"Dovecot did not greet on {LOOPBACK}:{port} (IMAP) and :{ssl_port} (IMAPS) within "
-            f"{START_TIMEOUT_S:.0f} s ({last_error})"
+            f"{timeout_s:.0f} s ({last_error})"
         )
     raise DovecotStartError(f"{problem}\n--- dovecot output and log ---\n{detail}")
 
@@ -606,33 +592,3 @@ class ImapAccount:
         with contextlib.suppress(FileNotFoundError):
             (self._server.users_dir / self.user).unlink()
         shutil.rmtree(self.maildir.parent, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def dovecot() -> Iterator[DovecotServer]:
-    """One real Dovecot for the whole session (IMAP on `port`, IMAPS on `ssl_port`)."""
-    try:
-        server = start_dovecot()
-    except (DovecotStartError, OSError) as exc:
-        service_unavailable(f"Dovecot could not start: {exc}")
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def imap_account(dovecot: DovecotServer) -> Iterator[ImapAccount]:
-    """A fresh user with an empty Maildir, removed after the test."""
-    account = dovecot.create_account()
-    try:
-        yield account
-    finally:
-        account.close()
-
-
-@pytest.fixture
-def imap_conn_env(imap_account: ImapAccount, monkeypatch: pytest.MonkeyPatch) -> ImapAccount:
-    """`imap_account`, reachable from Airflow as the `imap_default` connection (plain IMAP)."""
-    monkeypatch.setenv("AIRFLOW_CONN_IMAP_DEFAULT", json.dumps(imap_account.airflow_conn()))
-    return imap_account

@@ -1,29 +1,26 @@
-"""Pytest plugin: a real PostgreSQL on loopback per session, a fresh database per test, and store backends."""
+"""PostgreSQL launcher: a throw-away cluster on a free loopback port (fsync off), and fresh databases."""
 
 from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import os
 import pwd
 import re
 import secrets
 import shutil
-import sqlite3
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from tests.harness.dovecot import LOOPBACK, free_port, service_unavailable
+from devkit.processes import LOOPBACK, free_port, log_tail
 
 POSTGRES_ROOT = Path("/usr/lib/postgresql")
 SUPERUSER = "postgres"
@@ -103,9 +100,7 @@ class PostgresServer:
         )
 
     def log_tail(self, max_lines: int = 30) -> str:
-        if not self.log_path.exists():
-            return "(no server log)"
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-max_lines:])
+        return log_tail(self.log_path, max_lines)
 
     def create_database(self) -> PostgresDatabase:
         name = f"jms_{next(self._database_numbers):04d}_{secrets.token_hex(3)}"
@@ -220,75 +215,3 @@ def start_postgres() -> PostgresServer:
     except BaseException:
         server.stop()
         raise
-
-
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    """One real PostgreSQL for the whole session, on 127.0.0.1 with password (SCRAM) authentication."""
-    try:
-        server = start_postgres()
-    except (PostgresStartError, OSError, psycopg.Error) as exc:
-        service_unavailable(f"PostgreSQL could not start: {exc}")
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def postgres_db(postgres_server: PostgresServer) -> Iterator[PostgresDatabase]:
-    """A fresh, empty database, dropped after the test."""
-    database = postgres_server.create_database()
-    try:
-        yield database
-    finally:
-        postgres_server.drop_database(database.dbname)
-
-
-@dataclass
-class StoreBackend:
-    """The SQL store the DAGs write to, on one of the supported backends."""
-
-    dialect: str
-    _connect: Callable[[], Any] = field(repr=False)
-    _airflow_conn: dict[str, object] = field(repr=False)
-    _opened: list[Any] = field(default_factory=list, repr=False)
-
-    def connect(self) -> Any:
-        """A fresh DB-API connection (closed at teardown if the test leaves it open)."""
-        connection = self._connect()
-        self._opened.append(connection)
-        return connection
-
-    def airflow_conn(self) -> dict[str, object]:
-        return dict(self._airflow_conn)
-
-    def close(self) -> None:
-        for connection in self._opened:
-            with contextlib.suppress(Exception):
-                connection.close()
-        self._opened.clear()
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def store_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreBackend]:
-    """The same test against a SQLite file and a fresh PostgreSQL database."""
-    if request.param == "sqlite":
-        path = (tmp_path / "jira_store.db").resolve()
-        backend = StoreBackend(
-            "sqlite", lambda: sqlite3.connect(path), {"conn_type": "sqlite", "host": str(path)}
-        )
-    else:
-        database: PostgresDatabase = request.getfixturevalue("postgres_db")
-        backend = StoreBackend("postgres", database.connect, database.airflow_conn())
-    try:
-        yield backend
-    finally:
-        backend.close()
-
-
-@pytest.fixture
-def store_conn_env(store_backend: StoreBackend, monkeypatch: pytest.MonkeyPatch) -> StoreBackend:
-    """`store_backend`, reachable from Airflow as the `jira_store` connection."""
-    monkeypatch.setenv("AIRFLOW_CONN_JIRA_STORE", json.dumps(store_backend.airflow_conn()))
-    return store_backend

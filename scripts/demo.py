@@ -384,7 +384,7 @@ def _start_jira_standin(env: dict[str, str], anchor: datetime) -> dict[str, Any]
         [
             sys.executable,
             "-m",
-            "include.jira_standin",
+            "devkit.jira_standin",
             "--host",
             LOOPBACK,
             "--port",

@@ -910,7 +910,7 @@ def stack_standin() -> Iterator[tuple[int, dict[str, Any]]]:
     """The jira-standin service's command, run from the repo root as the image runs it from /opt/airflow."""
     service = resolved_services()["jira-standin"]
     argv = list(service["command"])
-    assert argv[:3] == ["python", "-m", "include.jira_standin"], argv
+    assert argv[:3] == ["python", "-m", "devkit.jira_standin"], argv
     port = free_port()
     argv[0] = sys.executable
     argv[argv.index("--host") + 1] = LOOPBACK

@@ -27,7 +27,7 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 
-from tests.harness.dovecot import service_unavailable
+from tests.harness import service_unavailable
 
 pytestmark = [pytest.mark.ui, pytest.mark.timeout(900)]
 
