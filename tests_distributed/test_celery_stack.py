@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from devkit import redis as redis_module
+from devkit.airflow_env import DAG_IDS
 from devkit.dovecot import DovecotServer, DovecotStartError, ImapAccount, start_dovecot
 from devkit.jira_standin import JiraStandin
 from devkit.mail_factory import jira_notification
@@ -31,7 +32,6 @@ from include.jira_rules import BULK_FETCH_LIMIT
 from include.names import IMAP_CONN_ID, JIRA_API_POOL, JIRA_CONN_ID, TICKET_TABLE
 from scripts.distributed import stack as stack_module
 from scripts.distributed.stack import (
-    DAG_IDS,
     DistributedStack,
     StackError,
     StackSettings,

@@ -28,6 +28,7 @@ from urllib.parse import quote
 import psycopg
 import requests
 
+from devkit.airflow_env import DAG_IDS, airflow_env
 from devkit.airflow_rest import AirflowRest
 from devkit.postgres import PostgresDatabase, PostgresServer, PostgresStartError, start_postgres
 from devkit.processes import LOOPBACK, free_port, log_tail, spawn, stop_process_groups
@@ -37,11 +38,9 @@ from scripts.distributed.hostname import HOSTNAME_ENV
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[2]
 LEDGER_ENV = "JMS_PROCESS_LEDGER"
 HOSTNAME_CALLABLE = "scripts.distributed.hostname.component_hostname"
 ADMIN_USER = "admin"
-DAG_IDS = ("jira_inbox", "jira_sweep")
 
 
 class StackError(RuntimeError):
@@ -259,42 +258,29 @@ class DistributedStack:
         credentials = f"{quote(db.user, safe='')}:{quote(db.password, safe='')}"
         database_url = f"postgresql+psycopg://{credentials}@{db.host}:{db.port}/{db.dbname}"
         self.api_port = free_port()
-        # Nothing of the caller's Airflow configuration may leak in: the stack is configured here only.
-        env = {key: value for key, value in os.environ.items() if not key.startswith("AIRFLOW")}
-        env.update(
-            {
-                "AIRFLOW_HOME": str(self.home),
+        return airflow_env(
+            os.environ,
+            home=self.home,
+            database_url=database_url,
+            connections=self._connections,
+            api_port=self.api_port,
+            admin_user=ADMIN_USER,
+            jwt_secret=secrets.token_urlsafe(64),
+            settings={
                 "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
-                "AIRFLOW__CORE__AUTH_MANAGER": (
-                    "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
-                ),
-                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords_file),
-                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database_url,
                 # Celery's database result backend is SQLAlchemy too: the same psycopg 3 driver.
                 "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{database_url}",
                 "AIRFLOW__CELERY__BROKER_URL": f"redis://{LOOPBACK}:{self.redis_port}/0",
                 "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(self.settings.worker_concurrency),
                 "AIRFLOW__CORE__FERNET_KEY": _fernet_key(),
-                "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(64),
-                "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
-                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-                "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-                "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
                 "AIRFLOW__CORE__PARALLELISM": str(self.settings.parallelism),
                 "AIRFLOW__CORE__HOSTNAME_CALLABLE": HOSTNAME_CALLABLE,
-                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.api_url}/execution/",
-                "AIRFLOW__API__HOST": LOOPBACK,
-                "AIRFLOW__API__PORT": str(self.api_port),
                 "AIRFLOW__API__WORKERS": "1",
                 "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.home / "logs"),
                 "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
-                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-            }
+            },
         )
-        for conn_id, conn in self._connections.items():
-            env[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(conn)
-        return env
 
     def _airflow(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "airflow", *args]
