@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from devkit.processes import LOOPBACK, free_port, stop_process_group
-from tests.harness import service_unavailable
+from devkit.unavailable import service_unavailable
 from tests.stack_files import (
     DOVECOT_DIR,
     dovecot_config,

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from devkit.processes import LOOPBACK, free_port, log_tail, spawn, stop_process_group
-from tests.harness import service_unavailable
+from devkit.unavailable import service_unavailable
 from tests.stack_files import (
     AIRFLOW_DOCKERFILE,
     REPO,

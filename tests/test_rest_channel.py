@@ -24,9 +24,9 @@ import requests
 
 from devkit.jira_standin import JiraStandin
 from devkit.processes import LOOPBACK, free_port, spawn, stop_process_group
+from devkit.unavailable import service_unavailable
 from include.jira_cloud import ticket_details
 from include.ticket_store import ensure_table, get_ticket, upsert_tickets
-from tests.harness import service_unavailable
 
 REPO = Path(__file__).resolve().parents[1]
 TICKET_PATH = "/jira-mail-sync/ticket"

@@ -28,6 +28,7 @@ from devkit.jira_standin import JiraStandin
 from devkit.mail_factory import jira_notification
 from devkit.postgres import PostgresServer
 from devkit.processes import LOOPBACK, log_tail
+from devkit.unavailable import service_unavailable
 from include.jira_rules import BULK_FETCH_LIMIT
 from include.names import IMAP_CONN_ID, JIRA_API_POOL, JIRA_CONN_ID, TICKET_TABLE
 from scripts.distributed import stack as stack_module
@@ -38,7 +39,6 @@ from scripts.distributed.stack import (
     record_process_group,
     record_scratch_dir,
 )
-from tests.harness import service_unavailable
 
 # The whole module (stack start, both DAG runs, teardown) stays far below 15 minutes on 2 cores.
 pytestmark = pytest.mark.timeout(840)

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from devkit.dovecot import DovecotServer, DovecotStartError, ImapAccount, start_dovecot
-from tests.harness import service_unavailable
+from devkit.unavailable import service_unavailable
 
 
 @pytest.fixture(scope="session")

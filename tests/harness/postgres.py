@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from devkit.postgres import PostgresDatabase, PostgresServer, PostgresStartError, start_postgres
-from tests.harness import service_unavailable
+from devkit.unavailable import service_unavailable
 
 
 @pytest.fixture(scope="session")
