@@ -4,6 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.synced
+LINT_PATHS := dags plugins include devkit tests tests_distributed bench scripts
 
 .PHONY: venv system-deps test test-distributed test-ui lint bench demo demo-stop lock clean
 
@@ -35,8 +36,8 @@ test-ui: venv system-deps
 	$(PY) -m pytest -m ui tests/test_ui_browser.py $(PYTEST_ARGS)
 
 lint: venv
-	$(VENV)/bin/ruff check dags plugins include tests tests_distributed bench scripts
-	$(VENV)/bin/ruff format --check dags plugins include tests tests_distributed bench scripts
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 
 bench: venv system-deps
 	$(PY) -m bench.run_all

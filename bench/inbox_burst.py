@@ -23,6 +23,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "plugins")]
 
+from devkit.airflow_env import airflow_env  # noqa: E402
+from include.names import IMAP_CONN_ID, JIRA_CONN_ID, STORE_CONN_ID, TICKET_TABLE  # noqa: E402
+
 SITE = "acme.atlassian.net"
 TRUSTED = [f"jira@{SITE}"]
 MESSAGES = 2000
@@ -166,7 +169,7 @@ def _run_child(pipeline: str, spec: dict) -> dict:
 
 
 def _seed(server, jira) -> dict:
-    from include.mail_factory import jira_notification
+    from devkit.mail_factory import jira_notification
 
     account = server.create_account()
     keys = [f"OPS-{n}" for n in range(1, KEYS + 1)]
@@ -188,17 +191,16 @@ def _dag_test_run(account, jira, tmp: Path) -> dict:
     """One jira_inbox run over the same burst through `airflow dags test`, timed from the outside."""
     home = tmp / "airflow-home"
     home.mkdir()
-    env = os.environ | {
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
-        "PYTHONPATH": str(REPO),
-        "AIRFLOW_CONN_IMAP_DEFAULT": json.dumps(account.airflow_conn()),
-        "AIRFLOW_CONN_JIRA_DEFAULT": json.dumps(jira.airflow_conn()),
-        "AIRFLOW_CONN_JIRA_STORE": json.dumps({"conn_type": "sqlite", "host": str(tmp / "dag-store.db")}),
-    }
+    env = airflow_env(
+        os.environ,
+        home=home,
+        database_url=f"sqlite:///{home}/airflow.db",
+        connections={
+            IMAP_CONN_ID: account.airflow_conn(),
+            JIRA_CONN_ID: jira.airflow_conn(),
+            STORE_CONN_ID: {"conn_type": "sqlite", "host": str(tmp / "dag-store.db")},
+        },
+    )
     airflow = [sys.executable, "-m", "airflow"]
     subprocess.run([*airflow, "db", "migrate"], env=env, cwd=REPO, check=True, capture_output=True)
     requests_before = jira.request_count()
@@ -216,7 +218,7 @@ def _dag_test_run(account, jira, tmp: Path) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"airflow dags test failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     conn = _store(str(tmp / "dag-store.db"))
-    rows = conn.execute("SELECT count(*) FROM jira_ticket").fetchone()[0]
+    rows = conn.execute(f"SELECT count(*) FROM {TICKET_TABLE}").fetchone()[0]
     conn.close()
     return {
         "wall_s": wall,
@@ -228,8 +230,8 @@ def _dag_test_run(account, jira, tmp: Path) -> dict:
 
 def main() -> None:
     from bench.report import write_section
-    from include.jira_standin import JiraStandin
-    from tests.harness.dovecot import start_dovecot
+    from devkit.dovecot import start_dovecot
+    from devkit.jira_standin import JiraStandin
 
     server = start_dovecot()
     jira = JiraStandin(email="bench@example.com", api_token="bench-token").start()

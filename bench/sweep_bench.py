@@ -21,7 +21,9 @@ import tracemalloc
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from devkit.airflow_env import REPO, airflow_env
+from include.names import JIRA_CONN_ID, STORE_CONN_ID, TICKET_TABLE
+
 ISSUES = 20_000
 LATENCY_S = 0.05
 WINDOW_START = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
@@ -62,15 +64,15 @@ def _set_up_airflow(tmp: Path, jira, store_path: Path) -> None:
     home = tmp / "airflow-home"
     home.mkdir()
     os.environ.update(
-        {
-            "AIRFLOW_HOME": str(home),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
-            "AIRFLOW_CONN_JIRA_DEFAULT": json.dumps(jira.airflow_conn()),
-            "AIRFLOW_CONN_JIRA_STORE": json.dumps({"conn_type": "sqlite", "host": str(store_path)}),
-        }
+        airflow_env(
+            os.environ,
+            home=home,
+            database_url=f"sqlite:///{home}/airflow.db",
+            connections={
+                JIRA_CONN_ID: jira.airflow_conn(),
+                STORE_CONN_ID: {"conn_type": "sqlite", "host": str(store_path)},
+            },
+        )
     )
     sys.path[:0] = [str(REPO), str(REPO / "plugins")]
     import subprocess
@@ -84,7 +86,7 @@ def _set_up_airflow(tmp: Path, jira, store_path: Path) -> None:
 
 
 def main() -> None:
-    from include.jira_standin import JiraStandin
+    from devkit.jira_standin import JiraStandin
 
     jira = JiraStandin(email="bench@example.com", api_token="bench-token", time_zone="Europe/Berlin").start()
     try:
@@ -137,7 +139,7 @@ def main() -> None:
             import sqlite3
 
             conn = sqlite3.connect(store_path)
-            rows = conn.execute("SELECT count(*) FROM jira_ticket WHERE source = 'sweep'").fetchone()[0]
+            rows = conn.execute(f"SELECT count(*) FROM {TICKET_TABLE} WHERE source = 'sweep'").fetchone()[0]
             conn.close()
     finally:
         jira.stop()

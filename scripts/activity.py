@@ -41,8 +41,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from include.jira_standin.demo import DEMO_PEOPLE, DEMO_PROJECTS, DEMO_STATUSES, demo_issues  # noqa: E402
-from include.mail_factory import jira_notification  # noqa: E402
+from devkit.jira_standin.demo import DEMO_PEOPLE, DEMO_PROJECTS, DEMO_STATUSES, demo_issues  # noqa: E402
+from devkit.mail_factory import jira_notification  # noqa: E402
 
 log = logging.getLogger("demo.activity")
 

@@ -25,26 +25,36 @@ import json
 import os
 import secrets
 import shutil
-import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+# Only the standard library at the top: `stop` must work without .venv (see scripts/demo.sh).
+from devkit.airflow_env import DAG_IDS, airflow_env  # noqa: E402
+from devkit.processes import (  # noqa: E402
+    LOOPBACK,
+    free_port,
+    log_tail,
+    port_is_free,
+    proc_stat,
+    session_members,
+    spawn,
+    terminate,
+)
+from include.names import IMAP_CONN_ID, JIRA_API_POOL, JIRA_CONN_ID, STORE_CONN_ID, TICKET_TABLE  # noqa: E402
+
 DEMO = REPO / ".demo"
 PIDS = DEMO / "pids"
 LOGS = DEMO / "logs"
 STATE = DEMO / "state.json"
 STORE = DEMO / "store.db"
 AIRFLOW_HOME = DEMO / "airflow"
-LOOPBACK = "127.0.0.1"
 # Every process the demo starts carries this variable, so `stop` can find any that left its session.
 MARKER_ENV = "JMS_DEMO_ROOT"
 
@@ -54,8 +64,6 @@ JIRA_EMAIL = "sync-bot@example.com"
 JIRA_TIME_ZONE = "Europe/Berlin"
 DEMO_ISSUES = 300
 DEMO_SEED = 1
-DAG_IDS = ("jira_inbox", "jira_sweep")
-JIRA_POOL = "jira_api"
 JIRA_POOL_SLOTS = 3
 # Two cores: four LocalExecutor workers keep the scheduler and the api-server responsive.
 PARALLELISM = 4
@@ -75,32 +83,6 @@ class DemoError(RuntimeError):
 # ------------------------------------------------------------------------------------------- processes
 
 
-def _proc_stat(pid: int) -> tuple[str, int, int] | None:
-    """(state, session id, start time in clock ticks) of a process, or None if there is none."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return None
-    # The command name may hold spaces and parentheses: the fields after the last ')' are fixed.
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return fields[0], int(fields[3]), int(fields[19])
-
-
-def _session_members(sid: int) -> list[int]:
-    """PIDs of the live (not zombie) processes in session `sid`.
-
-    Sessions, not process groups: Airflow's task supervisors put each task in a process group of its
-    own, but they stay in the session of the `airflow standalone` that `start` began.
-    """
-    members = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            stat = _proc_stat(int(entry.name))
-            if stat is not None and stat[1] == sid and stat[0] != "Z":
-                members.append(int(entry.name))
-    return members
-
-
 def _marked_processes() -> list[int]:
     """PIDs of live processes started by this demo (they carry MARKER_ENV), other than this one."""
     marker = f"{MARKER_ENV}={DEMO}".encode()
@@ -112,28 +94,28 @@ def _marked_processes() -> list[int]:
             environ = (entry / "environ").read_bytes()
         except OSError:
             continue
-        stat = _proc_stat(int(entry.name))
-        if marker in environ.split(b"\0") and stat is not None and stat[0] != "Z":
+        stat = proc_stat(int(entry.name))
+        if marker in environ.split(b"\0") and stat is not None and stat.state != "Z":
             found.append(int(entry.name))
     return found
 
 
+def _record(name: str, process: subprocess.Popen[bytes]) -> None:
+    """Note the session a service leads in .demo/pids/NAME.pid, for `stop` (a later process)."""
+    stat = proc_stat(process.pid)
+    # The start time guards `stop` against a recycled PID: it only signals the process it started.
+    (PIDS / f"{name}.pid").write_text(f"{process.pid} {stat.start_time if stat else 0}\n")
+
+
 def _spawn(name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     """Start `argv` as the leader of a new session, output to .demo/logs/NAME.log, PID recorded."""
-    with open(LOGS / f"{name}.log", "ab") as log_file:
-        process = subprocess.Popen(
-            argv,
-            cwd=REPO,
-            env={**env, MARKER_ENV: str(DEMO)},
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    stat = _proc_stat(process.pid)
-    # The start time guards `stop` against a recycled PID: it only signals the process it started.
-    (PIDS / f"{name}.pid").write_text(f"{process.pid} {stat[2] if stat else 0}\n")
+    process = spawn(argv, LOGS / f"{name}.log", env=_marked(env), cwd=REPO)
+    _record(name, process)
     return process
+
+
+def _marked(env: dict[str, str]) -> dict[str, str]:
+    return {**env, MARKER_ENV: str(DEMO)}
 
 
 def _recorded(name: str) -> tuple[int, int] | None:
@@ -148,14 +130,8 @@ def _running(name: str) -> bool:
     recorded = _recorded(name)
     if recorded is None:
         return False
-    stat = _proc_stat(recorded[0])
-    return stat is not None and stat[0] != "Z" and stat[2] == recorded[1]
-
-
-def _signal_all(pids: list[int], signum: int) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signum)
+    stat = proc_stat(recorded[0])
+    return stat is not None and stat.state != "Z" and stat.start_time == recorded[1]
 
 
 def _stop_service(name: str) -> bool:
@@ -165,35 +141,23 @@ def _stop_service(name: str) -> bool:
     """
     recorded = _recorded(name)
     pid_file = PIDS / f"{name}.pid"
+    pid_file.unlink(missing_ok=True)
     if recorded is None:
-        pid_file.unlink(missing_ok=True)
         return False
     sid, started = recorded
-    stat = _proc_stat(sid)
+    stat = proc_stat(sid)
     # The leader may be gone while its session lives on; a recycled PID (other start time) is not ours.
-    if stat is not None and stat[2] != started:
-        pid_file.unlink(missing_ok=True)
+    if stat is not None and stat.start_time != started:
         return False
-    members = _session_members(sid)
-    if not members:
-        pid_file.unlink(missing_ok=True)
+    if not session_members(sid):
         return False
     # airflow standalone ignores SIGINT when backgrounded; every component handles SIGTERM.
     began = time.monotonic()
-    deadline = began + STOP_TIMEOUT_S
-    signalled: set[int] = set()
-    while members and time.monotonic() < deadline:
-        # A component may still fork (a task starting) while the others shut down: signal newcomers too.
-        _signal_all([pid for pid in members if pid not in signalled], signal.SIGTERM)
-        signalled.update(members)
-        time.sleep(0.2)
-        members = _session_members(sid)
-    if members:
-        print(f"  {name}: {len(members)} process(es) still running after {STOP_TIMEOUT_S:.0f} s: SIGKILL")
-        _signal_all(members, signal.SIGKILL)
+    killed = terminate(lambda: session_members(sid), STOP_TIMEOUT_S)
+    if killed:
+        print(f"  {name}: {len(killed)} process(es) still running after {STOP_TIMEOUT_S:.0f} s: SIGKILL")
     else:
         print(f"  {name}: stopped in {time.monotonic() - began:.1f} s", flush=True)
-    pid_file.unlink(missing_ok=True)
     return True
 
 
@@ -206,17 +170,7 @@ def stop(*, quiet: bool = False) -> int:
         if _stop_service(name):
             stopped.append(name)
     # A process that started a session of its own is outside every session above.
-    strays = _marked_processes()
-    for pid in strays:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 10
-    while strays and time.monotonic() < deadline:
-        strays = [pid for pid in strays if (s := _proc_stat(pid)) is not None and s[0] != "Z"]
-        time.sleep(0.2)
-    for pid in strays:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    terminate(_marked_processes, 10)
     if stopped:
         print(f"Stopped: {', '.join(stopped)}. Logs and the store stay in .demo/ until the next start.")
     elif not quiet:
@@ -227,59 +181,13 @@ def stop(*, quiet: bool = False) -> int:
 # ---------------------------------------------------------------------------------------------- HTTP
 
 
-def _http(
-    method: str, url: str, *, body: Any = None, token: str | None = None, auth: str | None = None
-) -> tuple[int, Any]:
-    """(status, parsed JSON or text); a refused connection raises OSError."""
-    headers = {"Accept": "application/json"}
-    data = None
-    if body is not None:
-        data = json.dumps(body).encode()
-        headers["Content-Type"] = "application/json"
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    if auth:
-        headers["Authorization"] = auth
-    request = urllib.request.Request(url, data=data, headers=headers, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
-            status, raw = response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        status, raw = exc.code, exc.read()
-    try:
-        return status, json.loads(raw) if raw else None
-    except json.JSONDecodeError:
-        return status, raw.decode(errors="replace")
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((LOOPBACK, port))
-        except OSError:
-            return False
-    # Airflow's log servers bind 0.0.0.0, which a loopback-only probe would miss.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("0.0.0.0", port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
-
-
 def _api_port() -> int:
     wanted = os.environ.get("DEMO_PORT")
     if wanted:
-        if not _port_free(int(wanted)):
+        if not port_is_free(int(wanted)):
             raise DemoError(f"DEMO_PORT={wanted} is in use")
         return int(wanted)
-    return DEFAULT_API_PORT if _port_free(DEFAULT_API_PORT) else _free_port()
+    return DEFAULT_API_PORT if port_is_free(DEFAULT_API_PORT) else free_port()
 
 
 # ---------------------------------------------------------------------------------------------- state
@@ -335,56 +243,34 @@ def _remove_demo_dir() -> None:
 
 
 def _start_dovecot(env: dict[str, str]) -> dict[str, Any]:
-    """Dovecot with one account, configured as the test harness configures it, living in .demo/dovecot."""
-    sys.path.insert(0, str(REPO))
-    from tests.harness import dovecot as harness
+    """Dovecot with one account, started as the tests start it, living in .demo/dovecot."""
+    from devkit.dovecot import DOVECOT_BINARY, DovecotStartError, start_dovecot
 
-    if not os.access(harness.DOVECOT_BINARY, os.X_OK):
-        raise DemoError(f"{harness.DOVECOT_BINARY} is missing: run `make system-deps`")
+    if not os.access(DOVECOT_BINARY, os.X_OK):
+        raise DemoError(f"{DOVECOT_BINARY} is missing: run `make system-deps`")
     root = _dovecot_dir()
-    # Dovecot's auth and mail processes run as the dovecot user and must reach into this directory.
-    for directory in (DEMO, root):
-        os.chmod(directory, 0o711)
-    for name in ("users", "mail"):
-        (root / name).mkdir(mode=0o711)
-    rootless = os.geteuid() != 0
-    if rootless:
-        mail_uid, mail_gid = os.getuid(), os.getgid()
-    else:
-        import grp
-        import pwd
-
-        # Dovecot refuses mail owned by uid 0.
-        mail_uid, mail_gid = pwd.getpwnam("dovecot").pw_uid, grp.getgrnam("dovecot").gr_gid
-    tls = harness.write_tls_files(root)
-    port, ssl_port = harness.free_port(), harness.free_port()
-    config = root / "dovecot.conf"
-    config.write_text(harness._render_config(root, tls, port, ssl_port, mail_uid, mail_gid, rootless))
-    process = _spawn("dovecot", [harness.DOVECOT_BINARY, "-c", str(config), "-F"], env)
-    server = harness.DovecotServer(root, LOOPBACK, port, ssl_port, tls.ca_cert, mail_uid, mail_gid, process)
-    deadline = time.monotonic() + SERVICE_START_TIMEOUT_S
-    while True:
-        if process.poll() is not None:
-            raise DemoError(f"Dovecot exited with status {process.returncode}: see .demo/logs/dovecot.log")
-        with contextlib.suppress(OSError):
-            if harness._read_greeting(port, None).startswith(b"* OK"):
-                break
-        if time.monotonic() > deadline:
-            raise DemoError(f"Dovecot did not greet on {LOOPBACK}:{port}: see {root}/dovecot.log")
-        time.sleep(0.05)
+    # Dovecot's auth and mail processes run as the dovecot user and must pass through .demo/.
+    os.chmod(DEMO, 0o711)
+    try:
+        server = start_dovecot(
+            root, env=_marked(env), output_path=LOGS / "dovecot.log", timeout_s=SERVICE_START_TIMEOUT_S
+        )
+    except DovecotStartError as exc:
+        raise DemoError(f"Dovecot did not start (see .demo/logs/dovecot.log): {exc}") from exc
+    _record("dovecot", server.process)
     account = server.create_account()
-    return {"host": LOOPBACK, "port": port, "login": account.user, "password": account.password}
+    return {"host": server.host, "port": server.port, "login": account.user, "password": account.password}
 
 
 def _start_jira_standin(env: dict[str, str], anchor: datetime) -> dict[str, Any]:
-    port = _free_port()
+    port = free_port()
     token = secrets.token_urlsafe(24)
     process = _spawn(
         "jira-standin",
         [
             sys.executable,
             "-m",
-            "include.jira_standin",
+            "devkit.jira_standin",
             "--host",
             LOOPBACK,
             "--port",
@@ -403,16 +289,17 @@ def _start_jira_standin(env: dict[str, str], anchor: datetime) -> dict[str, Any]
         {**env, "PYTHONPATH": str(REPO), "JIRA_STANDIN_API_TOKEN": token},
     )
     url = f"http://{LOOPBACK}:{port}"
-    import base64
+    import requests
 
-    auth = "Basic " + base64.b64encode(f"{JIRA_EMAIL}:{token}".encode()).decode()
     deadline = time.monotonic() + SERVICE_START_TIMEOUT_S
     while True:
         if process.poll() is not None:
             raise DemoError("The Jira stand-in exited: see .demo/logs/jira-standin.log")
-        with contextlib.suppress(OSError):
-            status, _ = _http("GET", f"{url}/rest/api/3/myself", auth=auth)
-            if status == 200:
+        with contextlib.suppress(requests.RequestException):
+            myself = requests.get(
+                f"{url}/rest/api/3/myself", auth=(JIRA_EMAIL, token), timeout=HTTP_TIMEOUT_S
+            )
+            if myself.status_code == 200:
                 break
         if time.monotonic() > deadline:
             raise DemoError(f"The Jira stand-in did not answer on {url}: see .demo/logs/jira-standin.log")
@@ -432,84 +319,81 @@ def _airflow_env(env: dict[str, str], state: dict[str, Any]) -> dict[str, str]:
     api = state["airflow"]
     venv_bin = str(Path(sys.executable).parent)
     jira, imap = state["jira"], state["imap"]
-    return {
-        **env,
-        # standalone starts its components as plain `airflow`, found on PATH.
-        "PATH": f"{venv_bin}{os.pathsep}{env.get('PATH', '')}",
-        "PYTHONPATH": os.pathsep.join((str(REPO), str(REPO / "plugins"))),
-        "AIRFLOW_HOME": str(AIRFLOW_HOME),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__CORE__PARALLELISM": str(PARALLELISM),
-        # Paused until the jira_api pool exists, so no task queues for a pool that is not there yet.
-        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{AIRFLOW_HOME}/airflow.db",
-        "AIRFLOW__API__HOST": LOOPBACK,
-        "AIRFLOW__API__PORT": str(api["port"]),
-        "AIRFLOW__API__BASE_URL": api["url"],
-        # Without this, task workers call the execution API on port 8080 whatever the api-server's port.
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api['url']}/execution/",
-        "AIRFLOW__API_AUTH__JWT_SECRET": api["jwt_secret"],
-        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(api["worker_log_port"]),
-        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(api["trigger_log_port"]),
-        "AIRFLOW_CONN_IMAP_DEFAULT": json.dumps(
-            {
-                "conn_type": "imap",
-                "host": imap["host"],
-                "port": imap["port"],
-                "login": imap["login"],
-                "password": imap["password"],
-                # Plain IMAP, on loopback only; a real mailbox takes IMAPS on 993.
-                "extra": {"use_ssl": False},
-            }
-        ),
-        "AIRFLOW_CONN_JIRA_DEFAULT": json.dumps(
-            {"conn_type": "jira", "host": jira["url"], "login": jira["email"], "password": jira["api_token"]}
-        ),
-        "AIRFLOW_CONN_JIRA_STORE": json.dumps({"conn_type": "sqlite", "host": str(STORE)}),
+    connections = {
+        IMAP_CONN_ID: {
+            "conn_type": "imap",
+            "host": imap["host"],
+            "port": imap["port"],
+            "login": imap["login"],
+            "password": imap["password"],
+            # Plain IMAP, on loopback only; a real mailbox takes IMAPS on 993.
+            "extra": {"use_ssl": False},
+        },
+        JIRA_CONN_ID: {
+            "conn_type": "jira",
+            "host": jira["url"],
+            "login": jira["email"],
+            "password": jira["api_token"],
+        },
+        STORE_CONN_ID: {"conn_type": "sqlite", "host": str(STORE)},
     }
-
-
-def _token(state: dict[str, Any]) -> str | None:
-    api = state["airflow"]
-    status, body = _http(
-        "POST", f"{api['url']}/auth/token", body={"username": ADMIN_USER, "password": api["password"]}
+    return airflow_env(
+        env,
+        home=AIRFLOW_HOME,
+        database_url=f"sqlite:///{AIRFLOW_HOME}/airflow.db",
+        connections=connections,
+        api_port=api["port"],
+        admin_user=ADMIN_USER,
+        jwt_secret=api["jwt_secret"],
+        settings={
+            # standalone starts its components as plain `airflow`, found on PATH.
+            "PATH": f"{venv_bin}{os.pathsep}{env.get('PATH', '')}",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__PARALLELISM": str(PARALLELISM),
+            "AIRFLOW__API__BASE_URL": api["url"],
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(api["worker_log_port"]),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(api["trigger_log_port"]),
+        },
     )
-    if status in (200, 201) and isinstance(body, dict):
-        return body.get("access_token")
-    return None
+
+
+def _rest(state: dict[str, Any]):
+    """A REST client of the demo's api-server, logged in as the admin (requests lives in .venv)."""
+    from devkit.airflow_rest import AirflowRest
+
+    api = state["airflow"]
+    return AirflowRest(api["url"], ADMIN_USER, api["password"], timeout_s=HTTP_TIMEOUT_S)
 
 
 def readiness(state: dict[str, Any]) -> tuple[bool, str]:
     """Whether the api-server answers, every component is healthy and both DAGs are parsed, and why not."""
-    url = state["airflow"]["url"]
-    try:
-        status, health = _http("GET", f"{url}/api/v2/monitor/health")
-    except OSError:
-        return False, "the api-server is not answering yet"
-    if status != 200 or not isinstance(health, dict):
-        return False, f"/api/v2/monitor/health answered {status}"
-    unhealthy = sorted(name for name, part in health.items() if (part or {}).get("status") != "healthy")
-    if unhealthy:
-        return False, f"waiting for {', '.join(unhealthy)}"
-    try:
-        token = _token(state)
-        if token is None:
+    from devkit.airflow_rest import AirflowRestError
+
+    with _rest(state) as rest:
+        health = rest.health()
+        if health is None:
+            return False, "the api-server is not answering yet"
+        unhealthy = sorted(name for name, part in health.items() if (part or {}).get("status") != "healthy")
+        if unhealthy:
+            return False, f"waiting for {', '.join(unhealthy)}"
+        try:
+            rest.token()
+        except AirflowRestError:
             return False, "the admin login is not accepted yet"
-        missing = [dag for dag in DAG_IDS if _http("GET", f"{url}/api/v2/dags/{dag}", token=token)[0] != 200]
-        if missing:
-            status, errors = _http("GET", f"{url}/api/v2/importErrors", token=token)
-            if status == 200 and errors.get("total_entries"):
-                details = "; ".join(
-                    f"{error['filename']}: {error['stack_trace'][-300:]}" for error in errors["import_errors"]
-                )
-                raise DemoError(f"The DAGs do not import: {details}")
-            return False, f"waiting for the DAG processor to parse {', '.join(missing)}"
-    except OSError as exc:
-        return False, f"the api-server dropped a request ({exc})"
+        except OSError as exc:
+            return False, f"the api-server dropped a request ({exc})"
+        try:
+            missing = [dag for dag in DAG_IDS if not rest.has_dag(dag)]
+            if missing:
+                errors = rest.import_errors()
+                if errors:
+                    details = "; ".join(
+                        f"{error['filename']}: {error['stack_trace'][-300:]}" for error in errors
+                    )
+                    raise DemoError(f"The DAGs do not import: {details}")
+                return False, f"waiting for the DAG processor to parse {', '.join(missing)}"
+        except OSError as exc:
+            return False, f"the api-server dropped a request ({exc})"
     return True, "ready"
 
 
@@ -520,7 +404,8 @@ def _wait_until_ready(state: dict[str, Any], airflow: subprocess.Popen[bytes], l
     while True:
         if airflow.poll() is not None:
             raise DemoError(
-                f"airflow standalone exited with status {airflow.returncode}:\n{_tail(LOGS / 'airflow.log')}"
+                f"airflow standalone exited with status {airflow.returncode}:\n"
+                f"{log_tail(LOGS / 'airflow.log', 30)}"
             )
         ready, why = readiness(state)
         if ready:
@@ -531,50 +416,32 @@ def _wait_until_ready(state: dict[str, Any], airflow: subprocess.Popen[bytes], l
         if time.monotonic() > deadline:
             raise DemoError(
                 f"Airflow was not ready within {READY_TIMEOUT_S:.0f} s ({why}).\n"
-                f"{_tail(LOGS / 'airflow.log')}"
+                f"{log_tail(LOGS / 'airflow.log', 30)}"
             )
         time.sleep(1.0)
 
 
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return f"({path} does not exist)"
-
-
-def _expect(status: int, body: Any, *ok: int, what: str) -> Any:
-    if status not in ok:
-        raise DemoError(f"{what} failed: HTTP {status} {body}")
-    return body
-
-
 def _set_up_airflow(state: dict[str, Any]) -> str:
     """Create the pool, unpause both DAGs and trigger the initial-load sweep; returns its run id."""
-    url = state["airflow"]["url"]
-    token = _token(state)
-    if token is None:
-        raise DemoError("The admin login stopped working")
-    pool = {"name": JIRA_POOL, "slots": JIRA_POOL_SLOTS, "description": "Concurrent Jira REST requests"}
-    status, body = _http("POST", f"{url}/api/v2/pools", body=pool, token=token)
-    if status == 409:
-        status, body = _http("PATCH", f"{url}/api/v2/pools/{JIRA_POOL}", body=pool, token=token)
-    _expect(status, body, 200, 201, what=f"Creating the {JIRA_POOL} pool")
-    for dag_id in DAG_IDS:
-        status, body = _http("PATCH", f"{url}/api/v2/dags/{dag_id}", body={"is_paused": False}, token=token)
-        _expect(status, body, 200, what=f"Unpausing {dag_id}")
+    from devkit.airflow_rest import AirflowRestError
+
     now = datetime.now(UTC).replace(microsecond=0)
     # The demo site's tickets were updated over the 14 days before the anchor: one sweep loads them all,
     # as a first backfill would; from then on the inbox keeps the store current.
     since = datetime.fromisoformat(state["jira"]["anchor"]) - timedelta(days=15)
-    run = {
-        "dag_run_id": f"demo_initial_load__{now:%Y%m%dT%H%M%S}",
-        "logical_date": None,
-        "conf": {"since": since.isoformat(), "until": now.isoformat()},
-        "note": "Initial load triggered by `make demo`: every ticket of the demo site.",
-    }
-    status, body = _http("POST", f"{url}/api/v2/dags/jira_sweep/dagRuns", body=run, token=token)
-    return _expect(status, body, 200, 201, what="Triggering jira_sweep")["dag_run_id"]
+    try:
+        with _rest(state) as rest:
+            rest.set_pool(JIRA_API_POOL, JIRA_POOL_SLOTS, "Concurrent Jira REST requests")
+            for dag_id in DAG_IDS:
+                rest.set_paused(dag_id, False)
+            return rest.trigger(
+                "jira_sweep",
+                {"since": since.isoformat(), "until": now.isoformat()},
+                dag_run_id=f"demo_initial_load__{now:%Y%m%dT%H%M%S}",
+                note="Initial load triggered by `make demo`: every ticket of the demo site.",
+            )
+    except AirflowRestError as exc:
+        raise DemoError(f"Setting up Airflow failed: {exc}") from exc
 
 
 def start() -> int:
@@ -614,8 +481,8 @@ def start() -> int:
                 "password": secrets.token_urlsafe(12),
                 "home": str(AIRFLOW_HOME),
                 "jwt_secret": secrets.token_urlsafe(48),
-                "worker_log_port": _free_port(),
-                "trigger_log_port": _free_port(),
+                "worker_log_port": free_port(),
+                "trigger_log_port": free_port(),
             },
         }
         _write_private(STATE, json.dumps(state, indent=2) + "\n")
@@ -664,7 +531,7 @@ def store_counts(path: Path = STORE) -> dict[str, int]:
         return {}
     try:
         with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as conn:
-            rows = conn.execute("SELECT source, count(*) FROM jira_ticket GROUP BY source").fetchall()
+            rows = conn.execute(f"SELECT source, count(*) FROM {TICKET_TABLE} GROUP BY source").fetchall()
     except sqlite3.OperationalError:
         return {}
     return {source: count for source, count in rows}
@@ -692,7 +559,7 @@ def check(wait_s: float) -> int:
         time.sleep(5)
 
 
-STORE_QUERY = "select key, status, assignee_email, progress, source from jira_ticket"
+STORE_QUERY = f"select key, status, assignee_email, progress, source from {TICKET_TABLE}"
 
 
 def info_text(state: dict[str, Any]) -> str:

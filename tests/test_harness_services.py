@@ -12,7 +12,7 @@ import time
 import psycopg
 import pytest
 
-from tests.harness.dovecot import write_tls_files
+from devkit.dovecot import write_tls_files
 
 # Dovecot's default auth_failure_delay is 2 s and 2.3.19 still waits for a 500 ms timer tick
 # with auth_failure_delay = 0; anything well below both proves the harness turned the delay off.

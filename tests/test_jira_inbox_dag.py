@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from include.mail_factory import jira_notification
+from devkit.mail_factory import jira_notification
 from include.ticket_store import count_tickets, ensure_table, get_ticket
 from tests.harness.airflow_env import airflow_cli, load_dag, run_dag
 

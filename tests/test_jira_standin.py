@@ -24,9 +24,9 @@ from openapi_schema_validator import OAS30ReadValidator, oas30_format_checker
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT4
 
-from include.jira_standin import JiraStandin
-from include.jira_standin.demo import HIDDEN_PERSON, demo_issues
-from include.jira_standin.jql import parse_jql
+from devkit.jira_standin import JiraStandin
+from devkit.jira_standin.demo import HIDDEN_PERSON, demo_issues
+from devkit.jira_standin.jql import parse_jql
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC_PATH = REPO.parent / "shared" / "reference" / "jira-openapi" / "swagger-v3.v3.json"
@@ -799,7 +799,7 @@ def test_module_runs_a_demo_site_until_sigterm(tmp_path):
         [
             sys.executable,
             "-m",
-            "include.jira_standin",
+            "devkit.jira_standin",
             "--host",
             "127.0.0.1",
             "--port",

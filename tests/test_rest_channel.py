@@ -7,7 +7,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -23,10 +22,11 @@ import jwt
 import pytest
 import requests
 
+from devkit.jira_standin import JiraStandin
+from devkit.processes import LOOPBACK, free_port, spawn, stop_process_group
+from devkit.unavailable import service_unavailable
 from include.jira_cloud import ticket_details
-from include.jira_standin import JiraStandin
 from include.ticket_store import ensure_table, get_ticket, upsert_tickets
-from tests.harness.dovecot import LOOPBACK, free_port, service_unavailable
 
 REPO = Path(__file__).resolve().parents[1]
 TICKET_PATH = "/jira-mail-sync/ticket"
@@ -66,17 +66,6 @@ class RestServer:
 
     def store(self) -> sqlite3.Connection:
         return sqlite3.connect(self.store_path)
-
-
-def _stop_group(process: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
 
 
 def _wait_until_healthy(process: subprocess.Popen[bytes], url: str, log_path: Path) -> str | None:
@@ -133,26 +122,12 @@ def rest_server(airflow_db: str) -> Iterator[RestServer]:
         "AIRFLOW_CONN_JIRA_STORE": json.dumps({"conn_type": "sqlite", "host": str(store_path)}),
         "AIRFLOW_CONN_JIRA_DEFAULT": json.dumps(standin.airflow_conn()),
     }
-    with server.log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "airflow",
-                "api-server",
-                "--host",
-                LOOPBACK,
-                "--port",
-                str(port),
-                "-w",
-                "1",
-            ],
-            env=env,
-            cwd=work,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = spawn(
+        [sys.executable, "-m", "airflow", "api-server", "--host", LOOPBACK, "--port", str(port), "-w", "1"],
+        server.log_path,
+        env=env,
+        cwd=work,
+    )
     try:
         problem = _wait_until_healthy(process, server.url, server.log_path)
         if problem:
@@ -166,7 +141,7 @@ def rest_server(airflow_db: str) -> Iterator[RestServer]:
         server.token = answer.json()["access_token"]
         yield server
     finally:
-        _stop_group(process)
+        stop_process_group(process, timeout_s=20)
         if os.environ.get("JMS_KEEP_REST_LOG"):
             shutil.copy(server.log_path, os.environ["JMS_KEEP_REST_LOG"])
         standin.stop()

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from devkit.mail_factory import jira_notification
 from include.imap_inbox import Inbox
-from include.mail_factory import jira_notification
 from include.sync_pipeline import (
     BULK_FETCH_LIMIT,
     MAX_MAPPED_FETCHES,

@@ -27,7 +27,8 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 
-from tests.harness.dovecot import service_unavailable
+from devkit.unavailable import service_unavailable
+from include.jira_rules import ISSUE_KEY_PATTERN
 
 pytestmark = [pytest.mark.ui, pytest.mark.timeout(900)]
 
@@ -53,8 +54,8 @@ DEMO_START_TIMEOUT_S = 420
 # The first jira_inbox run that fetches anything ends about two minutes after the demo starts.
 MAPPED_FETCH_TIMEOUT_S = 300
 PAGE_TIMEOUT_S = 45
-JIRA_KEY = re.compile(r"\b[A-Z][A-Z0-9_]{1,9}-[1-9][0-9]*\b")
-SUBJECT_KEY = re.compile(r"\(([A-Z][A-Z0-9_]{1,9}-[1-9][0-9]*)\)")
+JIRA_KEY = re.compile(rf"\b{ISSUE_KEY_PATTERN}\b")
+SUBJECT_KEY = re.compile(rf"\(({ISSUE_KEY_PATTERN})\)")
 
 
 # ---------------------------------------------------------------------------------------- fixtures

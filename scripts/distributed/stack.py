@@ -16,9 +16,6 @@ import json
 import logging
 import os
 import secrets
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -31,19 +28,19 @@ from urllib.parse import quote
 import psycopg
 import requests
 
+from devkit.airflow_env import DAG_IDS, airflow_env
+from devkit.airflow_rest import AirflowRest
+from devkit.postgres import PostgresDatabase, PostgresServer, PostgresStartError, start_postgres
+from devkit.processes import LOOPBACK, free_port, log_tail, spawn, stop_process_groups
+from devkit.redis import RedisStartError, start_redis
+from include.names import JIRA_API_POOL, STORE_CONN_ID
 from scripts.distributed.hostname import HOSTNAME_ENV
-from tests.harness.dovecot import LOOPBACK, free_port
-from tests.harness.postgres import PostgresDatabase, PostgresServer, PostgresStartError, start_postgres
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[2]
 LEDGER_ENV = "JMS_PROCESS_LEDGER"
 HOSTNAME_CALLABLE = "scripts.distributed.hostname.component_hostname"
-JIRA_POOL = "jira_api"
 ADMIN_USER = "admin"
-REDIS_BINARY = "redis-server"
-DAG_IDS = ("jira_inbox", "jira_sweep")
 
 
 class StackError(RuntimeError):
@@ -79,65 +76,6 @@ def record_scratch_dir(path: Path) -> None:
     _ledger_append(f"dir\t{path}")
 
 
-def _process_start_time(pid: int) -> str | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # Field 22 (start time) counted after the parenthesised command name, which may contain spaces.
-    return stat.rpartition(")")[2].split()[19]
-
-
-def _descendants(root_pid: int) -> list[tuple[int, str]]:
-    """Every live descendant of `root_pid` as (pid, start time), so none that left the group is missed."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            ppid = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
-            children.setdefault(ppid, []).append(int(entry.name))
-    found: list[tuple[int, str]] = []
-    pending = list(children.get(root_pid, []))
-    while pending:
-        pid = pending.pop()
-        started = _process_start_time(pid)
-        if started is not None:
-            found.append((pid, started))
-        pending.extend(children.get(pid, []))
-    return found
-
-
-def stop_processes(processes: Mapping[str, subprocess.Popen[bytes]], timeout_s: float) -> list[str]:
-    """SIGTERM every process group (and stray descendants), SIGKILL what is left after `timeout_s`.
-
-    Returns the names of the components that had to be killed.
-    """
-    strays = {name: _descendants(proc.pid) for name, proc in processes.items() if proc.poll() is None}
-    for proc in processes.values():
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    killed: list[str] = []
-    for name, proc in processes.items():
-        try:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            killed.append(name)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=5)
-        # A child that started its own session escaped the group signal; the start time guards
-        # against killing an unrelated process that reused its pid.
-        for pid, started in strays.get(name, []):
-            if _process_start_time(pid) == started:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
-    return killed
-
-
 @dataclass
 class Component:
     """One long-running process of the stack, with its own log file and process group."""
@@ -149,16 +87,7 @@ class Component:
     process: subprocess.Popen[bytes] | None = None
 
     def start(self, cwd: Path) -> None:
-        with open(self.log_path, "ab") as log_file:
-            self.process = subprocess.Popen(
-                self.argv,
-                cwd=cwd,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self.process = spawn(self.argv, self.log_path, env=self.env, cwd=cwd)
         record_process_group(self.process.pid, self.name)
 
     @property
@@ -166,102 +95,7 @@ class Component:
         return None if self.process is None else self.process.poll()
 
     def log_tail(self, max_lines: int = 40) -> str:
-        return tail(self.log_path, max_lines)
-
-
-def tail(path: Path, max_lines: int = 40) -> str:
-    if not path.exists():
-        return f"(no log at {path})"
-    lines = path.read_text(errors="replace").splitlines()[-max_lines:]
-    return "\n".join(lines) if lines else f"(empty log {path})"
-
-
-def _redis_ping(port: int) -> bool:
-    try:
-        with socket.create_connection((LOOPBACK, port), timeout=1.0) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-class AirflowRest:
-    """A client of the api-server's public REST API (/api/v2) with the simple auth manager's token."""
-
-    def __init__(self, base_url: str, username: str, password: str) -> None:
-        self.base_url = base_url.rstrip("/")
-        self._username = username
-        self._password = password
-        self._token: str | None = None
-        self._session = requests.Session()
-
-    def __repr__(self) -> str:
-        return f"AirflowRest({self.base_url!r}, user={self._username!r})"
-
-    def _fetch_token(self) -> str:
-        response = self._session.post(
-            f"{self.base_url}/auth/token",
-            json={"username": self._username, "password": self._password},
-            timeout=30,
-        )
-        if response.status_code not in (200, 201):
-            raise StackError(f"POST /auth/token answered {response.status_code}: {response.text[:500]}")
-        return response.json()["access_token"]
-
-    def request(self, method: str, path: str, *, expected: tuple[int, ...] = (200,), **kwargs: Any) -> Any:
-        """Call `path` (under the base URL) and return the decoded JSON; other statuses raise StackError."""
-        for attempt in (1, 2):
-            if self._token is None:
-                self._token = self._fetch_token()
-            response = self._session.request(
-                method,
-                f"{self.base_url}{path}",
-                headers={"Authorization": f"Bearer {self._token}"},
-                timeout=30,
-                **kwargs,
-            )
-            if response.status_code == 401 and attempt == 1:
-                self._token = None
-                continue
-            break
-        if response.status_code not in expected:
-            raise StackError(f"{method} {path} answered {response.status_code}: {response.text[:1000]}")
-        return response.json() if response.content else None
-
-    def close(self) -> None:
-        self._session.close()
-
-    def set_paused(self, dag_id: str, paused: bool) -> None:
-        self.request("PATCH", f"/api/v2/dags/{dag_id}", json={"is_paused": paused})
-
-    def trigger(self, dag_id: str, conf: Mapping[str, Any]) -> str:
-        """Create a manual run (no logical date, like the UI's trigger form) and return its run_id."""
-        run = self.request(
-            "POST", f"/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": dict(conf)}
-        )
-        return run["dag_run_id"]
-
-    def run_state(self, dag_id: str, run_id: str) -> str:
-        return self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")["state"]
-
-    def task_states(self, dag_id: str, run_id: str) -> dict[str, list[str | None]]:
-        """States of the run's task instances by task id (one entry per map index)."""
-        found = self.request(
-            "GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 1000}
-        )
-        states: dict[str, list[str | None]] = {}
-        for ti in sorted(found["task_instances"], key=lambda t: (t["task_id"], t["map_index"])):
-            states.setdefault(ti["task_id"], []).append(ti["state"])
-        return states
-
-    def wait_for_run(self, dag_id: str, run_id: str, timeout_s: float) -> str:
-        """Poll until the run is success or failed; a timeout returns its last state."""
-        deadline = time.monotonic() + timeout_s
-        state = self.run_state(dag_id, run_id)
-        while state not in ("success", "failed") and time.monotonic() < deadline:
-            time.sleep(1.0)
-            state = self.run_state(dag_id, run_id)
-        return state
+        return log_tail(self.log_path, max_lines)
 
 
 class DistributedStack:
@@ -346,7 +180,7 @@ class DistributedStack:
             phase_began = time.monotonic()
             started_here = {name: self.components[name].process for name in phase}
             running = {name: proc for name, proc in started_here.items() if proc is not None}
-            killed += stop_processes(running, self.settings.stop_timeout_s)
+            killed += stop_process_groups(running, self.settings.stop_timeout_s)
             self.timings[f"stop_{'+'.join(phase)}_s"] = time.monotonic() - phase_began
         self.components.clear()
         if self.postgres is not None:
@@ -397,47 +231,21 @@ class DistributedStack:
             record_process_group(int(pid_file.read_text().splitlines()[0]), "postgres")
         self.metadata = self.postgres.create_database()
         self.store = self.postgres.create_database()
-        self._connections["jira_store"] = self.store.airflow_conn()
+        self._connections[STORE_CONN_ID] = self.store.airflow_conn()
         done()
 
     def _start_redis(self) -> None:
         done = self._timed("redis_s")
-        binary = shutil.which(REDIS_BINARY)
-        if binary is None:
-            raise StackError(f"{REDIS_BINARY} is not installed: run scripts/install_distributed_deps.sh")
-        redis_dir = self.root / "redis"
-        redis_dir.mkdir(parents=True, exist_ok=True)
-        self.redis_port = free_port()
-        redis = Component(
-            "redis",
-            [
-                binary,
-                "--port",
-                str(self.redis_port),
-                "--bind",
-                LOOPBACK,
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(redis_dir),
-                "--daemonize",
-                "no",
-                "--protected-mode",
-                "yes",
-            ],
-            dict(os.environ),
-            self.root / "redis.log",
+        try:
+            redis = start_redis(self.root / "redis", self.root / "redis.log", env=dict(os.environ))
+        except RedisStartError as exc:
+            raise StackError(str(exc)) from exc
+        record_process_group(redis.process.pid, "redis")
+        self.redis_port = redis.port
+        # A component like the others, so it is checked while the rest starts and stopped in its phase.
+        self.components["redis"] = Component(
+            "redis", list(redis.process.args), {}, redis.log_path, redis.process
         )
-        self.components[redis.name] = redis
-        redis.start(self.root)
-        deadline = time.monotonic() + 10
-        while not _redis_ping(self.redis_port):
-            self._check_alive()
-            if time.monotonic() > deadline:
-                raise StackError(f"redis did not answer PING within 10 s\n{redis.log_tail()}")
-            time.sleep(0.05)
         done()
 
     def _airflow_env(self) -> dict[str, str]:
@@ -450,42 +258,29 @@ class DistributedStack:
         credentials = f"{quote(db.user, safe='')}:{quote(db.password, safe='')}"
         database_url = f"postgresql+psycopg://{credentials}@{db.host}:{db.port}/{db.dbname}"
         self.api_port = free_port()
-        # Nothing of the caller's Airflow configuration may leak in: the stack is configured here only.
-        env = {key: value for key, value in os.environ.items() if not key.startswith("AIRFLOW")}
-        env.update(
-            {
-                "AIRFLOW_HOME": str(self.home),
+        return airflow_env(
+            os.environ,
+            home=self.home,
+            database_url=database_url,
+            connections=self._connections,
+            api_port=self.api_port,
+            admin_user=ADMIN_USER,
+            jwt_secret=secrets.token_urlsafe(64),
+            settings={
                 "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
-                "AIRFLOW__CORE__AUTH_MANAGER": (
-                    "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
-                ),
-                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords_file),
-                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database_url,
                 # Celery's database result backend is SQLAlchemy too: the same psycopg 3 driver.
                 "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{database_url}",
                 "AIRFLOW__CELERY__BROKER_URL": f"redis://{LOOPBACK}:{self.redis_port}/0",
                 "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(self.settings.worker_concurrency),
                 "AIRFLOW__CORE__FERNET_KEY": _fernet_key(),
-                "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(64),
-                "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
-                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-                "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-                "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
                 "AIRFLOW__CORE__PARALLELISM": str(self.settings.parallelism),
                 "AIRFLOW__CORE__HOSTNAME_CALLABLE": HOSTNAME_CALLABLE,
-                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.api_url}/execution/",
-                "AIRFLOW__API__HOST": LOOPBACK,
-                "AIRFLOW__API__PORT": str(self.api_port),
                 "AIRFLOW__API__WORKERS": "1",
                 "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.home / "logs"),
                 "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
-                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-            }
+            },
         )
-        for conn_id, conn in self._connections.items():
-            env[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(conn)
-        return env
 
     def _airflow(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "airflow", *args]
@@ -506,9 +301,9 @@ class DistributedStack:
                     check=False,
                 )
             except subprocess.TimeoutExpired as exc:
-                raise StackError(f"`airflow db migrate` timed out\n{tail(log_path)}") from exc
+                raise StackError(f"`airflow db migrate` timed out\n{log_tail(log_path)}") from exc
         if result.returncode != 0:
-            raise StackError(f"`airflow db migrate` exited with {result.returncode}\n{tail(log_path)}")
+            raise StackError(f"`airflow db migrate` exited with {result.returncode}\n{log_tail(log_path)}")
         done()
 
     def _start_airflow(self, env: dict[str, str]) -> None:
@@ -542,7 +337,7 @@ class DistributedStack:
             )
         add(
             "pools-set",
-            ["pools", "set", JIRA_POOL, str(self.settings.jira_pool_slots), "Concurrent Jira requests"],
+            ["pools", "set", JIRA_API_POOL, str(self.settings.jira_pool_slots), "Concurrent Jira requests"],
         )
 
     # ------------------------------------------------------------------------------------- readiness
@@ -602,13 +397,11 @@ class DistributedStack:
         return "\n".join(parts)
 
     def _api_healthy(self) -> bool:
-        try:
-            response = requests.get(f"{self.api_url}/api/v2/monitor/health", timeout=5)
-        except requests.RequestException:
+        assert self.rest is not None
+        health = self.rest.health()
+        if health is None:
             return False
-        if response.status_code != 200:
-            return False
-        self._health = response.json()
+        self._health = health
         return self._health.get("metadatabase", {}).get("status") == "healthy"
 
     def _health_of(self, part: str) -> bool:
@@ -634,17 +427,15 @@ class DistributedStack:
             return False
         assert self.rest is not None
         try:
-            for dag_id in DAG_IDS:
-                self.rest.request("GET", f"/api/v2/dags/{dag_id}")
-        except (StackError, requests.RequestException):
+            return all(self.rest.has_dag(dag_id) for dag_id in DAG_IDS)
+        except requests.RequestException:
             return False
-        return True
 
     def _check_import_errors(self) -> None:
         assert self.rest is not None
-        errors = self.rest.request("GET", "/api/v2/importErrors")
-        if errors["total_entries"]:
-            raise StackError(f"DAG import errors: {json.dumps(errors['import_errors'], indent=2)}")
+        errors = self.rest.import_errors()
+        if errors:
+            raise StackError(f"DAG import errors: {json.dumps(errors, indent=2)}")
 
     # --------------------------------------------------------------------------------------- queries
 

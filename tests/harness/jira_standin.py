@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from include.jira_standin import JiraStandin
+from devkit.jira_standin import JiraStandin
 
 STANDIN_EMAIL = "bot@example.com"
 

@@ -9,6 +9,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
+from include.jira_rules import ISSUE_NUMBER_PATTERN, PROJECT_KEY_PATTERN
+
 __all__ = [
     "JqlContext",
     "JqlError",
@@ -395,7 +397,7 @@ _FIELD_ALIASES = {
 }
 _EQUALITY = {"=", "!=", "in", "not in"}
 _RELATIONAL = {"=", "!=", "<", "<=", ">", ">=", "in", "not in"}
-_ISSUE_KEY = re.compile(r"^([A-Z][A-Z0-9_]*)-([1-9][0-9]*)$")
+_ISSUE_KEY = re.compile(rf"^({PROJECT_KEY_PATTERN})-({ISSUE_NUMBER_PATTERN})$")
 
 
 def _unsupported_operator(operator: str, field: str) -> JqlError:

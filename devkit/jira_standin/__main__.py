@@ -1,4 +1,4 @@
-"""Run the Jira stand-in as a process: `python -m include.jira_standin --email E --api-token T`."""
+"""Run the Jira stand-in as a process: `python -m devkit.jira_standin --email E --api-token T`."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ TOKEN_ENV = "JIRA_STANDIN_API_TOKEN"
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m include.jira_standin", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m devkit.jira_standin", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8089, help="0 picks a free port (printed at start)")
     parser.add_argument("--email", required=True, help="the account e-mail clients log in with")

@@ -19,6 +19,13 @@ from typing import Any, NamedTuple
 from urllib.parse import parse_qs, unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from include.jira_rules import (
+    BULK_FETCH_LIMIT,
+    SEARCH_PAGE_LIMIT_KEYS_ONLY,
+    SEARCH_PAGE_LIMIT_WITH_FIELDS,
+    is_project_key,
+)
+
 from .jql import JqlContext, JqlError, compile_jql, issue_key_parts
 
 logger = logging.getLogger(__name__)
@@ -29,9 +36,6 @@ SEARCH_REMOVED_MESSAGE = (
     "A full migration guideline is available at https://developer.atlassian.com/changelog/#CHANGE-2046"
 )
 UNAUTHORIZED_BODY = "Client must be authenticated to access this resource."
-BULK_FETCH_LIMIT = 100
-SEARCH_PAGE_LIMIT = 100
-SEARCH_PAGE_LIMIT_IDS_ONLY = 5000
 SEARCH_DEFAULT_PAGE = 50
 FIRST_ID = 10000
 ISSUE_FIELDS = ("summary", "status", "assignee", "progress", "updated", "created", "project")
@@ -423,7 +427,7 @@ class JiraStandin:
     def add_project(self, key: str, name: str | None = None) -> dict[str, Any]:
         """Create a project (add_issue does so implicitly); JQL naming an unknown project is a 400."""
         project_key = str(key).strip().upper()
-        if not re.fullmatch(r"[A-Z][A-Z0-9_]{1,9}", project_key):
+        if not is_project_key(project_key):
             raise ValueError(f"invalid project key {key!r}: an upper-case letter, then 1-9 letters/digits/_")
         with self._lock:
             if project_key not in self._projects:
@@ -841,7 +845,7 @@ class JiraStandin:
             raise _BadRequest("'jql' must be a string.")
         tokens = _split_fields(params["fields"]) or ["id"]
         ids_only = set(tokens) <= {"id", "key"}
-        limit = SEARCH_PAGE_LIMIT_IDS_ONLY if ids_only else SEARCH_PAGE_LIMIT
+        limit = SEARCH_PAGE_LIMIT_KEYS_ONLY if ids_only else SEARCH_PAGE_LIMIT_WITH_FIELDS
         raw_max = params["maxResults"]
         try:
             max_results = SEARCH_DEFAULT_PAGE if raw_max in (None, "") else int(raw_max)
