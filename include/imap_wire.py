@@ -70,9 +70,7 @@ class _AdoptedSession(IMAPClient):
 
     def __init__(self, imap: imaplib.IMAP4, timeout: float) -> None:
         self._adopted = imap
-        super().__init__(
-            imap.host, port=imap.port, ssl=isinstance(imap, imaplib.IMAP4_SSL), timeout=timeout
-        )
+        super().__init__(imap.host, port=imap.port, ssl=isinstance(imap, imaplib.IMAP4_SSL), timeout=timeout)
 
     def _create_IMAP4(self) -> imaplib.IMAP4:  # noqa: N802 (IMAPClient's name)
         return self._adopted

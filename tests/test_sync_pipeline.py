@@ -1,16 +1,16 @@
-"""The shared pipeline steps (settling mail, chunked peeks on real Dovecot) and the batching for mapped fetches."""
+"""The pipeline steps (settling mail, chunked peeks on real Dovecot) and the batching of mapped fetches."""
 
 from __future__ import annotations
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from jira_mail_sync.mapping import MAX_MAP_LENGTH, MAX_MAPPED_FETCHES, batch_keys, describe_batch
 
 from include.imap_inbox import Inbox
-from include.mail_factory import jira_notification
 from include.jira_rules import BULK_FETCH_LIMIT
+from include.mail_factory import jira_notification
 from include.sync_pipeline import PEEK_CHUNK, extract_keys, settled_uids
-from jira_mail_sync.mapping import MAX_MAP_LENGTH, MAX_MAPPED_FETCHES, batch_keys, describe_batch
 
 
 @given(st.integers(min_value=0, max_value=120_000))

@@ -1,4 +1,4 @@
-"""How key lists become mapped fetch instances: batches sized under Airflow's max_map_length, and their UI labels."""
+"""Key lists as mapped fetch instances: batches sized under max_map_length, and their UI labels."""
 
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ from typing import Any
 from airflow.sdk import get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
+from include.names import JIRA_API_POOL
 from include.sweep_window import (
     build_sweep_jql,
     make_window,
@@ -15,7 +16,6 @@ from include.sweep_window import (
     validate_jql_filter,
     validate_projects,
 )
-from include.names import JIRA_API_POOL
 from jira_mail_sync.mapping import batch_keys
 from jira_mail_sync.ticket_tasks import jira_client
 

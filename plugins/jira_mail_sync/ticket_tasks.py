@@ -19,6 +19,7 @@ from jira_mail_sync.mapping import describe_batch
 
 log = logging.getLogger(__name__)
 
+
 @contextmanager
 def jira_client(jira_conn_id: str = JIRA_CONN_ID) -> Iterator[JiraCloudClient]:
     hook = JiraCloudHook(jira_conn_id)

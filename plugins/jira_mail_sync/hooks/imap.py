@@ -1,4 +1,4 @@
-"""The provider's `imap` connection, opened as an IMAPClient session with a per-socket timeout, as our Inbox."""
+"""The provider's `imap` connection, opened as IMAPClient with a per-socket timeout, as our Inbox."""
 
 from __future__ import annotations
 
