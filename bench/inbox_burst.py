@@ -35,13 +35,17 @@ MAIL_PADDING = 8 * 1024  # text + HTML copies make a ~20 KB message, like the re
 
 
 class CountingIMAP4(imaplib.IMAP4):
-    """imaplib client that counts every command it sends, including LOGIN and LOGOUT."""
+    """imaplib client that counts every command it sends, including LOGIN and LOGOUT.
+
+    It counts tags: imaplib's own commands and the ones IMAPClient writes itself (SEARCH, FETCH)
+    both take a new tag, and nothing else does.
+    """
 
     commands = 0
 
-    def _command(self, name, *args):
+    def _new_tag(self):
         CountingIMAP4.commands += 1
-        return super()._command(name, *args)
+        return super()._new_tag()
 
 
 def _connect(account: dict) -> CountingIMAP4:
@@ -58,29 +62,27 @@ def _store(path: str):
 
 def run_ours(account: dict, jira: dict, store_path: str) -> dict:
     """The same include/ functions the jira_inbox tasks call, one connection per task as in Airflow."""
+    from jira_mail_sync.mapping import batch_keys
+
     from include.imap_inbox import Inbox
     from include.jira_cloud import JiraCloudClient
-    from include.sync_pipeline import (
-        batch_keys,
-        extract_keys,
-        fetch_batch,
-        mark_settled_seen,
-        sense_unseen,
-        settled_uids,
-        store_batches,
-    )
+    from include.sync_pipeline import extract_keys, fetch_batch, settled_uids, store_batches
 
     client_kwargs = {"site_url": jira["url"], "email": jira["email"], "api_token": jira["api_token"]}
     started = time.perf_counter()
     # wait_for_unseen_mail
     imap = _connect(account)
-    sensed = sense_unseen(Inbox(imap), limit=MESSAGES)
+    inbox = Inbox(imap)
+    uidvalidity = inbox.open(readonly=True)
+    uids = inbox.unseen_uids(limit=MESSAGES)
     imap.logout()
     # extract_ticket_keys
     imap = _connect(account)
     inbox = Inbox(imap)
     inbox.open(readonly=True)
-    extraction = extract_keys(inbox, sensed, trusted_senders=TRUSTED, jira_url=f"https://{SITE}")
+    extraction = extract_keys(
+        inbox, uids, uidvalidity=uidvalidity, trusted_senders=TRUSTED, jira_url=f"https://{SITE}"
+    )
     imap.logout()
     batches = batch_keys(extraction.keys)
     # fetch_tickets, one mapped instance (and one client) per batch
@@ -97,7 +99,7 @@ def run_ours(account: dict, jira: dict, store_path: str) -> dict:
     # mark_mail_seen
     imap = _connect(account)
     uids = settled_uids(extraction.messages, [*stored["stored"], *stored["not_found"]])
-    marked = mark_settled_seen(Inbox(imap), uids, uidvalidity=extraction.uidvalidity)
+    marked = Inbox(imap).mark_seen(uids, expected_uidvalidity=extraction.uidvalidity) if uids else []
     imap.logout()
     return {
         "wall_s": time.perf_counter() - started,

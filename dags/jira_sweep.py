@@ -1,7 +1,7 @@
 """
 ### Jira sweep: every ticket updated in the data interval → the store
 
-The seed's "give me everything that changed in the last period", as a JQL search. Every 15 minutes
+Every ticket that changed in a period, found with a JQL search. Every 15 minutes
 this DAG sweeps the run's data interval (a real interval, so backfills sweep history):
 
 1. **plan_sweep** validates the params, reads the Jira account's time zone (`GET /myself`), and
@@ -29,6 +29,8 @@ from pathlib import Path
 from airflow.sdk import CronDataIntervalTimetable, Param, dag
 from jira_mail_sync.sweep_tasks import list_changed_keys, plan_sweep
 from jira_mail_sync.ticket_tasks import fetch_tickets, store_tickets
+
+from include.jira_rules import PROJECT_KEY_PATTERN
 
 
 @dag(
@@ -80,7 +82,7 @@ from jira_mail_sync.ticket_tasks import fetch_tickets, store_tickets
         "projects": Param(
             [],
             type=["null", "array"],
-            items={"type": "string", "pattern": "^[A-Z][A-Z0-9_]{1,9}$"},
+            items={"type": "string", "pattern": f"^{PROJECT_KEY_PATTERN}$"},
             maxItems=100,
             title="Projects",
             description="Only these project keys (e.g. ABC). Empty means every project the account can see.",

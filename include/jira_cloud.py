@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -23,15 +22,14 @@ from urllib.parse import urlsplit
 import requests
 from atlassian.jira import JiraCloud
 
+from include.jira_rules import BULK_FETCH_LIMIT, SEARCH_PAGE_LIMIT_KEYS_ONLY, is_issue_key
+
 logger = logging.getLogger(__name__)
 
 TICKET_FIELDS = ("summary", "status", "assignee", "progress", "updated")
-BULK_FETCH_LIMIT = 100  # Jira rejects a bulk fetch of more keys with 400.
-SEARCH_PAGE_LIMIT = 5000  # Jira's page cap when only keys are asked for.
 DEFAULT_MAX_PAGES = 1000
 # First wait before retrying a 5xx or a transport failure; it doubles on each further attempt.
 RETRY_BACKOFF_BASE = 0.25
-_ISSUE_KEY = re.compile(r"^[A-Z][A-Z0-9_]+-[1-9][0-9]*$")
 _TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
@@ -260,7 +258,7 @@ class JiraCloudClient:
     def get_issue(self, key: str, fields: Sequence[str] = TICKET_FIELDS) -> dict[str, Any]:
         """One issue (GET /rest/api/3/issue/{key}); raises JiraNotFound when Jira does not show it."""
         normalised = str(key).strip().upper()
-        if not _ISSUE_KEY.match(normalised):
+        if not is_issue_key(normalised):
             # Not a key Jira could have; asking would only put arbitrary text into the URL path.
             raise JiraNotFound(normalised)
         what = f"GET /rest/api/3/issue/{normalised}"
@@ -279,7 +277,7 @@ class JiraCloudClient:
         to another project comes back under its new key, so its old key is reported as not found.
         """
         wanted = list(dict.fromkeys(str(key).strip().upper() for key in keys))
-        valid = [key for key in wanted if _ISSUE_KEY.match(key)]
+        valid = [key for key in wanted if is_issue_key(key)]
         issues: list[dict[str, Any]] = []
         for start in range(0, len(valid), BULK_FETCH_LIMIT):
             chunk = valid[start : start + BULK_FETCH_LIMIT]
@@ -302,15 +300,15 @@ class JiraCloudClient:
         return BulkFetchResult(issues=issues, not_found=not_found)
 
     def search_keys(
-        self, jql: str, *, page_size: int = SEARCH_PAGE_LIMIT, max_pages: int = DEFAULT_MAX_PAGES
+        self, jql: str, *, page_size: int = SEARCH_PAGE_LIMIT_KEYS_ONLY, max_pages: int = DEFAULT_MAX_PAGES
     ) -> Iterator[str]:
         """The keys of the issues matching `jql`, following nextPageToken until Jira says isLast.
 
         Results are eventually consistent and pages can overlap when issues change mid-search, so a
         key is yielded only once. More than `max_pages` pages, or a repeated token, raises JiraError.
         """
-        if not 1 <= page_size <= SEARCH_PAGE_LIMIT:
-            raise ValueError(f"page_size must be in 1..{SEARCH_PAGE_LIMIT}, got {page_size}")
+        if not 1 <= page_size <= SEARCH_PAGE_LIMIT_KEYS_ONLY:
+            raise ValueError(f"page_size must be in 1..{SEARCH_PAGE_LIMIT_KEYS_ONLY}, got {page_size}")
         seen: set[str] = set()
         tokens: set[str] = set()
         token: str | None = None

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
-import re
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from include.jira_rules import is_project_key
 
 logger = logging.getLogger(__name__)
 
@@ -20,8 +21,6 @@ MAX_PROJECTS = 100
 MAX_JQL_FILTER_LENGTH = 1000
 
 _MINUTE = timedelta(minutes=1)
-# Jira's default key pattern is [A-Z][A-Z0-9_]+; we also cap the length at 10 like Jira's UI does.
-_PROJECT_KEY = re.compile(r"[A-Z][A-Z0-9_]{1,9}")
 _LOGICAL_BINARY = frozenset({"and", "or", "&", "&&", "|", "||"})
 _LOGICAL_ANY = _LOGICAL_BINARY | {"not", "!"}
 # JQL's operator characters: they end an unquoted word, so `a=b||` ends with the operator `||`.
@@ -196,7 +195,7 @@ def validate_projects(projects: Iterable[str] | str | None) -> list[str]:
         key = item.strip()
         if isinstance(projects, str) and not key:
             continue
-        if not _PROJECT_KEY.fullmatch(key):
+        if not is_project_key(key):
             hint = f" (project keys are upper case: {key.upper()!r}?)" if key.upper() != key else ""
             raise ValueError(
                 f"projects[{position}] {key[:40]!r} is not a Jira project key: expected 2-10 characters of "

@@ -1,7 +1,8 @@
 """The steps both DAGs run, as plain functions over an IMAP inbox, a Jira client and a DB-API connection.
 
-The Airflow tasks in plugins/jira_mail_sync are thin wrappers that open those three from Airflow
-connections and call these functions, so the benchmark and the tests drive exactly the same code.
+The Airflow tasks in plugins/jira_mail_sync open those three from Airflow connections, call these
+functions and the Inbox's own methods, and shape the results for XCom; the benchmark and the tests
+drive exactly the same code.
 """
 
 from __future__ import annotations
@@ -19,21 +20,10 @@ from include.ticket_store import ensure_table, upsert_tickets
 
 log = logging.getLogger(__name__)
 
-# One Jira bulk fetch takes at most 100 keys; one mapped fetch instance makes one such request.
-BULK_FETCH_LIMIT = 100
-# Airflow's default [core] max_map_length; batches are sized so that a run never comes near it.
-MAX_MAP_LENGTH = 1024
-MAX_MAPPED_FETCHES = 500
 # imaplib buffers a whole FETCH response, and each message costs up to 64 KiB of header plus 256 KiB of
 # body prefix, so one FETCH covers at most this many messages: at most ~160 MiB however hostile the
 # mail, ~10 MiB for typical Jira mail. A run of up to 500 messages costs one FETCH.
 PEEK_CHUNK = 500
-
-
-@dataclass(frozen=True)
-class SensedMail:
-    uidvalidity: int
-    uids: list[int]
 
 
 @dataclass
@@ -45,38 +35,23 @@ class Extraction:
     rejected: list[dict[str, Any]] = field(default_factory=list)  # {"uid", "reason"}
     keys: list[str] = field(default_factory=list)  # de-duplicated across the run, in arrival order
 
-    def to_xcom(self) -> dict[str, Any]:
-        return {
-            "uidvalidity": self.uidvalidity,
-            "messages": self.messages,
-            "rejected": self.rejected,
-            "keys": self.keys,
-        }
-
-
-def sense_unseen(inbox: Inbox, *, limit: int) -> SensedMail:
-    """Find the oldest `limit` UNSEEN messages not yet labelled as rejected, without reading them."""
-    if limit < 1:
-        raise ValueError(f"max_messages must be at least 1, got {limit}")
-    uidvalidity = inbox.open(readonly=True)
-    return SensedMail(uidvalidity=uidvalidity, uids=inbox.unseen_uids(limit=limit))
-
 
 def extract_keys(
     inbox: Inbox,
-    sensed: SensedMail,
+    uids: Sequence[int],
     *,
+    uidvalidity: int,
     trusted_senders: Sequence[str],
     jira_url: str | None,
     label_rejected: bool = True,
 ) -> Extraction:
     """Peek at headers and a bounded body prefix (never setting \\Seen), parse, and label rejected mail."""
-    extraction = Extraction(uidvalidity=sensed.uidvalidity)
-    if not sensed.uids:
+    extraction = Extraction(uidvalidity=uidvalidity)
+    if not uids:
         return extraction
     seen_keys: set[str] = set()
-    for start in range(0, len(sensed.uids), PEEK_CHUNK):
-        for peeked in inbox.peek(sensed.uids[start : start + PEEK_CHUNK]):
+    for start in range(0, len(uids), PEEK_CHUNK):
+        for peeked in inbox.peek(uids[start : start + PEEK_CHUNK]):
             parsed = parse_message(peeked.raw, trusted_senders=trusted_senders, jira_url=jira_url)
             if not parsed.accepted:
                 extraction.rejected.append({"uid": peeked.uid, "reason": parsed.reason})
@@ -97,33 +72,9 @@ def extract_keys(
             inbox.add_keyword(
                 [r["uid"] for r in extraction.rejected],
                 REJECTED_KEYWORD,
-                expected_uidvalidity=sensed.uidvalidity,
+                expected_uidvalidity=uidvalidity,
             )
     return extraction
-
-
-def batch_keys(keys: Sequence[str], *, max_batches: int = MAX_MAPPED_FETCHES) -> list[list[str]]:
-    """Split keys into batches for mapped fetch instances: 100 keys each (one bulk request), growing in
-    steps of 100 only when that would need more than `max_batches` instances, so the mapping stays far
-    below max_map_length however many keys a sweep finds."""
-    if max_batches < 1 or max_batches > MAX_MAP_LENGTH:
-        raise ValueError(f"max_batches must be in 1..{MAX_MAP_LENGTH}, got {max_batches}")
-    unique = list(dict.fromkeys(keys))
-    if not unique:
-        return []
-    per_batch = BULK_FETCH_LIMIT
-    while -(-len(unique) // per_batch) > max_batches:
-        per_batch += BULK_FETCH_LIMIT
-    return [unique[i : i + per_batch] for i in range(0, len(unique), per_batch)]
-
-
-def describe_batch(keys: Sequence[str]) -> str:
-    """The label a mapped fetch instance shows in the UI instead of its index."""
-    if not keys:
-        return "no keys"
-    if len(keys) <= 3:
-        return ", ".join(keys)
-    return f"{keys[0]} … {keys[-1]} ({len(keys)} keys)"
 
 
 def fetch_batch(client: JiraCloudClient, keys: Sequence[str]) -> dict[str, list]:
@@ -176,10 +127,3 @@ def settled_uids(messages: Iterable[Mapping[str, Any]], handled_keys: Iterable[s
     """The messages all of whose keys were stored or confirmed not found: only these may be marked seen."""
     handled = set(handled_keys)
     return sorted(int(m["uid"]) for m in messages if set(m["keys"]) <= handled)
-
-
-def mark_settled_seen(inbox: Inbox, uids: Sequence[int], *, uidvalidity: int) -> list[int]:
-    """Set \\Seen on the settled messages in one UID STORE; raises UidValidityChanged to mark nothing."""
-    if not uids:
-        return []
-    return inbox.mark_seen(list(uids), expected_uidvalidity=uidvalidity)

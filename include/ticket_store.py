@@ -5,22 +5,23 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import re
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from include.jira_rules import is_issue_key
+from include.names import TICKET_TABLE
+
 log = logging.getLogger(__name__)
 
-TABLE = "jira_ticket"
+TABLE = TICKET_TABLE
 SOURCES = ("inbox", "sweep")
 DIALECTS = ("sqlite", "postgres")
 CHUNK_SIZE = 500
 # Jira project keys start with a letter and go on with upper-case letters, digits or underscores;
 # issue numbers start at 1.
-_ISSUE_KEY = re.compile(r"[A-Z][A-Z0-9_]+-[1-9][0-9]*")
 _COLUMNS = ("key", "summary", "status", "assignee_email", "progress", "updated_at", "fetched_at", "source")
 
 _DDL = {
@@ -112,7 +113,7 @@ def _row(ticket: Mapping[str, Any], dialect: str, source: str, fetched_at: datet
     if not isinstance(ticket, Mapping):
         raise ValueError(f"a ticket must be a mapping, got {type(ticket).__name__}")
     key = ticket.get("key")
-    if not isinstance(key, str) or not _ISSUE_KEY.fullmatch(key):
+    if not is_issue_key(key):
         raise ValueError(f"not a Jira issue key: {key!r}")
     summary = _text(ticket, "summary", key)
     status = _text(ticket, "status", key)

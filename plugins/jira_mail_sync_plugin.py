@@ -1,4 +1,4 @@
-"""Registers jira-mail-sync's REST channel (POST /jira-mail-sync/ticket) with Airflow's api-server."""
+"""Registers jira-mail-sync's ticket lookup (POST /jira-mail-sync/ticket) with Airflow's api-server."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ URL_PREFIX = "/jira-mail-sync"
 
 
 class JiraMailSyncPlugin(AirflowPlugin):
-    """Serves the seed's ticket lookup; the app checks Airflow access tokens itself (see rest_api)."""
+    """Serves the ticket lookup; the app checks Airflow access tokens itself (see rest_api)."""
 
     name = "jira_mail_sync"
     fastapi_apps = [{"app": app, "url_prefix": URL_PREFIX, "name": "jira-mail-sync"}]

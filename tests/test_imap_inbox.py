@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import imaplib
 import re
+import socket
+import ssl
 from pathlib import Path
 
 import pytest
@@ -16,8 +18,8 @@ from include.imap_inbox import (
     PeekedMessage,
     UidValidityChanged,
     compact_uid_set,
-    parse_fetch_response,
 )
+from include.imap_wire import connect, ssl_context_named
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "jira-emails"
 # RFC 7162 §4: clients should keep command lines under 8192 octets.
@@ -70,6 +72,7 @@ def test_peek_returns_the_messages_and_leaves_them_unseen(imap_account, readonly
     assert [message.uid for message in peeked] == uids
     assert [message.raw for message in peeked] == raws
     assert [message.size for message in peeked] == [len(raw) for raw in raws]
+    assert [message.header_complete for message in peeked] == [True, True, True]
     assert imap_account.unseen_count() == 3
     assert imap_account.flags_by_uid() == {uid: set() for uid in uids}
 
@@ -151,11 +154,12 @@ def test_bad_keyword_is_refused_before_any_command(imap_account):
     uid = imap_account.append(_mail("m"))
     inbox = Inbox(imap_account.connect())
     uidvalidity = inbox.open()
+    opened = inbox.command_count
     with pytest.raises(ValueError, match="keyword"):
         inbox.add_keyword([uid], "two words", expected_uidvalidity=uidvalidity)
     with pytest.raises(ValueError, match="keyword"):
         inbox.add_keyword([uid], "\\Deleted", expected_uidvalidity=uidvalidity)
-    assert inbox.command_count == 1
+    assert inbox.command_count == opened
     assert imap_account.flags_by_uid() == {uid: set()}
 
 
@@ -218,10 +222,10 @@ def test_an_oversized_header_is_cut_at_a_line_and_kept_apart_from_the_body(imap_
 
     (message,) = inbox.peek(inbox.unseen_uids(limit=1), max_header_bytes=4096)
 
-    head, separator, body = message.raw.partition(b"\r\n\r\n")
-    assert separator and body == b"the body\r\n"
-    assert len(head) <= 4096
-    assert raw.startswith(head + b"\r\n")
+    whole_lines = raw[: raw.rfind(b"\n", 0, 4096) + 1]
+    assert message.raw == whole_lines + b"\r\n" + b"the body\r\n"
+    assert len(whole_lines) > 4096 - 80  # the cut loses less than one filler line
+    assert message.header_complete is False
 
 
 def test_8bit_and_broken_messages_come_back_as_the_exact_bytes(imap_account):
@@ -264,7 +268,10 @@ def test_peek_works_over_imaps_with_certificate_verification(imap_account):
 
     assert inbox.peek(inbox.unseen_uids(limit=5)) == [
         PeekedMessage(
-            uid=uid, raw=_mail("[JIRA] (TLS-1) over TLS"), size=len(_mail("[JIRA] (TLS-1) over TLS"))
+            uid=uid,
+            raw=_mail("[JIRA] (TLS-1) over TLS"),
+            size=len(_mail("[JIRA] (TLS-1) over TLS")),
+            header_complete=True,
         )
     ]
     uidvalidity = inbox.uidvalidity
@@ -354,28 +361,65 @@ def test_compact_uid_set_rejects_what_is_not_a_uid(uids):
         compact_uid_set(uids)
 
 
-def test_fetch_parser_accepts_any_item_order_quoted_strings_and_nil():
-    # Shapes imaplib produces: (text up to a literal, literal) tuples, then the remaining text.
-    data = [
-        (b"7 (BODY[TEXT]<0> {3}", b"abc"),
-        (b" UID 9 BODY[HEADER]<0> {10}", b"H: x\r\n\r\n()"),
-        b" RFC822.SIZE 42)",
-        b'8 (UID 10 RFC822.SIZE 5 BODY[HEADER]<0> "S: \\"q\\"" BODY[TEXT]<0> NIL '
-        b"FLAGS (\\Seen $JiraRejected))",
-        b"9 (FLAGS (\\Seen))",
-    ]
-    parsed = parse_fetch_response(data)
-    assert set(parsed) == {9, 10}
-    assert parsed[9][b"BODY[HEADER]"] == b"H: x\r\n\r\n()"
-    assert parsed[9][b"BODY[TEXT]"] == b"abc"
-    assert parsed[9][b"RFC822.SIZE"] == b"42"
-    assert parsed[10][b"BODY[HEADER]"] == b'S: "q"'
-    assert parsed[10][b"BODY[TEXT]"] is None
-    assert parsed[10][b"FLAGS"] == [b"\\Seen", b"$JiraRejected"]
+def test_select_tells_whether_the_server_keeps_custom_keywords(imap_account):
+    inbox = Inbox(imap_account.connect())
+
+    inbox.open(readonly=True)
+    assert inbox.keywords_allowed is None  # EXAMINE answers PERMANENTFLAGS () on Dovecot
+    inbox.open(readonly=False)
+
+    assert inbox.keywords_allowed is True
+    assert inbox.permanent_flags == ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft", "\\*")
 
 
-def test_fetch_parser_reports_garbage_as_imap_error():
-    with pytest.raises(ImapError):
-        parse_fetch_response([b"1 (UID 3 BODY[TEXT]<0> {5}"])
-    with pytest.raises(ImapError):
-        parse_fetch_response([b"(UID 3)"])
+def test_a_store_the_server_answers_no_raises_and_sets_nothing(imap_account):
+    uid = imap_account.append(_mail("m"))
+    inbox = Inbox(imap_account.connect())
+    uidvalidity = inbox.open()
+
+    # Dovecot refuses keywords longer than mail_max_keyword_length (50) with NO [CANNOT].
+    with pytest.raises(ImapError, match="UID STORE in 'INBOX' failed: .*CANNOT"):
+        inbox.add_keyword([uid], "K" * 60, expected_uidvalidity=uidvalidity)
+
+    assert imap_account.flags_by_uid() == {uid: set()}
+
+
+def test_a_header_cut_exactly_at_its_limit_is_reported_incomplete(imap_account):
+    raw = b"Subject: [JIRA] (HDR-2) x\r\nX-Pad: " + b"p" * 200 + b"\r\n\r\nbody\r\n"
+    header_length = raw.index(b"\r\n\r\n") + 4
+    imap_account.drop(raw)
+    inbox = Inbox(imap_account.connect())
+    (uid,) = inbox.unseen_uids(limit=1)
+
+    (whole,) = inbox.peek([uid], max_header_bytes=header_length)
+    (cut,) = inbox.peek([uid], max_header_bytes=header_length - 10)
+
+    assert (whole.header_complete, whole.raw) == (True, raw)
+    assert cut.header_complete is False
+    assert cut.raw == b"Subject: [JIRA] (HDR-2) x\r\n\r\nbody\r\n"
+
+
+def test_connect_bounds_its_own_socket_and_leaves_the_process_default_alone(imap_account):
+    assert socket.getdefaulttimeout() is None
+    client = connect(imap_account.host, imap_account.port, use_ssl=False, timeout=7.5)
+    try:
+        client.login(imap_account.user, imap_account.password)
+        assert client.socket().gettimeout() == 7.5
+        assert socket.getdefaulttimeout() is None
+        assert Inbox(client).open() > 0
+    finally:
+        client.logout()
+
+
+def test_connect_verifies_the_certificate_unless_told_none(imap_account, monkeypatch):
+    with pytest.raises(ssl.SSLCertVerificationError):
+        connect(imap_account.host, imap_account.ssl_port, ssl_context="default", timeout=5)
+    unverified = connect(imap_account.host, imap_account.ssl_port, ssl_context="none", timeout=5)
+    unverified.login(imap_account.user, imap_account.password)
+    unverified.logout()
+    monkeypatch.setenv("SSL_CERT_FILE", imap_account.ca_cert)
+    verified = connect(imap_account.host, imap_account.ssl_port, ssl_context="default", timeout=5)
+    verified.login(imap_account.user, imap_account.password)
+    verified.logout()
+    with pytest.raises(ValueError, match="ssl_context"):
+        ssl_context_named("strict")

@@ -194,12 +194,12 @@ def test_crash_between_store_and_mark_leaves_no_duplicates_after_rerun(inbox_env
     for n in (1, 2):
         jira.add_issue(f"ABC-{n}", summary=f"T{n}", updated=T0)
         imap.append(jira_notification(f"ABC-{n}", site=SITE))
-    import jira_mail_sync.inbox_tasks as inbox_tasks
+    from include.imap_inbox import Inbox
 
     def crash(*args, **kwargs):
         raise RuntimeError("worker died between store and mark")
 
-    monkeypatch.setattr(inbox_tasks, "mark_settled_seen", crash)
+    monkeypatch.setattr(Inbox, "mark_seen", crash)
     crashed = run_dag(without_retries(inbox_dag), conf=TRUSTED)
     assert crashed.states["store_tickets"] == ["success"]
     assert crashed.states["mark_mail_seen"] == ["failed"]
@@ -250,7 +250,8 @@ def test_broken_oversized_and_key_flood_mail_end_cleanly(inbox_env, inbox_dag):
         b"Content-Type: multipart/mixed; boundary=\r\n\r\n--\x00\xff\xfe garbage"
     )
     imap.drop(jira_notification("ABC-5", site=SITE, body_padding=25 * 1024 * 1024))
-    flood_links = " ".join(f"https://{SITE}/browse/FLOOD-{n}" for n in range(1, 5001))
+    # Links count only on the Jira site's host, which here is the stand-in's.
+    flood_links = " ".join(f"{jira.url}/browse/FLOOD-{n}" for n in range(1, 5001))
     imap.append(jira_notification("ABC-5", site=SITE, extra_body=flood_links))
 
     started = time.monotonic()
@@ -259,7 +260,8 @@ def test_broken_oversized_and_key_flood_mail_end_cleanly(inbox_env, inbox_dag):
 
     assert result.state == "success", result.states
     extracted = result.xcom("extract_ticket_keys", key="settlement")
-    assert len(extracted["keys"]) <= 1 + 20  # ABC-5 plus at most the per-mail key cap
+    # ABC-5, then the flood's links up to the per-mail cap of 20 keys.
+    assert extracted["keys"] == ["ABC-5", *(f"FLOOD-{n}" for n in range(1, 20))]
     assert jira.request_count("/rest/api/3/issue/bulkfetch") == 1
     assert stored_row(store, "ABC-5") is not None
     assert elapsed < 120
@@ -331,24 +333,52 @@ def test_uidvalidity_change_before_marking_marks_nothing_and_the_next_run_starts
     imap, jira, store = inbox_env
     jira.add_issue("ABC-11", summary="Renumbered", updated=T0)
     imap.append(jira_notification("ABC-11", site=SITE))
-    import jira_mail_sync.inbox_tasks as inbox_tasks
+    from include.imap_inbox import Inbox
 
-    real_mark = inbox_tasks.mark_settled_seen
+    real_mark = Inbox.mark_seen
 
-    def mailbox_recreated_first(inbox, uids, *, uidvalidity):
+    def mailbox_recreated_first(self, uids, *, expected_uidvalidity):
         imap.recreate_mailbox()  # another client rebuilt INBOX: every UID now means something else
-        return real_mark(inbox, uids, uidvalidity=uidvalidity)
+        return real_mark(self, uids, expected_uidvalidity=expected_uidvalidity)
 
-    monkeypatch.setattr(inbox_tasks, "mark_settled_seen", mailbox_recreated_first)
+    monkeypatch.setattr(Inbox, "mark_seen", mailbox_recreated_first)
     first = run_dag(inbox_dag, conf=TRUSTED)
 
     assert first.states["store_tickets"] == ["success"]
     assert first.states["mark_mail_seen"] == ["skipped"]
     assert imap.unseen_count() == 1
-    monkeypatch.setattr(inbox_tasks, "mark_settled_seen", real_mark)
+    monkeypatch.setattr(Inbox, "mark_seen", real_mark)
 
     second = run_dag(load_dag("jira_inbox"), conf=TRUSTED)
 
     assert second.state == "success", second.states
     assert imap.unseen_count() == 0
     assert stored_count(store) == 1
+
+
+@pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)
+def test_a_sensor_on_another_connection_reads_and_marks_that_mailbox_only(
+    inbox_env, inbox_dag, dovecot, monkeypatch
+):
+    default_box, jira, store = inbox_env
+    other_box = dovecot.create_account()
+    try:
+        monkeypatch.setenv("AIRFLOW_CONN_IMAP_OTHER", json.dumps(other_box.airflow_conn()))
+        for box in (other_box, default_box):
+            assert box.connect().create("Jira")[0] == "OK"
+        jira.add_issue("OTH-1", summary="From the other mailbox", updated=T0)
+        jira.add_issue("DEF-1", summary="From the default mailbox", updated=T0)
+        other_box.append(jira_notification("OTH-1", site=SITE), mailbox="Jira")
+        default_box.append(jira_notification("DEF-1", site=SITE), mailbox="Jira")
+        sensor = inbox_dag.get_task("wait_for_unseen_mail")
+        sensor.imap_conn_id = "imap_other"
+
+        result = run_dag(inbox_dag, conf=TRUSTED | {"mailbox": "Jira"})
+
+        assert result.state == "success", result.states
+        assert stored_row(store, "OTH-1")["summary"] == "From the other mailbox"
+        assert stored_row(store, "DEF-1") is None
+        assert other_box.unseen_count("Jira") == 0
+        assert default_box.unseen_count("Jira") == 1
+    finally:
+        other_box.close()

@@ -685,7 +685,7 @@ def test_unexpected_internal_failure_becomes_a_rejection(monkeypatch):
     def explode(_block: bytes) -> dict[str, list[str]]:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(parser_module, "_parse_headers", explode)
+    monkeypatch.setattr(parser_module, "parse_headers", explode)
     assert_rejected(parse(make_mail()), "parse_error")
 
 
@@ -804,3 +804,12 @@ def test_mutated_fixtures_never_raise(name, cut, insert_at, inserted):
     raw = raw[:insert_at] + inserted + raw[insert_at:]
     trusted = [EXPECTED[name].sender]
     assert_invariants(parse(raw, trusted_senders=trusted, jira_url=EXPECTED[name].site), trusted)
+
+
+@pytest.mark.parametrize(
+    "text", ["ABCDEFGHIJ-1", "ABCDEFGHIJK-1", "AB-1234567890", "AB-12345678901", "A_-1", "AB-0", "ABC-1"]
+)
+def test_key_pattern_accepts_exactly_the_shared_issue_key_rule(text):
+    from include.jira_rules import is_issue_key
+
+    assert bool(KEY_PATTERN.fullmatch(text)) is is_issue_key(text)

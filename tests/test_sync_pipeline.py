@@ -1,23 +1,16 @@
-"""The shared pipeline steps: batching for mapped fetches, settling mail, chunked peeks on real Dovecot."""
+"""The pipeline steps (settling mail, chunked peeks on real Dovecot) and the batching of mapped fetches."""
 
 from __future__ import annotations
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from jira_mail_sync.mapping import MAX_MAP_LENGTH, MAX_MAPPED_FETCHES, batch_keys, describe_batch
 
 from devkit.mail_factory import jira_notification
 from include.imap_inbox import Inbox
-from include.sync_pipeline import (
-    BULK_FETCH_LIMIT,
-    MAX_MAPPED_FETCHES,
-    PEEK_CHUNK,
-    batch_keys,
-    describe_batch,
-    extract_keys,
-    sense_unseen,
-    settled_uids,
-)
+from include.jira_rules import BULK_FETCH_LIMIT
+from include.sync_pipeline import PEEK_CHUNK, extract_keys, settled_uids
 
 
 @given(st.integers(min_value=0, max_value=120_000))
@@ -25,10 +18,20 @@ def test_batches_cover_every_key_once_and_stay_far_below_max_map_length(count):
     keys = [f"K-{n + 1}" for n in range(count)]
     batches = batch_keys(keys)
     assert [k for batch in batches for k in batch] == keys
-    assert len(batches) <= MAX_MAPPED_FETCHES
-    assert all(len(batch) % BULK_FETCH_LIMIT == 0 or batch is batches[-1] for batch in batches)
-    if count <= BULK_FETCH_LIMIT * MAX_MAPPED_FETCHES:
-        assert all(len(batch) <= BULK_FETCH_LIMIT for batch in batches)
+    assert len(batches) <= MAX_MAPPED_FETCHES < MAX_MAP_LENGTH
+    if not count:
+        assert batches == []
+        return
+    if len(batches) == 1:
+        assert count <= BULK_FETCH_LIMIT
+        return
+    size = len(batches[0])
+    # Every batch but the last is full, the size is a multiple of the bulk limit, and it is the
+    # smallest such size that fits in MAX_MAPPED_FETCHES instances.
+    assert size % BULK_FETCH_LIMIT == 0
+    assert all(len(batch) == size for batch in batches[:-1]) and 1 <= len(batches[-1]) <= size
+    assert len(batches) == -(-count // size)
+    assert size == BULK_FETCH_LIMIT or -(-count // (size - BULK_FETCH_LIMIT)) > MAX_MAPPED_FETCHES
 
 
 def test_duplicate_keys_are_fetched_once():
@@ -36,6 +39,7 @@ def test_duplicate_keys_are_fetched_once():
 
 
 def test_batch_label_names_the_keys():
+    assert describe_batch([]) == "no keys"
     assert describe_batch(["A-1", "A-2"]) == "A-1, A-2"
     assert describe_batch([f"A-{n}" for n in range(1, 101)]) == "A-1 … A-100 (100 keys)"
 
@@ -55,8 +59,11 @@ def test_a_burst_larger_than_one_peek_chunk_is_read_whole_and_left_unseen(imap_a
     client = imap_account.connect()
     try:
         inbox = Inbox(client)
-        sensed = sense_unseen(inbox, limit=total)
-        extraction = extract_keys(inbox, sensed, trusted_senders=[f"jira@{site}"], jira_url=f"https://{site}")
+        uidvalidity = inbox.open()
+        uids = inbox.unseen_uids(limit=total)
+        extraction = extract_keys(
+            inbox, uids, uidvalidity=uidvalidity, trusted_senders=[f"jira@{site}"], jira_url=f"https://{site}"
+        )
     finally:
         client.logout()
     assert len(extraction.messages) == total

@@ -10,15 +10,11 @@ from airflow.sdk.exceptions import AirflowSkipException
 
 from include.imap_inbox import UidValidityChanged
 from include.jira_mail import default_trusted_senders
-from include.sync_pipeline import (
-    SensedMail,
-    batch_keys,
-    extract_keys,
-    mark_settled_seen,
-    settled_uids,
-)
-from jira_mail_sync.hooks.imap import BoundedImapHook
+from include.sync_pipeline import extract_keys, settled_uids
+from jira_mail_sync.hooks.imap import ImapInboxHook
 from jira_mail_sync.hooks.jira_cloud import JiraCloudHook
+from jira_mail_sync.mapping import batch_keys
+from jira_mail_sync.xcom_shapes import SensedMail, settlement_xcom
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +28,10 @@ def _trusted_senders(params: dict[str, Any], site_url: str) -> list[str]:
 
 
 @task
-def extract_ticket_keys(sensed: dict[str, Any]) -> list[list[str]]:
+def extract_ticket_keys(sensed_xcom: dict[str, Any]) -> list[list[str]]:
     """Parse the unseen messages' headers and body prefix; label rejected mail and batch the keys.
+
+    It reads the connection and mailbox the sensor sensed (carried in its XCom), not the defaults.
 
     Returns the key batches (what fetch_tickets is mapped over: a mapped task can only expand a
     return value) and pushes the accepted messages under the XCom key `settlement` for mark_mail_seen.
@@ -43,12 +41,14 @@ def extract_ticket_keys(sensed: dict[str, Any]) -> list[list[str]]:
     site_url = JiraCloudHook().site_url
     trusted = _trusted_senders(params, site_url)
     dry_run = bool(params.get("dry_run"))
-    with BoundedImapHook().inbox(params["mailbox"]) as inbox:
-        if inbox.open(readonly=True) != sensed["uidvalidity"]:
+    sensed = SensedMail.from_xcom(sensed_xcom)
+    with ImapInboxHook(sensed.imap_conn_id).inbox(sensed.mailbox) as inbox:
+        if inbox.open(readonly=True) != sensed.uidvalidity:
             raise AirflowSkipException("UIDVALIDITY changed since sensing; the next run starts over")
         extraction = extract_keys(
             inbox,
-            SensedMail(uidvalidity=sensed["uidvalidity"], uids=sensed["uids"]),
+            sensed.uids,
+            uidvalidity=sensed.uidvalidity,
             trusted_senders=trusted,
             jira_url=site_url,
             label_rejected=not dry_run,
@@ -61,23 +61,25 @@ def extract_ticket_keys(sensed: dict[str, Any]) -> list[list[str]]:
         " (dry run: nothing is fetched, stored or marked)" if dry_run else "",
         ", ".join(extraction.keys[:LOGGED_KEYS]) + (" …" if len(extraction.keys) > LOGGED_KEYS else ""),
     )
-    context["ti"].xcom_push(key="settlement", value=extraction.to_xcom() | {"dry_run": dry_run})
+    context["ti"].xcom_push(key="settlement", value=settlement_xcom(sensed, extraction, dry_run=dry_run))
     return [] if dry_run else batch_keys(extraction.keys)
 
 
 @task
 def mark_mail_seen(settlement: dict[str, Any], stored: dict[str, Any]) -> dict[str, Any]:
-    """Set \\Seen, in one UID STORE, on the messages whose keys were all stored or confirmed not found."""
-    params = get_current_context()["params"]
+    """Set \\Seen, in one UID STORE, on the messages whose keys were all stored or confirmed not found.
+
+    It marks the mailbox the messages were read from (carried in the settlement), not a default one.
+    """
     messages, uidvalidity = settlement["messages"], settlement["uidvalidity"]
     handled = [*stored.get("stored", []), *stored.get("not_found", [])]
     uids = settled_uids(messages, handled)
     unsettled = sorted({int(m["uid"]) for m in messages} - set(uids))
     if unsettled:
         log.warning("Leaving %d message(s) UNSEEN for the next run: uids %s", len(unsettled), unsettled)
-    with BoundedImapHook().inbox(params["mailbox"]) as inbox:
+    with ImapInboxHook(settlement["imap_conn_id"]).inbox(settlement["mailbox"]) as inbox:
         try:
-            marked = mark_settled_seen(inbox, uids, uidvalidity=uidvalidity)
+            marked = inbox.mark_seen(uids, expected_uidvalidity=uidvalidity)
         except UidValidityChanged as exc:
             raise AirflowSkipException(
                 f"UIDVALIDITY changed since sensing ({exc}); marking nothing, the next run starts over"

@@ -1,4 +1,4 @@
-"""The seed's REST channel: POST /ticket answers an issue's assignee and progress, from the store or Jira.
+"""Ticket lookup: POST /ticket answers a Jira issue's assignee and progress, from the store or Jira.
 
 Served by Airflow's api-server under the prefix the plugin gives it (`/jira-mail-sync`):
 
@@ -45,7 +45,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from include.jira_cloud import JiraError, JiraNotFound, JiraRequestError, JiraUnavailable, ticket_details
-from include.jira_mail import KEY_PATTERN
+from include.jira_rules import is_issue_key
 from include.ticket_store import get_ticket
 from jira_mail_sync.hooks.jira_cloud import JiraCloudHook
 from jira_mail_sync.hooks.ticket_store import TicketStoreHook
@@ -68,7 +68,7 @@ _TOKEN_HINT = "send an Airflow access token from POST /auth/token as 'Authorizat
 
 
 class TicketRequest(BaseModel):
-    """The seed's request body: one Jira issue key (case-insensitive, surrounding blanks ignored)."""
+    """The request body: one Jira issue key (case-insensitive, surrounding blanks ignored)."""
 
     key: str = Field(max_length=MAX_KEY_CHARS, examples=["ABC-123"])
 
@@ -76,14 +76,14 @@ class TicketRequest(BaseModel):
     @classmethod
     def _issue_key(cls, value: str) -> str:
         key = value.strip().upper()
-        # The mail parser's pattern, so that any key the inbox can store is one this endpoint answers.
-        if not KEY_PATTERN.fullmatch(key):
+        # The shared key rule, so that any key the inbox or the sweep can store is one this answers.
+        if not is_issue_key(key):
             raise ValueError("not a Jira issue key: expected PROJECT-123")
         return key
 
 
 class TicketDetails(BaseModel):
-    """The seed's answer (assigned_to, progress_info) plus what the store knows about the issue."""
+    """The issue's assignee (assigned_to) and progress (progress_info), plus what the store knows of it."""
 
     key: str
     assigned_to: str | None = Field(description="The assignee's e-mail; null if unassigned or hidden")
@@ -132,7 +132,7 @@ async def require_airflow_user(
 
 
 async def ticket_request(request: Request) -> TicketRequest:
-    """The JSON body whatever its Content-Type, so the seed's bare `curl -d '{"key": ...}'` works too."""
+    """The JSON body whatever its Content-Type, so a bare `curl -d '{"key": ...}'` (a form type) works too."""
     body = await request.body()
     try:
         payload: Any = json.loads(body)
@@ -259,7 +259,7 @@ _ERROR = {"content": {"application/json": {"example": {"detail": "..."}}}}
 
 app = FastAPI(
     title="jira-mail-sync",
-    summary="The seed's REST channel: a Jira issue's assignee and progress",
+    summary="Ticket lookup: a Jira issue's assignee and progress",
     description=__doc__,
     dependencies=[Depends(require_airflow_user)],
     # App-level dependencies do not cover the docs routes, so they would be open without a token.

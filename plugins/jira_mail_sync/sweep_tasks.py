@@ -8,6 +8,7 @@ from typing import Any
 from airflow.sdk import get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
+from include.names import JIRA_API_POOL
 from include.sweep_window import (
     build_sweep_jql,
     make_window,
@@ -15,8 +16,8 @@ from include.sweep_window import (
     validate_jql_filter,
     validate_projects,
 )
-from include.sync_pipeline import batch_keys
-from jira_mail_sync.ticket_tasks import JIRA_POOL, jira_client
+from jira_mail_sync.mapping import batch_keys
+from jira_mail_sync.ticket_tasks import jira_client
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def _window_bounds(context: dict[str, Any]) -> tuple[Any, Any]:
     return start, end
 
 
-@task(pool=JIRA_POOL)
+@task(pool=JIRA_API_POOL)
 def plan_sweep() -> dict[str, Any]:
     """Validate the params, read the account's time zone from Jira, and build the window's JQL."""
     context = get_current_context()
@@ -83,7 +84,7 @@ def plan_sweep() -> dict[str, Any]:
     }
 
 
-@task(pool=JIRA_POOL)
+@task(pool=JIRA_API_POOL)
 def list_changed_keys(plan: dict[str, Any]) -> list[list[str]]:
     """Page through /search/jql asking only for keys (up to 5000 a page) and batch them for the fetch."""
     keys: list[str] = []

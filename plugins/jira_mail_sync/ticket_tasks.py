@@ -11,26 +11,24 @@ from typing import Any
 from airflow.sdk import get_current_context, task
 
 from include.jira_cloud import JiraCloudClient
-from include.sync_pipeline import describe_batch, fetch_batch, store_batches
+from include.names import JIRA_API_POOL, JIRA_CONN_ID
+from include.sync_pipeline import fetch_batch, store_batches
 from jira_mail_sync.hooks.jira_cloud import JiraCloudHook
 from jira_mail_sync.hooks.ticket_store import TicketStoreHook
+from jira_mail_sync.mapping import describe_batch
 
 log = logging.getLogger(__name__)
 
-# Every task that calls Jira takes a slot of this pool, so all workers together never run more
-# concurrent Jira requests than it has slots (Jira Cloud's burst limits are per account).
-JIRA_POOL = "jira_api"
-
 
 @contextmanager
-def jira_client(jira_conn_id: str = JiraCloudHook.default_conn_name) -> Iterator[JiraCloudClient]:
+def jira_client(jira_conn_id: str = JIRA_CONN_ID) -> Iterator[JiraCloudClient]:
     hook = JiraCloudHook(jira_conn_id)
     with hook:
         yield hook.get_conn()
 
 
 @task(
-    pool=JIRA_POOL,
+    pool=JIRA_API_POOL,
     map_index_template="{{ batch_label }}",
     # A batch's details (up to 100 tickets) would flood the task log; the store task logs the counts.
     show_return_value_in_logs=False,

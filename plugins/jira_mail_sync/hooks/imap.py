@@ -1,53 +1,65 @@
-"""The provider's ImapHook with a bounded socket timeout, opening our peek-only Inbox."""
+"""The provider's `imap` connection, opened as IMAPClient with a per-socket timeout, as our Inbox."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from airflow.providers.imap.hooks.imap import ImapHook
 
 from include.imap_inbox import Inbox
+from include.imap_wire import connect
+from include.names import IMAP_CONN_ID
 
 DEFAULT_IMAP_TIMEOUT = 30.0
 
 
-class BoundedImapHook(ImapHook):
-    """ImapHook whose connection cannot hang a task.
+def ssl_context_setting(extra: dict[str, Any]) -> str:
+    """The `ssl_context` the IMAP provider would use: the extra, else [imap] or [email] ssl_context."""
+    configured = extra.get("ssl_context")
+    if configured:
+        return str(configured)
+    from airflow.providers.common.compat.sdk import conf
 
-    The provider builds imaplib clients without a timeout, so a server that accepts the TCP
-    connection and then goes silent would block the worker until the task's own timeout. We keep
-    its connection handling (host, port, use_ssl, ssl_context, login) and only bound the socket.
-    Its retrieve methods are not used: they fetch RFC822 in a read-write SELECT, which marks every
-    message seen before it has been processed.
+    for section in ("imap", "email"):
+        value = conf.get(section, "SSL_CONTEXT", fallback=None)
+        if value is not None:
+            return value
+    return "default"
+
+
+class ImapInboxHook(ImapHook):
+    """ImapHook whose client cannot hang a task, and which reads mail only through our Inbox.
+
+    The connection fields are the provider's (host, port, login, password; extras `use_ssl`,
+    default true, and `ssl_context`, "default" or "none"), but the client is an IMAPClient whose
+    own socket has `timeout`: the provider's imaplib clients have none, and nothing here changes
+    the process-wide socket default. The provider's retrieve methods are not for this client: they
+    fetch RFC822 in a read-write SELECT, which marks every message seen before it is processed.
     """
 
     hook_name = "IMAP (bounded, peek-only)"
 
-    def __init__(
-        self, imap_conn_id: str = ImapHook.default_conn_name, *, timeout: float = DEFAULT_IMAP_TIMEOUT
-    ):
+    def __init__(self, imap_conn_id: str = IMAP_CONN_ID, *, timeout: float = DEFAULT_IMAP_TIMEOUT):
         super().__init__(imap_conn_id=imap_conn_id)
         self.timeout = timeout
 
     def _build_client(self, conn):
-        # imaplib only takes a timeout in its constructor, which the provider does not pass; the
-        # process-wide default applies to the connect, and the socket is bounded right after.
-        previous = socket.getdefaulttimeout()
-        socket.setdefaulttimeout(self.timeout)
-        try:
-            client = super()._build_client(conn)
-        finally:
-            socket.setdefaulttimeout(previous)
-        client.sock.settimeout(self.timeout)
-        return client
+        extra = conn.extra_dejson
+        return connect(
+            conn.host or "",
+            conn.port,
+            use_ssl=bool(extra.get("use_ssl", True)),
+            ssl_context=ssl_context_setting(extra),
+            timeout=self.timeout,
+        )
 
     @contextmanager
     def inbox(self, mailbox: str = "INBOX") -> Iterator[Inbox]:
-        """Log in, yield an Inbox on `mailbox`, and always close and log out."""
+        """Log in, yield an Inbox on `mailbox`, and always close it and log out."""
         with self as hook:
-            inbox = Inbox(hook.mail_client, mailbox)
+            inbox = Inbox(hook.mail_client, mailbox, timeout=self.timeout)
             try:
                 yield inbox
             finally:

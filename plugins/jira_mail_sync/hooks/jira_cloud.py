@@ -7,7 +7,8 @@ from urllib.parse import urlsplit
 
 from airflow.sdk import BaseHook
 
-from include.jira_cloud import JiraCloudClient, JiraError
+from include.jira_cloud import JiraCloudClient
+from include.names import JIRA_CONN_ID
 
 _TRUE_WORDS = {"true", "1", "yes", "on"}
 _FALSE_WORDS = {"false", "0", "no", "off"}
@@ -46,10 +47,14 @@ class JiraCloudHook(BaseHook):
     The connection's host is the site URL, its login the account e-mail and its password an API token;
     the extra `verify` is a bool or a CA bundle path. Unlike the provider's JiraHook, constructing this
     hook touches nothing: the client is built on the first get_conn(), so DAG parsing stays cheap.
+
+    Airflow resolves the conn type `jira` to the provider's JiraHook (a plugin cannot register a
+    hook), so this class has no connection-form or Test-button methods: they would never be
+    called. `python -m jira_mail_sync.check_connections` checks the connection instead.
     """
 
     conn_name_attr = "jira_conn_id"
-    default_conn_name = "jira_default"
+    default_conn_name = JIRA_CONN_ID
     conn_type = "jira"
     hook_name = "Jira Cloud (REST v3)"
 
@@ -108,22 +113,3 @@ class JiraCloudHook(BaseHook):
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
-
-    def test_connection(self) -> tuple[bool, str]:
-        """What the connection form's Test button shows: whom the token belongs to, and the zone."""
-        try:
-            me = self.get_conn().myself()
-        except (JiraError, ValueError) as exc:
-            return False, str(exc)
-        finally:
-            self.close()
-        who = f"{me.get('displayName')} ({me.get('emailAddress')})"
-        return True, f"Connected as {who}, time zone {me.get('timeZone')}"
-
-    @classmethod
-    def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        return {
-            "hidden_fields": ["schema"],
-            "relabeling": {"host": "Site URL", "login": "Account e-mail", "password": "API token"},
-            "placeholders": {"host": "https://acme.atlassian.net", "extra": '{"verify": true}'},
-        }

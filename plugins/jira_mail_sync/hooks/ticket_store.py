@@ -8,20 +8,22 @@ from typing import Any
 
 from airflow.sdk import BaseHook
 
-SUPPORTED = {"sqlite": "sqlite", "postgres": "postgres", "postgresql": "postgres"}
+from include.names import STORE_CONN_ID
+
+SUPPORTED = {"sqlite": "sqlite", "postgres": "postgres"}
 
 
 class TicketStoreHook(BaseHook):
     """Gives a DB-API connection and its dialect for include.ticket_store.
 
-    The connection itself comes from the SQLite or Postgres provider's hook, so every field and
-    extra those providers document (a file path as the SQLite host; sslmode and friends for
-    Postgres) works as users expect.
+    The connection's own type (`sqlite` or `postgres`) picks the provider hook, through
+    Connection.get_hook() as Airflow does, so every field and extra those providers document (a
+    file path as the SQLite host; sslmode, connect_timeout and friends for Postgres) works as users
+    expect. It declares no conn_type of its own: it is not a connection type, it reads one of two.
     """
 
     conn_name_attr = "store_conn_id"
-    default_conn_name = "jira_store"
-    conn_type = "generic"
+    default_conn_name = STORE_CONN_ID
     hook_name = "Jira ticket store"
 
     def __init__(self, store_conn_id: str = default_conn_name):
@@ -29,7 +31,10 @@ class TicketStoreHook(BaseHook):
         self.store_conn_id = store_conn_id
 
     def dialect(self) -> str:
-        conn_type = (self.get_connection(self.store_conn_id).conn_type or "").lower()
+        return self._dialect(self.get_connection(self.store_conn_id))
+
+    def _dialect(self, conn: Any) -> str:
+        conn_type = (conn.conn_type or "").lower()
         if conn_type not in SUPPORTED:
             raise ValueError(
                 f"Connection {self.store_conn_id!r} has type {conn_type!r}; the ticket store supports "
@@ -40,16 +45,9 @@ class TicketStoreHook(BaseHook):
     @contextmanager
     def connect(self) -> Iterator[tuple[Any, str]]:
         """Yield (DB-API connection, dialect); the connection is closed afterwards."""
-        dialect = self.dialect()
-        if dialect == "sqlite":
-            from airflow.providers.sqlite.hooks.sqlite import SqliteHook
-
-            db_hook: Any = SqliteHook(sqlite_conn_id=self.store_conn_id)
-        else:
-            from airflow.providers.postgres.hooks.postgres import PostgresHook
-
-            db_hook = PostgresHook(postgres_conn_id=self.store_conn_id)
-        conn = db_hook.get_conn()
+        airflow_conn = self.get_connection(self.store_conn_id)
+        dialect = self._dialect(airflow_conn)
+        conn = airflow_conn.get_hook().get_conn()
         try:
             yield conn, dialect
         finally:

@@ -1,0 +1,100 @@
+"""Command line: check that the jira, imap and store connections work, without touching any mail or ticket.
+
+    PYTHONPATH=plugins python -m jira_mail_sync.check_connections [--mailbox INBOX] [--jira-conn-id ...]
+
+Airflow's connection form cannot do this for us: the conn types `jira` and `imap` belong to the
+providers' hooks (a plugin cannot register a hook, and when two providers declare one conn type,
+the first by package name wins), so the form's Test button never reaches our code. The command
+reads the connections the way the tasks do (environment, secrets backend or metadata database),
+prints one line per connection, and exits 1 when any check fails. No secret is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from include.jira_cloud import JiraError
+from include.names import IMAP_CONN_ID, JIRA_CONN_ID, STORE_CONN_ID
+
+Check = tuple[bool, str]
+
+
+def check_jira(conn_id: str = JIRA_CONN_ID) -> Check:
+    """GET /myself: whom the API token belongs to, and the account's time zone (JQL windows use it)."""
+    from jira_mail_sync.hooks.jira_cloud import JiraCloudHook
+
+    try:
+        with JiraCloudHook(conn_id) as hook:
+            me = hook.get_conn().myself()
+            site = hook.site_url
+    except (JiraError, ValueError) as exc:
+        return False, str(exc)
+    return True, (
+        f"{site}: connected as {me.get('displayName')} ({me.get('emailAddress')}), "
+        f"time zone {me.get('timeZone')}"
+    )
+
+
+def check_imap(conn_id: str = IMAP_CONN_ID, mailbox: str = "INBOX") -> Check:
+    """Log in and EXAMINE `mailbox` read-only: its UIDVALIDITY and unseen count (nothing is flagged)."""
+    import imaplib
+
+    from include.imap_inbox import ImapError
+    from jira_mail_sync.hooks.imap import ImapInboxHook
+
+    try:
+        with ImapInboxHook(conn_id).inbox(mailbox) as inbox:
+            uidvalidity = inbox.open(readonly=True)
+            unseen = len(inbox.unseen_uids(limit=2**31))
+    except (ImapError, OSError, ValueError, imaplib.IMAP4.error) as exc:  # IMAPClient's LoginError too
+        return False, f"{type(exc).__name__}: {exc}"
+    return True, f"{mailbox}: UIDVALIDITY {uidvalidity}, {unseen} unseen message(s) not labelled rejected"
+
+
+def check_store(conn_id: str = STORE_CONN_ID) -> Check:
+    """Open the store and count its tickets (or say the table is not created yet)."""
+    from include.ticket_store import count_tickets, table_exists
+    from jira_mail_sync.hooks.ticket_store import TicketStoreHook
+
+    try:
+        with TicketStoreHook(conn_id).connect() as (conn, dialect):
+            if not table_exists(conn, dialect):
+                return True, f"{dialect}: reachable; the ticket table is created on the first run"
+            return True, f"{dialect}: reachable, {count_tickets(conn, dialect)} ticket(s) stored"
+    except Exception as exc:  # any DB-API driver's error
+        return False, f"{type(exc).__name__}: {exc}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m jira_mail_sync.check_connections", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--jira-conn-id", default=JIRA_CONN_ID)
+    parser.add_argument("--imap-conn-id", default=IMAP_CONN_ID)
+    parser.add_argument("--store-conn-id", default=STORE_CONN_ID)
+    parser.add_argument("--mailbox", default="INBOX")
+    parser.add_argument(
+        "--only", choices=("jira", "imap", "store"), action="append", help="check only these (repeatable)"
+    )
+    args = parser.parse_args(argv)
+    checks: dict[str, tuple[str, Callable[[], Check]]] = {
+        "jira": (args.jira_conn_id, lambda: check_jira(args.jira_conn_id)),
+        "imap": (args.imap_conn_id, lambda: check_imap(args.imap_conn_id, args.mailbox)),
+        "store": (args.store_conn_id, lambda: check_store(args.store_conn_id)),
+    }
+    failed = False
+    for name in args.only or checks:
+        conn_id, check = checks[name]
+        try:
+            ok, message = check()
+        except Exception as exc:  # a missing connection (AirflowNotFoundException) and the like
+            ok, message = False, f"{type(exc).__name__}: {exc}"
+        failed |= not ok
+        print(f"{'ok  ' if ok else 'FAIL'} {name:5} {conn_id}: {message}", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

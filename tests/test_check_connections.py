@@ -1,0 +1,96 @@
+"""python -m jira_mail_sync.check_connections: a line per connection, exit 1 on a failure, no secret."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from jira_mail_sync.check_connections import check_imap, check_jira, check_store, main
+from jira_mail_sync.hooks.ticket_store import TicketStoreHook
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_jira_check_names_the_account_and_time_zone_or_the_refusal(jira_conn_env, jira_standin, monkeypatch):
+    jira_standin.set_time_zone("Asia/Kathmandu")
+    ok, message = check_jira()
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_JIRA_WRONG",
+        json.dumps(jira_standin.airflow_conn() | {"password": "wrong-pw-42"}),
+    )
+    failed, refusal = check_jira("jira_wrong")
+
+    assert ok is True and jira_standin.email in message and "Asia/Kathmandu" in message
+    assert failed is False and "401" in refusal and "wrong-pw-42" not in refusal
+
+
+def test_imap_check_examines_the_mailbox_and_flags_nothing(imap_conn_env, monkeypatch):
+    imap_conn_env.append(b"Subject: one\r\n\r\nx\r\n")
+    imap_conn_env.append(b"Subject: two\r\n\r\nx\r\n", flags="\\Seen")
+
+    ok, message = check_imap()
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_IMAP_WRONG", json.dumps(imap_conn_env.airflow_conn() | {"password": "bad-pw-77"})
+    )
+    failed, refusal = check_imap("imap_wrong")
+
+    assert (ok, message) == (
+        True,
+        f"INBOX: UIDVALIDITY {imap_conn_env.uidvalidity()}, 1 unseen message(s) not labelled rejected",
+    )
+    assert imap_conn_env.flags_by_uid() == {1: set(), 2: {"\\Seen"}}
+    assert failed is False and "AUTHENTICATIONFAILED" in refusal and "bad-pw-77" not in refusal
+
+
+def test_store_check_opens_the_store_through_the_provider_hook(store_conn_env):
+    assert check_store() == (
+        True,
+        f"{store_conn_env.dialect}: reachable; the ticket table is created on the first run",
+    )
+
+
+def test_the_store_hook_declares_no_connection_type_it_would_refuse(monkeypatch):
+    assert "conn_type" not in vars(TicketStoreHook)
+    monkeypatch.setenv("AIRFLOW_CONN_JIRA_STORE", json.dumps({"conn_type": "generic", "host": "x"}))
+    with pytest.raises(ValueError, match="'generic'; the ticket store supports \\['postgres', 'sqlite'\\]"):
+        TicketStoreHook().dialect()
+
+
+def test_main_prints_one_line_per_check_and_fails_when_one_fails(jira_conn_env, monkeypatch, capsys):
+    monkeypatch.delenv("AIRFLOW_CONN_IMAP_NOWHERE", raising=False)
+
+    code = main(["--only", "jira", "--only", "imap", "--imap-conn-id", "imap_nowhere"])
+
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 1
+    assert [line.split()[:3] for line in lines] == [
+        ["ok", "jira", "jira_default:"],
+        ["FAIL", "imap", "imap_nowhere:"],
+    ]
+    assert "imap_nowhere" in lines[1] and "isn't defined" in lines[1]
+
+
+@pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)
+def test_the_module_runs_from_the_command_line(jira_conn_env, imap_conn_env, store_conn_env):
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(REPO / "plugins"), str(REPO)])}
+    proc = subprocess.run(
+        [sys.executable, "-m", "jira_mail_sync.check_connections"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env=env,
+        check=False,
+    )
+
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    assert [line.split()[:2] for line in proc.stdout.splitlines()] == [
+        ["ok", "jira"],
+        ["ok", "imap"],
+        ["ok", "store"],
+    ]
+    assert jira_conn_env["password"] not in proc.stdout + proc.stderr
