@@ -12,9 +12,13 @@ this DAG sweeps the run's data interval (a real interval, so backfills sweep his
 3. **fetch_tickets** and **store_tickets** are the same tasks as in `jira_inbox`: mapped bulk fetches,
    and an idempotent upsert into `jira_ticket` with `source = 'sweep'`. The lookback overlap never
    duplicates rows.
+4. **record_sweep_progress** moves the watermark (table `jira_sweep_watermark`) to the end this run
+   reached, once everything before it is stored.
 
-A scheduled run whose window starts after the end of the last successful sweep (the scheduler was
-down, or runs failed: catchup is off) starts at that end instead, so no interval is left unswept.
+A scheduled run whose window starts after the watermark (the scheduler was down, runs failed, or a
+busy window was too large for one run: catchup is off) starts at the watermark instead, so no
+interval is left unswept. A window with more than 50,000 changed tickets is swept oldest first in
+the largest part that fits, and the next runs continue from where it stopped.
 
 Manual runs may override the window with `since`/`until`, narrow it to `projects`, or add a
 validated `jql_filter` clause. Backfill with
@@ -27,7 +31,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from airflow.sdk import CronDataIntervalTimetable, Param, dag
-from jira_mail_sync.sweep_tasks import list_changed_keys, plan_sweep
+from jira_mail_sync.sweep_tasks import list_changed_keys, plan_sweep, record_sweep_progress
 from jira_mail_sync.ticket_tasks import fetch_tickets, store_tickets
 
 from include.jira_rules import PROJECT_KEY_PATTERN
@@ -102,9 +106,11 @@ from include.jira_rules import PROJECT_KEY_PATTERN
     },
 )
 def jira_sweep():
-    batches = list_changed_keys(plan_sweep())
+    plan = plan_sweep()
+    batches = list_changed_keys(plan)
     fetched = fetch_tickets.expand(keys=batches)
-    store_tickets(fetched, source="sweep", return_keys=False)
+    stored = store_tickets(fetched, source="sweep", return_keys=False)
+    record_sweep_progress(plan, batches["reached"], stored)
 
 
 jira_sweep()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -322,3 +322,46 @@ def build_sweep_jql(
     if extra is not None:
         clauses.append(f"({extra})")
     return " AND ".join(clauses) + " ORDER BY updated ASC, key ASC"
+
+
+class WindowTooDense(ValueError):
+    """Even the first minute of a window holds more changed tickets than one run may take."""
+
+
+def _minute_floor(moment: datetime) -> datetime:
+    return moment.replace(second=0, microsecond=0)
+
+
+def furthest_fitting_end(
+    start: datetime, end: datetime, list_keys: Callable[[datetime], list[str] | None]
+) -> tuple[datetime, list[str]]:
+    """The latest end E <= `end` whose window [start, E) fits in one run, with that window's keys.
+
+    `list_keys(E)` lists the changed keys of [start, E), or gives None when there are more than a run
+    may take. E is `end` when the whole window fits; otherwise it is found by bisection on whole
+    minutes (JQL's precision), oldest first, so a large gap is swept as consecutive sub-windows over
+    several runs. Costs one listing of `end`, plus about log2(minutes in the window) more when it
+    does not fit. Raises WindowTooDense when even the first minute does not fit.
+    """
+    keys = list_keys(end)
+    if keys is not None:
+        return end, keys
+    fitting, fitting_keys = start, []
+    too_large = end
+    while True:
+        middle = _minute_floor(fitting + (too_large - fitting) / 2)
+        if middle <= fitting:
+            middle = _minute_floor(fitting) + _MINUTE
+        if middle >= too_large:
+            break
+        keys = list_keys(middle)
+        if keys is None:
+            too_large = middle
+        else:
+            fitting, fitting_keys = middle, keys
+    if fitting == start:
+        raise WindowTooDense(
+            f"more tickets changed between {start.isoformat()} and {too_large.isoformat()} than one run "
+            "may take, and JQL cannot split a minute"
+        )
+    return fitting, fitting_keys

@@ -6,19 +6,27 @@ import itertools
 import json
 import logging
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from include.jira_rules import is_issue_key
 from include.names import TICKET_TABLE
+from include.store_db import (
+    as_utc_datetime,
+    check_dialect,
+    create_missing,
+    placeholder,
+    read,
+    sqlite_timestamp,
+    transaction,
+)
+from include.store_db import table_exists as _table_exists
 
 log = logging.getLogger(__name__)
 
 TABLE = TICKET_TABLE
 SOURCES = ("inbox", "sweep")
-DIALECTS = ("sqlite", "postgres")
 CHUNK_SIZE = 500
 # Jira project keys start with a letter and go on with upper-case letters, digits or underscores;
 # issue numbers start at 1.
@@ -54,15 +62,11 @@ _DDL = {
 }
 
 
-def _placeholder(dialect: str) -> str:
-    return "?" if dialect == "sqlite" else "%s"
-
-
 def _upsert_sql(dialect: str) -> str:
     # JSON goes over the wire as text and is cast on the server, so psycopg 3 and psycopg2 (either
     # can come out of PostgresHook) need no driver-specific JSON adapter.
     values = ", ".join(
-        "%s::jsonb" if dialect == "postgres" and column == "progress" else _placeholder(dialect)
+        "%s::jsonb" if dialect == "postgres" and column == "progress" else placeholder(dialect)
         for column in _COLUMNS
     )
     updates = ", ".join(f"{column} = excluded.{column}" for column in _COLUMNS if column != "key")
@@ -73,16 +77,6 @@ def _upsert_sql(dialect: str) -> str:
         f"ON CONFLICT (key) DO UPDATE SET {updates} "
         f"WHERE excluded.updated_at >= {TABLE}.updated_at"
     )
-
-
-def _check_dialect(dialect: str) -> None:
-    if dialect not in DIALECTS:
-        raise ValueError(f"dialect must be one of {DIALECTS}, got {dialect!r}")
-
-
-def _sqlite_timestamp(moment: datetime) -> str:
-    # One fixed width and offset, so that SQLite's string comparison is chronological.
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
 
 
 def _aware(value: Any, what: str) -> datetime:
@@ -137,8 +131,8 @@ def _row(ticket: Mapping[str, Any], dialect: str, source: str, fetched_at: datet
             status,
             assignee_email,
             progress_json,
-            _sqlite_timestamp(updated_at),
-            _sqlite_timestamp(fetched_at),
+            sqlite_timestamp(updated_at),
+            sqlite_timestamp(fetched_at),
             source,
         )
     return (key, summary, status, assignee_email, progress_json, updated_at, fetched_at, source)
@@ -150,51 +144,14 @@ def _chunks(items: Iterable[Mapping[str, Any]], size: int) -> Iterator[list[Mapp
         yield chunk
 
 
-@contextmanager
-def _transaction(conn: Any, dialect: str) -> Iterator[Any]:
-    # sqlite3 opens its implicit transaction only at the first INSERT and not at all with
-    # isolation_level=None, and psycopg may be in autocommit mode: BEGIN explicitly in those cases
-    # so that every chunk commits or rolls back together.
-    cursor = conn.cursor()
-    if dialect == "sqlite":
-        if not conn.in_transaction:
-            cursor.execute("BEGIN")
-    elif getattr(conn, "autocommit", False):
-        cursor.execute("BEGIN")
-    try:
-        yield cursor
-    except BaseException:
-        conn.rollback()
-        raise
-    else:
-        conn.commit()
-    finally:
-        cursor.close()
-
-
 def ensure_table(conn: Any, dialect: str) -> None:
-    """Create the table and its updated_at index if they are missing; safe to call every run.
-
-    It looks first and runs DDL only when the table is missing: even `CREATE ... IF NOT EXISTS`
-    needs DDL rights and takes locks on PostgreSQL that wait behind open writers.
-    """
-    _check_dialect(dialect)
-    if table_exists(conn, dialect):
-        return
-    with _transaction(conn, dialect) as cursor:
-        for statement in _DDL[dialect]:
-            cursor.execute(statement)
+    """Create the table and its updated_at index if they are missing; safe to call every run."""
+    check_dialect(dialect)
+    create_missing(conn, dialect, TABLE, _DDL[dialect])
 
 
 def table_exists(conn: Any, dialect: str) -> bool:
-    _check_dialect(dialect)
-    with _transaction(conn, dialect) as cursor:
-        if dialect == "sqlite":
-            cursor.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?", (TABLE,))
-        else:
-            cursor.execute("SELECT count(*) FROM pg_catalog.pg_class WHERE oid = to_regclass(%s)", (TABLE,))
-        (found,) = cursor.fetchone()
-    return bool(found)
+    return _table_exists(conn, dialect, TABLE)
 
 
 @dataclass(frozen=True)
@@ -216,7 +173,7 @@ def upsert_tickets(
     Each chunk of CHUNK_SIZE tickets is validated before it touches the database; a bad ticket
     (or any database error) rolls back everything written so far by this call.
     """
-    _check_dialect(dialect)
+    check_dialect(dialect)
     if source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
     if not isinstance(fetched_at, datetime):
@@ -224,7 +181,7 @@ def upsert_tickets(
     fetched_at = _aware(fetched_at, "fetched_at")
     statement = _upsert_sql(dialect)
     total = written = 0
-    with _transaction(conn, dialect) as cursor:
+    with transaction(conn, dialect) as cursor:
         for chunk in _chunks(tickets, CHUNK_SIZE):
             rows = [_row(ticket, dialect, source, fetched_at) for ticket in chunk]
             cursor.executemany(statement, rows)
@@ -242,54 +199,30 @@ def upsert_tickets(
     return result
 
 
-def _as_datetime(value: Any) -> datetime:
-    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
-    return moment.astimezone(UTC)
-
-
-def _read(conn: Any, dialect: str, query: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-    # A psycopg SELECT outside a transaction would leave one open ("idle in transaction");
-    # end it again, but never touch a transaction the caller already had open.
-    was_idle = dialect == "postgres" and not getattr(conn, "autocommit", False) and _pg_idle(conn)
-    cursor = conn.cursor()
-    try:
-        cursor.execute(query, params)
-        return cursor.fetchall()
-    finally:
-        cursor.close()
-        if was_idle:
-            conn.rollback()
-
-
-def _pg_idle(conn: Any) -> bool:
-    # psycopg 3 and psycopg2 both expose libpq's PQtransactionStatus here; 0 is PQTRANS_IDLE.
-    return conn.info.transaction_status == 0
-
-
 def get_ticket(conn: Any, dialect: str, key: str) -> dict[str, Any] | None:
     """The stored ticket with progress as a dict (or None) and timestamps as aware UTC datetimes."""
-    _check_dialect(dialect)
-    query = f"SELECT {', '.join(_COLUMNS)} FROM {TABLE} WHERE key = {_placeholder(dialect)}"
-    rows = _read(conn, dialect, query, (key,))
+    check_dialect(dialect)
+    query = f"SELECT {', '.join(_COLUMNS)} FROM {TABLE} WHERE key = {placeholder(dialect)}"
+    rows = read(conn, dialect, query, (key,))
     if not rows:
         return None
     ticket = dict(zip(_COLUMNS, rows[0], strict=True))
     if isinstance(ticket["progress"], str):
         ticket["progress"] = json.loads(ticket["progress"])
-    ticket["updated_at"] = _as_datetime(ticket["updated_at"])
-    ticket["fetched_at"] = _as_datetime(ticket["fetched_at"])
+    ticket["updated_at"] = as_utc_datetime(ticket["updated_at"])
+    ticket["fetched_at"] = as_utc_datetime(ticket["fetched_at"])
     return ticket
 
 
 def count_tickets(conn: Any, dialect: str, *, source: str | None = None) -> int:
     """How many tickets are stored, optionally only those last written by `source`."""
-    _check_dialect(dialect)
+    check_dialect(dialect)
     if source is not None and source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES} or None, got {source!r}")
     if source is None:
-        rows = _read(conn, dialect, f"SELECT COUNT(*) FROM {TABLE}", ())
+        rows = read(conn, dialect, f"SELECT COUNT(*) FROM {TABLE}", ())
     else:
-        rows = _read(
-            conn, dialect, f"SELECT COUNT(*) FROM {TABLE} WHERE source = {_placeholder(dialect)}", (source,)
+        rows = read(
+            conn, dialect, f"SELECT COUNT(*) FROM {TABLE} WHERE source = {placeholder(dialect)}", (source,)
         )
     return int(rows[0][0])

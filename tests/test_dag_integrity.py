@@ -24,6 +24,9 @@ EXPECTED_EDGES = {
         ("plan_sweep", "list_changed_keys"),
         ("list_changed_keys", "fetch_tickets"),
         ("fetch_tickets", "store_tickets"),
+        ("plan_sweep", "record_sweep_progress"),
+        ("list_changed_keys", "record_sweep_progress"),
+        ("store_tickets", "record_sweep_progress"),
     },
 }
 EXPECTED_PARAMS = {

@@ -237,3 +237,51 @@ def test_airflow_dags_test_cli_sweeps_the_given_window(sweep_env):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert set(rows(store)) == {"CLI-1"}
     assert jira.api_token not in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)
+def test_a_gap_too_large_for_one_run_is_swept_oldest_first_over_the_next_runs(
+    sweep_env, sweep_dag, monkeypatch
+):
+    import jira_mail_sync.sweep_tasks as sweep_tasks
+
+    monkeypatch.setattr(sweep_tasks, "MAX_KEYS_PER_SWEEP", 3)
+    jira, store = sweep_env
+    day = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
+    first = run_dag(sweep_dag, logical_date=day + timedelta(minutes=15))  # 10:00-10:15, empty
+    assert first.state == "success", first.states
+    assert first.xcom("record_sweep_progress") == (day + timedelta(minutes=15)).isoformat()
+    # An outage: 8 tickets change between 10:15 and 12:00, more than one run may take.
+    gap_updates = [day + timedelta(minutes=m) for m in (20, 25, 31, 47, 58, 75, 90, 110)]
+    for n, updated in enumerate(gap_updates, start=1):
+        jira.add_issue(f"GAP-{n}", summary="during the outage", updated=updated)
+
+    reached = []
+    for run in range(1, 6):
+        result = run_dag(load_dag("jira_sweep"), logical_date=day + timedelta(minutes=120 + 15 * run))
+        assert result.state == "success", result.states
+        reached.append(result.xcom("record_sweep_progress"))
+        if len(rows(store)) == len(gap_updates):
+            break
+
+    assert set(rows(store)) == {f"GAP-{n}" for n in range(1, len(gap_updates) + 1)}
+    # Each run takes the oldest part of its window holding at most 3 changed tickets (searched from
+    # 5 minutes before, the lookback), to the minute: 10:20, 10:25, 10:31 (up to 10:47); 10:47,
+    # 10:58, 11:15 (up to 11:30); then 11:30 and 11:50 fit with the rest of the third run's window.
+    assert reached == [
+        (day + timedelta(minutes=47)).isoformat(),
+        (day + timedelta(minutes=90)).isoformat(),
+        (day + timedelta(minutes=165)).isoformat(),
+    ]
+
+
+@pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)
+def test_a_manual_window_never_moves_the_watermark(sweep_env, sweep_dag):
+    jira, store = sweep_env
+    day = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
+    first = run_dag(sweep_dag, logical_date=day + timedelta(minutes=15))
+    assert first.xcom("record_sweep_progress") == (day + timedelta(minutes=15)).isoformat()
+    later = manual(day + timedelta(hours=5), day + timedelta(hours=6))
+    result = run_dag(load_dag("jira_sweep"), conf=later)
+    assert result.state == "success", result.states
+    assert result.xcom("record_sweep_progress") == (day + timedelta(minutes=15)).isoformat()

@@ -15,7 +15,9 @@ from hypothesis import strategies as st
 from include.sweep_window import (
     DEFAULT_LOOKBACK_MINUTES,
     SweepWindow,
+    WindowTooDense,
     build_sweep_jql,
+    furthest_fitting_end,
     jql_datetime_bounds,
     make_window,
     parse_iso_instant,
@@ -604,3 +606,40 @@ def test_window_contains_its_start_but_not_its_end_nor_the_lookback() -> None:
     assert not window_contains(window, window.query_start)
     with pytest.raises(ValueError, match="timezone-aware"):
         window_contains(window, datetime(2026, 11, 27, 10, 5))
+
+
+def _lister(updates: list[datetime], limit: int, calls: list[datetime]):
+    def list_keys(end: datetime) -> list[str] | None:
+        calls.append(end)
+        keys = [f"K-{n}" for n, at in enumerate(updates, start=1) if at < end]
+        return None if len(keys) > limit else keys
+
+    return list_keys
+
+
+def test_a_window_that_fits_is_listed_once():
+    start = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
+    calls: list[datetime] = []
+    end, keys = furthest_fitting_end(
+        start, start + timedelta(hours=1), _lister([start + timedelta(minutes=5)], 3, calls)
+    )
+    assert (end, keys, calls) == (start + timedelta(hours=1), ["K-1"], [start + timedelta(hours=1)])
+
+
+def test_the_furthest_fitting_end_is_the_minute_of_the_first_ticket_that_does_not_fit():
+    start = datetime(2026, 11, 1, 0, 0, tzinfo=UTC)
+    end = start + timedelta(days=30)
+    updates = [start + timedelta(hours=h, seconds=30) for h in (1, 2, 3, 50, 51)]
+    calls: list[datetime] = []
+    reached, keys = furthest_fitting_end(start, end, _lister(updates, 3, calls))
+    # The fourth ticket changed at 50:00:30 after the start: its minute starts the next run.
+    assert reached == start + timedelta(hours=50)
+    assert keys == ["K-1", "K-2", "K-3"]
+    assert len(calls) == 16  # the whole window, then a bisection over 43,200 minutes: log2 ≈ 15.4
+
+
+def test_a_single_minute_with_too_many_changes_cannot_be_split():
+    start = datetime(2026, 11, 1, 0, 0, tzinfo=UTC)
+    updates = [start + timedelta(seconds=s) for s in (1, 2, 3, 4)]
+    with pytest.raises(WindowTooDense, match="cannot split a minute"):
+        furthest_fitting_end(start, start + timedelta(hours=1), _lister(updates, 3, []))

@@ -1,0 +1,79 @@
+"""How far the scheduled sweep has got: one watermark row in the store, moved forward only."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from include.store_db import (
+    as_utc_datetime,
+    check_dialect,
+    create_missing,
+    placeholder,
+    read,
+    sqlite_timestamp,
+    transaction,
+)
+
+TABLE = "jira_sweep_watermark"
+# The scheduled sweep over every project; manual runs (since/until, projects, a filter) never move it.
+SCHEDULED_SCOPE = "scheduled"
+
+_DDL = {
+    "sqlite": (
+        f"""CREATE TABLE IF NOT EXISTS {TABLE} (
+    scope TEXT PRIMARY KEY,
+    reached_at TEXT NOT NULL,
+    recorded_at TEXT NOT NULL
+)""",
+    ),
+    "postgres": (
+        f"""CREATE TABLE IF NOT EXISTS {TABLE} (
+    scope TEXT PRIMARY KEY,
+    reached_at TIMESTAMPTZ NOT NULL,
+    recorded_at TIMESTAMPTZ NOT NULL
+)""",
+    ),
+}
+
+
+def ensure_table(conn: Any, dialect: str) -> None:
+    check_dialect(dialect)
+    create_missing(conn, dialect, TABLE, _DDL[dialect])
+
+
+def _value(moment: datetime, dialect: str) -> Any:
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(f"a watermark must be timezone-aware, got {moment!r}")
+    return sqlite_timestamp(moment) if dialect == "sqlite" else moment.astimezone(UTC)
+
+
+def get_watermark(conn: Any, dialect: str, scope: str = SCHEDULED_SCOPE) -> datetime | None:
+    """The end of the contiguous span the sweep has stored, or None before its first recorded run."""
+    ensure_table(conn, dialect)
+    rows = read(
+        conn, dialect, f"SELECT reached_at FROM {TABLE} WHERE scope = {placeholder(dialect)}", (scope,)
+    )
+    return as_utc_datetime(rows[0][0]) if rows else None
+
+
+def advance_watermark(
+    conn: Any, dialect: str, reached: datetime, *, scope: str = SCHEDULED_SCOPE, now: datetime | None = None
+) -> datetime:
+    """Move the watermark to `reached` unless it is already later; returns the watermark now stored.
+
+    The comparison happens in the database, so two runs finishing together can only move it forward.
+    """
+    ensure_table(conn, dialect)
+    p = placeholder(dialect)
+    recorded = _value(now or datetime.now(UTC), dialect)
+    with transaction(conn, dialect) as cursor:
+        cursor.execute(
+            f"INSERT INTO {TABLE} (scope, reached_at, recorded_at) VALUES ({p}, {p}, {p}) "
+            f"ON CONFLICT (scope) DO UPDATE SET reached_at = excluded.reached_at, "
+            f"recorded_at = excluded.recorded_at WHERE excluded.reached_at > {TABLE}.reached_at",
+            (scope, _value(reached, dialect), recorded),
+        )
+    stored = get_watermark(conn, dialect, scope)
+    assert stored is not None  # the row was just written or was already later
+    return stored
