@@ -655,6 +655,16 @@ class ImapAccount:
             conn["password"] = client_secret
         return conn
 
+    def login_methods(self) -> list[str]:
+        """The SASL mechanism of every successful login as this user so far, from Dovecot's log
+        (`Login: user=<u>, method=XOAUTH2, ...`), oldest first; the helper sessions log in with PLAIN."""
+        pattern = re.compile(rf"Login: user=<{re.escape(self.user)}>, method=([A-Z0-9-]+)")
+        try:
+            text = self._server.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return []
+        return pattern.findall(text)
+
     def ssl_trust_env(self) -> dict[str, str]:
         """Environment that makes OpenSSL's default trust store this server's CA."""
         return {"SSL_CERT_FILE": self.ca_cert}
