@@ -201,7 +201,7 @@ class ImapInboxHook(ImapHook):
         except ImapAuthUnavailable as exc:
             raise ImapLoginUnavailable(f"IMAP connection {self.imap_conn_id!r}: {exc}") from None
         except ImapAuthError as exc:
-            said = f" (it answered: {answers[-1]})" if answers else ""
+            said = f"; the server answered: {answers[-1]}" if answers else ""
             raise ImapLoginError(f"IMAP connection {self.imap_conn_id!r}: {exc}{said}") from None
         self.log.info("Logged in to %s as %s with %s", conn.host, auth.user, mechanism)
         return client
