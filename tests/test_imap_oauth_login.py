@@ -261,3 +261,38 @@ def test_an_invalid_auth_type_fails_before_any_connection(seeded, monkeypatch):
 
     with pytest.raises(ImapLoginError, match="unknown auth_type 'ntlm' in the imap connection's extra"):
         read_mailbox()
+
+
+@pytest.mark.parametrize("auth_type", ["password", "xoauth2", "oauthbearer"])
+def test_check_connections_logs_in_with_every_auth_type(seeded, oauth_standin, monkeypatch, auth_type):
+    from jira_mail_sync.check_connections import check_imap
+
+    if auth_type == "password":
+        use_connection(monkeypatch, seeded.airflow_conn())
+    else:
+        oauth_standin.register_client(f"app-{seeded.user}", SECRET, seeded.user)
+        use_connection(
+            monkeypatch, seeded.airflow_oauth_conn(generic_extra(oauth_standin, seeded, auth_type), SECRET)
+        )
+
+    assert check_imap() == (
+        True,
+        f"INBOX: logged in ({auth_type}), UIDVALIDITY {seeded.uidvalidity()}, "
+        "1 unseen message(s) not labelled rejected",
+    )
+
+
+def test_check_connections_reports_a_refused_token_like_the_tasks(seeded, oauth_standin, monkeypatch):
+    from jira_mail_sync.check_connections import check_imap
+
+    oauth_standin.register_client(f"app-{seeded.user}", SECRET, seeded.user)
+    oauth_standin.refuse_user(seeded.user)
+    use_connection(monkeypatch, seeded.airflow_oauth_conn(generic_extra(oauth_standin, seeded), SECRET))
+
+    ok, message = check_imap()
+
+    assert ok is False
+    assert message.startswith(
+        f"IMAP connection 'imap_default': the IMAP server refused the token for {seeded.user}: check that"
+    )
+    assert SECRET not in message and seeded.unseen_count() == 1
