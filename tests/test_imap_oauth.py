@@ -17,6 +17,7 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from devkit import dovecot as dovecot_harness
 from devkit import dovecot_oauth
 from devkit.oauth_standin import (
     ENTRA_DISCOVERY,
@@ -29,9 +30,9 @@ from devkit.oauth_standin import (
     OAuthStandin,
     start_oauth_standin,
 )
+from devkit.unavailable import service_unavailable
 from include import imap_oauth
 from include.imap_oauth import ImapAuthError, imap_auth_from_connection, sasl_responder
-from tests.harness import dovecot as dovecot_harness
 
 SECRET = "S3cr3t-DO-NOT-LEAK-" + uuid.uuid4().hex
 MAILBOX = "jira-inbox@example.com"
@@ -656,7 +657,7 @@ def oauth_dovecot(oauth_tls_standin: OAuthStandin) -> Iterator[dovecot_harness.D
         try:
             server = dovecot_harness.start_dovecot()
         except (dovecot_harness.DovecotStartError, OSError) as exc:
-            dovecot_harness.service_unavailable(f"Dovecot could not start: {exc}")
+            service_unavailable(f"Dovecot could not start: {exc}")
     try:
         yield server
     finally:
