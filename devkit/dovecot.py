@@ -1,7 +1,9 @@
 """Dovecot launcher: a real IMAP/IMAPS server on loopback from a generated config, with throw-away accounts.
 
 The test fixtures (tests/harness/dovecot.py), the demo, the distributed stack and the benchmarks all
-start Dovecot through `start_dovecot`.
+start Dovecot through `start_dovecot`. With `oauth2_introspection_url` it also accepts SASL XOAUTH2
+and OAUTHBEARER, checking every token at that RFC 7662 endpoint (its `oauth2` passdb), while
+password logins keep going to the passwd-file passdb.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ DOVECOT_BINARY = "/usr/sbin/dovecot"
 DH_PARAMS = Path("/usr/share/dovecot/dh.pem")
 START_TIMEOUT_S = 10.0
 CLIENT_TIMEOUT_S = 30.0
+OAUTH2_ARGS_NAME = "dovecot-oauth2.conf.ext"
 
 _APPENDUID = re.compile(rb"\[APPENDUID (\d+) (\d+)\]")
 _STATUS_UIDVALIDITY = re.compile(rb"UIDVALIDITY (\d+)")
@@ -141,8 +144,43 @@ def write_tls_files(directory: Path) -> TlsFiles:
     return files
 
 
+def oauth2_args(introspection_url: str) -> str:
+    """The oauth2 passdb's `args` file: every token is introspected, and `username` must be the login.
+
+    Settings as checked on Dovecot 2.3.19 (FACTS.md); `force_introspection` makes even a token Dovecot
+    has seen before go to the endpoint, so an expired or revoked one is refused at once.
+    """
+    return f"""\
+# Written by devkit/dovecot.py; tokens are checked at an RFC 7662 introspection endpoint.
+introspection_url = {introspection_url}
+introspection_mode = post
+force_introspection = yes
+username_attribute = username
+active_attribute = active
+active_value = true
+"""
+
+
+def _oauth2_passdb(args_path: Path) -> str:
+    # Only for the token mechanisms, so PLAIN/LOGIN still reach the passwd-file passdb after it.
+    return f"""\
+passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {args_path}
+}}
+"""
+
+
 def _render_config(
-    root: Path, tls: TlsFiles, port: int, ssl_port: int, mail_uid: int, mail_gid: int, rootless: bool
+    root: Path,
+    tls: TlsFiles,
+    port: int,
+    ssl_port: int,
+    mail_uid: int,
+    mail_gid: int,
+    rootless: bool,
+    oauth2_args_path: Path | None = None,
 ) -> str:
     # Rootless Dovecot cannot chroot or switch users, so every service runs as the invoking user.
     if rootless:
@@ -153,6 +191,8 @@ def _render_config(
         no_chroot = "  chroot =\n"
     else:
         identity, no_chroot = "", ""
+    mechanisms = "plain login" + (" xoauth2 oauthbearer" if oauth2_args_path else "")
+    oauth2_passdb = _oauth2_passdb(oauth2_args_path) if oauth2_args_path else ""
     return f"""\
 # Written by devkit/dovecot.py for one test session or demo; nothing here is meant for production.
 base_dir = {root}/run
@@ -167,7 +207,7 @@ ssl_key = <{tls.server_key}
 ssl_dh = <{DH_PARAMS}
 ssl_min_protocol = TLSv1.2
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = {mechanisms}
 auth_verbose = yes
 # auth_failure_delay = 0 alone still answers a failed login only on a 500 ms timer tick in 2.3.19;
 # a `nodelay` field from a passdb makes the failure immediate (see the first passdb below).
@@ -186,7 +226,7 @@ passdb {{
   args = noauthenticate nodelay=y
   result_success = continue
 }}
-# One file per user: Dovecot re-reads a shared passwd-file at most once per second, which would
+{oauth2_passdb}# One file per user: Dovecot re-reads a shared passwd-file at most once per second, which would
 # make a user created within the same second as an earlier login unknown.
 passdb {{
   driver = passwd-file
@@ -237,6 +277,7 @@ class DovecotServer:
     process: subprocess.Popen[bytes]
     output_path: Path
     owns_root: bool = True
+    oauth2_introspection_url: str | None = None
     _account_numbers: Iterator[int] = field(default_factory=lambda: itertools.count(1), repr=False)
 
     @property
@@ -309,6 +350,7 @@ def start_dovecot(
     env: dict[str, str] | None = None,
     output_path: Path | None = None,
     timeout_s: float = START_TIMEOUT_S,
+    oauth2_introspection_url: str | None = None,
 ) -> DovecotServer:
     """Start Dovecot on two free loopback ports (IMAP, IMAPS) and wait until both greet.
 
@@ -316,6 +358,8 @@ def start_dovecot(
     removes), or by default a fresh temporary one that `stop()` removes. Every directory above `root`
     must let the dovecot user through (mode o+x) when running as root. Dovecot's own output goes to
     `output_path` (default: root/dovecot.stderr) and it runs with `env` (default: this process's).
+    With `oauth2_introspection_url` (an RFC 7662 endpoint answering `{"active": true, "username": ...}`)
+    it also advertises AUTH=XOAUTH2 and AUTH=OAUTHBEARER and checks every token there.
     Raises DovecotStartError, with the output and log tail, if it does not come up.
     """
     if not os.access(DOVECOT_BINARY, os.X_OK):
@@ -333,8 +377,13 @@ def start_dovecot(
         tls = write_tls_files(root)
         port, ssl_port = free_port(), free_port()
         config = root / "dovecot.conf"
+        args_path: Path | None = None
+        if oauth2_introspection_url:
+            args_path = root / OAUTH2_ARGS_NAME
+            args_path.write_text(oauth2_args(oauth2_introspection_url))
+            os.chmod(args_path, 0o644)  # read by the auth process, which runs as `dovecot`
         # base_dir (root/run) starts empty in this fresh directory: no stale master.pid can block the start.
-        config.write_text(_render_config(root, tls, port, ssl_port, mail_uid, mail_gid, rootless))
+        config.write_text(_render_config(root, tls, port, ssl_port, mail_uid, mail_gid, rootless, args_path))
         process = spawn([DOVECOT_BINARY, "-c", str(config), "-F"], output_path, env=env)
     except BaseException:
         if owns_root:
@@ -342,7 +391,17 @@ def start_dovecot(
         raise
 
     server = DovecotServer(
-        root, LOOPBACK, port, ssl_port, tls.ca_cert, mail_uid, mail_gid, process, output_path, owns_root
+        root,
+        LOOPBACK,
+        port,
+        ssl_port,
+        tls.ca_cert,
+        mail_uid,
+        mail_gid,
+        process,
+        output_path,
+        owns_root,
+        oauth2_introspection_url,
     )
     deadline = time.monotonic() + timeout_s
     last_error: Exception | None = None
@@ -577,6 +636,34 @@ class ImapAccount:
             "password": self.password,
             "extra": extra,
         }
+
+    def airflow_oauth_conn(
+        self, extra: dict[str, object], client_secret: str | None, *, ssl: bool = False
+    ) -> dict[str, object]:
+        """An `imap` connection that logs in with OAuth 2.0: the login is the mailbox, the password the
+        client secret (None for a Google service-account key), `extra` the auth_type/token extras.
+
+        The server must have been started with `oauth2_introspection_url`.
+        """
+        if self._server.oauth2_introspection_url is None:
+            raise ValueError("this Dovecot was started without oauth2_introspection_url: it takes no tokens")
+        conn = self.airflow_conn(ssl=ssl)
+        conn["extra"] = {**conn["extra"], **extra}  # type: ignore[dict-item]
+        if client_secret is None:
+            del conn["password"]
+        else:
+            conn["password"] = client_secret
+        return conn
+
+    def login_methods(self) -> list[str]:
+        """The SASL mechanism of every successful login as this user so far, from Dovecot's log
+        (`Login: user=<u>, method=XOAUTH2, ...`), oldest first; the helper sessions log in with PLAIN."""
+        pattern = re.compile(rf"Login: user=<{re.escape(self.user)}>, method=([A-Z0-9-]+)")
+        try:
+            text = self._server.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return []
+        return pattern.findall(text)
 
     def ssl_trust_env(self) -> dict[str, str]:
         """Environment that makes OpenSSL's default trust store this server's CA."""

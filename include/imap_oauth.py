@@ -63,7 +63,14 @@ T = TypeVar("T")
 
 
 class ImapAuthError(Exception):
-    """An IMAP login problem, worded as what to fix. Never carries a secret or a token."""
+    """An IMAP login problem, worded as what to fix. Never carries a secret or a token.
+
+    As such it is a configuration problem: asking again with the same settings gets the same answer.
+    """
+
+
+class ImapAuthUnavailable(ImapAuthError):
+    """The token endpoint could not be reached or failed on its side: a later retry may succeed."""
 
 
 def _unreachable(what: str, exc: BaseException) -> ImapAuthError:
@@ -73,7 +80,9 @@ def _unreachable(what: str, exc: BaseException) -> ImapAuthError:
         return ImapAuthError(
             f"{what}: its TLS certificate could not be verified (trust its CA, e.g. REQUESTS_CA_BUNDLE)"
         )
-    return ImapAuthError(f"{what} could not be reached ({type(exc).__name__}): check the URL and the network")
+    return ImapAuthUnavailable(
+        f"{what} could not be reached ({type(exc).__name__}): check the URL and the network"
+    )
 
 
 def _credentials_refused(what: str, detail: str, fix: str) -> ImapAuthError:
@@ -202,9 +211,9 @@ class ClientCredentialsSource(TokenSource):
             except requests.Timeout as exc:
                 raise _unreachable(what, exc) from None
             except requests.HTTPError as exc:
-                raise ImapAuthError(
-                    f"{what} answered HTTP {exc.response.status_code} without an OAuth error"
-                ) from None
+                status = exc.response.status_code
+                error_class = ImapAuthUnavailable if status >= 500 or status == 429 else ImapAuthError
+                raise error_class(f"{what} answered HTTP {status} without an OAuth error") from None
             except ValueError:
                 raise ImapAuthError(
                     f"{what} did not answer with an OAuth 2.0 token response (JSON)"
@@ -222,6 +231,8 @@ def _token_endpoint_error(
         )
     if error == "invalid_scope":
         return ImapAuthError(f"{what} refused the requested scope ({detail}): check the `scope` extra")
+    if error == "temporarily_unavailable":
+        return ImapAuthUnavailable(f"{what} is temporarily unavailable ({detail})")
     return ImapAuthError(f"{what} refused the token request ({detail}: {description or 'no description'})")
 
 
@@ -299,6 +310,8 @@ class MicrosoftSource(TokenSource):
             )
         if 90002 in codes:
             raise ImapAuthError(f"{what} does not know the tenant ({detail}): check tenant_id")
+        if error == "temporarily_unavailable":
+            raise ImapAuthUnavailable(f"{what} is temporarily unavailable ({detail})")
         raise ImapAuthError(f"{what} refused the token request ({detail})")
 
     def _forget(self) -> None:
@@ -331,6 +344,8 @@ class GoogleSource(TokenSource):
                 self._credentials.refresh(Request(session))
         except google.auth.exceptions.RefreshError as exc:
             data = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], Mapping) else {}
+            if getattr(exc, "retryable", False):  # google-auth marks 5xx and rate limits retryable
+                raise ImapAuthUnavailable(f"{what} failed on its side; a later retry may succeed") from None
             raise _google_error(what, self.flow, data.get("error"), data.get("error_description")) from None
         except google.auth.exceptions.TransportError as exc:
             raise _unreachable(what, exc.__cause__ or exc) from None
@@ -537,6 +552,8 @@ def imap_auth_from_connection(
         token_url = _https_url(_text(extra, "token_url", "for OAuth without oauth_provider"), "token_url")
         client_id = _text(extra, "client_id", "for OAuth without oauth_provider")
         scope = extra.get("scope") or None
+        if isinstance(scope, list | tuple):
+            scope = " ".join(str(part) for part in scope)
         method = extra.get("token_endpoint_auth_method") or "client_secret_basic"
         if method not in TOKEN_AUTH_METHODS:
             raise ImapAuthError(f"token_endpoint_auth_method must be one of {TOKEN_AUTH_METHODS}")

@@ -5,12 +5,20 @@ It is built on atlassian-python-api's `JiraCloud`, which has the Cloud endpoints
 removed /rest/api/2/search. What the library does not do the way a scheduled sync needs, this module adds:
 a retry policy with a bounded total wait, errors that carry Jira's messages but never the API token, and
 chunking of bulk fetches.
+
+Scoped API tokens (the only kind an Atlassian service account can have) are refused on the site URL; with
+`scoped_token=True` every REST call goes through Atlassian's API gateway,
+`<api_base_url>/ex/jira/<cloudId>/rest/api/3/...`, and the cloudId is read once per process from the site's
+unauthenticated `<site>/_edge/tenant_info` unless it is given. The site URL stays the client's identity
+(the tenant whose mail is trusted); only the REST traffic moves.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import re
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -31,6 +39,16 @@ DEFAULT_MAX_PAGES = 1000
 # First wait before retrying a 5xx or a transport failure; it doubles on each further attempt.
 RETRY_BACKOFF_BASE = 0.25
 _TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
+ATLASSIAN_API_BASE_URL = "https://api.atlassian.com"
+TENANT_INFO_PATH = "/_edge/tenant_info"
+# Cloud ids are UUIDs; anything outside this set could not be one and must not reach a URL path.
+_CLOUD_ID = re.compile(r"[A-Za-z0-9-]{8,64}")
+# What the sync reads, by the scopes Jira's OpenAPI document (x-atlassian-oauth2-scopes) names for
+# GET /search/jql, POST /issue/bulkfetch, GET /issue/{key} and GET /myself; named in 401/403 errors.
+CLASSIC_READ_SCOPES = ("read:jira-work", "read:jira-user")
+
+_cloud_ids: dict[str, str] = {}
+_cloud_ids_lock = threading.Lock()
 
 
 class JiraError(Exception):
@@ -74,6 +92,30 @@ def _normalise_site_url(site_url: str) -> str:
     return text
 
 
+def _normalise_api_base_url(api_base_url: str) -> str:
+    text = str(api_base_url or "").strip().rstrip("/")
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
+        raise ValueError(f"api_base_url must be http(s)://host without credentials, got {text!r}")
+    return text
+
+
+def check_cloud_id(cloud_id: str) -> str:
+    """`cloud_id` if it can be a Jira cloudId (a UUID such as 3f0c...-...), else ValueError."""
+    text = str(cloud_id or "").strip()
+    if not _CLOUD_ID.fullmatch(text):
+        raise ValueError(
+            f"cloud_id must be the site's cloudId (a UUID from <site>{TENANT_INFO_PATH}), got {text!r}"
+        )
+    return text
+
+
+def forget_cloud_ids() -> None:
+    """Forget the cloudIds discovered in this process (tests; a site keeps its cloudId for life)."""
+    with _cloud_ids_lock:
+        _cloud_ids.clear()
+
+
 def _retry_after_seconds(value: str | None) -> float | None:
     """Retry-After as seconds (delta-seconds or an HTTP date), or None when absent or unreadable.
 
@@ -105,6 +147,8 @@ def _jira_messages(response: requests.Response) -> list[str]:
     if not isinstance(payload, dict):
         return []
     messages = [str(m) for m in payload.get("errorMessages") or []]
+    if not messages and isinstance(payload.get("message"), str):
+        messages.append(payload["message"])  # the API gateway's {"code": 401, "message": "..."}
     errors = payload.get("errors")
     if isinstance(errors, dict):
         messages.extend(f"{field}: {text}" for field, text in errors.items())
@@ -112,7 +156,11 @@ def _jira_messages(response: requests.Response) -> list[str]:
 
 
 class JiraCloudClient:
-    """Reads issues from one Jira Cloud site with an account e-mail and API token (basic auth)."""
+    """Reads issues from one Jira Cloud site with an account e-mail and API token (basic auth).
+
+    With `scoped_token=True` the requests go through `<api_base_url>/ex/jira/<cloud_id>` (the cloudId
+    is discovered at `<site_url>/_edge/tenant_info` when not given); nothing is sent before the first call.
+    """
 
     def __init__(
         self,
@@ -124,6 +172,9 @@ class JiraCloudClient:
         max_retries: int = 3,
         max_retry_wait: float = 60.0,
         verify: bool | str = True,
+        scoped_token: bool = False,
+        cloud_id: str | None = None,
+        api_base_url: str = ATLASSIAN_API_BASE_URL,
     ) -> None:
         if not email or not api_token:
             raise ValueError("Jira needs the account e-mail and an API token")
@@ -135,28 +186,17 @@ class JiraCloudClient:
         self.timeout = float(timeout)
         self.max_retries = int(max_retries)
         self.max_retry_wait = float(max_retry_wait)
+        self.scoped_token = bool(scoped_token)
+        self.api_base_url = _normalise_api_base_url(api_base_url)
+        self._cloud_id = check_cloud_id(cloud_id) if cloud_id else None
         self.request_count = 0
         self._secret = api_token
         self._time_zone: str | None = None
-        # The library's own retrying is switched off: it retries a 429 only once, sleeping whatever
-        # Retry-After says up to 30 minutes, and its urllib3 backoff knows no total wait budget nor 5xx
-        # beyond 503. advanced_mode hands back the raw response, so this class decides what a status means.
-        self._api = JiraCloud(
-            url=self.site_url,
-            username=email,
-            password=api_token,
-            api_version=3,
-            verify_ssl=verify,
-            advanced_mode=True,
-            backoff_and_retry=False,
-            retry_with_header=False,
-        )
-        # The library stores int(timeout), turning a sub-second timeout into 0, which requests rejects; it
-        # reads this attribute on every request, so the float is put back here.
-        self._api.timeout = self.timeout
+        self._client: JiraCloud | None = None
 
     def __repr__(self) -> str:
-        return f"JiraCloudClient(site_url={self.site_url!r}, email={self.email!r})"
+        scoped = ", scoped_token=True" if self.scoped_token else ""
+        return f"JiraCloudClient(site_url={self.site_url!r}, email={self.email!r}{scoped})"
 
     def __enter__(self) -> JiraCloudClient:
         return self
@@ -165,7 +205,87 @@ class JiraCloudClient:
         self.close()
 
     def close(self) -> None:
-        self._api.close()
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    # ------------------------------------------------------------------------------- where requests go
+
+    @property
+    def cloud_id(self) -> str:
+        """The site's cloudId: given, or read once per process from `<site>/_edge/tenant_info` (no auth)."""
+        if self._cloud_id is None:
+            with _cloud_ids_lock:
+                known = _cloud_ids.get(self.site_url)
+            self._cloud_id = known or self._discover_cloud_id()
+        return self._cloud_id
+
+    def _discover_cloud_id(self) -> str:
+        url = f"{self.site_url}{TENANT_INFO_PATH}"
+        what = f"GET {TENANT_INFO_PATH}"
+        response = self._send(
+            what, lambda: requests.get(url, timeout=self.timeout, verify=self.verify, allow_redirects=False)
+        )
+        fix = "check the host, or set the connection's extra cloud_id"
+        if response.status_code != 200:
+            raise JiraRequestError(
+                f"Jira at {self.site_url} did not tell its cloudId ({what} answered HTTP "
+                f"{response.status_code}): {fix}",
+                status=response.status_code,
+            )
+        try:
+            cloud_id = check_cloud_id(response.json().get("cloudId"))
+        except (ValueError, AttributeError):
+            raise JiraRequestError(
+                f"Jira at {self.site_url} answered {what} without a cloudId: {fix}",
+                status=response.status_code,
+            ) from None
+        with _cloud_ids_lock:
+            _cloud_ids[self.site_url] = cloud_id
+        logger.info(
+            "Jira site %s has cloudId %s; REST calls go through %s",
+            self.site_url,
+            cloud_id,
+            self.api_base_url,
+        )
+        return cloud_id
+
+    @property
+    def rest_base_url(self) -> str:
+        """Where the REST calls go: the site URL, or `<api_base_url>/ex/jira/<cloudId>` for scoped tokens."""
+        if not self.scoped_token:
+            return self.site_url
+        return f"{self.api_base_url}/ex/jira/{self.cloud_id}"
+
+    @property
+    def where(self) -> str:
+        """The site, and the gateway when scoped, for messages (never a secret)."""
+        if not self.scoped_token:
+            return self.site_url
+        return f"{self.site_url} (through {self.api_base_url}/ex/jira/{self._cloud_id or '<cloudId>'})"
+
+    @property
+    def _api(self) -> JiraCloud:
+        if self._client is None:
+            # The library's own retrying is switched off: it retries a 429 only once, sleeping whatever
+            # Retry-After says up to 30 minutes, and its urllib3 backoff knows no total wait budget nor 5xx
+            # beyond 503. advanced_mode hands back the raw response, so this class decides what a status
+            # means.
+            client = JiraCloud(
+                url=self.rest_base_url,
+                username=self.email,
+                password=self._secret,
+                api_version=3,
+                verify_ssl=self.verify,
+                advanced_mode=True,
+                backoff_and_retry=False,
+                retry_with_header=False,
+            )
+            # The library stores int(timeout), turning a sub-second timeout into 0, which requests rejects;
+            # it reads this attribute on every request, so the float is put back here.
+            client.timeout = self.timeout
+            self._client = client
+        return self._client
 
     # ------------------------------------------------------------------------------------- transport
 
@@ -199,13 +319,13 @@ class JiraCloudClient:
             budget_left = self.max_retry_wait - waited
             if attempt > self.max_retries:
                 raise JiraUnavailable(
-                    f"Jira at {self.site_url} {failure} on {what}; gave up after {attempt} attempt(s)"
+                    f"Jira at {self.where} {failure} on {what}; gave up after {attempt} attempt(s)"
                 )
             delay = retry_after if retry_after is not None else RETRY_BACKOFF_BASE * 2 ** (attempt - 1)
             if delay > budget_left:
                 why = "Retry-After asks for" if retry_after is not None else "the next retry would wait"
                 raise JiraUnavailable(
-                    f"Jira at {self.site_url} {failure} on {what}; {why} {delay:.1f}s, more than the "
+                    f"Jira at {self.where} {failure} on {what}; {why} {delay:.1f}s, more than the "
                     f"{budget_left:.1f}s left of the {self.max_retry_wait:.1f}s retry budget"
                 )
             logger.warning(
@@ -222,20 +342,30 @@ class JiraCloudClient:
             return response.json()
         except ValueError:
             raise JiraUnavailable(
-                f"Jira at {self.site_url} answered {what} with HTTP {response.status_code} but no JSON body"
+                f"Jira at {self.where} answered {what} with HTTP {response.status_code} but no JSON body"
             ) from None
 
     def _request_error(self, what: str, response: requests.Response) -> JiraRequestError:
         messages = [self._redact(m) for m in _jira_messages(response)]
         status = response.status_code
-        if status == 401:
-            detail = f"the e-mail {self.email} and API token were not accepted"
+        said = f" ({'; '.join(messages)})" if messages else ""
+        if status == 401 and self.scoped_token:
+            detail = (
+                f"the e-mail {self.email} and scoped API token were not accepted{said}: check that the token "
+                f"is current, was made for this site, and has the scopes {', '.join(CLASSIC_READ_SCOPES)} "
+                "(or their granular equivalents, see the README)"
+            )
+        elif status == 401:
+            detail = (
+                f"the e-mail {self.email} and API token were not accepted{said}: check both (a scoped API "
+                "token, the only kind a service account has, needs the extra scoped_token: true)"
+            )
         elif status == 403:
-            detail = "the account lacks permission"
+            detail = f"the account lacks permission{said}"
         else:
             detail = "; ".join(messages) or response.reason or "no details"
         return JiraRequestError(
-            f"Jira at {self.site_url} refused {what} with HTTP {status}: {detail}",
+            f"Jira at {self.where} refused {what} with HTTP {status}: {detail}",
             status=status,
             error_messages=messages,
         )

@@ -42,4 +42,5 @@ pytest_plugins = [
     "tests.harness.postgres",
     "tests.harness.jira_standin",
     "tests.harness.airflow_env",
+    "tests.harness.oauth",
 ]

@@ -40,7 +40,8 @@ def test_imap_check_examines_the_mailbox_and_flags_nothing(imap_conn_env, monkey
 
     assert (ok, message) == (
         True,
-        f"INBOX: UIDVALIDITY {imap_conn_env.uidvalidity()}, 1 unseen message(s) not labelled rejected",
+        f"INBOX: logged in (password), UIDVALIDITY {imap_conn_env.uidvalidity()}, "
+        "1 unseen message(s) not labelled rejected",
     )
     assert imap_conn_env.flags_by_uid() == {1: set(), 2: {"\\Seen"}}
     assert failed is False and "AUTHENTICATIONFAILED" in refusal and "bad-pw-77" not in refusal

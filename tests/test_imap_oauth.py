@@ -10,15 +10,13 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from devkit import dovecot as dovecot_harness
-from devkit import dovecot_oauth
+from devkit.dovecot import ImapAccount, TlsFiles, write_tls_files
 from devkit.oauth_standin import (
     ENTRA_DISCOVERY,
     ENTRA_TOKEN,
@@ -30,7 +28,7 @@ from devkit.oauth_standin import (
     OAuthStandin,
     start_oauth_standin,
 )
-from devkit.unavailable import service_unavailable
+from devkit.processes import free_port
 from include import imap_oauth
 from include.imap_oauth import ImapAuthError, imap_auth_from_connection, sasl_responder
 
@@ -39,21 +37,19 @@ MAILBOX = "jira-inbox@example.com"
 
 
 @pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> dovecot_harness.TlsFiles:
-    return dovecot_harness.write_tls_files(tmp_path_factory.mktemp("oauth-tls"))
+def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    return write_tls_files(tmp_path_factory.mktemp("oauth-tls"))
 
 
 @pytest.fixture
-def standin(tls: dovecot_harness.TlsFiles) -> Iterator[OAuthStandin]:
+def standin(tls: TlsFiles) -> Iterator[OAuthStandin]:
     imap_oauth.clear_token_cache()
     with start_oauth_standin(tls.server_cert, tls.server_key) as server:
         yield server
     imap_oauth.clear_token_cache()
 
 
-def connect(
-    tls: dovecot_harness.TlsFiles, login: str, password: str | None, extra: dict
-) -> imap_oauth.ImapAuth:
+def connect(tls: TlsFiles, login: str, password: str | None, extra: dict) -> imap_oauth.ImapAuth:
     return imap_auth_from_connection(login, password, extra, verify=str(tls.ca_cert), timeout=5)
 
 
@@ -236,7 +232,7 @@ def test_tokens_never_reach_logs_or_reprs(standin, tls, caplog):
 @pytest.mark.parametrize("provider", [None, "microsoft"])
 def test_an_unreachable_token_endpoint_is_reported_as_unreachable(tls, provider):
     imap_oauth.clear_token_cache()
-    port = dovecot_harness.free_port()
+    port = free_port()
     if provider is None:
         extra = {"auth_type": "xoauth2", "token_url": f"https://127.0.0.1:{port}/token", "client_id": "app-1"}
     else:
@@ -637,46 +633,16 @@ def test_introspection_honours_expiry_revocation_and_refused_users(standin, tls)
     assert standin.count(INTROSPECT) == 5
 
 
-@pytest.fixture(scope="module")
-def oauth_tls_standin(tls: dovecot_harness.TlsFiles) -> Iterator[OAuthStandin]:
-    with start_oauth_standin(tls.server_cert, tls.server_key) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def oauth_dovecot(oauth_tls_standin: OAuthStandin) -> Iterator[dovecot_harness.DovecotServer]:
-    """The harness's Dovecot, its config extended with the oauth2 passdb (until the launcher takes it)."""
-    render = dovecot_harness._render_config
-
-    def render_with_oauth2(root: Path, *args: object, **kwargs: object) -> str:
-        args_file = dovecot_oauth.write_oauth2_args(root, oauth_tls_standin.introspection_url)
-        return dovecot_oauth.with_oauth2_passdb(render(root, *args, **kwargs), args_file)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(dovecot_harness, "_render_config", render_with_oauth2)
-        try:
-            server = dovecot_harness.start_dovecot()
-        except (dovecot_harness.DovecotStartError, OSError) as exc:
-            service_unavailable(f"Dovecot could not start: {exc}")
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.fixture
-def oauth_account(oauth_dovecot, oauth_tls_standin) -> Iterator[dovecot_harness.ImapAccount]:
-    imap_oauth.clear_token_cache()
-    account = oauth_dovecot.create_account()
-    oauth_tls_standin.register_client(f"app-{account.user}", SECRET, account.user, lifetime_s=2)
-    try:
-        yield account
-    finally:
-        account.close()
-        imap_oauth.clear_token_cache()
+def oauth_account(oauth_imap_account: ImapAccount, oauth_standin: OAuthStandin) -> ImapAccount:
+    """A mailbox on the harness's OAuth-enabled Dovecot, and a client whose 2 s tokens open it."""
+    oauth_standin.register_client(
+        f"app-{oauth_imap_account.user}", SECRET, oauth_imap_account.user, lifetime_s=2
+    )
+    return oauth_imap_account
 
 
-def imap_login(account: dovecot_harness.ImapAccount, mechanism: str, user: str, token: str) -> imaplib.IMAP4:
+def imap_login(account: ImapAccount, mechanism: str, user: str, token: str) -> imaplib.IMAP4:
     client = imaplib.IMAP4(account.host, account.port, timeout=10)
     try:
         client.authenticate(mechanism, sasl_responder(mechanism, user, token))
@@ -688,9 +654,9 @@ def imap_login(account: dovecot_harness.ImapAccount, mechanism: str, user: str, 
 
 
 @pytest.mark.parametrize("auth_type", ["xoauth2", "oauthbearer"])
-def test_dovecot_accepts_a_token_from_the_standin(oauth_account, oauth_tls_standin, tls, auth_type):
-    extra = generic_extra(oauth_tls_standin, auth_type=auth_type, client_id=f"app-{oauth_account.user}")
-    auth = connect(tls, oauth_account.user, SECRET, extra)
+def test_dovecot_accepts_a_token_from_the_standin(oauth_account, oauth_standin, oauth_tls, auth_type):
+    extra = generic_extra(oauth_standin, auth_type=auth_type, client_id=f"app-{oauth_account.user}")
+    auth = connect(oauth_tls, oauth_account.user, SECRET, extra)
     assert f"AUTH={auth.mechanism}" in imaplib.IMAP4(oauth_account.host, oauth_account.port).capabilities
     client = auth.authenticate(
         lambda u, t: imap_login(oauth_account, auth.mechanism, u, t), (imaplib.IMAP4.error,)
@@ -704,9 +670,9 @@ def test_dovecot_accepts_a_token_from_the_standin(oauth_account, oauth_tls_stand
     assert oauth_account.connect().state == "AUTH"
 
 
-def test_dovecot_refuses_an_expired_token_and_a_run_renews_it(oauth_account, oauth_tls_standin, tls):
-    extra = generic_extra(oauth_tls_standin, client_id=f"app-{oauth_account.user}")
-    auth = connect(tls, oauth_account.user, SECRET, extra)
+def test_dovecot_refuses_an_expired_token_and_a_run_renews_it(oauth_account, oauth_standin, oauth_tls):
+    extra = generic_extra(oauth_standin, client_id=f"app-{oauth_account.user}")
+    auth = connect(oauth_tls, oauth_account.user, SECRET, extra)
     first = auth.access_token()
     imap_login(oauth_account, "XOAUTH2", oauth_account.user, first).logout()
     time.sleep(2.05)  # the stand-in's 2 s lifetime is over
@@ -719,12 +685,12 @@ def test_dovecot_refuses_an_expired_token_and_a_run_renews_it(oauth_account, oau
     assert auth.source is not None and auth.source.fetches == 2
 
 
-def test_dovecot_refusing_the_mailbox_gives_the_fix_after_one_retry(oauth_account, oauth_tls_standin, tls):
-    extra = generic_extra(oauth_tls_standin, client_id=f"app-{oauth_account.user}")
-    auth = connect(tls, oauth_account.user, SECRET, extra)
-    oauth_tls_standin.refuse_user(oauth_account.user)
-    oauth_tls_standin.reset_log()
+def test_dovecot_refusing_the_mailbox_gives_the_fix_after_one_retry(oauth_account, oauth_standin, oauth_tls):
+    extra = generic_extra(oauth_standin, client_id=f"app-{oauth_account.user}")
+    auth = connect(oauth_tls, oauth_account.user, SECRET, extra)
+    oauth_standin.refuse_user(oauth_account.user)
+    oauth_standin.reset_log()
     with pytest.raises(ImapAuthError, match=f"the IMAP server refused the token for {oauth_account.user}"):
         auth.authenticate(lambda u, t: imap_login(oauth_account, "XOAUTH2", u, t), (imaplib.IMAP4.error,))
-    assert oauth_tls_standin.count(GENERIC_TOKEN) == 2
-    assert oauth_tls_standin.count(INTROSPECT) == 2
+    assert oauth_standin.count(GENERIC_TOKEN) == 2
+    assert oauth_standin.count(INTROSPECT) == 2

@@ -11,6 +11,7 @@ import logging
 import re
 import secrets
 import threading
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -40,6 +41,10 @@ SEARCH_DEFAULT_PAGE = 50
 FIRST_ID = 10000
 ISSUE_FIELDS = ("summary", "status", "assignee", "progress", "updated", "created", "project")
 ADMIN_PREFIX = "/_standin/"
+# Atlassian's API gateway: https://api.atlassian.com/ex/jira/{cloudId}/rest/api/3/...; the site's
+# unauthenticated /_edge/tenant_info names the cloudId.
+GATEWAY_PREFIX = "/ex/jira/"
+TENANT_INFO_PATH = "/_edge/tenant_info"
 
 _JSON_TYPE = "application/json;charset=UTF-8"
 _ISSUE_EXPAND = "renderedFields,names,schema,operations,editmeta,changelog,versionedRepresentations"
@@ -249,7 +254,13 @@ class JiraStandin:
     process can drive it over HTTP, with the same basic auth, under /_standin/: POST issues (an
     add_issue() body with ISO 8601 times), DELETE issues/KEY, POST faults ({"status", "count",
     "retry_after", "path_prefix"}), DELETE faults, GET or DELETE requests, POST reset, and GET or POST
-    config ({"time_zone", "latency"}). Those admin calls skip latency and faults and are not logged.
+    config ({"time_zone", "latency", "scoped_token"}). Those admin calls skip latency and faults and
+    are not logged.
+
+    Like Jira Cloud it serves the unauthenticated `/_edge/tenant_info` ({"cloudId"}) and the REST API
+    under the API gateway's prefix `/ex/jira/<cloud_id>` as well as on the site path; with
+    `scoped_token` (the account's token is a scoped one) the site path answers 401 and only the
+    gateway prefix works. Faults match the path after that prefix; the log keeps the full path.
     """
 
     def __init__(
@@ -260,9 +271,14 @@ class JiraStandin:
         email: str,
         api_token: str,
         time_zone: str = "UTC",
+        scoped_token: bool = False,
+        cloud_id: str | None = None,
     ) -> None:
         if not email or not api_token:
             raise ValueError("the stand-in needs an account e-mail and an API token")
+        self.cloud_id = cloud_id or str(uuid.uuid4())
+        self._initial_scoped = bool(scoped_token)
+        self._request_base = threading.local()
         self.email = email
         self.api_token = api_token
         self._host = host
@@ -290,6 +306,7 @@ class JiraStandin:
             self._log: list[LoggedRequest] = []
             self._latency = 0.0
             self._time_zone = self._initial_time_zone
+            self._scoped = self._initial_scoped
 
     # ---------------------------------------------------------------------------------- lifecycle
 
@@ -334,12 +351,42 @@ class JiraStandin:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def airflow_conn(self) -> dict[str, str]:
-        """The JSON form of an Airflow `jira` connection to this site (for AIRFLOW_CONN_JIRA_DEFAULT)."""
-        return {"conn_type": "jira", "host": self.url, "login": self.email, "password": self.api_token}
+    def airflow_conn(self, *, scoped: bool = False) -> dict[str, Any]:
+        """The JSON form of an Airflow `jira` connection to this site (for AIRFLOW_CONN_JIRA_DEFAULT).
+
+        `scoped=True` gives the scoped-token form: the extra `scoped_token`, and `api_base_url` set to
+        this server, which plays the API gateway too (the cloudId is left to discovery).
+        """
+        conn: dict[str, Any] = {
+            "conn_type": "jira",
+            "host": self.url,
+            "login": self.email,
+            "password": self.api_token,
+        }
+        if scoped:
+            conn["extra"] = {"scoped_token": True, "api_base_url": self.url}
+        return conn
+
+    @property
+    def gateway_prefix(self) -> str:
+        """The path prefix of this site on the API gateway: /ex/jira/<cloudId>."""
+        return f"{GATEWAY_PREFIX}{self.cloud_id}"
+
+    @property
+    def scoped_token(self) -> bool:
+        """True: the API token is a scoped one, which Jira accepts only through the gateway prefix."""
+        with self._lock:
+            return self._scoped
+
+    @scoped_token.setter
+    def scoped_token(self, value: bool) -> None:
+        with self._lock:
+            self._scoped = bool(value)
 
     def _base_url(self) -> str:
-        return self.url if self._server is not None else f"http://{self._host}:{self._port}"
+        base = self.url if self._server is not None else f"http://{self._host}:{self._port}"
+        # Behind the gateway, Jira's `self` links point at the gateway too.
+        return base + getattr(self._request_base, "prefix", "")
 
     # ------------------------------------------------------------------------------- configuration
 
@@ -639,16 +686,34 @@ class JiraStandin:
             latency = self._latency
         if latency and self._stopping.wait(latency):
             return _error_reply(503, "The Jira stand-in is shutting down.")
-        reply = self._take_fault(path)
-        if reply is None:
-            if self._authorized(headers.get("Authorization")):
-                reply = self._guarded(lambda: self._route(method, path, query, body))
-            else:
-                reply = self._unauthorized()
+        if path == TENANT_INFO_PATH:
+            # Unauthenticated, like Jira's; answers the same in either token mode.
+            reply = _json_reply(200, {"cloudId": self.cloud_id}) if method == "GET" else _Reply(405)
+        else:
+            reply = self._serve_api(method, path, query, body, headers)
         # Logged before the reply is sent, so a client that has its answer always finds it in the log.
         with self._lock:
             self._log.append(LoggedRequest(method, path, query, reply.status))
         return reply
+
+    def _serve_api(
+        self, method: str, path: str, query: str, body: bytes, headers: Mapping[str, str]
+    ) -> _Reply:
+        through_gateway = path.startswith(self.gateway_prefix + "/")
+        if path.startswith(GATEWAY_PREFIX) and not through_gateway:
+            return _json_reply(404, {"code": 404, "message": "Not Found"})  # another site's cloudId
+        api_path = path[len(self.gateway_prefix) :] if through_gateway else path
+        reply = self._take_fault(api_path)
+        if reply is not None:
+            return reply
+        if not self._authorized(headers.get("Authorization")) or (self.scoped_token and not through_gateway):
+            # A scoped token on the site URL gets the same 401 as a wrong one.
+            return self._unauthorized()
+        self._request_base.prefix = self.gateway_prefix if through_gateway else ""
+        try:
+            return self._guarded(lambda: self._route(method, api_path, query, body))
+        finally:
+            self._request_base.prefix = ""
 
     def _guarded(self, handler: Callable[[], _Reply]) -> _Reply:
         try:
@@ -922,8 +987,10 @@ class JiraStandin:
             return _Reply(204)
         if route == "config" and method == "POST":
             payload = self._json_body(body)
-            self._reject_unknown(payload, {"time_zone", "latency"})
+            self._reject_unknown(payload, {"time_zone", "latency", "scoped_token"})
             try:
+                if "scoped_token" in payload:
+                    self.scoped_token = bool(payload["scoped_token"])
                 if "time_zone" in payload:
                     self.set_time_zone(payload["time_zone"])
                 if "latency" in payload:

@@ -12,6 +12,7 @@ prints one line per connection, and exits 1 when any check fails. No secret is p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Callable, Sequence
 
@@ -22,13 +23,20 @@ Check = tuple[bool, str]
 
 
 def check_jira(conn_id: str = JIRA_CONN_ID) -> Check:
-    """GET /myself: whom the API token belongs to, and the account's time zone (JQL windows use it)."""
+    """GET /myself: whom the API token belongs to, and the account's time zone (JQL windows use it).
+
+    With `scoped_token` the call goes through the API gateway, as the tasks' calls do, and the line
+    says so (a wrong cloudId or a missing scope shows up here, not in the first run).
+    """
     from jira_mail_sync.hooks.jira_cloud import JiraCloudHook
 
     try:
         with JiraCloudHook(conn_id) as hook:
-            me = hook.get_conn().myself()
+            client = hook.get_conn()
+            me = client.myself()
             site = hook.site_url
+            if client.scoped_token:
+                site = f"{site} through {client.rest_base_url}"
     except (JiraError, ValueError) as exc:
         return False, str(exc)
     return True, (
@@ -38,19 +46,26 @@ def check_jira(conn_id: str = JIRA_CONN_ID) -> Check:
 
 
 def check_imap(conn_id: str = IMAP_CONN_ID, mailbox: str = "INBOX") -> Check:
-    """Log in and EXAMINE `mailbox` read-only: its UIDVALIDITY and unseen count (nothing is flagged)."""
+    """Log in as the tasks do (per `auth_type`: password, XOAUTH2 or OAUTHBEARER with a fresh token) and
+    EXAMINE `mailbox` read-only: its UIDVALIDITY and unseen count (nothing is flagged)."""
     import imaplib
 
     from include.imap_inbox import ImapError
-    from jira_mail_sync.hooks.imap import ImapInboxHook
+    from jira_mail_sync.hooks.imap import ImapInboxHook, ImapLoginError, ImapLoginUnavailable
 
+    hook = ImapInboxHook(conn_id)
     try:
-        with ImapInboxHook(conn_id).inbox(mailbox) as inbox:
+        with hook.inbox(mailbox) as inbox:
             uidvalidity = inbox.open(readonly=True)
             unseen = len(inbox.unseen_uids(limit=2**31))
-    except (ImapError, OSError, ValueError, imaplib.IMAP4.error) as exc:  # IMAPClient's LoginError too
+    except (ImapLoginError, ImapLoginUnavailable) as exc:  # already worded as what to fix
+        return False, str(exc)
+    except (ImapError, OSError, ValueError, imaplib.IMAP4.error) as exc:
         return False, f"{type(exc).__name__}: {exc}"
-    return True, f"{mailbox}: UIDVALIDITY {uidvalidity}, {unseen} unseen message(s) not labelled rejected"
+    return True, (
+        f"{mailbox}: logged in ({hook.auth_type}), UIDVALIDITY {uidvalidity}, "
+        f"{unseen} unseen message(s) not labelled rejected"
+    )
 
 
 def check_store(conn_id: str = STORE_CONN_ID) -> Check:
@@ -88,7 +103,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in args.only or checks:
         conn_id, check = checks[name]
         try:
-            ok, message = check()
+            # Airflow logs to stdout; its lines (a login, a token fetch) go to stderr here, so that
+            # stdout holds exactly one line per check.
+            with contextlib.redirect_stdout(sys.stderr):
+                ok, message = check()
         except Exception as exc:  # a missing connection (AirflowNotFoundException) and the like
             ok, message = False, f"{type(exc).__name__}: {exc}"
         failed |= not ok

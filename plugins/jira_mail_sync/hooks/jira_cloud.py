@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 from airflow.sdk import BaseHook
 
-from include.jira_cloud import JiraCloudClient
+from include.jira_cloud import ATLASSIAN_API_BASE_URL, JiraCloudClient
 from include.names import JIRA_CONN_ID
 
 _TRUE_WORDS = {"true", "1", "yes", "on"}
@@ -28,6 +28,19 @@ def site_url_from_host(host: str | None, port: int | None = None) -> str:
     return text
 
 
+def flag_option(extra: dict[str, Any], name: str) -> bool:
+    """A boolean extra given as true/false or as a word ("true", "yes", "1", ...); ValueError otherwise."""
+    value = extra.get(name, False)
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE_WORDS:
+        return True
+    if text in _FALSE_WORDS or not text:
+        return False
+    raise ValueError(f"the Jira connection's extra {name} must be true or false, got {value!r}")
+
+
 def verify_option(extra: dict[str, Any]) -> bool | str:
     """The `verify` extra as requests takes it: a bool, or the path of a CA bundle (like the provider's)."""
     value = extra.get("verify", True)
@@ -45,8 +58,12 @@ class JiraCloudHook(BaseHook):
     """Jira Cloud through REST v3 (/search/jql, /issue/bulkfetch), from a `jira` connection.
 
     The connection's host is the site URL, its login the account e-mail and its password an API token;
-    the extra `verify` is a bool or a CA bundle path. Unlike the provider's JiraHook, constructing this
-    hook touches nothing: the client is built on the first get_conn(), so DAG parsing stays cheap.
+    the extra `verify` is a bool or a CA bundle path. With the extra `scoped_token: true` (a scoped API
+    token, e.g. a service account's) REST calls go to `<api_base_url>/ex/jira/<cloud_id>/...`
+    (extras `api_base_url`, default https://api.atlassian.com, and `cloud_id`, default: read from
+    `<host>/_edge/tenant_info`); the host still names the site whose mail is trusted. Unlike the
+    provider's JiraHook, constructing this hook touches nothing: the client is built on the first
+    get_conn(), so DAG parsing stays cheap.
 
     Airflow resolves the conn type `jira` to the provider's JiraHook (a plugin cannot register a
     hook), so this class has no connection-form or Test-button methods: they would never be
@@ -91,6 +108,7 @@ class JiraCloudHook(BaseHook):
                     "and an API token as password"
                 )
             self._site_url = site_url_from_host(conn.host, conn.port)
+            extra = conn.extra_dejson
             self._client = JiraCloudClient(
                 self._site_url,
                 conn.login,
@@ -98,7 +116,10 @@ class JiraCloudHook(BaseHook):
                 timeout=self.timeout,
                 max_retries=self.max_retries,
                 max_retry_wait=self.max_retry_wait,
-                verify=verify_option(conn.extra_dejson),
+                verify=verify_option(extra),
+                scoped_token=flag_option(extra, "scoped_token"),
+                cloud_id=extra.get("cloud_id") or None,
+                api_base_url=extra.get("api_base_url") or ATLASSIAN_API_BASE_URL,
             )
             self.log.debug("Jira Cloud client for %s as %s", self._site_url, conn.login)
         return self._client
