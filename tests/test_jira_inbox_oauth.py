@@ -46,7 +46,8 @@ def task_logs(capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixtur
     or, once an earlier test has reconfigured Airflow's logging, through the logging module."""
     out, err = capfd.readouterr()
     logs = out + err + caplog.text
-    assert "wait_for_unseen_mail" in logs, "the run's task logs were not captured"
+    # The run's last line: the "[DAG TEST] start task" lines can be silenced by an earlier test's runs.
+    assert "DagRun Finished" in logs, "the run's task logs were not captured"
     return logs
 
 
@@ -114,7 +115,8 @@ def test_a_login_problem_fails_the_run_once_without_retries_and_leaves_the_mail_
     assert result.states["wait_for_unseen_mail"] == ["failed"]  # not up_for_retry: no retry storm
     expected_tokens = 1 if problem == "wrong secret" else 2  # a refused token is renewed once
     assert standin.count(GENERIC_TOKEN) == expected_tokens
-    assert standin.count(INTROSPECT) == expected_tokens - 1 if problem == "wrong secret" else 2
+    # No token was issued for a wrong secret, so Dovecot was never asked; a refused one was asked twice.
+    assert standin.count(INTROSPECT) == (0 if problem == "wrong secret" else 2)
     assert account.unseen_count() == 1 and account.flags_by_uid() == {1: set()}
     assert jira.request_count() == 0
     logs = task_logs(capfd, caplog)
