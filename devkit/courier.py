@@ -42,7 +42,6 @@ import pwd
 import re
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -52,12 +51,12 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-LOOPBACK = "127.0.0.1"
+from devkit.processes import LOOPBACK, STOP_TIMEOUT_S, free_port, log_tail, proc_stat, terminate
+
 REPO = Path(__file__).resolve().parents[1]
 INSTALL_SCRIPT = REPO / "scripts" / "install_courier.sh"
 INSTALL_TIMEOUT_S = 300.0
 START_TIMEOUT_S = 15.0
-STOP_TIMEOUT_S = 5.0
 CLIENT_TIMEOUT_S = 30.0
 PORT_ATTEMPTS = 3
 
@@ -128,13 +127,6 @@ _FETCH_FLAGS = re.compile(rb"\bFLAGS \(([^)]*)\)")
 
 class CourierStartError(RuntimeError):
     """Courier could not be unpacked or did not come up; the message carries the log tail."""
-
-
-def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
 
 
 def install_courier(timeout_s: float = INSTALL_TIMEOUT_S) -> Path:
@@ -303,9 +295,7 @@ class CourierServer:
         return self.accounts[0]
 
     def log_tail(self, max_lines: int = 40) -> str:
-        with contextlib.suppress(FileNotFoundError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-max_lines:])
-        return ""
+        return log_tail(self.log_path, max_lines)
 
     def create_account(self, login: str | None = None, password: str | None = None) -> CourierAccount:
         """A userdb login with an empty Maildir; usable at once (authlib re-reads userdb.dat)."""
@@ -383,16 +373,6 @@ class CourierServer:
         self.stop()
 
 
-def _proc_stat(pid: str) -> tuple[str, int] | None:
-    """(state, pgid) of a process, or None once it is gone."""
-    try:
-        stat = Path("/proc", pid, "stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return fields[0], int(fields[2])
-
-
 def server_processes(pgid: int, mount_ns: str, marker: str) -> list[int]:
     """Live (non-zombie) processes of one server.
 
@@ -403,10 +383,10 @@ def server_processes(pgid: int, mount_ns: str, marker: str) -> list[int]:
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
-        stat = _proc_stat(entry.name)
-        if stat is None or stat[0] == "Z":
+        stat = proc_stat(int(entry.name))
+        if stat is None or stat.state == "Z":
             continue
-        if stat[1] == pgid:
+        if stat.pgid == pgid:
             members.append(int(entry.name))
             continue
         if not mount_ns:
@@ -422,19 +402,7 @@ def server_processes(pgid: int, mount_ns: str, marker: str) -> list[int]:
 def _stop_processes(
     process: subprocess.Popen[bytes], mount_ns: str, marker: str, timeout_s: float = STOP_TIMEOUT_S
 ) -> None:
-    pgid = process.pid
-    for signum in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signum)
-        for pid in server_processes(pgid, mount_ns, marker):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=0.02)
-            if process.returncode is not None and not server_processes(pgid, mount_ns, marker):
-                return
+    terminate(lambda: server_processes(process.pid, mount_ns, marker), timeout_s)
     process.wait(timeout=timeout_s)
 
 
