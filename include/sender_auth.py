@@ -209,6 +209,18 @@ def _property(result: Any, kind: str, name: str) -> str | None:
 # --- DKIM -------------------------------------------------------------------------------------
 
 
+def dns_txt(name: bytes, timeout: float = 5) -> bytes | None:
+    """The TXT record of ``name`` from DNS (dnspython through dkimpy), as dkimpy's dnsfunc wants it."""
+    from dkim import dnsplug  # imported here: it loads dnspython, which only DKIM mode needs
+
+    return dnsplug.get_txt(name, timeout=timeout)
+
+
+def _module_dns_txt(name: bytes, timeout: float = 5) -> bytes | None:
+    # Looked up at call time, so that an in-process test can replace dns_txt with its own keys.
+    return dns_txt(name, timeout=timeout)
+
+
 def dkim_problem(message: bytes, policy: SenderAuthPolicy) -> str | None:
     """None when a DKIM signature of a trusted domain verifies over the whole message, else why not.
 
@@ -236,9 +248,8 @@ def dkim_problem(message: bytes, policy: SenderAuthPolicy) -> str | None:
 def _one_signature_problem(message: bytes, index: int, policy: SenderAuthPolicy) -> str | None:
     # A fresh DKIM object per signature: verify() leaves state (include_headers, domain) behind.
     verifier = dkim.DKIM(message, logger=log)
-    kwargs = {"dnsfunc": policy.dns_txt} if policy.dns_txt is not None else {}
     try:
-        valid = verifier.verify(idx=index, **kwargs)
+        valid = verifier.verify(idx=index, dnsfunc=policy.dns_txt or _module_dns_txt)
     except dkim.DKIMException as exc:
         domain = _decoded(verifier.domain)
         return f"DKIM signature{f' of {domain}' if domain else ''} invalid ({_short(exc)})"
@@ -263,4 +274,5 @@ def _decoded(value: bytes | str | None) -> str:
 
 
 def _short(exc: Exception) -> str:
-    return " ".join(str(exc).split())[:120] or type(exc).__name__
+    # dkimpy's messages carry hashes and key bytes in parentheses: the first clause says enough.
+    return " ".join(str(exc).partition("(")[0].split())[:120] or type(exc).__name__
