@@ -20,9 +20,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import authres
-import dkim
-
+# authres and dkimpy (which loads dnspython) are imported where each mode needs them, so that the
+# parser, its command and every worker pay their memory (about 10 MiB) only when that mode is on.
 log = logging.getLogger(__name__)
 
 MODE_NONE = "none"
@@ -145,6 +144,8 @@ def _domain_of(identity: str | None) -> str | None:
 
 def _parse_results(value: str) -> tuple[str | None, list[Any] | None]:
     """The authserv-id a header claims (lower-cased) and its results; results None when unreadable."""
+    import authres
+
     text = " ".join(value.split())
     try:
         header = authres.AuthenticationResultsHeader.parse_value(text)
@@ -211,7 +212,7 @@ def _property(result: Any, kind: str, name: str) -> str | None:
 
 def dns_txt(name: bytes, timeout: float = 5) -> bytes | None:
     """The TXT record of ``name`` from DNS (dnspython through dkimpy), as dkimpy's dnsfunc wants it."""
-    from dkim import dnsplug  # imported here: it loads dnspython, which only DKIM mode needs
+    from dkim import dnsplug
 
     return dnsplug.get_txt(name, timeout=timeout)
 
@@ -227,6 +228,8 @@ def dkim_problem(message: bytes, policy: SenderAuthPolicy) -> str | None:
     A signature counts only if it signs the From header and has no ``l=`` body length (with ``l=``,
     text appended after the signed length, such as more issue links, would go unverified).
     """
+    import dkim
+
     if len(message) > policy.dkim_max_message_bytes:
         return f"message too large to verify its DKIM signature ({len(message)} bytes)"
     try:
@@ -246,6 +249,8 @@ def dkim_problem(message: bytes, policy: SenderAuthPolicy) -> str | None:
 
 
 def _one_signature_problem(message: bytes, index: int, policy: SenderAuthPolicy) -> str | None:
+    import dkim
+
     # A fresh DKIM object per signature: verify() leaves state (include_headers, domain) behind.
     verifier = dkim.DKIM(message, logger=log)
     try:
