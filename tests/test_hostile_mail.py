@@ -83,16 +83,31 @@ def test_authentication_results_of_the_receiving_server_decide_and_forged_ones_b
     airflow_db, imap_account, jira_standin, jira_conn_env, store_backend, monkeypatch
 ):
     inbox_env(imap_account, store_backend, monkeypatch, authserv_id=SERVER)
-    for key in ("ABC-1", "ABC-2", "ABC-3", "ABC-4", "ABC-5", "ABC-6"):
+    keys = [f"ABC-{n}" for n in range(1, 10)]
+    for key in keys:
         jira_standin.add_issue(key, summary=key)
+    dmarc_pass = f"{SERVER}; dmarc=pass header.from={SITE}"
 
-    def mail(key: str, *auth_results: str, sender: str | None = None) -> bytes:
+    def mail(key: str, *auth_results: str, **options) -> bytes:
         headers = "".join(f"Authentication-Results: {value}\r\n" for value in auth_results)
-        return headers.encode() + jira_notification(key, site=SITE, sender=sender)
+        return headers.encode() + jira_notification(key, site=SITE, **options)
 
     uids = {
         "dkim pass": imap_account.append(mail("ABC-1", f"{SERVER}; dkim=pass header.d={SIGNER}")),
-        "dmarc pass": imap_account.append(mail("ABC-2", f"{SERVER}; dmarc=pass header.from={SITE}")),
+        "dmarc pass": imap_account.append(mail("ABC-2", dmarc_pass)),
+        # Finding 5: a link in a quoted reply names no key of this mail; two tenants, one foreign.
+        "quoted link": imap_account.append(
+            mail("ABC-7", dmarc_pass, extra_body=f"On Monday Ann wrote:\n> {jira_standin.url}/browse/ABC-8\n")
+        ),
+        "two tenants": imap_account.append(
+            mail(
+                "ABC-9",
+                dmarc_pass,
+                extra_headers={
+                    "X-Atl-Mail-Meta": f'tenant="https://evil.atlassian.net", tenant="{jira_standin.url}"'
+                },
+            )
+        ),
         "forged below": imap_account.append(
             mail("ABC-3", f"{SERVER}; dkim=fail header.d={SIGNER}", f"{SERVER}; dkim=pass header.d={SIGNER}")
         ),
@@ -108,17 +123,18 @@ def test_authentication_results_of_the_receiving_server_decide_and_forged_ones_b
     result = run_dag(load_dag("jira_inbox"), conf=TRUSTED)
 
     assert result.state == "success", result.states
-    assert stored_keys(store_backend, [f"ABC-{n}" for n in range(1, 7)]) == ["ABC-1", "ABC-2"]
-    assert result.xcom("extract_ticket_keys", key="settlement")["keys"] == ["ABC-1", "ABC-2"]
+    assert stored_keys(store_backend, keys) == ["ABC-1", "ABC-2", "ABC-7"]
+    assert result.xcom("extract_ticket_keys", key="settlement")["keys"] == ["ABC-1", "ABC-2", "ABC-7"]
     reasons = rejections(result)
     assert reasons == {
         uids["forged below"]: f"unauthenticated_sender: {SERVER} says dkim=fail header.d={SIGNER}",
         uids["none"]: f"unauthenticated_sender: no Authentication-Results from {SERVER}",
         uids["other signer"]: f"unauthenticated_sender: {SERVER} says dkim=pass header.d=evil.example",
         uids["quoted from"]: "invalid_from",
+        uids["two tenants"]: "foreign_tenant: evil.atlassian.net",
     }
     flags = imap_account.flags_by_uid()
-    assert all("\\Seen" in flags[uids[name]] for name in ("dkim pass", "dmarc pass"))
+    assert all("\\Seen" in flags[uids[name]] for name in ("dkim pass", "dmarc pass", "quoted link"))
     assert all("$JiraRejected" in flags[uid] and "\\Seen" not in flags[uid] for uid in reasons)
 
 
