@@ -83,30 +83,13 @@ def authenticated_mail() -> tuple[bytes, Callable[..., bytes | None]]:
 
     Returns the mail and a dkimpy dnsfunc serving that key, so DKIM is measured without DNS.
     """
-    import base64
-
-    import dkim
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
+    from devkit.dkim_signer import DkimSigner
     from devkit.mail_factory import jira_notification
 
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.TraditionalOpenSSL,
-        serialization.NoEncryption(),
-    )
-    public = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    record = b"v=DKIM1; k=rsa; p=" + base64.b64encode(public)
-    raw = (
-        jira_notification("BEN-1", site="acme.atlassian.net").replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-    )
-    signed = dkim.sign(raw, DKIM_SELECTOR, DKIM_SIGNER.encode(), private) + raw
+    signer = DkimSigner.generate(DKIM_SIGNER, DKIM_SELECTOR)
+    signed = signer.sign(jira_notification("BEN-1", site="acme.atlassian.net"))
     results = f"Authentication-Results: {AUTH_SERVER}; dkim=pass header.d={DKIM_SIGNER}\r\n".encode()
-    return results + signed, lambda name, timeout=5: record
+    return results + signed, signer.dns_txt
 
 
 def measure_sender_auth(seconds: float) -> dict[str, dict[str, float]]:

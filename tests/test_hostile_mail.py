@@ -10,15 +10,16 @@ import json
 
 import pytest
 
+from devkit.dkim_signer import DkimSigner
 from devkit.mail_factory import jira_notification
 from include.ticket_store import ensure_table, get_ticket
 from tests.harness.airflow_env import load_dag, run_dag
-from tests.test_sender_auth import SIGNER, key_lookup, signed
 
 SITE = "acme.atlassian.net"
 TRUSTED = {"trusted_senders": [f"jira@{SITE}"]}
 HEADER_LIMIT = 64 * 1024
 SERVER = "mx.acme.test"
+SIGNER = "mail-us.atlassian.net"
 
 pytestmark = [pytest.mark.airflow, pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)]
 
@@ -142,15 +143,16 @@ def test_dkim_mode_verifies_the_whole_message_fetched_from_the_mailbox(
     airflow_db, imap_account, jira_standin, jira_conn_env, store_backend, monkeypatch
 ):
     inbox_env(imap_account, store_backend, monkeypatch, sender_auth="dkim", dkim_max_message_bytes=2_000_000)
-    monkeypatch.setattr("include.sender_auth.dns_txt", key_lookup)  # the test key, instead of DNS
+    signer = DkimSigner.generate(SIGNER)
+    monkeypatch.setattr("include.sender_auth.dns_txt", signer.dns_txt)  # the test key, instead of DNS
     for key in ("ABC-1", "ABC-2", "ABC-3", "ABC-4"):
         jira_standin.add_issue(key, summary=key)
     # Larger than the 256 KiB body peek, so only the whole message can verify.
-    big = signed(jira_notification("ABC-1", site=SITE, body_padding=400 * 1024))
-    tampered = signed(jira_notification("ABC-2", site=SITE)).replace(
+    big = signer.sign(jira_notification("ABC-1", site=SITE, body_padding=400 * 1024))
+    tampered = signer.sign(jira_notification("ABC-2", site=SITE)).replace(
         b"View issue:", f"See https://{SITE}/browse/ABC-3 View issue:".encode()
     )
-    too_large = signed(jira_notification("ABC-4", site=SITE, body_padding=2_100_000))
+    too_large = signer.sign(jira_notification("ABC-4", site=SITE, body_padding=2_100_000))
     uids = [imap_account.append(raw) for raw in (big, tampered, too_large)]
 
     result = run_dag(load_dag("jira_inbox"), conf=TRUSTED)
