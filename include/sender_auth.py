@@ -117,7 +117,7 @@ def trusted_domains(value: Any) -> tuple[str, ...]:
     """The `trusted_dkim_domains` extra as lower-case domain names (a list or "a.com, b.com")."""
     if value is None or value == "":
         return DEFAULT_TRUSTED_DKIM_DOMAINS
-    items = value.split(",") if isinstance(value, str) else value
+    items = [part for part in value.split(",") if part.strip()] if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)):
         raise ValueError("trusted_dkim_domains must be a list of domain names or a comma-separated string")
     domains: list[str] = []
