@@ -63,7 +63,9 @@ class PeekedMessage:
     `raw` is the header (at most max_header_bytes) followed by the start of the body (at most
     max_body_bytes); `size` is the full RFC822.SIZE, so `size > len(raw)` means something was cut.
     `header_complete` is False when the header itself did not fit in max_header_bytes: `raw` then
-    holds only its whole lines up to the limit, followed by a blank line and the body start.
+    holds only its whole lines up to the limit and no body, and must never be parsed as a message
+    (a From folded across the limit, or a second From after it, would read differently from what
+    every RFC reader sees); such mail is rejected as `headers_too_large`.
     """
 
     uid: int
@@ -74,12 +76,11 @@ class PeekedMessage:
 
 def _joined_message(header: bytes, text: bytes, max_header_bytes: int) -> tuple[bytes, bool]:
     """The header and body start as one message, and whether the header arrived whole."""
+    # BODY[HEADER] ends with the blank line that ends the header, and the first blank line always
+    # ends it, so a partial answer of the full length without one is a header that was cut.
     if len(header) >= max_header_bytes and not header.endswith((b"\r\n\r\n", b"\n\n")):
-        # The header was cut mid-way: end it at its last whole line and add the blank line, so a
-        # parser never reads the body as more header fields.
         last_newline = header.rfind(b"\n")
-        header = (header[: last_newline + 1] if last_newline >= 0 else b"") + b"\r\n"
-        return header + text, False
+        return (header[: last_newline + 1] if last_newline >= 0 else b""), False
     return header + text, True
 
 
@@ -219,6 +220,17 @@ class Inbox:
                 "%s of %s requested UIDs no longer exist in %s", wanted - len(messages), wanted, self.mailbox
             )
         return messages
+
+    def fetch_whole(self, uid: int) -> bytes | None:
+        """The whole message of one UID (BODY.PEEK[], so \\Seen stays unset); None when it is gone.
+
+        For DKIM, whose body hash covers every byte: the caller bounds the size by RFC822.SIZE first.
+        """
+        self._ensure_open()
+        answer = self._run("UID FETCH", self.client.fetch, [uid], ["BODY.PEEK[]"])
+        attributes = answer.get(uid) or {}
+        whole = attributes.get(b"BODY[]")
+        return whole if isinstance(whole, bytes) else None
 
     def _store(self, uids: Sequence[int], flag: str, expected_uidvalidity: int) -> list[int]:
         normalized = normalize_uids(uids)

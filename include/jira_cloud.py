@@ -82,21 +82,53 @@ class BulkFetchResult:
     not_found: list[str]
 
 
-def _normalise_site_url(site_url: str) -> str:
+_SITE_HOST = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*")
+
+
+def site_url_problem(site_url: str) -> str | None:
+    """What is wrong with a Jira site URL, in words that never repeat the value; None when fine.
+
+    The value is never shown because people paste credentials into the host field ("user:token@",
+    "?token=", a token instead of the host): such a value must not reach a log or an exception.
+    A site URL is a scheme, a host name, optionally a port and a context path, nothing else.
+    """
     text = str(site_url or "").strip().rstrip("/")
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"Jira site URL must be http(s)://host, got {text!r}")
-    if parts.username or parts.password:
-        raise ValueError("Jira site URL must not carry credentials; pass the e-mail and API token separately")
-    return text
+    try:
+        parts = urlsplit(text)
+        port = parts.port  # raises ValueError for a port that is no number ("host:token")
+    except ValueError:
+        return "it is not a URL with a valid port"
+    if parts.scheme not in ("http", "https"):
+        return "it does not start with https:// (or http://)"
+    if "@" in parts.netloc:
+        return "it carries credentials; put the e-mail in login and the API token in password"
+    if not parts.hostname or not _SITE_HOST.fullmatch(parts.hostname):
+        return "it has no valid host name"
+    if parts.query or parts.fragment or any(char.isspace() for char in text):
+        return "it has a query, a fragment or spaces"
+    if port == 0:
+        return "its port is 0"
+    return None
+
+
+def _normalise_site_url(site_url: str) -> str:
+    problem = site_url_problem(site_url)
+    if problem is not None:
+        raise ValueError(
+            f"Jira site URL must look like https://acme.atlassian.net, but {problem} "
+            "(the value is not shown, in case it holds a credential)"
+        )
+    return str(site_url).strip().rstrip("/")
 
 
 def _normalise_api_base_url(api_base_url: str) -> str:
     text = str(api_base_url or "").strip().rstrip("/")
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
-        raise ValueError(f"api_base_url must be http(s)://host without credentials, got {text!r}")
+        raise ValueError(
+            "api_base_url must be http(s)://host without credentials (the value is not shown, in case it "
+            "holds one)"
+        )
     return text
 
 

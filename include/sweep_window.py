@@ -17,6 +17,10 @@ logger = logging.getLogger(__name__)
 # missing from that run's search, so each run also looks back over the end of the previous window.
 DEFAULT_LOOKBACK_MINUTES = 5
 MAX_LOOKBACK_MINUTES = 24 * 60
+# Windows must lie inside these: no Jira issue was updated before 1970, and near year 1 or 9999 the
+# lookback and the account-zone JQL bounds would step outside what datetime can hold.
+EARLIEST_SWEEP_START = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_SWEEP_END = datetime(9000, 1, 1, tzinfo=UTC)
 MAX_PROJECTS = 100
 MAX_JQL_FILTER_LENGTH = 1000
 
@@ -60,7 +64,10 @@ def _as_plain_utc(value: datetime, name: str) -> datetime:
         raise ValueError(f"{name} must be a datetime, got {type(value).__name__}")
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"{name} must be timezone-aware, got naive {value.isoformat()}")
-    utc = value.astimezone(UTC)
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError:  # "0001-01-01T00:00:00+01:00" is before year 1 in UTC
+        raise ValueError(f"{name} {value.isoformat()} is outside the dates a sweep can cover") from None
     # Rebuilt so that pendulum.DateTime (Airflow's data interval type) becomes a plain datetime.
     return datetime(
         utc.year, utc.month, utc.day, utc.hour, utc.minute, utc.second, utc.microsecond, tzinfo=UTC
@@ -75,6 +82,11 @@ def make_window(
     end_utc = _as_plain_utc(end, "end")
     if end_utc <= start_utc:
         raise ValueError(f"end {end_utc.isoformat()} must be after start {start_utc.isoformat()}")
+    if start_utc < EARLIEST_SWEEP_START or end_utc > LATEST_SWEEP_END:
+        raise ValueError(
+            f"the window {start_utc.isoformat()} → {end_utc.isoformat()} must lie between "
+            f"{EARLIEST_SWEEP_START.isoformat()} and {LATEST_SWEEP_END.isoformat()}"
+        )
     if isinstance(lookback_minutes, bool) or not isinstance(lookback_minutes, int):
         raise ValueError(f"lookback_minutes must be an integer, got {lookback_minutes!r}")
     if not 0 <= lookback_minutes <= MAX_LOOKBACK_MINUTES:

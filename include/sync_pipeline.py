@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from include.imap_inbox import REJECTED_KEYWORD, Inbox
+from include.imap_inbox import REJECTED_KEYWORD, Inbox, PeekedMessage
 from include.jira_cloud import JiraCloudClient, ticket_details
-from include.jira_mail import parse_message
+from include.jira_mail import HEADERS_TOO_LARGE, ParsedMail, parse_message
+from include.sender_auth import UNAUTHENTICATED_SENDER, SenderAuthPolicy
 from include.ticket_store import ensure_table, upsert_tickets
 
 log = logging.getLogger(__name__)
@@ -44,15 +45,24 @@ def extract_keys(
     trusted_senders: Sequence[str],
     jira_url: str | None,
     label_rejected: bool = True,
+    sender_auth: SenderAuthPolicy | None = None,
 ) -> Extraction:
-    """Peek at headers and a bounded body prefix (never setting \\Seen), parse, and label rejected mail."""
+    """Peek at headers and a bounded body prefix (never setting \\Seen), parse, and label rejected mail.
+
+    A header that did not fit the peek is rejected as headers_too_large without being parsed: a
+    prefix of it can say another sender than the whole. With DKIM sender authentication the whole
+    message is fetched (one at a time, at most the policy's size) for the messages that need it.
+    """
     extraction = Extraction(uidvalidity=uidvalidity)
     if not uids:
         return extraction
     seen_keys: set[str] = set()
     for start in range(0, len(uids), PEEK_CHUNK):
         for peeked in inbox.peek(uids[start : start + PEEK_CHUNK]):
-            parsed = parse_message(peeked.raw, trusted_senders=trusted_senders, jira_url=jira_url)
+            if not peeked.header_complete:
+                extraction.rejected.append({"uid": peeked.uid, "reason": HEADERS_TOO_LARGE})
+                continue
+            parsed = _parse(inbox, peeked, trusted_senders, jira_url, sender_auth)
             if not parsed.accepted:
                 extraction.rejected.append({"uid": peeked.uid, "reason": parsed.reason})
                 continue
@@ -75,6 +85,48 @@ def extract_keys(
                 expected_uidvalidity=uidvalidity,
             )
     return extraction
+
+
+def _parse(
+    inbox: Inbox,
+    peeked: PeekedMessage,
+    trusted_senders: Sequence[str],
+    jira_url: str | None,
+    sender_auth: SenderAuthPolicy | None,
+) -> ParsedMail:
+    """Parse the peek; for DKIM, parse again over the whole message once the peek passes.
+
+    The whole message is fetched only for mail that passed every other check, so spam and
+    foreign mail never cost more than the peek.
+    """
+    whole_needed = sender_auth is not None and sender_auth.needs_whole_message
+    parsed = parse_message(
+        peeked.raw,
+        trusted_senders=trusted_senders,
+        jira_url=jira_url,
+        sender_auth=None if whole_needed else sender_auth,
+    )
+    if not parsed.accepted or not whole_needed:
+        return parsed
+    raw = peeked.raw
+    if peeked.size > len(raw):
+        if peeked.size > sender_auth.dkim_max_message_bytes:
+            return _unauthenticated(
+                parsed,
+                f"message too large to verify its DKIM signature ({peeked.size} bytes, "
+                f"more than {sender_auth.dkim_max_message_bytes})",
+            )
+        whole = inbox.fetch_whole(peeked.uid)
+        if whole is None:
+            return _unauthenticated(parsed, "the message vanished before its DKIM signature was checked")
+        raw = whole
+    return parse_message(raw, trusted_senders=trusted_senders, jira_url=jira_url, sender_auth=sender_auth)
+
+
+def _unauthenticated(parsed: ParsedMail, why: str) -> ParsedMail:
+    return replace(
+        parsed, accepted=False, keys=(), keys_truncated=False, reason=f"{UNAUTHENTICATED_SENDER}: {why}"
+    )
 
 
 def fetch_batch(client: JiraCloudClient, keys: Sequence[str]) -> dict[str, list]:

@@ -47,6 +47,26 @@ def test_imap_check_examines_the_mailbox_and_flags_nothing(imap_conn_env, monkey
     assert failed is False and "AUTHENTICATIONFAILED" in refusal and "bad-pw-77" not in refusal
 
 
+def test_imap_check_names_the_sender_authentication_and_refuses_a_wrong_extra(imap_conn_env, monkeypatch):
+    conn = imap_conn_env.airflow_conn()
+    for conn_id, extra in (
+        ("imap_authres", {"authserv_id": "MX.Acme.Test"}),
+        ("imap_bad", {"sender_auth": "spf"}),
+    ):
+        monkeypatch.setenv(
+            f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn | {"extra": conn["extra"] | extra})
+        )
+
+    ok, message = check_imap("imap_authres")
+    failed, refusal = check_imap("imap_bad")
+
+    assert ok is True and message.endswith("; senders checked by the Authentication-Results of mx.acme.test")
+    assert failed is False
+    assert refusal == (
+        "IMAP connection 'imap_bad': sender_auth must be one of none, authentication_results, dkim, got 'spf'"
+    )
+
+
 def test_store_check_opens_the_store_through_the_provider_hook(store_conn_env):
     assert check_store() == (
         True,

@@ -58,6 +58,30 @@ def test_site_url_needs_no_jira_request_and_adds_https_when_the_scheme_is_missin
     assert jira_standin.request_count() == 0
 
 
+SECRET = "ATATT3xFfGF0-not-a-real-token"
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        f"bot@example.com:{SECRET}",  # e-mail and token typed into the host field
+        f"https://bot:{SECRET}@acme.atlassian.net",
+        f"https://acme.atlassian.net?token={SECRET}",
+        f"{SECRET} acme.atlassian.net",
+        SECRET + "@",
+    ],
+)
+def test_a_credential_typed_into_the_host_is_refused_and_never_echoed(monkeypatch, jira_standin, host):
+    set_connection(monkeypatch, "jira_leaky", host=host, login="bot@example.com", password="t-9")
+    hook = JiraCloudHook("jira_leaky")
+    for attempt in (lambda: hook.site_url, hook.get_conn):
+        with pytest.raises(ValueError) as caught:
+            attempt()
+        assert "site URL" in str(caught.value)
+        assert SECRET not in str(caught.value) and "ATATT" not in repr(caught.value)
+    assert jira_standin.request_count() == 0
+
+
 @pytest.mark.parametrize(
     ("extra", "expected"),
     [

@@ -290,7 +290,7 @@ def test_subject_control_characters_are_removed():
             "untrusted_sender: evil@attacker.com",
         ),
         ("evil@attacker.com (jira@acme.atlassian.net)", "untrusted_sender: evil@attacker.com"),
-        ("jira@acme.atlassian.net <evil@attacker.com>", "multiple_from"),
+        ("jira@acme.atlassian.net <evil@attacker.com>", "invalid_from"),
         ("jira@acme.atlassian.net, evil@attacker.com", "multiple_from"),
         ("jira@acme.atlassian.net)<evil@attacker.com>", "invalid_from"),
         ('"evil@attacker.com"@acme.atlassian.net', "invalid_from"),
@@ -302,6 +302,37 @@ def test_display_name_and_malformed_from_cannot_borrow_a_trusted_address(from_va
     result = parse(make_mail(sender=from_value))
     assert_rejected(result, reason)
     assert result.reason == reason
+
+
+@pytest.mark.parametrize(
+    "from_value",
+    [
+        '"jira@acme.atlassian.net"',  # a quoted string only: a display name with no address
+        "jira@acme.atlassian.net (unclosed comment",
+        "(jira@acme.atlassian.net",
+        "Jira <jira@acme.atlassian.net",  # an unclosed angle address
+        "jira@acme.atlassian.net;",
+        "group: jira@acme.atlassian.net;",  # a group is not a mailbox
+    ],
+)
+def test_from_without_exactly_one_strictly_parsed_mailbox_is_refused(from_value):
+    assert_rejected(parse(make_mail(sender=from_value)), "invalid_from")
+
+
+@pytest.mark.parametrize(
+    "from_value",
+    [
+        '"Ann Example (Jira)" <jira@acme.atlassian.net>',
+        "Ann Example <jira@acme.atlassian.net>",
+        "Ann Q. Example <jira@acme.atlassian.net>",  # an obsolete but harmless period in the name
+        "jira@acme.atlassian.net (Jira)",
+        "<jira@acme.atlassian.net>",
+    ],
+)
+def test_well_formed_from_of_one_mailbox_is_accepted(from_value):
+    result = parse(make_mail(sender=from_value))
+    assert result.accepted, result.reason
+    assert result.sender == "jira@acme.atlassian.net"
 
 
 def test_untrusted_sender_is_rejected_without_keys():
@@ -410,6 +441,17 @@ def test_mail_meta_tenant_is_compared_by_host_not_by_prefix():
     assert_rejected(parse(raw), "foreign_tenant: ")
 
 
+def test_mail_meta_with_two_tenants_is_rejected_when_any_is_foreign():
+    for first, second in (("https://evil.atlassian.net", SITE), (SITE, "https://evil.atlassian.net")):
+        meta = f'X-Atl-Mail-Meta: event_type="Issue Created", tenant="{first}", tenant="{second}"'
+        assert_rejected(parse(make_mail(extra_headers=(meta,))), "foreign_tenant: evil.atlassian.net")
+
+
+def test_mail_meta_with_two_equal_tenants_of_the_site_is_accepted():
+    meta = f'X-Atl-Mail-Meta: tenant="{SITE}", tenant="{SITE}"'
+    assert parse(make_mail(extra_headers=(meta,))).accepted
+
+
 # --- what is and is not a key --------------------------------------------------------------------
 
 
@@ -463,6 +505,29 @@ def test_browse_and_portal_links_on_the_site_give_keys_and_other_hosts_are_ignor
     )
     result = parse(make_mail(body=body, content_type="text/html; charset=utf-8"))
     assert result.keys == ("ABC-12", "DEF-3", "HELP-77")
+
+
+def test_links_in_quoted_plain_text_replies_give_no_keys():
+    body = (
+        "Ann commented on ABC-12: https://acme.atlassian.net/browse/DEF-3\n"
+        "> https://acme.atlassian.net/browse/EVIL-1\n"
+        "   >> https://acme.atlassian.net/browse/EVIL-2\n"
+    )
+    assert parse(make_mail(body=body)).keys == ("ABC-12", "DEF-3")
+
+
+def test_links_in_html_comments_and_blockquotes_give_no_keys():
+    body = (
+        '<p><a href="https://acme.atlassian.net/browse/DEF-3">DEF-3</a></p>'
+        '<!-- <a href="https://acme.atlassian.net/browse/EVIL-1">hidden</a> -->'
+        '<BLOCKQUOTE type="cite"><a href="https://acme.atlassian.net/browse/EVIL-2">quoted</a>'
+        '<blockquote><a href="https://acme.atlassian.net/browse/EVIL-3">nested</a></blockquote>'
+        '<a href="https://acme.atlassian.net/browse/EVIL-4">still quoted</a></blockquote>'
+        '<a href="https://acme.atlassian.net/browse/GHI-9">after the quote</a>'
+        '<!-- unterminated <a href="https://acme.atlassian.net/browse/EVIL-5">x</a>'
+    )
+    result = parse(make_mail(body=body, content_type="text/html; charset=utf-8"))
+    assert result.keys == ("ABC-12", "DEF-3", "GHI-9")
 
 
 def test_html_only_mail_without_subject_key_is_accepted_from_its_links():

@@ -165,3 +165,25 @@ def test_max_keys_option_caps_the_keys(tmp_path):
     (record,) = json_lines(result.stdout)
     assert record["keys"] == ["ABC-1", "FLOOD-1", "FLOOD-2"]
     assert record["keys_truncated"] is True
+
+
+def test_authserv_id_checks_the_receiving_servers_verdict():
+    fixture = str(FIXTURES / "04_jira_cloud_fr_updated_status_multipart.eml")
+    site = ["--jira-url", "https://infomaniak.atlassian.net"]
+    passed = run_cli(*site, "--authserv-id", "mx.infomaniak.com", fixture)
+    other = run_cli(*site, "--authserv-id", "mx.google.com", fixture)
+    assert passed.returncode == other.returncode == 0, passed.stderr + other.stderr
+    assert json.loads(passed.stdout)["accepted"] is True
+    refused = json.loads(other.stdout)
+    assert (refused["accepted"], refused["reason"]) == (
+        False,
+        "unauthenticated_sender: no Authentication-Results from mx.google.com",
+    )
+
+
+def test_a_wrong_sender_auth_option_is_a_usage_error():
+    result = run_cli(
+        "--jira-url", "https://acme.atlassian.net", "--sender-auth", "authentication_results", "x.eml"
+    )
+    assert result.returncode == 2
+    assert "needs the authserv_id" in result.stderr

@@ -142,6 +142,23 @@ def test_jql_injection_through_params_fails_clearly_before_any_search(sweep_env,
 
 
 @pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)
+def test_a_since_out_of_datetime_range_fails_at_once_without_retries(sweep_env, sweep_dag):
+    jira, store = sweep_env
+    conf = {"since": "0001-01-01T00:00:00+01:00", "until": "2026-11-27T10:00:00+00:00"}
+    result = run_dag(sweep_dag, conf=conf)
+    assert result.state == "failed"
+    assert result.states["plan_sweep"] == ["failed"]
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        ti = session.query(TaskInstance).filter_by(run_id=result.run_id, task_id="plan_sweep").one()
+        # One try: an OverflowError used to be retried (twice, minutes apart) as if it were transient.
+        assert ti.try_number == 1
+    assert jira.request_count() == 0
+
+
+@pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)
 def test_invalid_project_key_is_refused_by_the_trigger_form(sweep_env, sweep_dag):
     from airflow.sdk.definitions.param import ParamValidationError
 

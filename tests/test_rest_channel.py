@@ -35,6 +35,8 @@ TICKET_PATH = "/jira-mail-sync/ticket"
 # store only if the api-server really reads the setting.
 STORE_MAX_AGE = timedelta(seconds=900)
 STARTUP_TIMEOUT_S = 90
+MAX_CONCURRENT_LOOKUPS = 2
+NOT_FOUND_CACHE_SECONDS = 2
 REQUEST_TIMEOUT_S = 30
 
 pytestmark = pytest.mark.airflow
@@ -120,6 +122,9 @@ def rest_server(airflow_db: str) -> Iterator[RestServer]:
         "AIRFLOW__API__HOST": LOOPBACK,
         "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__JIRA_MAIL_SYNC__STORE_MAX_AGE_SECONDS": str(int(STORE_MAX_AGE.total_seconds())),
+        "AIRFLOW__JIRA_MAIL_SYNC__REST_MAX_CONCURRENT_LOOKUPS": str(MAX_CONCURRENT_LOOKUPS),
+        "AIRFLOW__JIRA_MAIL_SYNC__REST_NOT_FOUND_CACHE_SECONDS": str(NOT_FOUND_CACHE_SECONDS),
+        "AIRFLOW__JIRA_MAIL_SYNC__REST_PROJECTS": "ABC, ops",
         "AIRFLOW_CONN_JIRA_STORE": json.dumps({"conn_type": "sqlite", "host": str(store_path)}),
         "AIRFLOW_CONN_JIRA_DEFAULT": json.dumps(standin.airflow_conn()),
     }
@@ -349,6 +354,130 @@ def test_unknown_key_is_404(server: RestServer) -> None:
     assert answer.status_code == 404, answer.text
     assert "ABC-999" in answer.json()["detail"]
     assert issue_requests(server) == 1  # a 404 is an answer, not retried
+
+
+def test_a_404_is_remembered_briefly_so_repeated_misses_do_not_each_ask_jira(server: RestServer) -> None:
+    answers = [server.post_ticket({"key": "ABC-404"}, token=server.token) for _ in range(3)]
+    assert [answer.status_code for answer in answers] == [404, 404, 404]
+    assert issue_requests(server) == 1
+    time.sleep(NOT_FOUND_CACHE_SECONDS + 0.5)
+    server.standin.add_issue("ABC-404", summary="Created since")
+    later = server.post_ticket({"key": "ABC-404"}, token=server.token)
+    assert later.status_code == 200, later.text
+    assert issue_requests(server) == 2
+
+
+def test_key_of_a_project_outside_rest_projects_is_403_without_store_or_jira(server: RestServer) -> None:
+    server.standin.add_issue("HR-7", summary="Salary review")
+
+    answer = server.post_ticket({"key": "HR-7"}, token=server.token)
+
+    assert answer.status_code == 403, answer.text
+    assert answer.json()["detail"] == "This channel answers only for the synced projects (ABC, OPS)"
+    assert server.standin.requests == []
+
+
+def test_lookups_beyond_the_concurrency_bound_get_503_with_retry_after_at_once(server: RestServer) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    keys = [f"ABC-{n}" for n in range(11, 15)]
+    for key in keys:
+        server.standin.add_issue(key, summary=key)
+    server.standin.latency = 2.0
+    try:
+        with ThreadPoolExecutor(len(keys)) as pool:
+            started = time.monotonic()
+            answers = list(
+                pool.map(
+                    lambda key: (
+                        server.post_ticket({"key": key}, token=server.token),
+                        time.monotonic() - started,
+                    ),
+                    keys,
+                )
+            )
+    finally:
+        server.standin.latency = 0.0
+
+    codes = sorted(answer.status_code for answer, _ in answers)
+    assert codes == [200] * MAX_CONCURRENT_LOOKUPS + [503] * (len(keys) - MAX_CONCURRENT_LOOKUPS)
+    busy = [(answer, elapsed) for answer, elapsed in answers if answer.status_code == 503]
+    assert all(answer.headers["Retry-After"] == "2" for answer, _ in busy)
+    assert all(elapsed < 1.5 for _, elapsed in busy), "a refused lookup must not wait for a thread"
+    assert issue_requests(server) == MAX_CONCURRENT_LOOKUPS
+
+
+@pytest.fixture
+def jira_api_pool(rest_server: RestServer) -> Iterator[Any]:
+    """Sets the jira_api pool's slots in the metadata database the api-server reads; restores it after."""
+    from airflow.models.pool import Pool
+
+    from include.names import JIRA_API_POOL
+
+    before = Pool.get_pool(JIRA_API_POOL)
+    saved = None if before is None else (before.slots, before.description, before.include_deferred)
+
+    def set_slots(slots: int) -> None:
+        Pool.create_or_update_pool(JIRA_API_POOL, slots, "test", include_deferred=False)
+
+    yield set_slots
+    if saved is None:
+        Pool.delete_pool(JIRA_API_POOL)
+    else:
+        Pool.create_or_update_pool(JIRA_API_POOL, saved[0], saved[1], include_deferred=saved[2])
+
+
+def test_jira_lookups_wait_for_room_in_the_jira_api_pool(server: RestServer, jira_api_pool) -> None:
+    issue = server.standin.add_issue("ABC-21", summary="Needs Jira")
+    fresh = server.standin.add_issue("ABC-22", summary="Stored")
+    store_ticket(server, fresh, fetched_at=datetime.now(UTC))
+    jira_api_pool(0)  # every slot taken (here: none at all): the sync's tasks have the whole budget
+
+    busy = server.post_ticket({"key": "ABC-21"}, token=server.token)
+    stored = server.post_ticket({"key": "ABC-22"}, token=server.token)
+
+    assert busy.status_code == 503, busy.text
+    assert busy.headers["Retry-After"] == "2"
+    assert "jira_api" in busy.json()["detail"]
+    assert (stored.status_code, stored.json()["source"]) == (200, "store")
+    assert issue_requests(server) == 0
+    jira_api_pool(1)
+    answer = server.post_ticket({"key": "ABC-21"}, token=server.token)
+    assert (answer.status_code, answer.json()["summary"]) == (200, ticket_details(issue)["summary"])
+
+
+def test_a_silent_postgresql_store_is_given_up_after_the_connect_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import socket
+    import threading
+
+    from jira_mail_sync import rest_api
+
+    listener = socket.create_server((LOOPBACK, 0))  # accepts (backlog), never says a word
+    port = listener.getsockname()[1]
+    store = {
+        "conn_type": "postgres",
+        "host": LOOPBACK,
+        "port": port,
+        "login": "u",
+        "password": "p",
+        "schema": "d",
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_JIRA_STORE", json.dumps(store))
+    monkeypatch.setenv("AIRFLOW__JIRA_MAIL_SYNC__REST_STORE_CONNECT_TIMEOUT_SECONDS", "1")
+    outcome: list[Any] = []
+    worker = threading.Thread(target=lambda: outcome.append(rest_api._stored_ticket("ABC-1")), daemon=True)
+    try:
+        started = time.monotonic()
+        worker.start()
+        worker.join(timeout=20)
+        elapsed = time.monotonic() - started
+    finally:
+        listener.close()
+    assert not worker.is_alive(), "the store connect was not bounded"
+    assert outcome == [None]  # the store is only a cache: its failure means asking Jira
+    assert elapsed < 10
 
 
 @pytest.mark.parametrize("fault", [503, 502, 429])

@@ -643,3 +643,20 @@ def test_a_single_minute_with_too_many_changes_cannot_be_split():
     updates = [start + timedelta(seconds=s) for s in (1, 2, 3, 4)]
     with pytest.raises(WindowTooDense, match="cannot split a minute"):
         furthest_fitting_end(start, start + timedelta(hours=1), _lister(updates, 3, []))
+
+
+@pytest.mark.parametrize(
+    ("since", "until"),
+    [
+        ("0001-01-01T00:00:00+01:00", "2026-11-27T10:00:00Z"),  # before year 1 once in UTC
+        ("0001-01-01T00:00:00Z", "2026-11-27T10:00:00Z"),  # the lookback would step before year 1
+        ("1969-12-31T23:59:00Z", "2026-11-27T10:00:00Z"),
+        ("2026-11-27T10:00:00Z", "9999-12-31T23:59:59-01:00"),  # after year 9999 in UTC
+        ("2026-11-27T10:00:00Z", "9999-12-31T00:00:00Z"),  # the account-zone JQL bound would overflow
+    ],
+)
+def test_out_of_range_since_or_until_is_a_value_error_not_an_overflow(since, until):
+    with pytest.raises(ValueError, match="outside the dates a sweep can cover|must lie between"):
+        start = parse_iso_instant(since, name="since")
+        end = parse_iso_instant(until, name="until")
+        make_window(start, end, lookback_minutes=5)

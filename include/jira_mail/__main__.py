@@ -14,6 +14,7 @@ from include.jira_mail.parser import (
     default_trusted_senders,
     parse_message,
 )
+from include.sender_auth import DEFAULT_TRUSTED_DKIM_DOMAINS, MODES, SenderAuthPolicy
 
 EXIT_OK = 0
 EXIT_UNREADABLE_FILE = 1
@@ -36,6 +37,22 @@ def build_argument_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="ADDRESS_OR_DOMAIN",
         help="a trusted From address or bare domain (repeatable); default: jira@<host of --jira-url>",
+    )
+    parser.add_argument(
+        "--authserv-id",
+        help="check sender authentication: the receiving server's Authentication-Results id (mx.google.com)",
+    )
+    parser.add_argument(
+        "--sender-auth",
+        choices=MODES,
+        help="none, authentication_results (default with --authserv-id) or dkim (verified here, over DNS)",
+    )
+    parser.add_argument(
+        "--trusted-dkim-domain",
+        action="append",
+        default=[],
+        metavar="DOMAIN",
+        help=f"a trusted DKIM signing domain (repeatable); default {', '.join(DEFAULT_TRUSTED_DKIM_DOMAINS)}",
     )
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
     parser.add_argument("--max-keys", type=int, default=DEFAULT_MAX_KEYS)
@@ -60,9 +77,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     if not trusted:
         parser.error("give --trusted-sender ADDRESS_OR_DOMAIN, or --jira-url URL to trust jira@<its host>")
+    try:
+        # The same extras an imap_default connection takes, so the command checks what the DAG would.
+        sender_auth = SenderAuthPolicy.from_extras(
+            {
+                "authserv_id": args.authserv_id,
+                "sender_auth": args.sender_auth,
+                "trusted_dkim_domains": args.trusted_dkim_domain or None,
+            }
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
 
-    # Headers plus the body prefix the parser looks at; reading more would only be thrown away.
+    # Headers plus the body prefix the parser looks at; reading more would only be thrown away. A
+    # DKIM body hash needs the whole message (up to the policy's bound, beyond which it fails).
     read_limit = DEFAULT_MAX_HEADER_BYTES + 4 + args.max_body_bytes
+    if sender_auth.needs_whole_message:
+        read_limit = max(read_limit, sender_auth.dkim_max_message_bytes + 1)
     exit_code = EXIT_OK
     for path in args.files:
         try:
@@ -78,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 jira_url=args.jira_url,
                 max_body_bytes=args.max_body_bytes,
                 max_keys=args.max_keys,
+                sender_auth=sender_auth,
             )
             record = {"file": path, **result.to_json()}
         sys.stdout.write(json.dumps(record) + "\n")

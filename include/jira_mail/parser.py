@@ -10,7 +10,8 @@ import logging
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from email.utils import getaddresses
+from email.errors import ObsoleteHeaderDefect
+from email.headerregistry import HeaderRegistry
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -22,6 +23,12 @@ from include.jira_mail.mime import (
     text_parts,
 )
 from include.jira_rules import ISSUE_NUMBER_PATTERN, PROJECT_KEY_PATTERN
+from include.sender_auth import (
+    UNAUTHENTICATED_SENDER,
+    SenderAuthPolicy,
+    authentication_results_problem,
+    dkim_problem,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +93,15 @@ _BODY_EVENTS = re.compile(
     rf"|(?P<mentioned>mentioned{_GAP}you))"
 )
 _SUBJECT_MENTION_EVENT = "mentioned"
+# Text a reader does not see as this mail's own: HTML comments (an unterminated one runs to the
+# end), quoted replies in HTML (<blockquote>) and in plain text (lines starting with ">").
+_HTML_COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.DOTALL)
+_BLOCKQUOTE_TAG = re.compile(r"<(?P<close>/?)blockquote\b[^<>]{0,1024}>", re.IGNORECASE)
+_QUOTED_LINE = re.compile(r"^[ \t]*>[^\n]*$", re.MULTILINE)
+# The strict RFC 5322 address parser of the email package (policy.default's), used for From only.
+_HEADER_FACTORY = HeaderRegistry()
+
+HEADERS_TOO_LARGE = "headers_too_large"
 
 
 @dataclass(frozen=True)
@@ -151,6 +167,7 @@ def parse_message(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     max_keys: int = DEFAULT_MAX_KEYS,
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+    sender_auth: SenderAuthPolicy | None = None,
 ) -> ParsedMail:
     """Parse a whole message, or its headers followed by a body prefix, without ever raising on its bytes.
 
@@ -159,11 +176,18 @@ def parse_message(
     ``/browse/KEY`` or Service Management portal links on the ``jira_url`` host (any host when
     ``jira_url`` is None). Mail from an untrusted sender, for another tenant, or naming no key is
     rejected with a reason and no keys. Invalid arguments (not input bytes) raise TypeError/ValueError.
+    Quoted replies (``>`` lines, ``<blockquote>``) and HTML comments are not read for keys.
+
+    A From is accepted only when it parses strictly (RFC 5322) to exactly one mailbox. With an
+    enabled ``sender_auth`` policy the sender must also be vouched for (include.sender_auth):
+    by the receiving server's Authentication-Results, or by a DKIM signature verified here, in which
+    case ``raw`` must be the whole message (a body prefix never verifies).
 
     Reasons: ``empty_message``, ``no_headers``, ``headers_too_large``, ``no_from``, ``multiple_from``,
-    ``invalid_from``, ``untrusted_sender: <address>``, ``foreign_tenant: <host>``, ``no_key``, and
-    ``parse_error`` (an internal failure, logged). More than ``max_keys`` keys is not a rejection:
-    the first ``max_keys`` are kept and ``keys_truncated`` is set.
+    ``invalid_from``, ``untrusted_sender: <address>``, ``unauthenticated_sender: <what is missing>``,
+    ``foreign_tenant: <host>``, ``no_key``, and ``parse_error`` (an internal failure, logged). More
+    than ``max_keys`` keys is not a rejection: the first ``max_keys`` are kept and ``keys_truncated``
+    is set.
     """
     if isinstance(trusted_senders, str):
         raise TypeError("trusted_senders must be a sequence of strings, not a single string")
@@ -175,7 +199,9 @@ def parse_message(
     except TypeError:
         raise TypeError(f"raw must be bytes-like, not {type(raw).__name__}") from None
     try:
-        return _parse(view, tuple(trusted_senders), site_host, max_body_bytes, max_keys, max_header_bytes)
+        return _parse(
+            view, tuple(trusted_senders), site_host, max_body_bytes, max_keys, max_header_bytes, sender_auth
+        )
     except Exception as exc:  # the last line of defence: arbitrary bytes must never escape as an error
         log.warning("Jira mail parser failed unexpectedly (%s); mail rejected", type(exc).__name__)
         return _rejected("parse_error")
@@ -188,12 +214,13 @@ def _parse(
     max_body_bytes: int,
     max_keys: int,
     max_header_bytes: int,
+    sender_auth: SenderAuthPolicy | None,
 ) -> ParsedMail:
     if len(view) == 0:
         return _rejected("empty_message")
     split = split_header_block(view, max_header_bytes)
     if split is None:
-        return _rejected("headers_too_large")
+        return _rejected(HEADERS_TOO_LARGE)
     header_block, body_start = split
 
     headers = parse_headers(header_block)
@@ -209,6 +236,10 @@ def _parse(
     context["sender"] = sender
     if not is_trusted_sender(sender, trusted_senders):
         return _rejected(f"untrusted_sender: {sender}", **context)
+    if sender_auth is not None and sender_auth.enabled:
+        problem = _authentication_problem(view, headers, sender, sender_auth)
+        if problem is not None:
+            return _rejected(f"{UNAUTHENTICATED_SENDER}: {problem}", **context)
 
     meta_event, foreign_tenant = _read_meta(headers.get("x-atl-mail-meta", []), site_host)
     if foreign_tenant is not None:
@@ -281,7 +312,12 @@ class _KeyCollector:
 
 
 def _sender(from_values: list[str]) -> tuple[str | None, str]:
-    """The single From address, lower-cased, or None and why not."""
+    """The single From address, lower-cased, or None and why not.
+
+    Parsed with the email package's strict RFC 5322 parser. Any defect but an obsolete form (a period
+    in a display name, a source route) refuses the From: a bare quoted string, an unclosed comment
+    or "x@y <z@w>" is not one mailbox, however a lenient reader would guess.
+    """
     if not from_values:
         return None, "no_from"
     if len(from_values) > 1:
@@ -291,17 +327,30 @@ def _sender(from_values: list[str]) -> tuple[str | None, str]:
         return None, "invalid_from"
     # The display name is never looked at: '"jira@acme.atlassian.net" <evil@x.com>' is evil@x.com.
     try:
-        addresses = [address for _name, address in getaddresses([value])]
-    except RecursionError:  # getaddresses recurses once per nested comment: "((((((..."
+        header = _HEADER_FACTORY("From", value)
+        groups, defects = header.groups, header.defects
+    except Exception:  # RecursionError on "((((((...", and whatever else odd bytes provoke
         return None, "invalid_from"
-    normalised = [_normalise_address(address) for address in addresses]
-    if len(normalised) == 1 and normalised[0] is not None:
-        return normalised[0], ""
-    # Python 3.11's getaddresses is lenient and splits some malformed values into several
-    # entries; anything but exactly one valid mailbox is refused.
-    if len(normalised) > 1 and all(address is not None for address in normalised):
+    if any(not isinstance(defect, ObsoleteHeaderDefect) for defect in defects):
+        return None, "invalid_from"
+    addresses = [address for group in groups for address in group.addresses]
+    if len(addresses) > 1:
         return None, "multiple_from"
-    return None, "invalid_from"
+    if len(groups) != 1 or groups[0].display_name is not None or len(addresses) != 1:
+        return None, "invalid_from"
+    normalised = _normalise_address(addresses[0].addr_spec)
+    if normalised is None:
+        return None, "invalid_from"
+    return normalised, ""
+
+
+def _authentication_problem(
+    view: memoryview, headers: dict[str, list[str]], sender: str, policy: SenderAuthPolicy
+) -> str | None:
+    if policy.needs_whole_message:
+        return dkim_problem(bytes(view[: policy.dkim_max_message_bytes + 1]), policy)
+    from_domain = sender.rpartition("@")[2]
+    return authentication_results_problem(headers.get("authentication-results", []), policy, from_domain)
 
 
 def _normalise_address(address: str) -> str | None:
@@ -315,16 +364,19 @@ def _normalise_address(address: str) -> str | None:
 def _read_meta(values: list[str], site_host: str | None) -> tuple[str | None, str | None]:
     """The event_type of X-Atl-Mail-Meta, and the tenant host when it is not the configured site."""
     event: str | None = None
+    foreign: str | None = None
     for value in values:
-        fields = {match["name"].lower(): match["value"] for match in _META_PAIR.finditer(value)}
-        if event is None and fields.get("event_type"):
-            event = clean_text(fields["event_type"])[:64] or None
-        tenant = fields.get("tenant")
-        if tenant is not None and site_host is not None:
-            tenant_host = _url_host(tenant)
-            if tenant_host != site_host:
-                return event, tenant_host or "invalid"
-    return event, None
+        # Every pair is read, not a dict of them: with two tenant entries, any one naming another
+        # site rejects the mail (a dict would keep only the last).
+        for match in _META_PAIR.finditer(value):
+            name, pair_value = match["name"].lower(), match["value"]
+            if name == "event_type" and event is None and pair_value:
+                event = clean_text(pair_value)[:64] or None
+            elif name == "tenant" and site_host is not None and foreign is None:
+                tenant_host = _url_host(pair_value)
+                if tenant_host != site_host:
+                    foreign = tenant_host or "invalid"
+    return event, foreign
 
 
 # --- keys and events -----------------------------------------------------------------------------
@@ -351,6 +403,7 @@ def _scan_body(
     """Add the keys of Jira links in the text parts to ``keys``; return the event the body tells."""
     event: str | None = None
     for is_html, text in text_parts(headers, body, budget):
+        text = _own_text(text, is_html)
         if event is None:
             event = _body_event(text)
         for key in _link_keys(text, site_host, is_html):
@@ -358,6 +411,27 @@ def _scan_body(
             if keys.truncated:
                 return event
     return event
+
+
+def _own_text(text: str, is_html: bool) -> str:
+    """The text without what the mail quotes or hides: HTML comments and blockquotes, "> " lines."""
+    if not is_html:
+        return _QUOTED_LINE.sub("", text) if ">" in text else text
+    if "<!--" in text:
+        text = _HTML_COMMENT.sub(" ", text)
+    if _BLOCKQUOTE_TAG.search(text) is None:
+        return text
+    pieces: list[str] = []
+    depth = 0
+    position = 0
+    for match in _BLOCKQUOTE_TAG.finditer(text):
+        if depth == 0:
+            pieces.append(text[position : match.start()])
+        depth = max(depth - 1, 0) if match["close"] else depth + 1
+        position = match.end()
+    if depth == 0:  # an unclosed blockquote hides the rest
+        pieces.append(text[position:])
+    return " ".join(pieces)
 
 
 def _body_event(text: str) -> str | None:
@@ -421,5 +495,8 @@ def _url_host(url: str) -> str | None:
 def _require_site_host(jira_url: str) -> str:
     host = _url_host(jira_url) if isinstance(jira_url, str) else None
     if host is None:
-        raise ValueError(f"jira_url has no usable host: {jira_url!r}")
+        # The value is not shown: a credential typed into the host field must not reach a log.
+        raise ValueError(
+            "jira_url has no usable host name (the value is not shown, in case it holds a secret)"
+        )
     return host

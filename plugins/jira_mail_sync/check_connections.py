@@ -51,10 +51,12 @@ def check_imap(conn_id: str = IMAP_CONN_ID, mailbox: str = "INBOX") -> Check:
     import imaplib
 
     from include.imap_inbox import ImapError
+    from include.sender_auth import MODE_AUTHENTICATION_RESULTS, MODE_DKIM
     from jira_mail_sync.hooks.imap import ImapInboxHook, ImapLoginError, ImapLoginUnavailable
 
     hook = ImapInboxHook(conn_id)
     try:
+        sender_auth = hook.sender_auth()  # a wrong extra is reported before any login
         with hook.inbox(mailbox) as inbox:
             uidvalidity = inbox.open(readonly=True)
             unseen = len(inbox.unseen_uids(limit=2**31))
@@ -62,9 +64,14 @@ def check_imap(conn_id: str = IMAP_CONN_ID, mailbox: str = "INBOX") -> Check:
         return False, str(exc)
     except (ImapError, OSError, ValueError, imaplib.IMAP4.error) as exc:
         return False, f"{type(exc).__name__}: {exc}"
+    checked = ""
+    if sender_auth.mode == MODE_AUTHENTICATION_RESULTS:
+        checked = f"; senders checked by the Authentication-Results of {sender_auth.authserv_id}"
+    elif sender_auth.mode == MODE_DKIM:
+        checked = f"; senders checked by DKIM ({', '.join(sender_auth.trusted_dkim_domains)})"
     return True, (
         f"{mailbox}: logged in ({hook.auth_type}), UIDVALIDITY {uidvalidity}, "
-        f"{unseen} unseen message(s) not labelled rejected"
+        f"{unseen} unseen message(s) not labelled rejected{checked}"
     )
 
 

@@ -42,7 +42,9 @@ def extract_ticket_keys(sensed_xcom: dict[str, Any]) -> list[list[str]]:
     trusted = _trusted_senders(params, site_url)
     dry_run = bool(params.get("dry_run"))
     sensed = SensedMail.from_xcom(sensed_xcom)
-    with ImapInboxHook(sensed.imap_conn_id).inbox(sensed.mailbox) as inbox:
+    imap_hook = ImapInboxHook(sensed.imap_conn_id)
+    sender_auth = imap_hook.sender_auth()
+    with imap_hook.inbox(sensed.mailbox) as inbox:
         if inbox.open(readonly=True) != sensed.uidvalidity:
             raise AirflowSkipException("UIDVALIDITY changed since sensing; the next run starts over")
         extraction = extract_keys(
@@ -52,6 +54,7 @@ def extract_ticket_keys(sensed_xcom: dict[str, Any]) -> list[list[str]]:
             trusted_senders=trusted,
             jira_url=site_url,
             label_rejected=not dry_run,
+            sender_auth=sender_auth,
         )
     log.info(
         "%d message(s) accepted, %d rejected; %d distinct key(s)%s: %s",

@@ -22,12 +22,24 @@ Settings (Airflow configuration, so airflow.cfg or the environment):
 
 - `[jira_mail_sync] store_max_age_seconds` (`AIRFLOW__JIRA_MAIL_SYNC__STORE_MAX_AGE_SECONDS`), default
   300: how old a stored copy (its `fetched_at`) may be and still be served without asking Jira.
+- `rest_max_concurrent_lookups`, default 4: lookups served at once by one api-server process; one
+  more is answered 503 with `Retry-After` at once instead of holding an api-server thread.
+- `rest_store_connect_timeout_seconds`, default 5: the bound on opening a PostgreSQL store that
+  sets no `connect_timeout` of its own.
+- `rest_not_found_cache_seconds`, default 60: how long a 404 from Jira is remembered (0: never).
+- `rest_projects`, default empty (any): comma-separated project keys this channel answers for;
+  other keys get 403 without a store read or a Jira request.
+
+Jira calls stay inside the `jira_api` pool's budget: a pool is an Airflow scheduling idea that only
+task instances can hold, so a cache miss asks Jira only while the pool has more open slots than this
+process has Jira lookups in flight, and answers 503 with `Retry-After` otherwise (no pool: no check).
 
 Answers: 200 with the ticket; 401 with `WWW-Authenticate: Bearer` when the token is missing, malformed,
 badly signed, for another audience, expired or revoked; 403 for a user who may not read the
 `jira_inbox` DAG; 404 when Jira has no such issue (or the sync
 account may not see it); 422 for a body that is not `{"key": "PROJECT-123"}`; 502 when Jira refuses the
-sync account; 503 when Jira cannot be reached or its connection is unusable. Errors carry
+sync account; 503 when Jira cannot be reached or its connection is unusable, or when the channel
+is busy (with `Retry-After`). 403 also for a key outside `rest_projects`. Errors carry
 `{"detail": "..."}` and never a token, password or connection URI.
 """
 
@@ -35,6 +47,9 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
+from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -45,7 +60,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from include.jira_cloud import JiraError, JiraNotFound, JiraRequestError, JiraUnavailable, ticket_details
-from include.jira_rules import is_issue_key
+from include.jira_rules import is_issue_key, is_project_key
+from include.names import JIRA_API_POOL
 from include.ticket_store import get_ticket
 from jira_mail_sync.hooks.jira_cloud import JiraCloudHook
 from jira_mail_sync.hooks.ticket_store import TicketStoreHook
@@ -63,6 +79,16 @@ JIRA_TIMEOUT_SECONDS = 10.0
 JIRA_MAX_RETRIES = 1
 JIRA_MAX_RETRY_WAIT_SECONDS = 2.0
 MAX_KEY_CHARS = 300
+MAX_CONCURRENT_OPTION = "rest_max_concurrent_lookups"
+DEFAULT_MAX_CONCURRENT_LOOKUPS = 4
+STORE_CONNECT_TIMEOUT_OPTION = "rest_store_connect_timeout_seconds"
+DEFAULT_STORE_CONNECT_TIMEOUT_SECONDS = 5
+NOT_FOUND_CACHE_OPTION = "rest_not_found_cache_seconds"
+DEFAULT_NOT_FOUND_CACHE_SECONDS = 60
+PROJECTS_OPTION = "rest_projects"
+# Enough for any real run of typos; a flood of made-up keys only pushes out the oldest.
+NOT_FOUND_CACHE_ENTRIES = 10_000
+BUSY_RETRY_AFTER_SECONDS = 2
 
 _TOKEN_HINT = "send an Airflow access token from POST /auth/token as 'Authorization: Bearer <token>'"
 
@@ -149,27 +175,142 @@ async def ticket_request(request: Request) -> TicketRequest:
         ) from None
 
 
-def store_max_age() -> timedelta:
-    """The configured `[jira_mail_sync] store_max_age_seconds`, read on every request."""
+def _whole_number_setting(option: str, default: int, *, minimum: int = 0) -> int:
+    """A `[jira_mail_sync]` whole-number setting, read on every request; 500 when it is not one."""
     from airflow.configuration import conf
 
-    raw = conf.get(CONFIG_SECTION, STORE_MAX_AGE_OPTION, fallback=str(DEFAULT_STORE_MAX_AGE_SECONDS))
+    raw = conf.get(CONFIG_SECTION, option, fallback=str(default))
     try:
-        seconds = int(str(raw).strip())
+        value = int(str(raw).strip())
     except ValueError:
-        seconds = -1
-    if seconds < 0:
-        log.error("[%s] %s must be a whole number of seconds >= 0", CONFIG_SECTION, STORE_MAX_AGE_OPTION)
+        value = minimum - 1
+    if value < minimum:
+        log.error("[%s] %s must be a whole number >= %s", CONFIG_SECTION, option, minimum)
         raise HTTPException(
             status.HTTP_500_INTERNAL_SERVER_ERROR,
-            detail=f"The server setting [{CONFIG_SECTION}] {STORE_MAX_AGE_OPTION} is not a number of seconds",
+            detail=f"The server setting [{CONFIG_SECTION}] {option} is not a whole number >= {minimum}",
         )
-    return timedelta(seconds=seconds)
+    return value
+
+
+def store_max_age() -> timedelta:
+    """The configured `[jira_mail_sync] store_max_age_seconds`, read on every request."""
+    return timedelta(seconds=_whole_number_setting(STORE_MAX_AGE_OPTION, DEFAULT_STORE_MAX_AGE_SECONDS))
+
+
+def allowed_projects() -> frozenset[str] | None:
+    """`[jira_mail_sync] rest_projects` as project keys, or None when every project is allowed."""
+    from airflow.configuration import conf
+
+    raw = conf.get(CONFIG_SECTION, PROJECTS_OPTION, fallback="") or ""
+    projects = frozenset(part.strip().upper() for part in raw.split(",") if part.strip())
+    bad = sorted(project for project in projects if not is_project_key(project))
+    if bad:
+        log.error("[%s] %s holds what is no project key: %s", CONFIG_SECTION, PROJECTS_OPTION, bad)
+        raise HTTPException(
+            status.HTTP_500_INTERNAL_SERVER_ERROR,
+            detail=f"The server setting [{CONFIG_SECTION}] {PROJECTS_OPTION} is not a list of project keys",
+        )
+    return projects or None
+
+
+def _busy(detail: str) -> HTTPException:
+    return HTTPException(
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        detail=detail,
+        headers={"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)},
+    )
+
+
+class LookupLimits:
+    """This process's bounds: lookups at once, Jira lookups against the pool, and remembered 404s.
+
+    Process-wide on purpose: the api-server serves sync routes from a thread pool, and each lookup
+    holds one of its threads until the store and Jira have answered.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lookups = 0
+        self._jira_lookups = 0
+        self._not_found: OrderedDict[str, float] = OrderedDict()
+
+    def enter_lookup(self) -> None:
+        limit = _whole_number_setting(MAX_CONCURRENT_OPTION, DEFAULT_MAX_CONCURRENT_LOOKUPS, minimum=1)
+        with self._lock:
+            if self._lookups >= limit:
+                raise _busy(f"The ticket channel is serving {limit} lookup(s) already; try again shortly")
+            self._lookups += 1
+
+    def leave_lookup(self) -> None:
+        with self._lock:
+            self._lookups -= 1
+
+    def enter_jira(self) -> None:
+        open_slots = _pool_open_slots()
+        with self._lock:
+            if open_slots is not None and self._jira_lookups >= open_slots:
+                raise _busy(
+                    f"Jira's request budget (the {JIRA_API_POOL} pool) is in use by the sync; "
+                    "try again shortly"
+                )
+            self._jira_lookups += 1
+
+    def leave_jira(self) -> None:
+        with self._lock:
+            self._jira_lookups -= 1
+
+    def known_missing(self, key: str) -> bool:
+        with self._lock:
+            expires = self._not_found.get(key)
+            if expires is None:
+                return False
+            if expires > time.monotonic():
+                return True
+            del self._not_found[key]
+            return False
+
+    def remember_missing(self, key: str) -> None:
+        seconds = _whole_number_setting(NOT_FOUND_CACHE_OPTION, DEFAULT_NOT_FOUND_CACHE_SECONDS)
+        if seconds == 0:
+            return
+        with self._lock:
+            self._not_found[key] = time.monotonic() + seconds
+            self._not_found.move_to_end(key)
+            while len(self._not_found) > NOT_FOUND_CACHE_ENTRIES:
+                self._not_found.popitem(last=False)
+
+
+limits = LookupLimits()
+
+
+def _pool_open_slots() -> float | None:
+    """Open slots of the jira_api pool in the metadata database; None when there is no such pool."""
+    from airflow.models.pool import Pool
+    from airflow.utils.session import create_session
+
+    try:
+        with create_session() as session:
+            pool = Pool.get_pool(JIRA_API_POOL, session=session)
+            return None if pool is None else pool.open_slots(session=session)
+    except Exception as exc:  # the metadata database is the api-server's own: rare, and not fatal here
+        log.warning("Could not read the %s pool (%s); not checking it", JIRA_API_POOL, type(exc).__name__)
+        return None
+
+
+def _not_found(key: str) -> HTTPException:
+    return HTTPException(
+        status.HTTP_404_NOT_FOUND,
+        detail=f"Jira has no issue {key}, or the sync account is not allowed to see it",
+    )
 
 
 def _stored_ticket(key: str) -> dict[str, Any] | None:
+    timeout = _whole_number_setting(
+        STORE_CONNECT_TIMEOUT_OPTION, DEFAULT_STORE_CONNECT_TIMEOUT_SECONDS, minimum=1
+    )
     try:
-        with TicketStoreHook().connect() as (conn, dialect):
+        with TicketStoreHook(connect_timeout=timeout).connect() as (conn, dialect):
             return get_ticket(conn, dialect, key)
     except Exception as exc:
         # Here the store is only a cache in front of Jira: a store that is missing, not migrated yet
@@ -197,14 +338,13 @@ def _from_jira(key: str) -> TicketDetails:
     hook = JiraCloudHook(
         timeout=JIRA_TIMEOUT_SECONDS, max_retries=JIRA_MAX_RETRIES, max_retry_wait=JIRA_MAX_RETRY_WAIT_SECONDS
     )
+    limits.enter_jira()
     try:
         with hook:
             issue = hook.get_conn().get_issue(key)
     except JiraNotFound:
-        raise HTTPException(
-            status.HTTP_404_NOT_FOUND,
-            detail=f"Jira has no issue {key}, or the sync account is not allowed to see it",
-        ) from None
+        limits.remember_missing(key)
+        raise _not_found(key) from None
     except JiraUnavailable as exc:
         log.warning("Jira is unavailable for %s: %s", key, exc)
         raise HTTPException(
@@ -229,6 +369,8 @@ def _from_jira(key: str) -> TicketDetails:
             status.HTTP_503_SERVICE_UNAVAILABLE,
             detail="The server's Jira connection is not usable; ask an Airflow administrator",
         ) from None
+    finally:
+        limits.leave_jira()
     details = ticket_details(issue)
     return TicketDetails(
         key=details["key"],
@@ -248,11 +390,23 @@ def lookup_ticket(key: str) -> TicketDetails:
     Jira's answer is not stored: the store's `source` allows only the DAGs ('inbox', 'sweep'), and a
     read-only channel cannot race their writes.
     """
+    projects = allowed_projects()
+    if projects is not None and key.partition("-")[0] not in projects:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            detail=f"This channel answers only for the synced projects ({', '.join(sorted(projects))})",
+        )
     max_age = store_max_age()
-    stored = _stored_ticket(key)
-    if stored is not None and datetime.now(UTC) - stored["fetched_at"] <= max_age:
-        return _from_store(stored)
-    return _from_jira(key)
+    limits.enter_lookup()
+    try:
+        stored = _stored_ticket(key)
+        if stored is not None and datetime.now(UTC) - stored["fetched_at"] <= max_age:
+            return _from_store(stored)
+        if limits.known_missing(key):
+            raise _not_found(key)
+        return _from_jira(key)
+    finally:
+        limits.leave_lookup()
 
 
 _ERROR = {"content": {"application/json": {"example": {"detail": "..."}}}}
@@ -274,10 +428,16 @@ app = FastAPI(
     response_model=TicketDetails,
     responses={
         401: {"description": "No valid Airflow access token", **_ERROR},
-        403: {"description": "The user may not read the jira_inbox DAG", **_ERROR},
+        403: {
+            "description": "The user may not read the jira_inbox DAG, or the key's project is not synced",
+            **_ERROR,
+        },
         404: {"description": "Jira has no such issue", **_ERROR},
         502: {"description": "Jira refused the sync account", **_ERROR},
-        503: {"description": "Jira cannot be reached and the store has no fresh copy", **_ERROR},
+        503: {
+            "description": "Jira cannot be reached and the store has no fresh copy, or the channel is busy",
+            **_ERROR,
+        },
     },
     openapi_extra={
         "requestBody": {

@@ -17,6 +17,7 @@ from include.imap_inbox import Inbox
 from include.imap_oauth import ImapAuth, ImapAuthError, ImapAuthUnavailable, imap_auth_from_connection
 from include.imap_wire import connect
 from include.names import IMAP_CONN_ID
+from include.sender_auth import SenderAuthPolicy
 
 DEFAULT_IMAP_TIMEOUT = 30.0
 # RFC 5530 §3: UNAVAILABLE is the one login answer that means "try again later" rather than "fix it".
@@ -121,6 +122,18 @@ class ImapInboxHook(ImapHook):
                 conn.login, conn.password, conn.extra_dejson, timeout=self.timeout
             )
         except ImapAuthError as exc:
+            raise ImapLoginError(f"IMAP connection {self.imap_conn_id!r}: {exc}") from None
+
+    def sender_auth(self) -> SenderAuthPolicy:
+        """How mail from this mailbox is authenticated beyond its From (extras `sender_auth`,
+        `authserv_id`, `trusted_dkim_domains`, `dkim_max_message_bytes`; include/sender_auth.py).
+
+        A wrong extra fails the task at once (ImapLoginError), as retrying cannot fix it.
+        """
+        conn = self.get_connection(self.imap_conn_id)
+        try:
+            return SenderAuthPolicy.from_extras(conn.extra_dejson)
+        except ValueError as exc:
             raise ImapLoginError(f"IMAP connection {self.imap_conn_id!r}: {exc}") from None
 
     def get_conn(self) -> ImapInboxHook:

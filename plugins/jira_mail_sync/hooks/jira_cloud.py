@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 from airflow.sdk import BaseHook
 
-from include.jira_cloud import ATLASSIAN_API_BASE_URL, JiraCloudClient
+from include.jira_cloud import ATLASSIAN_API_BASE_URL, JiraCloudClient, site_url_problem
 from include.names import JIRA_CONN_ID
 
 _TRUE_WORDS = {"true", "1", "yes", "on"}
@@ -23,6 +23,13 @@ def site_url_from_host(host: str | None, port: int | None = None) -> str:
         )
     if "://" not in text:
         text = f"https://{text}"
+    problem = site_url_problem(text)
+    if problem is not None:
+        # Never the value itself: a credential typed into the host field would end up in the log.
+        raise ValueError(
+            f"the Jira connection's host must be the site URL, like https://acme.atlassian.net, "
+            f"but {problem} (the value is not shown, in case it holds a credential)"
+        )
     if port and urlsplit(text).port is None:
         text = f"{text}:{port}"
     return text

@@ -1,0 +1,283 @@
+"""Sender authentication for Jira mail: the receiving server's Authentication-Results, or DKIM itself.
+
+The From header alone can be forged. Two ways to know more, chosen by the `imap_default` extras
+(see `SenderAuthPolicy.from_extras`):
+
+- ``authentication_results``: trust the verdicts that the receiving mail system wrote into
+  ``Authentication-Results`` (RFC 8601) under its own authserv-id. Parsed by the `authres` package.
+- ``dkim``: verify the message's DKIM signatures here, with dkimpy and DNS (tests inject the key
+  lookup). This needs the whole message: a body hash over a prefix never matches.
+
+Either way a mail passes only when a trusted party vouches for it; everything else is rejected with
+the reason ``unauthenticated_sender``. Nothing here raises on the mail's bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+# authres and dkimpy (which loads dnspython) are imported where each mode needs them, so that the
+# parser, its command and every worker pay their memory (about 10 MiB) only when that mode is on.
+log = logging.getLogger(__name__)
+
+MODE_NONE = "none"
+MODE_AUTHENTICATION_RESULTS = "authentication_results"
+MODE_DKIM = "dkim"
+MODES = (MODE_NONE, MODE_AUTHENTICATION_RESULTS, MODE_DKIM)
+
+UNAUTHENTICATED_SENDER = "unauthenticated_sender"
+
+# Jira Cloud's notification mail is signed with d=mail-us.atlassian.net (fixture 04, and the
+# Authentication-Results of Gmail and Infomaniak in fixtures 04 and 06b).
+DEFAULT_TRUSTED_DKIM_DOMAINS = ("mail-us.atlassian.net",)
+# The whole message is fetched for DKIM; larger mail is rejected rather than held in memory.
+DEFAULT_DKIM_MAX_MESSAGE_BYTES = 5 * 1024 * 1024
+# More Authentication-Results than this is no receiving system's doing; the rest are not read.
+MAX_AUTH_RESULTS_HEADERS = 32
+MAX_DKIM_SIGNATURES = 8
+
+_DOMAIN = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+")
+# The authserv-id is the first token after optional comments (RFC 8601 §2.2): read by hand only to
+# tell whether a header that authres cannot parse claims to come from the trusted id.
+_LEADING_ID = re.compile(r"\s*(?:\([^()]{0,512}\)\s*)*(?P<id>[^\s;()]{1,255})")
+
+DnsTxt = Callable[..., bytes | None]
+
+
+@dataclass(frozen=True)
+class SenderAuthPolicy:
+    """How a mail's sender is authenticated, beyond its From header."""
+
+    mode: str = MODE_NONE
+    authserv_id: str | None = None
+    trusted_dkim_domains: tuple[str, ...] = DEFAULT_TRUSTED_DKIM_DOMAINS
+    dkim_max_message_bytes: int = DEFAULT_DKIM_MAX_MESSAGE_BYTES
+    # dkimpy's dnsfunc(name, timeout=...) -> TXT bytes or None; None means real DNS (dnspython).
+    dns_txt: DnsTxt | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"sender_auth must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.mode == MODE_AUTHENTICATION_RESULTS and not self.authserv_id:
+            raise ValueError(
+                "sender_auth authentication_results needs the authserv_id of the receiving server"
+            )
+        if self.mode == MODE_DKIM and not self.trusted_dkim_domains:
+            raise ValueError("sender_auth dkim needs at least one trusted_dkim_domains entry")
+        if self.dkim_max_message_bytes < 1:
+            raise ValueError("dkim_max_message_bytes must be positive")
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != MODE_NONE
+
+    @property
+    def needs_whole_message(self) -> bool:
+        return self.mode == MODE_DKIM
+
+    @classmethod
+    def from_extras(cls, extra: Mapping[str, Any]) -> SenderAuthPolicy:
+        """The policy an IMAP connection's extras describe; ValueError names a wrong extra.
+
+        ``sender_auth``: ``none``, ``authentication_results`` (the default when ``authserv_id`` is
+        set) or ``dkim``. ``authserv_id``: the receiving server's id (the first word of its
+        Authentication-Results, e.g. ``mx.google.com``). ``trusted_dkim_domains``: a JSON list or a
+        comma-separated string (default ``mail-us.atlassian.net``). ``dkim_max_message_bytes``.
+        """
+        authserv_id = _text(extra.get("authserv_id"), "authserv_id")
+        mode = _text(extra.get("sender_auth"), "sender_auth")
+        mode = (mode or (MODE_AUTHENTICATION_RESULTS if authserv_id else MODE_NONE)).lower()
+        domains = trusted_domains(extra.get("trusted_dkim_domains"))
+        max_bytes = extra.get("dkim_max_message_bytes", DEFAULT_DKIM_MAX_MESSAGE_BYTES)
+        try:
+            max_bytes = int(max_bytes)
+        except (TypeError, ValueError):
+            raise ValueError(f"dkim_max_message_bytes must be a whole number, got {max_bytes!r}") from None
+        return cls(
+            mode=mode,
+            authserv_id=authserv_id.lower() if authserv_id else None,
+            trusted_dkim_domains=domains,
+            dkim_max_message_bytes=max_bytes,
+        )
+
+
+def _text(value: Any, name: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"the IMAP connection's extra {name} must be a string, got {type(value).__name__}")
+    return value.strip() or None
+
+
+def trusted_domains(value: Any) -> tuple[str, ...]:
+    """The `trusted_dkim_domains` extra as lower-case domain names (a list or "a.com, b.com")."""
+    if value is None or value == "":
+        return DEFAULT_TRUSTED_DKIM_DOMAINS
+    items = [part for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise ValueError("trusted_dkim_domains must be a list of domain names or a comma-separated string")
+    domains: list[str] = []
+    for item in items:
+        domain = item.strip().lower().rstrip(".") if isinstance(item, str) else ""
+        if not domain.isascii() or not _DOMAIN.fullmatch(domain):
+            raise ValueError(f"trusted_dkim_domains holds something that is no domain name: {item!r}")
+        domains.append(domain)
+    if not domains:
+        raise ValueError("trusted_dkim_domains must name at least one domain")
+    return tuple(domains)
+
+
+def _domain_of(identity: str | None) -> str | None:
+    """The domain of a header.d ("example.com") or header.i ("@example.com", "user@example.com")."""
+    if not identity:
+        return None
+    domain = identity.strip().strip('"').rpartition("@")[2].lower().rstrip(".")
+    return domain if domain.isascii() and _DOMAIN.fullmatch(domain) else None
+
+
+# --- Authentication-Results -------------------------------------------------------------------
+
+
+def _parse_results(value: str) -> tuple[str | None, list[Any] | None]:
+    """The authserv-id a header claims (lower-cased) and its results; results None when unreadable."""
+    import authres
+
+    text = " ".join(value.split())
+    try:
+        header = authres.AuthenticationResultsHeader.parse_value(text)
+    except Exception:  # authres raises its own SyntaxError and others on odd input
+        match = _LEADING_ID.match(text)
+        return (match["id"].lower() if match else None), None
+    return (header.authserv_id or "").lower() or None, list(header.results)
+
+
+def authentication_results_problem(
+    values: Sequence[str], policy: SenderAuthPolicy, from_domain: str
+) -> str | None:
+    """None when the receiving server vouches for the mail, else what is missing (for the reason).
+
+    ``values`` are the message's Authentication-Results headers, topmost first. Only headers whose
+    authserv-id is the trusted one count. For each method the topmost such header that reports it
+    decides: a receiving server puts its own header above everything the sender wrote, so a forged
+    ``dkim=pass`` below the server's ``dkim=fail`` never counts. (One server may split its verdicts
+    over several headers, as Infomaniak does in fixture 04: dmarc in one, dkim in the next.)
+    Accepted: ``dkim=pass`` whose header.d (else header.i's domain) is a trusted signing domain, or
+    ``dmarc=pass`` for the From domain.
+    """
+    wanted = policy.authserv_id
+    decided: dict[str, list[Any]] = {}
+    found = False
+    for value in values[:MAX_AUTH_RESULTS_HEADERS]:
+        claimed, results = _parse_results(value)
+        if claimed != wanted:
+            continue
+        found = True
+        if results is None:
+            return f"unreadable Authentication-Results from {wanted}"
+        for method in ("dkim", "dmarc"):
+            reported = [result for result in results if (result.method or "").lower() == method]
+            if reported and method not in decided:
+                decided[method] = reported
+    if not found:
+        return f"no Authentication-Results from {wanted}"
+    seen: list[str] = []
+    for result in decided.get("dkim", []):
+        verdict = (result.result or "").lower()
+        domain = _domain_of(_property(result, "header", "d")) or _domain_of(_property(result, "header", "i"))
+        if verdict == "pass" and domain in policy.trusted_dkim_domains:
+            return None
+        seen.append(f"dkim={verdict}" + (f" header.d={domain}" if domain else ""))
+    for result in decided.get("dmarc", []):
+        verdict = (result.result or "").lower()
+        checked_from = _domain_of(_property(result, "header", "from"))
+        if verdict == "pass" and checked_from in (None, from_domain):
+            return None
+        seen.append(f"dmarc={verdict}" + (f" header.from={checked_from}" if checked_from else ""))
+    return f"{wanted} says " + (", ".join(seen[:4]) if seen else "neither dkim nor dmarc")
+
+
+def _property(result: Any, kind: str, name: str) -> str | None:
+    for prop in getattr(result, "properties", None) or []:
+        if (prop.type or "").lower() == kind and (prop.name or "").lower() == name:
+            return prop.value
+    return None
+
+
+# --- DKIM -------------------------------------------------------------------------------------
+
+
+def dns_txt(name: bytes, timeout: float = 5) -> bytes | None:
+    """The TXT record of ``name`` from DNS (dnspython through dkimpy), as dkimpy's dnsfunc wants it."""
+    from dkim import dnsplug
+
+    return dnsplug.get_txt(name, timeout=timeout)
+
+
+def _module_dns_txt(name: bytes, timeout: float = 5) -> bytes | None:
+    # Looked up at call time, so that an in-process test can replace dns_txt with its own keys.
+    return dns_txt(name, timeout=timeout)
+
+
+def dkim_problem(message: bytes, policy: SenderAuthPolicy) -> str | None:
+    """None when a DKIM signature of a trusted domain verifies over the whole message, else why not.
+
+    A signature counts only if it signs the From header and has no ``l=`` body length (with ``l=``,
+    text appended after the signed length, such as more issue links, would go unverified).
+    """
+    import dkim
+
+    if len(message) > policy.dkim_max_message_bytes:
+        return f"message too large to verify its DKIM signature ({len(message)} bytes)"
+    try:
+        verifier = dkim.DKIM(message, logger=log)
+        signatures = [value for name, value in verifier.headers if name.lower() == b"dkim-signature"]
+    except Exception as exc:
+        return f"unreadable message for DKIM ({type(exc).__name__})"
+    if not signatures:
+        return "no DKIM signature"
+    problems: list[str] = []
+    for index in range(min(len(signatures), MAX_DKIM_SIGNATURES)):
+        problem = _one_signature_problem(message, index, policy)
+        if problem is None:
+            return None
+        problems.append(problem)
+    return "; ".join(problems[:3])
+
+
+def _one_signature_problem(message: bytes, index: int, policy: SenderAuthPolicy) -> str | None:
+    import dkim
+
+    # A fresh DKIM object per signature: verify() leaves state (include_headers, domain) behind.
+    verifier = dkim.DKIM(message, logger=log)
+    try:
+        valid = verifier.verify(idx=index, dnsfunc=policy.dns_txt or _module_dns_txt)
+    except dkim.DKIMException as exc:
+        domain = _decoded(verifier.domain)
+        return f"DKIM signature{f' of {domain}' if domain else ''} invalid ({_short(exc)})"
+    except Exception as exc:  # DNS errors and the like: not verified
+        return f"DKIM check failed ({type(exc).__name__})"
+    domain = _decoded(verifier.domain).lower()
+    if not valid:
+        return f"DKIM signature of {domain} does not verify"
+    if domain not in policy.trusted_dkim_domains:
+        return f"DKIM signature of {domain}, not a trusted signing domain"
+    if b"from" not in verifier.include_headers:
+        return f"DKIM signature of {domain} does not sign From"
+    if b"l" in verifier.signature_fields:
+        return f"DKIM signature of {domain} covers only part of the body (l=)"
+    return None
+
+
+def _decoded(value: bytes | str | None) -> str:
+    if isinstance(value, bytes):
+        return value.decode("ascii", "replace")
+    return value or ""
+
+
+def _short(exc: Exception) -> str:
+    # dkimpy's messages carry hashes and key bytes in parentheses: the first clause says enough.
+    return " ".join(str(exc).partition("(")[0].split())[:120] or type(exc).__name__
