@@ -488,6 +488,8 @@ def ticket_details(issue: dict[str, Any]) -> dict[str, Any]:
             compact_progress["percent"] = int(progress["percent"])
     return {
         "key": issue["key"],
+        # Jira's id never changes, even when the issue moves to another project and gets a new key.
+        "issue_id": str(issue["id"]),
         "summary": fields.get("summary"),
         "status": status.get("name"),
         # None both when unassigned and when the assignee's privacy settings hide the address.
