@@ -109,7 +109,7 @@ def jira_sweep():
     plan = plan_sweep()
     batches = list_changed_keys(plan)
     fetched = fetch_tickets.expand(keys=batches)
-    stored = store_tickets(fetched, source="sweep", return_keys=False)
+    stored = store_tickets(fetched, source="sweep", return_keys=False, window=plan)
     record_sweep_progress(plan, batches["reached"], stored)
 
 

@@ -13,7 +13,7 @@ from include.jira_mail import default_trusted_senders
 from include.sync_pipeline import extract_keys, settled_uids
 from jira_mail_sync.hooks.imap import ImapInboxHook
 from jira_mail_sync.hooks.jira_cloud import JiraCloudHook
-from jira_mail_sync.mapping import batch_keys
+from jira_mail_sync.ticket_tasks import plan_batches
 from jira_mail_sync.xcom_shapes import SensedMail, settlement_xcom
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def extract_ticket_keys(sensed_xcom: dict[str, Any]) -> list[list[str]]:
         ", ".join(extraction.keys[:LOGGED_KEYS]) + (" …" if len(extraction.keys) > LOGGED_KEYS else ""),
     )
     context["ti"].xcom_push(key="settlement", value=settlement_xcom(sensed, extraction, dry_run=dry_run))
-    return [] if dry_run else batch_keys(extraction.keys)
+    return [] if dry_run else plan_batches(extraction.keys)
 
 
 @task
