@@ -340,6 +340,8 @@ class JiraStandin:
             self._ids: dict[int, str] = {}
             # Keys an issue had before it moved: Jira answers them with the issue under its new key.
             self._former_keys: dict[str, int] = {}
+            # Issues this account may no longer browse (a permission change): 404, left out everywhere.
+            self._hidden: set[int] = set()
             self._custom_fields: dict[str, dict[str, Any]] = {}
             self._large_bulk_fetch = True
             self._projects: dict[str, tuple[int, str]] = {}
@@ -647,6 +649,17 @@ class JiraStandin:
             del self._ids[issue.id]
             for former in [k for k, issue_id in self._former_keys.items() if issue_id == issue.id]:
                 del self._former_keys[former]
+
+    def set_hidden(self, key: str, hidden: bool = True) -> None:
+        """Hide an issue from the account (a permission or security-level change) or show it again.
+
+        Hidden, it is answered exactly as a deleted one: 404 on GET, left out of bulk fetch and search.
+        """
+        with self._lock:
+            issue = self._issues.get(str(key).strip().upper())
+            if issue is None:
+                raise KeyError(f"no issue {key!r}")
+            (self._hidden.add if hidden else self._hidden.discard)(issue.id)
 
     def move_issue(self, key: str, new_key: str) -> dict[str, Any]:
         """Move an issue to another project, as Jira does: same id, a new key, `updated` now.
@@ -963,12 +976,13 @@ class JiraStandin:
         text = str(id_or_key).strip()
         if text.isdigit():
             key = self._ids.get(int(text))
-            return self._issues.get(key) if key else None
+            issue = self._issues.get(key) if key else None
+            return None if issue is None or issue.id in self._hidden else issue
         issue = self._issues.get(text.upper())
         if issue is None and text.upper() in self._former_keys:
             # A moved issue: Jira answers its old key with the issue under the new key, no redirect.
             issue = self._issues.get(self._ids[self._former_keys[text.upper()]])
-        return issue
+        return None if issue is None or issue.id in self._hidden else issue
 
     @staticmethod
     def _json_body(body: bytes) -> dict[str, Any]:
@@ -1100,7 +1114,7 @@ class JiraStandin:
                 return _error_reply(400, str(exc))
             token = params["nextPageToken"]
             offset = self._page_offset(str(token), jql) if token not in (None, "") else 0
-            matched = compiled.select(self._issues.values())
+            matched = compiled.select(i for i in self._issues.values() if i.id not in self._hidden)
             page = matched[offset : offset + page_size]
             fields = _selected_fields(tokens, self._custom_fields)
             base, time_zone = self._base_url(), self._time_zone
