@@ -179,6 +179,37 @@ def change_event(
     }
 
 
+@dataclass(frozen=True)
+class ChangeFeed:
+    """What a downstream run learns from the store's asset events that triggered it."""
+
+    keys: list[str]  # changed keys named by the events, de-duplicated, in event order
+    changed_count: int  # the sum of the events' counts (a key changed in two runs counts twice)
+    truncated: bool  # some event named fewer keys than it changed: read the rest from the table
+    sources: list[str]
+    windows: list[tuple[str | None, str | None]]
+
+
+def read_change_events(extras: Iterable[Mapping[str, Any] | None]) -> ChangeFeed:
+    """Merge the extras of the asset events (oldest first) that triggered one downstream run."""
+    keys: dict[str, None] = {}
+    count = 0
+    truncated = False
+    sources: list[str] = []
+    windows: list[tuple[str | None, str | None]] = []
+    for extra in extras:
+        if not extra:
+            continue
+        for key in extra.get("changed_keys") or []:
+            keys.setdefault(str(key), None)
+        count += int(extra.get("changed_count") or 0)
+        truncated = truncated or bool(extra.get("keys_truncated"))
+        if extra.get("source") and extra["source"] not in sources:
+            sources.append(str(extra["source"]))
+        windows.append((extra.get("window_start"), extra.get("window_end")))
+    return ChangeFeed(list(keys), count, truncated, sources, windows)
+
+
 def settled_uids(messages: Iterable[Mapping[str, Any]], handled_keys: Iterable[str]) -> list[int]:
     """The messages all of whose keys were stored or confirmed not found: only these may be marked seen."""
     handled = set(handled_keys)
