@@ -510,3 +510,15 @@ def test_two_first_runs_at_once_do_not_race_on_the_schema_on_sqlite(tmp_path):
     assert get_ticket(conns[0], "sqlite", "ABC-1")["previous_keys"] == []
     for conn in conns:
         conn.close()
+
+
+def test_the_readme_prints_exactly_the_one_time_ddl_the_upgrade_runs():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("### Upgrading a store written by an earlier version") :]
+    block = section[
+        section.index("```sql\n") + len("```sql\n") : section.index("\n```", section.index("```sql"))
+    ]
+
+    assert [line.rstrip(";") for line in block.splitlines()] == upgrade_statements("postgres")
