@@ -147,7 +147,8 @@ def test_parsing_the_dags_opens_no_socket_and_no_database():
 
 def test_every_task_that_calls_jira_takes_a_jira_api_pool_slot(dagbag):
     calls_jira = {
-        "jira_inbox": {"fetch_tickets"},
+        # extract_ticket_keys checks chosen extra fields against /rest/api/3/field.
+        "jira_inbox": {"extract_ticket_keys", "fetch_tickets"},
         "jira_sweep": {"plan_sweep", "list_changed_keys", "fetch_tickets"},
     }
     from include.names import JIRA_API_POOL
