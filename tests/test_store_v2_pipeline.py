@@ -11,7 +11,7 @@ from include.jira_cloud import JiraCloudClient, JiraUnavailable
 from include.jira_rules import BULK_FETCH_LIMIT, BULK_FETCH_LIMIT_LARGE, bulk_fetch_limit
 from include.sync_pipeline import change_event, fetch_batch, store_batches
 from include.ticket_fields import TICKET_FIELDS, FieldPlan, parse_extra_fields, plan_fields
-from include.ticket_store import count_tickets, ensure_table, get_ticket
+from include.ticket_store import count_tickets, get_ticket
 
 T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 
@@ -22,13 +22,6 @@ def client(jira_standin):
         jira_standin.url, jira_standin.email, jira_standin.api_token, max_retries=1, max_retry_wait=1
     ) as jira:
         yield jira
-
-
-@pytest.fixture
-def store(store_backend):
-    conn = store_backend.connect()
-    ensure_table(conn, store_backend.dialect)
-    return conn, store_backend.dialect
 
 
 def sync(client, store, keys, *, source="inbox", extra=()):

@@ -60,13 +60,6 @@ def _all_rows(conn) -> list[tuple]:
     return rows
 
 
-@pytest.fixture
-def store(store_backend):
-    conn = store_backend.connect()
-    ensure_table(conn, store_backend.dialect)
-    return conn, store_backend.dialect
-
-
 def test_table_is_created_when_missing_and_ensure_table_is_idempotent(store_backend):
     conn = store_backend.connect()
     assert not _table_exists(conn, store_backend.dialect)

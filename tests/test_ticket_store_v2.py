@@ -110,13 +110,6 @@ def all_keys(conn) -> list[str]:
     return keys
 
 
-@pytest.fixture
-def store(store_backend):
-    conn = store_backend.connect()
-    ensure_table(conn, store_backend.dialect)
-    return conn, store_backend.dialect
-
-
 # ------------------------------------------------------------------------------------------ identity
 
 
