@@ -479,30 +479,43 @@ def test_two_first_runs_at_once_do_not_race_on_the_schema_on_postgres(postgres_d
         assert get_ticket(conn, "postgres", "ABC-1")["issue_id"] == 10001
 
 
-def test_two_first_runs_at_once_do_not_race_on_the_schema_on_sqlite(tmp_path):
-    path = tmp_path / "store.db"
-    conns = [sqlite3.connect(path, timeout=10, check_same_thread=False) for _ in range(4)]
-    write_v1_store(conns[0], "sqlite", [("ABC-1", "Done", "2026-11-27T09:00:00+00:00")])
-    start = threading.Barrier(4)
-    errors: list[BaseException] = []
+@pytest.mark.parametrize("table_state", ["missing", "v1"])
+def test_two_first_runs_at_once_do_not_race_on_the_schema_on_sqlite(tmp_path, table_state):
+    # A few rounds: without the schema lock one round in two or three fails ("database is locked",
+    # or a duplicate column), so six rounds make a regression show almost surely.
+    for round_number in range(6):
+        path = tmp_path / f"store-{round_number}.db"
+        conns = [sqlite3.connect(path, timeout=10, check_same_thread=False) for _ in range(4)]
+        if table_state == "v1":
+            write_v1_store(conns[0], "sqlite", [("ABC-1", "Done", "2026-11-27T09:00:00+00:00")])
+        start = threading.Barrier(4)
+        errors: list[BaseException] = []
 
-    def first_run(conn) -> None:
-        start.wait()
-        try:
-            ensure_table(conn, "sqlite")
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
-            errors.append(exc)
+        def first_run(conn, start: threading.Barrier = start, errors: list[BaseException] = errors) -> None:
+            start.wait()
+            try:
+                ensure_table(conn, "sqlite")
+            except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+                errors.append(exc)
 
-    threads = [threading.Thread(target=first_run, args=(conn,)) for conn in conns]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
+        threads = [threading.Thread(target=first_run, args=(conn,)) for conn in conns]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        for conn in conns[1:]:
+            conn.close()
 
-    assert errors == []
-    assert get_ticket(conns[0], "sqlite", "ABC-1")["previous_keys"] == []
-    for conn in conns:
-        conn.close()
+        assert errors == [], f"round {round_number}: {errors!r}"
+        upsert_tickets(
+            conns[0],
+            "sqlite",
+            [ticket("ABC-1", "10001", "2026-11-27T10:00:00+00:00")],
+            source="sweep",
+            fetched_at=T0,
+        )
+        assert get_ticket(conns[0], "sqlite", "ABC-1")["issue_id"] == 10001
+        conns[0].close()
 
 
 def test_the_readme_prints_exactly_the_one_time_ddl_the_upgrade_runs():
