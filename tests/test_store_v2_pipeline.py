@@ -9,7 +9,7 @@ from jira_mail_sync.mapping import MAX_MAPPED_FETCHES, batch_keys
 
 from include.jira_cloud import JiraCloudClient, JiraUnavailable
 from include.jira_rules import BULK_FETCH_LIMIT, BULK_FETCH_LIMIT_LARGE, bulk_fetch_limit
-from include.sync_pipeline import change_event, fetch_batch, store_batches
+from include.sync_pipeline import change_event, fetch_batch, read_change_events, store_batches
 from include.ticket_fields import TICKET_FIELDS, FieldPlan, parse_extra_fields, plan_fields
 from include.ticket_store import count_tickets, get_ticket
 
@@ -215,3 +215,17 @@ def test_the_change_event_is_bounded_and_names_source_and_window():
         "r1",
         "2026-11-27T10:00:00+00:00",
     )
+
+
+def test_events_merged_into_one_downstream_run_keep_every_key_once():
+    extras = [
+        {"source": "inbox", "changed_count": 2, "changed_keys": ["ABC-1", "ABC-2"], "window_end": "t1"},
+        None,  # an event from elsewhere without an extra
+        {"source": "sweep", "changed_count": 700, "changed_keys": ["ABC-2", "ABC-3"], "keys_truncated": True},
+    ]
+
+    feed = read_change_events(extras)
+
+    assert feed.keys == ["ABC-1", "ABC-2", "ABC-3"]
+    assert (feed.changed_count, feed.truncated, feed.sources) == (702, True, ["inbox", "sweep"])
+    assert feed.windows == [(None, "t1"), (None, None)]
