@@ -9,10 +9,12 @@ Jira mails a notification for every new or updated ticket. Every minute this DAG
 2. **extract_ticket_keys** peeks at headers and a bounded body prefix (`BODY.PEEK`, nothing is
    marked seen), trusts only `trusted_senders` (default `jira@<host of jira_default>`), takes the
    ticket keys, and labels rejected mail `$JiraRejected` for a human. Keys are de-duplicated.
-3. **fetch_tickets** is mapped over batches of up to 100 keys: one Jira bulk fetch each, labelled
-   with its keys in the UI. Keys Jira does not return are recorded as not found.
-4. **store_tickets** upserts the details into `jira_ticket` on `jira_store`; an older update never
-   overwrites a newer one, and a rerun changes nothing.
+3. **fetch_tickets** is mapped over batches of up to 1000 keys (100 when a chosen extra field is
+   multi-valued): one Jira bulk fetch each, labelled with its keys in the UI. A key Jira leaves out
+   is asked for on its own: a move to a new key is followed, a 404 confirms it gone.
+4. **store_tickets** upserts the details into `jira_ticket` on `jira_store` (one row per Jira issue;
+   gone tickets keep theirs with `deleted_at`); an older update never overwrites a newer one, and a
+   rerun changes nothing. Its asset event names the changed keys for downstream DAGs.
 5. **mark_mail_seen** sets `\\Seen`, in one `UID STORE`, only on messages whose keys were all stored
    or confirmed not found. A failure anywhere earlier leaves the mail UNSEEN for the next run.
 

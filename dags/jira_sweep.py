@@ -9,9 +9,9 @@ this DAG sweeps the run's data interval (a real interval, so backfills sweep his
    widened by `lookback_minutes` (Jira's search index is eventually consistent).
 2. **list_changed_keys** pages through `/rest/api/3/search/jql` asking only for keys (up to 5000 a
    page, following `nextPageToken`) and batches them.
-3. **fetch_tickets** and **store_tickets** are the same tasks as in `jira_inbox`: mapped bulk fetches,
-   and an idempotent upsert into `jira_ticket` with `source = 'sweep'`. The lookback overlap never
-   duplicates rows.
+3. **fetch_tickets** and **store_tickets** are the same tasks as in `jira_inbox`: mapped bulk fetches
+   of up to 1000 tickets each, and an idempotent upsert into `jira_ticket` with `source = 'sweep'`.
+   The lookback overlap never duplicates rows. The store's asset event names this window.
 4. **record_sweep_progress** moves the watermark (table `jira_sweep_watermark`) to the end this run
    reached, once everything before it is stored.
 
@@ -109,7 +109,7 @@ def jira_sweep():
     plan = plan_sweep()
     batches = list_changed_keys(plan)
     fetched = fetch_tickets.expand(keys=batches)
-    stored = store_tickets(fetched, source="sweep", return_keys=False)
+    stored = store_tickets(fetched, source="sweep", return_keys=False, window=plan)
     record_sweep_progress(plan, batches["reached"], stored)
 
 

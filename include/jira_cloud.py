@@ -30,11 +30,17 @@ from urllib.parse import urlsplit
 import requests
 from atlassian.jira import JiraCloud
 
-from include.jira_rules import BULK_FETCH_LIMIT, SEARCH_PAGE_LIMIT_KEYS_ONLY, is_issue_key
+from include.jira_rules import (
+    BULK_FETCH_LIMIT,
+    BULK_FETCH_LIMIT_LARGE,
+    SEARCH_PAGE_LIMIT_KEYS_ONLY,
+    bulk_fetch_limit,
+    is_issue_key,
+)
+from include.ticket_fields import TICKET_FIELDS, extra_values
 
 logger = logging.getLogger(__name__)
 
-TICKET_FIELDS = ("summary", "status", "assignee", "progress", "updated")
 DEFAULT_MAX_PAGES = 1000
 # First wait before retrying a 5xx or a transport failure; it doubles on each further attempt.
 RETRY_BACKOFF_BASE = 0.25
@@ -49,6 +55,10 @@ CLASSIC_READ_SCOPES = ("read:jira-work", "read:jira-user")
 
 _cloud_ids: dict[str, str] = {}
 _cloud_ids_lock = threading.Lock()
+# Sites that answered 400 to a bulk fetch of more than 100 issues: this worker process asks them for
+# 100 at a time from then on (a site may not have the 1000-issue limit yet, or count a field as
+# multi-valued that we do not).
+_small_bulk_sites: set[str] = set()
 
 
 class JiraError(Exception):
@@ -80,6 +90,15 @@ class JiraRequestError(JiraError):
 class BulkFetchResult:
     issues: list[dict[str, Any]]
     not_found: list[str]
+    requests: int = 0
+
+
+@dataclass(frozen=True)
+class MissingKeys:
+    """What single GETs said about keys a bulk fetch left out."""
+
+    gone: list[str]  # 404: deleted, or no longer visible to this account
+    moved: dict[str, dict[str, Any]]  # old key -> the issue Jira answered with, under its new key
 
 
 _SITE_HOST = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*")
@@ -146,6 +165,12 @@ def forget_cloud_ids() -> None:
     """Forget the cloudIds discovered in this process (tests; a site keeps its cloudId for life)."""
     with _cloud_ids_lock:
         _cloud_ids.clear()
+
+
+def forget_bulk_limits() -> None:
+    """Forget which sites refused 1000-issue bulk fetches in this process (tests)."""
+    with _cloud_ids_lock:
+        _small_bulk_sites.clear()
 
 
 def _retry_after_seconds(value: str | None) -> float | None:
@@ -431,35 +456,95 @@ class JiraCloudClient:
             raise self._request_error(what, response)
         return response.json()
 
-    def bulk_fetch(self, keys: Sequence[str], fields: Sequence[str] = TICKET_FIELDS) -> BulkFetchResult:
-        """Fetch any number of issues, 100 per request; keys Jira does not return are `not_found`.
+    def fields_catalogue(self) -> list[dict[str, Any]]:
+        """Every field this account can see, system and custom (GET /rest/api/3/field)."""
+        answer = self._json("GET /rest/api/3/field", self._api.get_fields)
+        if not isinstance(answer, list):
+            raise JiraUnavailable(f"Jira at {self.where} answered GET /rest/api/3/field without a list")
+        return answer
 
-        Keys are compared case-insensitively and de-duplicated. A malformed key is reported as not
-        found without asking Jira. Issues come back in Jira's order within each request. An issue moved
-        to another project comes back under its new key, so its old key is reported as not found.
+    @property
+    def bulk_limit_refused(self) -> bool:
+        """True once this site answered 400 to a bulk fetch of more than 100 issues (in this process)."""
+        with _cloud_ids_lock:
+            return self.site_url in _small_bulk_sites
+
+    def bulk_fetch(
+        self, keys: Sequence[str], fields: Sequence[str] = TICKET_FIELDS, *, per_request: int | None = None
+    ) -> BulkFetchResult:
+        """Fetch any number of issues, up to 1000 per request (100 when `fields` do not allow more).
+
+        `per_request` caps the request size further (the planner sized the batch for one request).
+        If the site answers 400 to a request of more than 100, that request is repeated in requests of
+        100, and every later one in this process is 100 too. Keys are compared case-insensitively and
+        de-duplicated. A malformed key is reported as not found without asking Jira. An issue moved to
+        another project comes back under its new key, so its old key is reported as not found.
         """
         wanted = list(dict.fromkeys(str(key).strip().upper() for key in keys))
         valid = [key for key in wanted if is_issue_key(key)]
+        size = min(bulk_fetch_limit(fields), per_request or BULK_FETCH_LIMIT_LARGE, BULK_FETCH_LIMIT_LARGE)
         issues: list[dict[str, Any]] = []
-        for start in range(0, len(valid), BULK_FETCH_LIMIT):
-            chunk = valid[start : start + BULK_FETCH_LIMIT]
-            payload = {"issueIdsOrKeys": chunk, "fields": list(fields)}
-            result = self._json(
-                f"POST /rest/api/3/issue/bulkfetch ({len(chunk)} keys)",
-                lambda payload=payload: self._api.bulk_fetch_issues(data=payload),
-            )
-            errors = result.get("issueErrors") or []
-            if errors:
-                # Jira lists here only issues it failed to load (retriable errors); calling them "not
-                # found" could make a caller forget tickets that exist, so the whole call fails instead.
-                raise JiraUnavailable(
-                    f"Jira at {self.site_url} could not load {len(errors)} of {len(chunk)} issues in a bulk "
-                    f"fetch: {'; '.join(str(e.get('errorMessage', e)) for e in errors[:3])}"
+        requests_before = self.request_count
+        start = 0
+        while start < len(valid):
+            if self.bulk_limit_refused:
+                size = min(size, BULK_FETCH_LIMIT)
+            chunk = valid[start : start + max(size, 1)]
+            try:
+                issues.extend(self._bulk_request(chunk, fields))
+            except JiraRequestError as exc:
+                if exc.status != 400 or len(chunk) <= BULK_FETCH_LIMIT:
+                    raise
+                logger.warning(
+                    "Jira at %s refused a bulk fetch of %d issues (%s); asking for %d at a time from now on",
+                    self.where,
+                    len(chunk),
+                    "; ".join(exc.error_messages) or "HTTP 400",
+                    BULK_FETCH_LIMIT,
                 )
-            issues.extend(result.get("issues") or [])
+                with _cloud_ids_lock:
+                    _small_bulk_sites.add(self.site_url)
+                continue
+            start += len(chunk)
         returned = {str(issue.get("key", "")).upper() for issue in issues}
         not_found = [key for key in wanted if key not in returned]
-        return BulkFetchResult(issues=issues, not_found=not_found)
+        return BulkFetchResult(
+            issues=issues, not_found=not_found, requests=self.request_count - requests_before
+        )
+
+    def _bulk_request(self, chunk: list[str], fields: Sequence[str]) -> list[dict[str, Any]]:
+        payload = {"issueIdsOrKeys": chunk, "fields": list(fields)}
+        result = self._json(
+            f"POST /rest/api/3/issue/bulkfetch ({len(chunk)} keys)",
+            lambda: self._api.bulk_fetch_issues(data=payload),
+        )
+        errors = result.get("issueErrors") or []
+        if errors:
+            # Jira lists here only issues it failed to load (retriable errors); calling them "not
+            # found" could make a caller forget tickets that exist, so the whole call fails instead.
+            raise JiraUnavailable(
+                f"Jira at {self.site_url} could not load {len(errors)} of {len(chunk)} issues in a bulk "
+                f"fetch: {'; '.join(str(e.get('errorMessage', e)) for e in errors[:3])}"
+            )
+        return list(result.get("issues") or [])
+
+    def look_up_missing(self, keys: Sequence[str], fields: Sequence[str] = TICKET_FIELDS) -> MissingKeys:
+        """Ask for each key a bulk fetch left out on its own: 404 means gone, 200 a move to a new key.
+
+        Jira has no deletion feed, and a bulk fetch leaves out deleted, hidden and unknown keys alike
+        without saying which; only a single GET tells them apart. A transport failure or any other
+        error raises (JiraUnavailable, JiraRequestError): it never counts as gone.
+        """
+        gone: list[str] = []
+        moved: dict[str, dict[str, Any]] = {}
+        for key in keys:
+            try:
+                issue = self.get_issue(key, fields)
+            except JiraNotFound:
+                gone.append(str(key).strip().upper())
+                continue
+            moved[str(key).strip().upper()] = issue
+        return MissingKeys(gone=gone, moved=moved)
 
     def search_keys(
         self, jql: str, *, page_size: int = SEARCH_PAGE_LIMIT_KEYS_ONLY, max_pages: int = DEFAULT_MAX_PAGES
@@ -503,8 +588,11 @@ def parse_jira_datetime(text: str) -> datetime:
     return at
 
 
-def ticket_details(issue: dict[str, Any]) -> dict[str, Any]:
-    """The compact, JSON-able record the store keeps for one issue from get_issue or bulk_fetch."""
+def ticket_details(issue: dict[str, Any], extra_fields: Sequence[str] = ()) -> dict[str, Any]:
+    """The compact, JSON-able record the store keeps for one issue from get_issue or bulk_fetch.
+
+    With `extra_fields`, their raw values go under "fields" (a JSON column of the store).
+    """
     fields = issue.get("fields") or {}
     status = fields.get("status") or {}
     assignee = fields.get("assignee")
@@ -518,8 +606,10 @@ def ticket_details(issue: dict[str, Any]) -> dict[str, Any]:
         }
         if progress.get("percent") is not None:
             compact_progress["percent"] = int(progress["percent"])
-    return {
+    details = {
         "key": issue["key"],
+        # Jira's id never changes, even when the issue moves to another project and gets a new key.
+        "issue_id": None if issue.get("id") is None else str(issue["id"]),
         "summary": fields.get("summary"),
         "status": status.get("name"),
         # None both when unassigned and when the assignee's privacy settings hide the address.
@@ -532,3 +622,6 @@ def ticket_details(issue: dict[str, Any]) -> dict[str, Any]:
             else None
         ),
     }
+    if extra_fields:
+        details["fields"] = extra_values(issue, extra_fields)
+    return details

@@ -7,6 +7,7 @@ so they can never disagree about what an issue key is or how many keys one reque
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 # Jira Cloud project keys start with an upper-case letter, go on with upper-case letters, digits or
 # underscores, and are 2 to 10 characters long; issue numbers start at 1.
@@ -17,8 +18,30 @@ ISSUE_KEY_PATTERN = rf"{PROJECT_KEY_PATTERN}-{ISSUE_NUMBER_PATTERN}"
 PROJECT_KEY = re.compile(PROJECT_KEY_PATTERN)
 ISSUE_KEY = re.compile(ISSUE_KEY_PATTERN)
 
-# POST /rest/api/3/issue/bulkfetch takes at most this many keys (a larger request answers 400).
+# POST /rest/api/3/issue/bulkfetch takes at most BULK_FETCH_LIMIT keys, and up to BULK_FETCH_LIMIT_LARGE
+# when `fields` names at most BULK_FETCH_LARGE_MAX_FIELDS fields explicitly, none of them multi-valued,
+# and `expand` asks for none of BULK_FETCH_HEAVY_EXPANDS; a larger request than allowed answers 400.
 BULK_FETCH_LIMIT = 100
+BULK_FETCH_LIMIT_LARGE = 1000
+BULK_FETCH_LARGE_MAX_FIELDS = 100
+BULK_FETCH_HEAVY_EXPANDS = frozenset(
+    {"changelog", "editmeta", "operations", "renderedFields", "transitions", "versionedRepresentations"}
+)
+# System fields that hold lists of items. Custom fields are multi-valued when /rest/api/3/field gives
+# them an array schema (include/ticket_fields.py reads that).
+MULTI_VALUED_SYSTEM_FIELDS = frozenset(
+    {
+        "attachment",
+        "comment",
+        "components",
+        "fixVersions",
+        "issuelinks",
+        "labels",
+        "subtasks",
+        "versions",
+        "worklog",
+    }
+)
 # GET /rest/api/3/search/jql pages: up to 5000 results when only id/key are asked for, else 100.
 SEARCH_PAGE_LIMIT_KEYS_ONLY = 5000
 SEARCH_PAGE_LIMIT_WITH_FIELDS = 100
@@ -32,3 +55,20 @@ def is_issue_key(value: object) -> bool:
 def is_project_key(value: object) -> bool:
     """True for a string that is exactly one Jira project key, e.g. "ABC"."""
     return isinstance(value, str) and PROJECT_KEY.fullmatch(value) is not None
+
+
+def bulk_fetch_limit(
+    fields: Iterable[str], *, multi_valued: Iterable[str] = (), expand: Iterable[str] = ()
+) -> int:
+    """How many issues one bulk fetch may ask for with these `fields` and `expand` (1000 or 100).
+
+    `multi_valued` names the custom fields known to be multi-valued, beside the system ones. Field
+    wildcards (`*all`, `*navigable`), exclusions (`-summary`) or no fields at all are not explicit.
+    """
+    names = [str(name).strip() for name in fields]
+    heavy = {str(option).strip() for option in expand} & BULK_FETCH_HEAVY_EXPANDS
+    explicit = bool(names) and not any(not name or name[0] in "*-" for name in names)
+    listed = MULTI_VALUED_SYSTEM_FIELDS | set(multi_valued)
+    if explicit and len(set(names)) <= BULK_FETCH_LARGE_MAX_FIELDS and not heavy and not listed & set(names):
+        return BULK_FETCH_LIMIT_LARGE
+    return BULK_FETCH_LIMIT

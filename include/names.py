@@ -11,3 +11,15 @@ STORE_CONN_ID = "jira_store"
 JIRA_API_POOL = "jira_api"
 
 TICKET_TABLE = "jira_ticket"
+
+# The Airflow config section of this project's settings ([jira_mail_sync] in airflow.cfg, or
+# AIRFLOW__JIRA_MAIL_SYNC__<OPTION> in the environment).
+CONFIG_SECTION = "jira_mail_sync"
+# [jira_mail_sync] extra_fields: the Jira fields stored in jira_ticket.fields (include/ticket_fields.py).
+EXTRA_FIELDS_OPTION = "extra_fields"
+
+# The Asset store_tickets updates: downstream DAGs scheduled on it run when tickets changed.
+TICKET_ASSET_NAME = TICKET_TABLE
+TICKET_ASSET_URI = "jira-mail-sync://jira_store/jira_ticket"
+# An asset event names at most this many changed keys (and always their count).
+CHANGE_FEED_MAX_KEYS = 500

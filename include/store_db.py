@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -56,12 +57,56 @@ def transaction(conn: Any, dialect: str) -> Iterator[Any]:
 def table_exists(conn: Any, dialect: str, table: str) -> bool:
     check_dialect(dialect)
     with transaction(conn, dialect) as cursor:
-        if dialect == "sqlite":
-            cursor.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?", (table,))
-        else:
-            cursor.execute("SELECT count(*) FROM pg_catalog.pg_class WHERE oid = to_regclass(%s)", (table,))
-        (found,) = cursor.fetchone()
+        return _exists(cursor, dialect, table)
+
+
+def _exists(cursor: Any, dialect: str, table: str) -> bool:
+    if dialect == "sqlite":
+        cursor.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = ?", (table,))
+    else:
+        cursor.execute("SELECT count(*) FROM pg_catalog.pg_class WHERE oid = to_regclass(%s)", (table,))
+    (found,) = cursor.fetchone()
     return bool(found)
+
+
+def table_columns(conn: Any, dialect: str, table: str) -> set[str]:
+    """The names of a table's columns (empty when the table is missing); a read, no DDL rights needed."""
+    check_dialect(dialect)
+    if dialect == "sqlite":
+        rows = read(conn, dialect, "SELECT name FROM pragma_table_info(?)", (table,))
+    else:
+        rows = read(
+            conn,
+            dialect,
+            "SELECT attname FROM pg_catalog.pg_attribute "
+            "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped",
+            (table,),
+        )
+    return {str(name) for (name,) in rows}
+
+
+def _schema_lock_id(table: str) -> int:
+    # One advisory lock per table, the same in every process (Python's hash() is salted per process).
+    return zlib.crc32(f"jira-mail-sync schema {table}".encode())
+
+
+@contextmanager
+def schema_change(conn: Any, dialect: str, table: str) -> Iterator[Any]:
+    """A transaction in which one process at a time changes `table`'s schema.
+
+    Two first runs at once would otherwise both find the table missing and both CREATE it, and
+    PostgreSQL fails the loser's `CREATE TABLE IF NOT EXISTS` with a unique violation on pg_type.
+    PostgreSQL: a transaction-level advisory lock; SQLite: BEGIN IMMEDIATE, which takes the write
+    lock at once (a deferred transaction upgraded later fails with "database is locked" instead of
+    waiting). The caller looks again inside the block: the other process may have done the work.
+    """
+    check_dialect(dialect)
+    if dialect == "sqlite" and not conn.in_transaction:
+        conn.execute("BEGIN IMMEDIATE")
+    with transaction(conn, dialect) as cursor:
+        if dialect == "postgres":
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", (_schema_lock_id(table),))
+        yield cursor
 
 
 def create_missing(conn: Any, dialect: str, table: str, statements: tuple[str, ...]) -> None:
@@ -69,10 +114,13 @@ def create_missing(conn: Any, dialect: str, table: str, statements: tuple[str, .
 
     It looks first: even `CREATE ... IF NOT EXISTS` needs DDL rights and takes locks on PostgreSQL
     that wait behind open writers, so a deployment whose role has DML rights only keeps working.
+    Concurrent first runs take turns (see schema_change), so only one of them creates the table.
     """
     if table_exists(conn, dialect, table):
         return
-    with transaction(conn, dialect) as cursor:
+    with schema_change(conn, dialect, table) as cursor:
+        if _exists(cursor, dialect, table):
+            return
         for statement in statements:
             cursor.execute(statement)
 

@@ -10,14 +10,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from include.imap_inbox import REJECTED_KEYWORD, Inbox, PeekedMessage
 from include.jira_cloud import JiraCloudClient, ticket_details
 from include.jira_mail import HEADERS_TOO_LARGE, ParsedMail, parse_message
+from include.names import CHANGE_FEED_MAX_KEYS
 from include.sender_auth import UNAUTHENTICATED_SENDER, SenderAuthPolicy
-from include.ticket_store import ensure_table, upsert_tickets
+from include.ticket_fields import TICKET_FIELDS
+from include.ticket_store import ensure_table, mark_gone, upsert_tickets
 
 log = logging.getLogger(__name__)
 
@@ -129,13 +131,34 @@ def _unauthenticated(parsed: ParsedMail, why: str) -> ParsedMail:
     )
 
 
-def fetch_batch(client: JiraCloudClient, keys: Sequence[str]) -> dict[str, list]:
-    """Fetch one batch of tickets; keys Jira does not return are reported as not found, not raised."""
-    result = client.bulk_fetch(list(keys))
-    tickets = [ticket_details(issue) for issue in result.issues]
-    if result.not_found:
-        log.info("Not found in Jira (deleted, moved or not visible): %s", ", ".join(result.not_found))
-    return {"tickets": tickets, "not_found": list(result.not_found)}
+def fetch_batch(
+    client: JiraCloudClient, keys: Sequence[str], extra_fields: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Fetch one batch of tickets in one bulk request (the planner sized it), stamped with the fetch time.
+
+    Each key the bulk fetch left out is asked for on its own: a 404 confirms it gone (`not_found`,
+    which the store marks deleted_at), an answer under another key is a move (the ticket carries its
+    old key in `moved_from`). A transport error raises: it never makes a ticket gone.
+    """
+    fetched_at = datetime.now(UTC)
+    fields = (*TICKET_FIELDS, *extra_fields)
+    result = client.bulk_fetch(list(keys), fields, per_request=len(keys))
+    missing = client.look_up_missing(result.not_found, fields) if result.not_found else None
+    issues = {str(issue["id"]): issue for issue in result.issues}
+    moved_from: dict[str, list[str]] = {}
+    for old_key, issue in (missing.moved if missing else {}).items():
+        issues.setdefault(str(issue["id"]), issue)
+        moved_from.setdefault(str(issue["id"]), []).append(old_key)
+    tickets = []
+    for issue_id, issue in issues.items():
+        details = ticket_details(issue, extra_fields)
+        if issue_id in moved_from:
+            details["moved_from"] = moved_from[issue_id]
+        tickets.append(details)
+    gone = missing.gone if missing else []
+    if gone:
+        log.info("Not found in Jira (deleted, or not visible to this account): %s", ", ".join(gone))
+    return {"tickets": tickets, "not_found": gone, "fetched_at": fetched_at.isoformat()}
 
 
 def store_batches(
@@ -154,6 +177,7 @@ def store_batches(
     """
     ensure_table(conn, dialect)
     written = stale = not_found_count = 0
+    changed: list[str] = []
     stored: list[str] = []
     not_found: list[str] = []
     for batch in batches:
@@ -161,18 +185,81 @@ def store_batches(
             continue
         tickets = batch.get("tickets") or []
         missing = batch.get("not_found") or []
-        result = upsert_tickets(conn, dialect, tickets, source=source, fetched_at=fetched_at)
+        # The time of the fetch, not of the store: the freshness the REST channel trusts.
+        at = datetime.fromisoformat(batch["fetched_at"]) if batch.get("fetched_at") else fetched_at
+        result = upsert_tickets(conn, dialect, tickets, source=source, fetched_at=at)
+        marked = mark_gone(conn, dialect, missing, confirmed_at=at) if missing else []
         written += result.written
         stale += result.stale_skipped
         not_found_count += len(missing)
+        changed.extend(result.changed)
+        changed.extend(marked)
         if return_keys:
-            stored.extend(t["key"] for t in tickets)
+            # A moved ticket settles the mail about its old key too.
+            stored.extend(key for t in tickets for key in (t["key"], *(t.get("moved_from") or ())))
             not_found.extend(missing)
-    summary: dict[str, Any] = {"written": written, "stale_skipped": stale, "not_found_count": not_found_count}
+    changed_keys = sorted(set(changed))
+    summary: dict[str, Any] = {
+        "written": written,
+        "stale_skipped": stale,
+        "not_found_count": not_found_count,
+        "changed_count": len(changed_keys),
+        # Bounded: a sweep may change tens of thousands of tickets, and this travels as XCom.
+        "changed": changed_keys[:CHANGE_FEED_MAX_KEYS],
+    }
     if return_keys:
         summary["stored"] = stored
         summary["not_found"] = not_found
     return summary
+
+
+def change_event(
+    summary: Mapping[str, Any], *, source: str, run_id: str, window: Mapping[str, str | None]
+) -> dict[str, Any]:
+    """The extra of the store's asset event: what changed (count, at most CHANGE_FEED_MAX_KEYS keys), by
+    which run, over which window. Consumers needing every key read rows by updated_at or fetched_at."""
+    keys = list(summary.get("changed") or [])[:CHANGE_FEED_MAX_KEYS]
+    count = int(summary.get("changed_count", len(keys)))
+    return {
+        "source": source,
+        "run_id": run_id,
+        "window_start": window.get("start"),
+        "window_end": window.get("end"),
+        "changed_count": count,
+        "changed_keys": keys,
+        "keys_truncated": count > len(keys),
+    }
+
+
+@dataclass(frozen=True)
+class ChangeFeed:
+    """What a downstream run learns from the store's asset events that triggered it."""
+
+    keys: list[str]  # changed keys named by the events, de-duplicated, in event order
+    changed_count: int  # the sum of the events' counts (a key changed in two runs counts twice)
+    truncated: bool  # some event named fewer keys than it changed: read the rest from the table
+    sources: list[str]
+    windows: list[tuple[str | None, str | None]]
+
+
+def read_change_events(extras: Iterable[Mapping[str, Any] | None]) -> ChangeFeed:
+    """Merge the extras of the asset events (oldest first) that triggered one downstream run."""
+    keys: dict[str, None] = {}
+    count = 0
+    truncated = False
+    sources: list[str] = []
+    windows: list[tuple[str | None, str | None]] = []
+    for extra in extras:
+        if not extra:
+            continue
+        for key in extra.get("changed_keys") or []:
+            keys.setdefault(str(key), None)
+        count += int(extra.get("changed_count") or 0)
+        truncated = truncated or bool(extra.get("keys_truncated"))
+        if extra.get("source") and extra["source"] not in sources:
+            sources.append(str(extra["source"]))
+        windows.append((extra.get("window_start"), extra.get("window_end")))
+    return ChangeFeed(list(keys), count, truncated, sources, windows)
 
 
 def settled_uids(messages: Iterable[Mapping[str, Any]], handled_keys: Iterable[str]) -> list[int]:

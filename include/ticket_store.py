@@ -1,12 +1,18 @@
-"""The jira_ticket table on SQLite or PostgreSQL: idempotent upserts where an older Jira update never wins."""
+"""The jira_ticket table on SQLite or PostgreSQL: one row per Jira issue; upserts, moves, deletions.
+
+A row is keyed by the issue's current key and identified by Jira's issue id: a ticket moved to another
+project (ABC-1 becomes XYZ-9, same id) keeps its one row under the new key, with the former keys in
+`previous_keys`. A ticket Jira confirms gone keeps its row with `deleted_at` set; that is cleared when
+Jira shows the ticket again. An older Jira update never overwrites a newer one.
+"""
 
 from __future__ import annotations
 
 import itertools
 import json
 import logging
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -18,7 +24,9 @@ from include.store_db import (
     create_missing,
     placeholder,
     read,
+    schema_change,
     sqlite_timestamp,
+    table_columns,
     transaction,
 )
 from include.store_db import table_exists as _table_exists
@@ -28,13 +36,25 @@ log = logging.getLogger(__name__)
 TABLE = TICKET_TABLE
 SOURCES = ("inbox", "sweep")
 CHUNK_SIZE = 500
-# Jira project keys start with a letter and go on with upper-case letters, digits or underscores;
-# issue numbers start at 1.
-_COLUMNS = ("key", "summary", "status", "assignee_email", "progress", "updated_at", "fetched_at", "source")
+# What upsert_tickets writes; previous_keys is kept by the move step, deleted_at by mark_gone.
+_WRITTEN = (
+    "key",
+    "issue_id",
+    "summary",
+    "status",
+    "assignee_email",
+    "progress",
+    "fields",
+    "updated_at",
+    "fetched_at",
+    "source",
+)
+_JSON_COLUMNS = ("progress", "fields", "previous_keys")
+_READ = (*_WRITTEN, "previous_keys", "deleted_at")
+ISSUE_ID_INDEX = f"{TABLE}_issue_id_key"
 
-_DDL = {
-    "sqlite": (
-        f"""CREATE TABLE IF NOT EXISTS {TABLE} (
+_V1_DDL = {
+    "sqlite": f"""CREATE TABLE IF NOT EXISTS {TABLE} (
     key TEXT PRIMARY KEY,
     summary TEXT NOT NULL,
     status TEXT NOT NULL,
@@ -44,10 +64,7 @@ _DDL = {
     fetched_at TEXT NOT NULL,
     source TEXT NOT NULL CHECK (source IN ('inbox', 'sweep'))
 )""",
-        f"CREATE INDEX IF NOT EXISTS {TABLE}_updated_at_idx ON {TABLE} (updated_at)",
-    ),
-    "postgres": (
-        f"""CREATE TABLE IF NOT EXISTS {TABLE} (
+    "postgres": f"""CREATE TABLE IF NOT EXISTS {TABLE} (
     key TEXT PRIMARY KEY,
     summary TEXT NOT NULL,
     status TEXT NOT NULL,
@@ -57,25 +74,58 @@ _DDL = {
     fetched_at TIMESTAMPTZ NOT NULL,
     source TEXT NOT NULL CHECK (source IN ('inbox', 'sweep'))
 )""",
-        f"CREATE INDEX IF NOT EXISTS {TABLE}_updated_at_idx ON {TABLE} (updated_at)",
-    ),
 }
+
+# Version 2 adds these columns to version 1's table. A new table is created as version 1 plus these
+# same statements, so a fresh store and an upgraded one can never differ. issue_id stays nullable:
+# rows written by version 1 get it the next time Jira returns their ticket.
+V2_COLUMNS = {
+    "sqlite": {
+        "issue_id": "INTEGER",
+        "previous_keys": "TEXT NOT NULL DEFAULT '[]' CHECK (json_valid(previous_keys))",
+        "fields": "TEXT CHECK (fields IS NULL OR json_valid(fields))",
+        "deleted_at": "TEXT",
+    },
+    "postgres": {
+        "issue_id": "BIGINT",
+        "previous_keys": "JSONB NOT NULL DEFAULT '[]'::jsonb",
+        "fields": "JSONB",
+        "deleted_at": "TIMESTAMPTZ",
+    },
+}
+_V2_INDEXES = (
+    f"CREATE UNIQUE INDEX IF NOT EXISTS {ISSUE_ID_INDEX} ON {TABLE} (issue_id)",
+    f"CREATE INDEX IF NOT EXISTS {TABLE}_updated_at_idx ON {TABLE} (updated_at)",
+)
+
+
+def upgrade_statements(dialect: str, missing: Iterable[str] | None = None) -> list[str]:
+    """The DDL that brings a version-1 table to version 2 (the README prints it for DBAs)."""
+    check_dialect(dialect)
+    columns = V2_COLUMNS[dialect]
+    wanted = list(columns) if missing is None else [name for name in columns if name in set(missing)]
+    return [f"ALTER TABLE {TABLE} ADD COLUMN {name} {columns[name]}" for name in wanted] + list(_V2_INDEXES)
+
+
+def _json_value(dialect: str) -> str:
+    # JSON goes over the wire as text and is cast on the server, so psycopg 3 and psycopg2 (either
+    # can come out of PostgresHook) need no driver-specific JSON adapter.
+    return "%s::jsonb" if dialect == "postgres" else "?"
 
 
 def _upsert_sql(dialect: str) -> str:
-    # JSON goes over the wire as text and is cast on the server, so psycopg 3 and psycopg2 (either
-    # can come out of PostgresHook) need no driver-specific JSON adapter.
     values = ", ".join(
-        "%s::jsonb" if dialect == "postgres" and column == "progress" else placeholder(dialect)
-        for column in _COLUMNS
+        _json_value(dialect) if column in _JSON_COLUMNS else placeholder(dialect) for column in _WRITTEN
     )
-    updates = ", ".join(f"{column} = excluded.{column}" for column in _COLUMNS if column != "key")
+    updates = ", ".join(f"{column} = excluded.{column}" for column in _WRITTEN if column != "key")
     # An equal updated_at rewrites the same content (harmless, keeps reruns idempotent); only an
-    # older one is skipped, so a late or replayed mail can never overwrite a newer state.
+    # older one is skipped, so a late or replayed mail can never overwrite a newer state. A ticket
+    # marked gone comes back when a fetch made after that confirmation returns it.
     return (
-        f"INSERT INTO {TABLE} ({', '.join(_COLUMNS)}) VALUES ({values}) "
-        f"ON CONFLICT (key) DO UPDATE SET {updates} "
-        f"WHERE excluded.updated_at >= {TABLE}.updated_at"
+        f"INSERT INTO {TABLE} ({', '.join(_WRITTEN)}) VALUES ({values}) "
+        f"ON CONFLICT (key) DO UPDATE SET {updates}, deleted_at = CASE "
+        f"WHEN excluded.fetched_at > {TABLE}.deleted_at THEN NULL ELSE {TABLE}.deleted_at END "
+        f"WHERE excluded.updated_at >= {TABLE}.updated_at OR excluded.fetched_at > {TABLE}.deleted_at"
     )
 
 
@@ -94,21 +144,50 @@ def _aware(value: Any, what: str) -> datetime:
     return moment
 
 
-def _text(ticket: Mapping[str, Any], field: str, key: str, *, nullable: bool = False) -> str | None:
-    value = ticket.get(field)
+def _stamp(moment: datetime, dialect: str) -> Any:
+    return sqlite_timestamp(moment) if dialect == "sqlite" else moment
+
+
+def _text(ticket: Mapping[str, Any], name: str, key: str, *, nullable: bool = False) -> str | None:
+    value = ticket.get(name)
     if value is None and nullable:
         return None
     if not isinstance(value, str):
-        raise ValueError(f"ticket {key}: {field} must be a string, got {type(value).__name__}")
+        raise ValueError(f"ticket {key}: {name} must be a string, got {type(value).__name__}")
     return value
 
 
-def _row(ticket: Mapping[str, Any], dialect: str, source: str, fetched_at: datetime) -> tuple[Any, ...]:
+def _issue_id(value: Any, key: str) -> int:
+    # Jira sends ids as decimal strings ("10042"); anything else cannot be an issue id.
+    text = str(value) if isinstance(value, int | str) and not isinstance(value, bool) else ""
+    if not text.isascii() or not text.isdigit() or int(text) < 1 or int(text) >= 2**63:
+        raise ValueError(f"ticket {key}: issue_id must be Jira's numeric issue id, got {value!r}")
+    return int(text)
+
+
+def _json_text(value: Any, what: str) -> str:
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what} is not JSON-serialisable: {exc}") from None
+
+
+@dataclass(frozen=True)
+class _Ticket:
+    key: str
+    issue_id: int
+    row: tuple[Any, ...]
+    updated_at: datetime
+    moved_from: tuple[str, ...]
+
+
+def _ticket(ticket: Mapping[str, Any], dialect: str, source: str, fetched_at: datetime) -> _Ticket:
     if not isinstance(ticket, Mapping):
         raise ValueError(f"a ticket must be a mapping, got {type(ticket).__name__}")
     key = ticket.get("key")
     if not is_issue_key(key):
         raise ValueError(f"not a Jira issue key: {key!r}")
+    issue_id = _issue_id(ticket.get("issue_id"), key)
     summary = _text(ticket, "summary", key)
     status = _text(ticket, "status", key)
     if not status:
@@ -117,37 +196,66 @@ def _row(ticket: Mapping[str, Any], dialect: str, source: str, fetched_at: datet
     progress = ticket.get("progress")
     if progress is not None and not isinstance(progress, Mapping):
         raise ValueError(f"ticket {key}: progress must be a dict or None, got {type(progress).__name__}")
+    extra = ticket.get("fields")
+    if extra is not None and not isinstance(extra, Mapping):
+        raise ValueError(f"ticket {key}: fields must be a dict or None, got {type(extra).__name__}")
+    moved_from = ticket.get("moved_from") or ()
+    if not isinstance(moved_from, list | tuple) or not all(is_issue_key(k) for k in moved_from):
+        raise ValueError(f"ticket {key}: moved_from must be a list of issue keys, got {moved_from!r}")
     updated_at = _aware(ticket.get("updated_at"), f"ticket {key}: updated_at")
-    progress_json = None
-    if progress is not None:
-        try:
-            progress_json = json.dumps(dict(progress), sort_keys=True, separators=(",", ":"), allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"ticket {key}: progress is not JSON-serialisable: {exc}") from None
-    if dialect == "sqlite":
-        return (
-            key,
-            summary,
-            status,
-            assignee_email,
-            progress_json,
-            sqlite_timestamp(updated_at),
-            sqlite_timestamp(fetched_at),
-            source,
-        )
-    return (key, summary, status, assignee_email, progress_json, updated_at, fetched_at, source)
+    progress_json = None if progress is None else _json_text(dict(progress), f"ticket {key}: progress")
+    fields_json = None if extra is None else _json_text(dict(extra), f"ticket {key}: fields")
+    row = (
+        key,
+        issue_id,
+        summary,
+        status,
+        assignee_email,
+        progress_json,
+        fields_json,
+        _stamp(updated_at, dialect),
+        _stamp(fetched_at, dialect),
+        source,
+    )
+    return _Ticket(key, issue_id, row, updated_at, tuple(k for k in moved_from if k != key))
 
 
-def _chunks(items: Iterable[Mapping[str, Any]], size: int) -> Iterator[list[Mapping[str, Any]]]:
+def _chunks(items: Sequence[_Ticket], size: int) -> Iterator[list[_Ticket]]:
     iterator = iter(items)
     while chunk := list(itertools.islice(iterator, size)):
         yield chunk
 
 
 def ensure_table(conn: Any, dialect: str) -> None:
-    """Create the table and its updated_at index if they are missing; safe to call every run."""
+    """Create the table, or upgrade version 1's in place, when needed; safe to call every run.
+
+    An up-to-date table is only read (its column list), so a role with DML rights only keeps
+    working once the one-time DDL has run. Concurrent first runs take turns on the schema lock.
+    """
     check_dialect(dialect)
-    create_missing(conn, dialect, TABLE, _DDL[dialect])
+    create_missing(conn, dialect, TABLE, (_V1_DDL[dialect], *upgrade_statements(dialect)))
+    missing = set(V2_COLUMNS[dialect]) - table_columns(conn, dialect, TABLE)
+    if not missing:
+        return
+    with schema_change(conn, dialect, TABLE) as cursor:
+        missing &= _columns_in(cursor, dialect)
+        statements = upgrade_statements(dialect, missing)
+        for statement in statements:
+            cursor.execute(statement)
+    log.warning("Upgraded table %s in place: added column(s) %s", TABLE, ", ".join(sorted(missing)))
+
+
+def _columns_in(cursor: Any, dialect: str) -> set[str]:
+    """Inside the schema lock: the v2 columns still missing (another process may have added them)."""
+    if dialect == "sqlite":
+        cursor.execute("SELECT name FROM pragma_table_info(?)", (TABLE,))
+    else:
+        cursor.execute(
+            "SELECT attname FROM pg_catalog.pg_attribute "
+            "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped",
+            (TABLE,),
+        )
+    return set(V2_COLUMNS[dialect]) - {str(name) for (name,) in cursor.fetchall()}
 
 
 def table_exists(conn: Any, dialect: str) -> bool:
@@ -158,6 +266,90 @@ def table_exists(conn: Any, dialect: str) -> bool:
 class UpsertResult:
     written: int
     stale_skipped: int
+    # Keys whose stored row changed: new, newer in Jira, moved, or back from deleted. Sorted.
+    changed: tuple[str, ...] = field(default=())
+    moved: int = 0
+
+
+def _decoded_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    return list(json.loads(value) if isinstance(value, str) else value)
+
+
+@dataclass
+class _Stored:
+    key: str
+    issue_id: int | None
+    previous_keys: list[str]
+    updated_at: datetime
+    deleted: bool
+
+
+def _stored_rows(cursor: Any, dialect: str, chunk: list[_Ticket]) -> list[_Stored]:
+    keys = sorted({t.key for t in chunk} | {k for t in chunk for k in t.moved_from})
+    ids = sorted({t.issue_id for t in chunk})
+    mark = placeholder(dialect)
+    cursor.execute(
+        f"SELECT key, issue_id, previous_keys, updated_at, deleted_at FROM {TABLE} "
+        f"WHERE key IN ({', '.join([mark] * len(keys))}) OR issue_id IN ({', '.join([mark] * len(ids))})",
+        (*keys, *ids),
+    )
+    return [
+        _Stored(
+            key, None if issue_id is None else int(issue_id), _decoded_list(prev), as_utc_datetime(at), gone
+        )
+        for key, issue_id, prev, at, gone in (
+            (r[0], r[1], r[2], r[3], r[4] is not None) for r in cursor.fetchall()
+        )
+    ]
+
+
+def _settle_identity(cursor: Any, dialect: str, ticket: _Ticket, stored: list[_Stored]) -> bool:
+    """Fold every stored row of this issue into one row under its current key; True if one moved.
+
+    The rows of one issue are: the row with its id, the row with its current key, and rows under the
+    keys it was asked for (`moved_from`) that have no id yet (written before version 2). Jira never
+    gives a key to two issues, so the others are duplicates of this one: they are removed, their keys
+    kept in `previous_keys`, and the fresh content is written by the upsert that follows.
+    """
+    mine = [
+        row
+        for row in stored
+        if row.issue_id == ticket.issue_id
+        or (row.issue_id is None and (row.key == ticket.key or row.key in ticket.moved_from))
+    ]
+    clash = next((row for row in stored if row.key == ticket.key and row not in mine), None)
+    if clash is not None:
+        raise ValueError(
+            f"ticket {ticket.key}: the stored row under that key belongs to issue {clash.issue_id}, "
+            f"but Jira gives the key to issue {ticket.issue_id}"
+        )
+    if not mine or (len(mine) == 1 and mine[0].key == ticket.key):
+        return False
+    keep = next((row for row in mine if row.key == ticket.key), None) or next(
+        (row for row in mine if row.issue_id == ticket.issue_id), mine[0]
+    )
+    former = list(keep.previous_keys)
+    for row in sorted(mine, key=lambda r: r.key):
+        for key in (row.key, *row.previous_keys):
+            if key != ticket.key and key not in former:
+                former.append(key)
+    mark = placeholder(dialect)
+    for row in sorted(mine, key=lambda r: r.key):
+        if row is not keep:
+            cursor.execute(f"DELETE FROM {TABLE} WHERE key = {mark}", (row.key,))
+            stored.remove(row)
+    cursor.execute(
+        f"UPDATE {TABLE} SET key = {mark}, issue_id = {mark}, previous_keys = {_json_value(dialect)} "
+        f"WHERE key = {mark}",
+        (ticket.key, ticket.issue_id, json.dumps(former), keep.key),
+    )
+    log.info(
+        "Ticket %s (issue %s) was stored as %s: moved to its current key", ticket.key, ticket.issue_id, former
+    )
+    keep.key, keep.issue_id, keep.previous_keys = ticket.key, ticket.issue_id, former
+    return True
 
 
 def upsert_tickets(
@@ -168,10 +360,13 @@ def upsert_tickets(
     source: str,
     fetched_at: datetime,
 ) -> UpsertResult:
-    """Insert or update tickets by key in one transaction; only an equal or newer updated_at replaces a row.
+    """Insert or update tickets in one transaction; only an equal or newer updated_at replaces a row.
 
-    Each chunk of CHUNK_SIZE tickets is validated before it touches the database; a bad ticket
-    (or any database error) rolls back everything written so far by this call.
+    Each ticket carries its `issue_id`; one that moved (a new key for a stored id, or a stored old key
+    in `moved_from`) has its row renamed first. Rows are written in key order, so two transactions
+    writing overlapping tickets (the inbox and the sweep) wait for each other instead of deadlocking.
+    Every ticket is validated before anything is written; a bad ticket (or any database error) rolls
+    back everything this call wrote.
     """
     check_dialect(dialect)
     if source not in SOURCES:
@@ -179,39 +374,108 @@ def upsert_tickets(
     if not isinstance(fetched_at, datetime):
         raise ValueError(f"fetched_at must be a datetime, got {type(fetched_at).__name__}")
     fetched_at = _aware(fetched_at, "fetched_at")
+    # The last of several copies of one key wins, as it would row by row; then key order (see above).
+    by_key = {t.key: t for t in (_ticket(ticket, dialect, source, fetched_at) for ticket in tickets)}
+    ordered = [by_key[key] for key in sorted(by_key)]
     statement = _upsert_sql(dialect)
-    total = written = 0
+    written = moved = 0
+    changed: list[str] = []
     with transaction(conn, dialect) as cursor:
-        for chunk in _chunks(tickets, CHUNK_SIZE):
-            rows = [_row(ticket, dialect, source, fetched_at) for ticket in chunk]
-            cursor.executemany(statement, rows)
+        for chunk in _chunks(ordered, CHUNK_SIZE):
+            stored = _stored_rows(cursor, dialect, chunk)
+            for ticket in chunk:
+                if _settle_identity(cursor, dialect, ticket, stored):
+                    moved += 1
+                    changed.append(ticket.key)
+            current = {row.key: row for row in stored}
+            for ticket in chunk:
+                row = current.get(ticket.key)
+                if (
+                    row is None or ticket.updated_at > row.updated_at or row.deleted
+                ) and ticket.key not in changed:
+                    changed.append(ticket.key)
+            cursor.executemany(statement, [ticket.row for ticket in chunk])
             # Both drivers sum the affected rows over executemany; a stale row affects none.
             written += max(cursor.rowcount, 0)
-            total += len(rows)
-    result = UpsertResult(written=written, stale_skipped=total - written)
+    result = UpsertResult(
+        written=written, stale_skipped=len(ordered) - written, changed=tuple(sorted(changed)), moved=moved
+    )
     log.info(
-        "Upserted %s ticket(s) from %s: %s written, %s stale skipped",
-        total,
+        "Upserted %s ticket(s) from %s: %s written, %s stale skipped, %s moved",
+        len(ordered),
         source,
         result.written,
         result.stale_skipped,
+        result.moved,
     )
     return result
 
 
-def get_ticket(conn: Any, dialect: str, key: str) -> dict[str, Any] | None:
-    """The stored ticket with progress as a dict (or None) and timestamps as aware UTC datetimes."""
+def _had_key(dialect: str) -> str:
+    """A condition true for rows whose previous_keys hold the key bound to the one placeholder."""
+    if dialect == "sqlite":
+        return "EXISTS (SELECT 1 FROM json_each(previous_keys) WHERE value = ?)"
+    return "previous_keys @> jsonb_build_array(%s::text)"
+
+
+def mark_gone(conn: Any, dialect: str, keys: Iterable[str], *, confirmed_at: datetime) -> list[str]:
+    """Set deleted_at on the rows of tickets Jira confirmed gone (a 404 after a bulk fetch left them out).
+
+    A key matches a row by its current key or one of its previous keys. Rows are kept, never removed;
+    a row fetched after `confirmed_at` is left alone (that later fetch saw the ticket). Returns the
+    stored keys newly marked.
+    """
     check_dialect(dialect)
-    query = f"SELECT {', '.join(_COLUMNS)} FROM {TABLE} WHERE key = {placeholder(dialect)}"
-    rows = read(conn, dialect, query, (key,))
-    if not rows:
-        return None
-    ticket = dict(zip(_COLUMNS, rows[0], strict=True))
-    if isinstance(ticket["progress"], str):
-        ticket["progress"] = json.loads(ticket["progress"])
-    ticket["updated_at"] = as_utc_datetime(ticket["updated_at"])
-    ticket["fetched_at"] = as_utc_datetime(ticket["fetched_at"])
+    confirmed_at = _aware(confirmed_at, "confirmed_at")
+    wanted = sorted({str(key).upper() for key in keys if is_issue_key(str(key).upper())})
+    if not wanted:
+        return []
+    mark = placeholder(dialect)
+    former = _had_key(dialect)
+    at = _stamp(confirmed_at, dialect)
+    marked: list[str] = []
+    with transaction(conn, dialect) as cursor:
+        for key in wanted:
+            cursor.execute(
+                f"UPDATE {TABLE} SET deleted_at = {mark} WHERE deleted_at IS NULL AND fetched_at <= {mark} "
+                f"AND (key = {mark} OR {former}) RETURNING key",
+                (at, at, key, key),
+            )
+            marked.extend(row[0] for row in cursor.fetchall())
+    if marked:
+        log.warning(
+            "Jira confirmed %d ticket(s) gone (deleted, or hidden from this account): %s",
+            len(marked),
+            ", ".join(marked),
+        )
+    return marked
+
+
+def _decoded(row: Sequence[Any]) -> dict[str, Any]:
+    ticket = dict(zip(_READ, row, strict=True))
+    for column in ("progress", "fields"):
+        if isinstance(ticket[column], str):
+            ticket[column] = json.loads(ticket[column])
+    ticket["previous_keys"] = _decoded_list(ticket["previous_keys"])
+    for column in ("updated_at", "fetched_at", "deleted_at"):
+        if ticket[column] is not None:
+            ticket[column] = as_utc_datetime(ticket[column])
     return ticket
+
+
+def get_ticket(conn: Any, dialect: str, key: str) -> dict[str, Any] | None:
+    """The stored ticket under its current key, or under a key it had before it moved; else None.
+
+    progress and fields come back as dicts (or None), previous_keys as a list, timestamps as aware
+    UTC datetimes; deleted_at is None unless Jira confirmed the ticket gone.
+    """
+    check_dialect(dialect)
+    mark = placeholder(dialect)
+    columns = ", ".join(_READ)
+    rows = read(conn, dialect, f"SELECT {columns} FROM {TABLE} WHERE key = {mark}", (key,))
+    if not rows and is_issue_key(key):
+        rows = read(conn, dialect, f"SELECT {columns} FROM {TABLE} WHERE {_had_key(dialect)}", (key,))
+    return _decoded(rows[0]) if rows else None
 
 
 def count_tickets(conn: Any, dialect: str, *, source: str | None = None) -> int:

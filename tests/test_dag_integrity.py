@@ -24,6 +24,7 @@ EXPECTED_EDGES = {
         ("plan_sweep", "list_changed_keys"),
         ("list_changed_keys", "fetch_tickets"),
         ("fetch_tickets", "store_tickets"),
+        ("plan_sweep", "store_tickets"),  # the window its asset event names
         ("plan_sweep", "record_sweep_progress"),
         ("list_changed_keys", "record_sweep_progress"),
         ("store_tickets", "record_sweep_progress"),
@@ -44,7 +45,24 @@ def dagbag():
 
 def test_every_dag_file_imports_without_errors(dagbag):
     assert dagbag.import_errors == {}
-    assert set(dagbag.dag_ids) == {"jira_inbox", "jira_sweep"}
+    assert set(dagbag.dag_ids) == {"jira_inbox", "jira_sweep", "jira_ticket_changes_example"}
+
+
+def test_store_tickets_updates_the_ticket_asset_and_the_example_consumer_is_scheduled_on_it(dagbag):
+    from jira_mail_sync.assets import TICKET_ASSET
+
+    from include.names import TICKET_ASSET_URI
+
+    assert TICKET_ASSET.uri == TICKET_ASSET_URI == "jira-mail-sync://jira_store/jira_ticket"
+    for dag_id in EXPECTED_EDGES:
+        outlets = {t.task_id: list(t.outlets) for t in dagbag.dags[dag_id].tasks if t.outlets}
+        assert outlets == {"store_tickets": [TICKET_ASSET]}
+    example = dagbag.dags["jira_ticket_changes_example"]
+    assert example.is_paused_upon_creation is True
+    assert set(example.tags) == {"jira", "example"}
+    assert example.doc_md and example.doc_md.strip().startswith("###")
+    assert list(example.timetable.asset_condition.objects) == [TICKET_ASSET]
+    assert [(t.task_id, t.retries) for t in example.tasks] == [("read_changed_tickets", 2)]
 
 
 @pytest.mark.parametrize("dag_id", sorted(EXPECTED_EDGES))
@@ -120,12 +138,17 @@ def test_parsing_the_dags_opens_no_socket_and_no_database():
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result == {"dags": ["jira_inbox", "jira_sweep"], "errors": [], "calls": []}
+    assert result == {
+        "dags": ["jira_inbox", "jira_sweep", "jira_ticket_changes_example"],
+        "errors": [],
+        "calls": [],
+    }
 
 
 def test_every_task_that_calls_jira_takes_a_jira_api_pool_slot(dagbag):
     calls_jira = {
-        "jira_inbox": {"fetch_tickets"},
+        # extract_ticket_keys checks chosen extra fields against /rest/api/3/field.
+        "jira_inbox": {"extract_ticket_keys", "fetch_tickets"},
         "jira_sweep": {"plan_sweep", "list_changed_keys", "fetch_tickets"},
     }
     from include.names import JIRA_API_POOL

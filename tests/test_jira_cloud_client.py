@@ -60,19 +60,93 @@ def wait_for_requests(jira_standin, count: int, timeout: float = 5.0) -> None:
 # ------------------------------------------------------------------------------------------ reading
 
 
-def test_bulk_fetch_of_250_keys_takes_3_requests_and_reports_the_missing(jira_standin, client):
-    present = [f"ABC-{n}" for n in range(1, 241)]
-    missing = [f"ABC-{n}" for n in range(241, 251)]
+def test_bulk_fetch_of_2500_keys_takes_3_requests_and_reports_the_missing(jira_standin, client):
+    present = [f"ABC-{n}" for n in range(1, 2491)]
+    missing = [f"ABC-{n}" for n in range(2491, 2501)]
     for key in present:
         jira_standin.add_issue(key, summary=f"Ticket {key}", updated=T0)
 
     result = client.bulk_fetch(present + missing)
 
     assert jira_standin.request_count("/rest/api/3/issue/bulkfetch") == 3
-    assert client.request_count == 3
+    assert client.request_count == result.requests == 3
     assert sorted(issue["key"] for issue in result.issues) == sorted(present)
     assert result.not_found == missing
     assert set(result.issues[0]["fields"]) == set(TICKET_FIELDS)
+
+
+@pytest.mark.parametrize(
+    ("fields", "per_request", "requests"),
+    [
+        (TICKET_FIELDS, None, 1),
+        (TICKET_FIELDS, 100, 3),
+        ((*TICKET_FIELDS, "comment"), None, 3),  # a multi-valued field: 100 per request
+        (("*navigable",), None, 3),  # not explicit
+    ],
+)
+def test_bulk_fetch_size_follows_jiras_rule(jira_standin, client, fields, per_request, requests):
+    keys = [f"ABC-{n}" for n in range(1, 251)]
+    for key in keys:
+        jira_standin.add_issue(key, summary="s", updated=T0)
+
+    result = client.bulk_fetch(keys, fields, per_request=per_request)
+
+    assert len(result.issues) == 250 and result.not_found == []
+    assert jira_standin.request_count("/rest/api/3/issue/bulkfetch") == requests
+
+
+def test_a_site_refusing_1000_gets_100_once_refused_and_for_the_rest_of_the_process(
+    jira_standin, client, caplog
+):
+    jira_standin.large_bulk_fetch = False
+    keys = [f"ABC-{n}" for n in range(1, 1201)]
+    for key in keys:
+        jira_standin.add_issue(key, summary="s", updated=T0)
+
+    with caplog.at_level(logging.WARNING, logger="include.jira_cloud"):
+        first = client.bulk_fetch(keys)
+    second = make_client(jira_standin).bulk_fetch(keys[:300])
+
+    statuses = [(entry.status, entry.path) for entry in jira_standin.requests]
+    # 1000 refused once, then 12 requests of 100 for the 1200; the next client asks 100 at once.
+    assert statuses.count((400, "/rest/api/3/issue/bulkfetch")) == 1
+    assert statuses.count((200, "/rest/api/3/issue/bulkfetch")) == 12 + 3
+    assert (first.requests, second.requests) == (13, 3)
+    assert len(first.issues) == 1200 and first.not_found == []
+    assert "refused a bulk fetch of 1000 issues" in caplog.text
+
+
+def test_a_400_to_a_request_of_100_is_raised_not_retried_smaller(jira_standin, client):
+    jira_standin.add_issue("ABC-1", summary="s", updated=T0)
+    jira_standin.inject_fault(400, path_prefix="/rest/api/3/issue/bulkfetch")
+
+    with pytest.raises(JiraRequestError) as caught:
+        client.bulk_fetch(["ABC-1"])
+    assert caught.value.status == 400
+    assert jira_standin.request_count() == 1
+
+
+def test_look_up_missing_tells_gone_from_moved_and_never_counts_a_transport_error_as_gone(
+    jira_standin, client
+):
+    jira_standin.add_issue("ABC-1", summary="s", updated=T0)
+    jira_standin.move_issue("ABC-1", "XYZ-9")
+
+    missing = client.look_up_missing(["ABC-1", "ABC-2"])
+
+    assert missing.gone == ["ABC-2"]
+    assert {old: issue["key"] for old, issue in missing.moved.items()} == {"ABC-1": "XYZ-9"}
+    jira_standin.inject_fault(503, count=10, path_prefix="/rest/api/3/issue/ABC-2")
+    with pytest.raises(JiraUnavailable):
+        make_client(jira_standin, max_retries=1, max_retry_wait=1).look_up_missing(["ABC-2"])
+
+
+def test_fields_catalogue_lists_custom_fields(jira_standin, client):
+    jira_standin.add_custom_field("customfield_10016", "Story Points")
+
+    ids = {field["id"] for field in client.fields_catalogue()}
+
+    assert {"summary", "customfield_10016"} <= ids
 
 
 def test_bulk_fetch_dedupes_case_insensitively_and_never_sends_malformed_keys(jira_standin, client):
@@ -346,6 +420,7 @@ def test_ticket_details_compacts_assigned_unassigned_hidden_and_untracked_ticket
 
     assert details["ABC-1"] == {
         "key": "ABC-1",
+        "issue_id": jira_standin.issue("ABC-1")["id"],
         "summary": "Assigned",
         "status": "In Progress",
         "assignee_email": "ann@example.com",
@@ -358,11 +433,21 @@ def test_ticket_details_compacts_assigned_unassigned_hidden_and_untracked_ticket
     assert all(datetime.fromisoformat(d["updated_at"]) == updated for d in details.values())
 
 
+def test_ticket_details_carry_the_chosen_extra_fields_raw():
+    issue = {"id": "10001", "key": "ABC-1", "fields": {"summary": "s", "customfield_10016": 5.0}}
+
+    details = ticket_details(issue, ("customfield_10016", "duedate"))
+
+    assert details["fields"] == {"customfield_10016": 5.0, "duedate": None}
+    assert "fields" not in ticket_details(issue)
+
+
 def test_ticket_details_tolerate_missing_fields():
     details = ticket_details({"key": "ABC-9", "fields": {"summary": "Only a summary"}})
 
     assert details == {
         "key": "ABC-9",
+        "issue_id": None,
         "summary": "Only a summary",
         "status": None,
         "assignee_email": None,

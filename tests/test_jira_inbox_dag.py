@@ -94,18 +94,19 @@ def test_mail_in_row_out_then_mail_seen_and_a_rerun_changes_nothing(inbox_env, i
 @pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)
 def test_keys_are_deduplicated_batched_and_labelled_in_the_ui(inbox_env, inbox_dag):
     imap, jira, store = inbox_env
-    keys = [f"OPS-{n}" for n in range(1, 131)]
+    keys = [f"OPS-{n}" for n in range(1, 1131)]
     for key in keys:
         jira.add_issue(key, summary=f"Ticket {key}", updated=T0)
     for key in keys + keys[:20]:  # 20 tickets mailed twice
         imap.drop(jira_notification(key, site=SITE))
 
-    result = run_dag(inbox_dag, conf=TRUSTED)
+    result = run_dag(inbox_dag, conf={**TRUSTED, "max_messages": 2000})
 
     assert result.state == "success", result.states
-    assert result.states["fetch_tickets"] == ["success", "success"]  # 130 keys → 100 + 30
+    # 1130 keys → 1000 + 130: one bulk request of up to 1000 per mapped instance.
+    assert result.states["fetch_tickets"] == ["success", "success"]
     assert jira.request_count("/rest/api/3/issue/bulkfetch") == 2
-    assert stored_count(store) == 130
+    assert stored_count(store) == 1130
     assert imap.unseen_count() == 0
     from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session
@@ -117,7 +118,7 @@ def test_keys_are_deduplicated_batched_and_labelled_in_the_ui(inbox_env, inbox_d
                 dag_id="jira_inbox", run_id=result.run_id, task_id="fetch_tickets"
             )
         ]
-    assert sorted(labels) == sorted(["OPS-1 … OPS-100 (100 keys)", "OPS-101 … OPS-130 (30 keys)"])
+    assert sorted(labels) == sorted(["OPS-1 … OPS-1000 (1000 keys)", "OPS-1001 … OPS-1130 (130 keys)"])
 
 
 @pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)

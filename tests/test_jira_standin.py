@@ -261,13 +261,15 @@ def test_bulkfetch_matches_the_openapi_schema_apart_from_the_documented_expand(j
     assert body["issues"][0]["fields"]["summary"] == "s"
 
 
-def test_bulkfetch_takes_100_keys_and_rejects_101_with_error_messages(jira_standin, api):
+def test_bulkfetch_takes_100_keys_with_any_fields_and_rejects_101_with_error_messages(jira_standin, api):
     keys = [f"ABC-{n}" for n in range(1, 102)]
     for key in keys[:100]:
         jira_standin.add_issue(key, summary=key, updated=T0)
 
-    hundred = api.post("/rest/api/3/issue/bulkfetch", {"issueIdsOrKeys": keys[:100], "fields": ["summary"]})
-    too_many = api.post("/rest/api/3/issue/bulkfetch", {"issueIdsOrKeys": keys, "fields": ["summary"]})
+    hundred = api.post(
+        "/rest/api/3/issue/bulkfetch", {"issueIdsOrKeys": keys[:100], "fields": ["*navigable"]}
+    )
+    too_many = api.post("/rest/api/3/issue/bulkfetch", {"issueIdsOrKeys": keys, "fields": ["*navigable"]})
     empty = api.post("/rest/api/3/issue/bulkfetch", {"issueIdsOrKeys": []})
 
     assert hundred.status_code == 200 and len(hundred.json()["issues"]) == 100
@@ -275,7 +277,106 @@ def test_bulkfetch_takes_100_keys_and_rejects_101_with_error_messages(jira_stand
         assert response.status_code == 400
         assert_schema("ErrorCollection", response.json())
         assert response.json()["errorMessages"]
-    assert "100" in too_many.json()["errorMessages"][0]
+    assert "maximum of 100." in too_many.json()["errorMessages"][0]
+
+
+@pytest.fixture
+def thousand_and_one(jira_standin):
+    keys = [f"ABC-{n}" for n in range(1, 1002)]
+    for key in keys:
+        jira_standin.add_issue(key, summary=key, updated=T0)
+    jira_standin.add_custom_field("customfield_10016", "Story Points", "number")
+    jira_standin.add_custom_field("customfield_10020", "Teams", "multi-option")
+    return keys
+
+
+def test_bulkfetch_takes_1000_keys_when_fields_are_explicit_and_single_valued(
+    jira_standin, api, thousand_and_one
+):
+    fields = ["summary", "status", "assignee", "progress", "updated", "customfield_10016"]
+    thousand = api.post(
+        "/rest/api/3/issue/bulkfetch", {"issueIdsOrKeys": thousand_and_one[:1000], "fields": fields}
+    )
+    too_many = api.post("/rest/api/3/issue/bulkfetch", {"issueIdsOrKeys": thousand_and_one, "fields": fields})
+
+    assert thousand.status_code == 200 and len(thousand.json()["issues"]) == 1000
+    assert too_many.status_code == 400
+    assert "maximum of 1000." in too_many.json()["errorMessages"][0]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},  # no fields: Jira's default is *navigable, not explicit
+        {"fields": ["*navigable"]},
+        {"fields": ["*all"]},
+        {"fields": ["summary", "-status"]},
+        {"fields": ["summary", "comment"]},  # comments are multi-valued
+        {"fields": ["summary", "labels"]},
+        {"fields": ["summary", "customfield_10020"]},  # a multi-select custom field
+        {"fields": [f"customfield_{10100 + n}" for n in range(101)]},  # more than 100 fields
+        {"fields": ["summary"], "expand": "changelog"},
+        {"fields": ["summary"], "expand": ["renderedFields"]},
+    ],
+)
+def test_bulkfetch_of_more_than_100_keys_is_refused_unless_every_condition_holds(api, thousand_and_one, body):
+    response = api.post("/rest/api/3/issue/bulkfetch", {"issueIdsOrKeys": thousand_and_one[:101], **body})
+
+    assert response.status_code == 400
+    assert "maximum of 100." in response.json()["errorMessages"][0]
+
+
+def test_a_site_without_the_large_limit_refuses_101_even_with_explicit_fields(
+    jira_standin, api, thousand_and_one
+):
+    jira_standin.large_bulk_fetch = False
+    response = api.post(
+        "/rest/api/3/issue/bulkfetch", {"issueIdsOrKeys": thousand_and_one[:101], "fields": ["summary"]}
+    )
+
+    assert response.status_code == 400
+
+
+def test_field_list_has_system_and_custom_fields_in_the_spec_shape(jira_standin, api):
+    jira_standin.add_custom_field("customfield_10016", "Story Points", "number")
+
+    response = api.get("/rest/api/3/field")
+
+    assert response.status_code == 200
+    fields = {field["id"]: field for field in response.json()}
+    for field in fields.values():
+        assert_schema("FieldDetails", field)
+    assert fields["customfield_10016"]["schema"]["type"] == "number" and fields["customfield_10016"]["custom"]
+    assert fields["comment"]["schema"]["type"] == "comments-page"
+
+
+def test_a_moved_issue_answers_its_old_key_under_the_new_one_with_the_same_id(jira_standin, api):
+    before = jira_standin.add_issue("ABC-1", summary="Moves", updated=T0)
+    jira_standin.move_issue("ABC-1", "XYZ-9")
+
+    single = api.get("/rest/api/3/issue/ABC-1", params={"fields": "summary"})
+    bulk = api.post("/rest/api/3/issue/bulkfetch", {"issueIdsOrKeys": ["ABC-1"], "fields": ["summary"]})
+
+    assert single.status_code == 200 and (single.json()["key"], single.json()["id"]) == (
+        "XYZ-9",
+        before["id"],
+    )
+    assert [(i["key"], i["id"]) for i in bulk.json()["issues"]] == [("XYZ-9", before["id"])]
+    jira_standin.remove_issue("XYZ-9")
+    assert api.get("/rest/api/3/issue/ABC-1").status_code == 404
+
+
+def test_custom_field_values_are_served_when_asked_for(jira_standin, api):
+    jira_standin.add_custom_field("customfield_10016", "Story Points", "number")
+    jira_standin.add_issue("ABC-1", summary="Pointed", updated=T0, custom_fields={"customfield_10016": 5.0})
+
+    asked = api.post(
+        "/rest/api/3/issue/bulkfetch", {"issueIdsOrKeys": ["ABC-1"], "fields": ["customfield_10016"]}
+    )
+    not_asked = api.post("/rest/api/3/issue/bulkfetch", {"issueIdsOrKeys": ["ABC-1"], "fields": ["summary"]})
+
+    assert asked.json()["issues"][0]["fields"] == {"customfield_10016": 5.0}
+    assert "customfield_10016" not in not_asked.json()["issues"][0]["fields"]
 
 
 def test_bulkfetch_rejects_a_body_field_the_spec_does_not_define(jira_standin, api):

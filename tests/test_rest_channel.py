@@ -27,7 +27,7 @@ from devkit.jira_standin import JiraStandin
 from devkit.processes import LOOPBACK, free_port, spawn, stop_process_group
 from devkit.unavailable import service_unavailable
 from include.jira_cloud import ticket_details
-from include.ticket_store import ensure_table, get_ticket, upsert_tickets
+from include.ticket_store import ensure_table, get_ticket, mark_gone, upsert_tickets
 
 REPO = Path(__file__).resolve().parents[1]
 TICKET_PATH = "/jira-mail-sync/ticket"
@@ -307,6 +307,19 @@ def test_stale_store_row_is_answered_from_jira_and_left_as_it_was(server: RestSe
     assert issue_requests(server) == 1
     with contextlib.closing(server.store()) as conn:
         assert get_ticket(conn, "sqlite", "ABC-7") == stored
+
+
+def test_a_fresh_row_jira_confirmed_gone_is_not_served_jira_answers_404(server: RestServer) -> None:
+    issue = server.standin.add_issue("ABC-8", summary="Soon gone")
+    store_ticket(server, issue, fetched_at=datetime.now(UTC) - STORE_MAX_AGE / 2)
+    with contextlib.closing(server.store()) as conn:
+        assert mark_gone(conn, "sqlite", ["ABC-8"], confirmed_at=datetime.now(UTC)) == ["ABC-8"]
+    server.standin.remove_issue("ABC-8")
+
+    answer = server.post_ticket({"key": "ABC-8"}, token=server.token)
+
+    assert answer.status_code == 404, answer.text
+    assert issue_requests(server) == 1
 
 
 def test_key_missing_from_the_store_is_looked_up_in_jira_case_insensitively(server: RestServer) -> None:

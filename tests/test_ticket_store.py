@@ -18,9 +18,18 @@ from include.ticket_store import (
 FETCHED = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 
 
+_ISSUE_IDS: dict[str, str] = {}
+
+
+def _issue_id(key: str) -> str:
+    """One stable Jira id per key in this module, as Jira gives each issue one id for life."""
+    return _ISSUE_IDS.setdefault(key, str(10000 + len(_ISSUE_IDS)))
+
+
 def _ticket(key: str, updated_at: str, **overrides) -> dict:
     ticket = {
         "key": key,
+        "issue_id": _issue_id(key),
         "summary": f"Summary of {key}",
         "status": "In Progress",
         "assignee_email": "ann@example.com",
@@ -51,13 +60,6 @@ def _all_rows(conn) -> list[tuple]:
     return rows
 
 
-@pytest.fixture
-def store(store_backend):
-    conn = store_backend.connect()
-    ensure_table(conn, store_backend.dialect)
-    return conn, store_backend.dialect
-
-
 def test_table_is_created_when_missing_and_ensure_table_is_idempotent(store_backend):
     conn = store_backend.connect()
     assert not _table_exists(conn, store_backend.dialect)
@@ -77,8 +79,11 @@ def test_rerunning_the_same_batch_stores_the_same_rows(store):
     rows_after_first = _all_rows(conn)
     second = upsert_tickets(conn, dialect, batch, source="sweep", fetched_at=FETCHED)
 
-    assert first == UpsertResult(written=5, stale_skipped=0)
-    assert second.stale_skipped == 0
+    assert first == UpsertResult(
+        written=5, stale_skipped=0, changed=("ABC-1", "ABC-2", "ABC-3", "ABC-4", "ABC-5")
+    )
+    # A rerun rewrites equal content: nothing changed, so no downstream consumer is woken.
+    assert second == UpsertResult(written=5, stale_skipped=0, changed=())
     assert _all_rows(conn) == rows_after_first
     assert count_tickets(conn, dialect) == 5
 
@@ -123,7 +128,7 @@ def test_a_newer_update_wins(store):
     )
 
     stored = get_ticket(conn, dialect, "ABC-1")
-    assert result == UpsertResult(written=1, stale_skipped=0)
+    assert result == UpsertResult(written=1, stale_skipped=0, changed=("ABC-1",))
     assert (stored["status"], stored["assignee_email"], stored["progress"]) == ("Done", None, None)
     assert stored["source"] == "inbox"
     assert stored["updated_at"] == datetime(2026, 11, 27, 10, 0, 0, 1000, tzinfo=UTC)
@@ -391,6 +396,7 @@ def test_a_role_with_only_read_and_write_rights_can_store_once_the_table_exists(
         ensure_table(limited, "postgres")
         ticket = {
             "key": "ABC-1",
+            "issue_id": "10001",
             "summary": "s",
             "status": "Done",
             "assignee_email": None,

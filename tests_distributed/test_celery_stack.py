@@ -8,6 +8,7 @@ the scheduler and the workers. The module fixture runs the scenario once; each t
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import secrets
@@ -30,7 +31,14 @@ from devkit.postgres import PostgresServer
 from devkit.processes import LOOPBACK, log_tail
 from devkit.unavailable import service_unavailable
 from include.jira_rules import BULK_FETCH_LIMIT
-from include.names import IMAP_CONN_ID, JIRA_API_POOL, JIRA_CONN_ID, TICKET_TABLE
+from include.names import (
+    CONFIG_SECTION,
+    EXTRA_FIELDS_OPTION,
+    IMAP_CONN_ID,
+    JIRA_API_POOL,
+    JIRA_CONN_ID,
+    TICKET_TABLE,
+)
 from scripts.distributed import stack as stack_module
 from scripts.distributed.stack import (
     DistributedStack,
@@ -54,6 +62,11 @@ STATUSES = ("To Do", "In Progress", "In Review", "Done")
 JIRA_LATENCY_S = 2.0
 RUN_TIMEOUT_S = 480.0
 BULKFETCH_PATH = "/rest/api/3/issue/bulkfetch"
+# A multi-valued custom field (a multi-select "Teams") is stored in jira_ticket.fields, and keeps bulk
+# fetches at 100 issues (Jira's rule), so that the pool below has several fetches to hold back.
+TEAMS_FIELD = "customfield_10020"
+EXTRA_FIELDS_SETTING = f"AIRFLOW__{CONFIG_SECTION.upper()}__{EXTRA_FIELDS_OPTION.upper()}"
+CONSUMER_DAG_ID = "jira_ticket_changes_example"
 
 
 def _peak_overlap(spans: list[tuple[Any, Any]]) -> int:
@@ -95,6 +108,7 @@ class SeededIssue:
     summary: str
     status: str
     assignee_email: str | None
+    teams: tuple[str, ...] = ()
 
 
 @dataclass
@@ -113,6 +127,7 @@ def _seed_issue(jira: JiraStandin, key: str, number: int, updated: datetime) -> 
         summary=f"{key}: check the nightly export",
         status=STATUSES[number % len(STATUSES)],
         assignee_email=None if number % 3 == 0 else f"dev{number % 7}@example.com",
+        teams=("Red", "Blue")[: number % 3],
     )
     jira.add_issue(
         key,
@@ -121,6 +136,7 @@ def _seed_issue(jira: JiraStandin, key: str, number: int, updated: datetime) -> 
         assignee_email=issue.assignee_email,
         progress=(number % 5 * 600, 3000),
         updated=updated,
+        custom_fields={TEAMS_FIELD: [{"value": team} for team in issue.teams] or None},
     )
     return issue
 
@@ -185,6 +201,7 @@ def jira() -> Iterator[TimedJiraStandin]:
     standin = TimedJiraStandin(
         LOOPBACK, 0, email=STANDIN_EMAIL, api_token=f"standin-{secrets.token_hex(12)}", time_zone="UTC"
     )
+    standin.add_custom_field(TEAMS_FIELD, "Teams", "multi-option")
     try:
         standin.start()
     except OSError as exc:
@@ -207,7 +224,14 @@ def stack(
     root = Path(root_env) if root_env else tmp_path_factory.mktemp("distributed")
     connections = {IMAP_CONN_ID: mailbox.airflow_conn(), JIRA_CONN_ID: jira.airflow_conn()}
     distributed = DistributedStack(
-        root, connections, StackSettings(workers=2, worker_concurrency=2, jira_pool_slots=2)
+        root,
+        connections,
+        StackSettings(
+            workers=2,
+            worker_concurrency=2,
+            jira_pool_slots=2,
+            airflow_settings={EXTRA_FIELDS_SETTING: TEAMS_FIELD},
+        ),
     )
     try:
         distributed.start()
@@ -265,7 +289,11 @@ def scenario(
             "jira_sweep", {"since": window_start.isoformat(), "until": window_end.isoformat()}
         ),
     }
-    for dag_id in DAG_IDS:
+    # The example consumer (paused when it appears) is unpaused too: the stores' asset events trigger it.
+    deadline = time.monotonic() + 60
+    while not distributed.rest.has_dag(CONSUMER_DAG_ID) and time.monotonic() < deadline:
+        time.sleep(1.0)
+    for dag_id in (*DAG_IDS, CONSUMER_DAG_ID):
         distributed.rest.set_paused(dag_id, False)
     run_states = _wait_for_runs(distributed, run_ids)
     measurements["both DAG runs (trigger → finished)"] = time.monotonic() - began
@@ -307,6 +335,72 @@ def _assert_run_succeeded(scenario: Scenario, dag_id: str) -> None:
             f"{_task_log_tails(stack, dag_id, run_id)}\n{stack.diagnostics()}",
             pytrace=False,
         )
+
+
+def _consumer_results(stack: DistributedStack, timeout_s: float = 120.0) -> list[dict[str, Any]]:
+    """The return values of the consumer's runs, once no consumer run is still queued or running."""
+    assert stack.rest is not None
+    deadline = time.monotonic() + timeout_s
+    while True:
+        runs = stack.rest.request("GET", f"/api/v2/dags/{CONSUMER_DAG_ID}/dagRuns", params={"limit": 100})
+        states = [run["state"] for run in runs["dag_runs"]]
+        if states and all(state in ("success", "failed") for state in states) or time.monotonic() > deadline:
+            break
+        time.sleep(2.0)
+    results = []
+    for run in runs["dag_runs"]:
+        assert run["state"] == "success", f"{CONSUMER_DAG_ID} run {run['dag_run_id']} ended {run['state']}"
+        assert run["run_type"] == "asset_triggered", run
+        entry = stack.rest.request(
+            "GET",
+            f"/api/v2/dags/{CONSUMER_DAG_ID}/dagRuns/{run['dag_run_id']}/taskInstances/read_changed_tickets"
+            "/xcomEntries/return_value",
+            params={"deserialize": "true"},
+        )
+        value = entry["value"]
+        # Depending on the serializer the API hands back the dict, its JSON, or its Python repr.
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                value = ast.literal_eval(value)
+        results.append(value)
+    return results
+
+
+def test_the_stores_asset_events_trigger_the_example_consumer_which_sees_the_changed_keys(
+    scenario: Scenario,
+) -> None:
+    _assert_run_succeeded(scenario, "jira_inbox")
+    _assert_run_succeeded(scenario, "jira_sweep")
+
+    results = _consumer_results(scenario.stack)
+
+    assert results, f"{CONSUMER_DAG_ID} never ran"
+    seen = {key: status for result in results for key, status in result["statuses"].items()}
+    sources = {source for result in results for source in result["sources"]}
+    assert sources == {"inbox", "sweep"}
+    # Every inbox ticket is named (150 per store, below the 500-key bound) with its stored status.
+    assert {key: seen.get(key) for key in INBOX_KEYS} == {
+        key: scenario.issues[key].status for key in INBOX_KEYS
+    }
+    # The sweep changed 600: its event names 500 and says the list is truncated.
+    assert any(result["keys_truncated"] for result in results)
+    assert len(set(SWEEP_KEYS) & set(seen)) == 500
+    scenario.measurements[f"{CONSUMER_DAG_ID} runs (asset-triggered)"] = len(results)
+
+
+def test_the_multi_valued_extra_field_is_stored_as_json(scenario: Scenario) -> None:
+    _assert_run_succeeded(scenario, "jira_sweep")
+    assert scenario.stack.store is not None
+    with scenario.stack.store.connect() as conn:
+        stored = dict(conn.execute(f"SELECT key, fields FROM {TICKET_TABLE}").fetchall())
+    expected = {
+        key: {TEAMS_FIELD: [{"value": team} for team in issue.teams] or None}
+        for key, issue in scenario.issues.items()
+        if key in stored
+    }
+    assert stored == expected
 
 
 def _stored_rows(stack: DistributedStack) -> dict[str, tuple[Any, ...]]:

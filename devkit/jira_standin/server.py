@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -24,6 +25,7 @@ from include.jira_rules import (
     BULK_FETCH_LIMIT,
     SEARCH_PAGE_LIMIT_KEYS_ONLY,
     SEARCH_PAGE_LIMIT_WITH_FIELDS,
+    bulk_fetch_limit,
     is_project_key,
 )
 
@@ -50,6 +52,7 @@ _JSON_TYPE = "application/json;charset=UTF-8"
 _ISSUE_EXPAND = "renderedFields,names,schema,operations,editmeta,changelog,versionedRepresentations"
 _API = r"^/rest/api/(2|3|latest)"
 _MYSELF_PATH = re.compile(_API + r"/myself/?$")
+_FIELD_PATH = re.compile(_API + r"/field/?$")
 _BULKFETCH_PATH = re.compile(_API + r"/issue/bulkfetch/?$")
 _ISSUE_PATH = re.compile(_API + r"/issue/([^/]+)/?$")
 _SEARCH_JQL_PATH = re.compile(_API + r"/search/jql/?$")
@@ -65,6 +68,7 @@ _SEARCH_BODY_FIELDS = {
     "reconcileIssues",
 }
 _EDITABLE_FIELDS = {
+    "custom_fields",
     "summary",
     "status",
     "assignee_email",
@@ -88,6 +92,41 @@ _STATUS_CATEGORIES = {
     "done": (3, "green", "Done"),
 }
 _DONE_WORDS = {"done", "closed", "resolved", "cancelled", "canceled", "won't do", "rejected"}
+
+# GET /rest/api/3/field: the system fields a new Cloud site lists, with the schema shapes Jira gives
+# them (a few; the OpenAPI example and Atlassian's field reference). Custom fields are added per test.
+_SYSTEM_FIELDS: tuple[dict[str, Any], ...] = (
+    {"id": "summary", "name": "Summary", "schema": {"type": "string", "system": "summary"}},
+    {"id": "status", "name": "Status", "schema": {"type": "status", "system": "status"}},
+    {"id": "assignee", "name": "Assignee", "schema": {"type": "user", "system": "assignee"}},
+    {"id": "progress", "name": "Progress", "schema": {"type": "progress", "system": "progress"}},
+    {"id": "updated", "name": "Updated", "schema": {"type": "datetime", "system": "updated"}},
+    {"id": "created", "name": "Created", "schema": {"type": "datetime", "system": "created"}},
+    {"id": "project", "name": "Project", "schema": {"type": "project", "system": "project"}},
+    {"id": "duedate", "name": "Due date", "schema": {"type": "date", "system": "duedate"}},
+    {"id": "labels", "name": "Labels", "schema": {"type": "array", "items": "string", "system": "labels"}},
+    {"id": "comment", "name": "Comment", "schema": {"type": "comments-page", "system": "comment"}},
+    {
+        "id": "worklog",
+        "name": "Log Work",
+        "schema": {"type": "array", "items": "worklog", "system": "worklog"},
+    },
+    {
+        "id": "attachment",
+        "name": "Attachment",
+        "schema": {"type": "array", "items": "attachment", "system": "attachment"},
+    },
+)
+_CUSTOM_TYPES = {
+    "number": ({"type": "number"}, "com.atlassian.jira.plugin.system.customfieldtypes:float"),
+    "string": ({"type": "string"}, "com.atlassian.jira.plugin.system.customfieldtypes:textfield"),
+    "date": ({"type": "date"}, "com.atlassian.jira.plugin.system.customfieldtypes:datepicker"),
+    "option": ({"type": "option"}, "com.atlassian.jira.plugin.system.customfieldtypes:select"),
+    "multi-option": (
+        {"type": "array", "items": "option"},
+        "com.atlassian.jira.plugin.system.customfieldtypes:multiselect",
+    ),
+}
 
 
 class LoggedRequest(NamedTuple):
@@ -114,6 +153,7 @@ class _Issue:
     progress: tuple[int, int]
     updated: datetime
     created: datetime
+    custom_fields: tuple[tuple[str, Any], ...] = ()
 
     @property
     def assignee_account_id(self) -> str | None:
@@ -184,16 +224,17 @@ def _split_fields(raw: Iterable[str]) -> list[str]:
     return [token.strip() for part in raw for token in str(part).split(",") if token.strip()]
 
 
-def _selected_fields(tokens: list[str]) -> set[str]:
+def _selected_fields(tokens: list[str], custom: Iterable[str] = ()) -> set[str]:
     """The issue fields a `fields` list asks for, with Jira's *all, *navigable and -exclusions."""
     selected: set[str] = set()
     excluded: set[str] = set()
+    known = set(ISSUE_FIELDS) | set(custom)
     for token in tokens:
         if token in ("*all", "*navigable"):
-            selected.update(ISSUE_FIELDS)
+            selected.update(known)
         elif token.startswith("-"):
             excluded.add(token[1:])
-        elif token in ISSUE_FIELDS:
+        elif token in known:
             selected.add(token)
         # Jira silently ignores field names it does not know; so do we.
     return selected - excluded
@@ -297,6 +338,12 @@ class JiraStandin:
         with self._lock:
             self._issues: dict[str, _Issue] = {}
             self._ids: dict[int, str] = {}
+            # Keys an issue had before it moved: Jira answers them with the issue under its new key.
+            self._former_keys: dict[str, int] = {}
+            # Issues this account may no longer browse (a permission change): 404, left out everywhere.
+            self._hidden: set[int] = set()
+            self._custom_fields: dict[str, dict[str, Any]] = {}
+            self._large_bulk_fetch = True
             self._projects: dict[str, tuple[int, str]] = {}
             self._statuses: dict[str, tuple[str, str]] = dict(_DEFAULT_STATUSES)
             self._next_issue_id = FIRST_ID
@@ -510,6 +557,7 @@ class JiraStandin:
         updated: datetime | None = None,
         created: datetime | None = None,
         project_name: str | None = None,
+        custom_fields: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Create or replace an issue; returns it as GET /rest/api/3/issue/{key} would.
 
@@ -530,6 +578,11 @@ class JiraStandin:
         if assignee_email is not None and "@" not in str(assignee_email):
             raise ValueError(f"assignee_email must be an e-mail address, got {assignee_email!r}")
         updated_at = _aware(updated, "updated") if updated is not None else _aware(datetime.now(UTC), "now")
+        custom = tuple(sorted(dict(custom_fields or {}).items()))
+        with self._lock:
+            unknown = [field_id for field_id, _ in custom if field_id not in self._custom_fields]
+        if unknown:
+            raise ValueError(f"unknown custom field(s) {unknown}: add_custom_field() first")
         self.add_project(parts[0], project_name)
         with self._lock:
             previous = self._issues.get(issue_key)
@@ -539,6 +592,8 @@ class JiraStandin:
                 created_at = previous.created
             else:
                 created_at = updated_at
+            if previous is None and issue_key in self._former_keys:
+                raise ValueError(f"{issue_key} is the former key of a moved issue; Jira never reuses it")
             issue_id = previous.id if previous is not None else self._next_issue_id
             if previous is None:
                 self._next_issue_id += 1
@@ -557,6 +612,7 @@ class JiraStandin:
                 progress=(spent, total),
                 updated=updated_at,
                 created=created_at,
+                custom_fields=custom,
             )
             self._issues[issue_key] = issue
             self._ids[issue_id] = issue_key
@@ -579,16 +635,98 @@ class JiraStandin:
                 "progress": current.progress,
                 "updated": datetime.now(UTC),
                 "created": current.created,
+                "custom_fields": dict(current.custom_fields),
             }
             values.update(changes)
             return self.add_issue(current.key, **values)
 
     def remove_issue(self, key: str) -> None:
+        """Delete an issue: its keys, current and former, answer 404 from now on."""
         with self._lock:
             issue = self._issues.pop(str(key).strip().upper(), None)
             if issue is None:
                 raise KeyError(f"no issue {key!r}")
             del self._ids[issue.id]
+            for former in [k for k, issue_id in self._former_keys.items() if issue_id == issue.id]:
+                del self._former_keys[former]
+
+    def set_hidden(self, key: str, hidden: bool = True) -> None:
+        """Hide an issue from the account (a permission or security-level change) or show it again.
+
+        Hidden, it is answered exactly as a deleted one: 404 on GET, left out of bulk fetch and search.
+        """
+        with self._lock:
+            issue = self._issues.get(str(key).strip().upper())
+            if issue is None:
+                raise KeyError(f"no issue {key!r}")
+            (self._hidden.add if hidden else self._hidden.discard)(issue.id)
+
+    def move_issue(self, key: str, new_key: str) -> dict[str, Any]:
+        """Move an issue to another project, as Jira does: same id, a new key, `updated` now.
+
+        The old key keeps answering (bulk fetch and GET return the issue under its new key).
+        """
+        new = str(new_key).strip().upper()
+        parts = issue_key_parts(new)
+        if parts is None:
+            raise ValueError(f"invalid issue key {new_key!r}: expected PROJECT-123")
+        self.add_project(parts[0])
+        with self._lock:
+            current = self._issues.get(str(key).strip().upper())
+            if current is None:
+                raise KeyError(f"no issue {key!r}")
+            if new in self._issues or new in self._former_keys:
+                raise ValueError(f"{new} is taken")
+            project_id, name = self._projects[parts[0]]
+            moved = dataclasses.replace(
+                current,
+                key=new,
+                project_key=parts[0],
+                project_id=project_id,
+                project_name=name,
+                updated=_aware(datetime.now(UTC), "now"),
+            )
+            del self._issues[current.key]
+            self._issues[new] = moved
+            self._ids[moved.id] = new
+            self._former_keys[current.key] = moved.id
+            return self._issue_json(moved, set(ISSUE_FIELDS), "3", self._base_url(), self._time_zone)
+
+    def add_custom_field(self, field_id: str, name: str, kind: str = "number") -> dict[str, Any]:
+        """A custom field, as GET /rest/api/3/field lists it; `kind` is one of number, string, date,
+        option, multi-option (the last is multi-valued: a bulk fetch naming it is limited to 100)."""
+        if not re.fullmatch(r"customfield_[1-9][0-9]{4,9}", str(field_id)):
+            raise ValueError(f"a custom field id looks like customfield_10016, got {field_id!r}")
+        if kind not in _CUSTOM_TYPES:
+            raise ValueError(f"kind must be one of {sorted(_CUSTOM_TYPES)}, got {kind!r}")
+        schema, custom_type = _CUSTOM_TYPES[kind]
+        number = int(field_id.rsplit("_", 1)[1])
+        field = {
+            "id": field_id,
+            "key": field_id,
+            "name": name,
+            "custom": True,
+            "orderable": True,
+            "navigable": True,
+            "searchable": True,
+            "clauseNames": [f"cf[{number}]", name],
+            "schema": {**schema, "custom": custom_type, "customId": number},
+        }
+        with self._lock:
+            self._custom_fields[field_id] = field
+        return dict(field)
+
+    @property
+    def large_bulk_fetch(self) -> bool:
+        """True (the default): bulk fetch allows 1000 issues when the fields permit (Jira's current rule).
+        False models a site still on the old limit of 100 for every request."""
+        with self._lock:
+            return self._large_bulk_fetch
+
+    @large_bulk_fetch.setter
+    def large_bulk_fetch(self, value: bool) -> None:
+        with self._lock:
+            self._large_bulk_fetch = bool(value)
 
     def issue(self, key: str) -> dict[str, Any] | None:
         """The issue as GET /rest/api/3/issue/{key} would return it, or None."""
@@ -658,6 +796,9 @@ class JiraStandin:
             rendered["updated"] = jira_timestamp(issue.updated, time_zone)
         if "created" in fields:
             rendered["created"] = jira_timestamp(issue.created, time_zone)
+        for field_id, value in issue.custom_fields:
+            if field_id in fields:
+                rendered[field_id] = value
         if "project" in fields:
             rendered["project"] = {
                 "self": f"{base}/rest/api/{api_version}/project/{issue.project_id}",
@@ -767,6 +908,8 @@ class JiraStandin:
         match = _MYSELF_PATH.match(path)
         if match:
             return self._myself() if method == "GET" else _Reply(405)
+        if _FIELD_PATH.match(path):
+            return self._fields() if method == "GET" else _Reply(405)
         match = _BULKFETCH_PATH.match(path)
         if match:
             return self._bulkfetch(body, self._version(match)) if method == "POST" else _Reply(405)
@@ -798,10 +941,31 @@ class JiraStandin:
         user.update({"locale": "en_US", "expand": "groups,applicationRoles"})
         return _json_reply(200, user)
 
+    def _fields(self) -> _Reply:
+        with self._lock:
+            custom = [dict(field) for field in self._custom_fields.values()]
+        system = [
+            {
+                **field,
+                "custom": False,
+                "orderable": True,
+                "navigable": True,
+                "searchable": True,
+                "clauseNames": [field["id"]],
+            }
+            for field in _SYSTEM_FIELDS
+        ]
+        return _json_reply(200, system + custom)
+
+    def _multi_valued_custom(self) -> set[str]:
+        return {
+            f["id"] for f in self._custom_fields.values() if f["schema"]["type"] in ("array", "comments-page")
+        }
+
     def _get_issue(self, id_or_key: str, params: dict[str, list[str]], api_version: str) -> _Reply:
         tokens = _split_fields(params.get("fields", []))
-        fields = _selected_fields(tokens) if tokens else set(ISSUE_FIELDS)
         with self._lock:
+            fields = _selected_fields(tokens, self._custom_fields) if tokens else set(ISSUE_FIELDS)
             issue = self._find(id_or_key)
             if issue is None:
                 return _error_reply(404, ISSUE_NOT_FOUND_MESSAGE)
@@ -812,8 +976,13 @@ class JiraStandin:
         text = str(id_or_key).strip()
         if text.isdigit():
             key = self._ids.get(int(text))
-            return self._issues.get(key) if key else None
-        return self._issues.get(text.upper())
+            issue = self._issues.get(key) if key else None
+            return None if issue is None or issue.id in self._hidden else issue
+        issue = self._issues.get(text.upper())
+        if issue is None and text.upper() in self._former_keys:
+            # A moved issue: Jira answers its old key with the issue under the new key, no redirect.
+            issue = self._issues.get(self._ids[self._former_keys[text.upper()]])
+        return None if issue is None or issue.id in self._hidden else issue
 
     @staticmethod
     def _json_body(body: bytes) -> dict[str, Any]:
@@ -847,13 +1016,26 @@ class JiraStandin:
         wanted = self._string_list(payload["issueIdsOrKeys"], "issueIdsOrKeys")
         if not wanted:
             raise _BadRequest("At least one issue ID or key must be provided.")
-        if len(wanted) > BULK_FETCH_LIMIT:
-            raise _BadRequest(
-                f"The number of issue IDs or keys requested ({len(wanted)}) exceeds the maximum of "
-                f"{BULK_FETCH_LIMIT}."
+        raw_fields = _split_fields(self._string_list(payload.get("fields"), "fields"))
+        tokens = raw_fields or ["*navigable"]
+        expand = _split_fields(
+            [payload["expand"]]
+            if isinstance(payload.get("expand"), str)
+            else self._string_list(payload.get("expand"), "expand")
+        )
+        with self._lock:
+            # Jira's rule: 1000 when `fields` names at most 100 fields explicitly, none multi-valued,
+            # and `expand` has none of the heavy options; 100 otherwise (and on a site without it).
+            limit = (
+                bulk_fetch_limit(raw_fields, multi_valued=self._multi_valued_custom(), expand=expand)
+                if self._large_bulk_fetch
+                else BULK_FETCH_LIMIT
             )
-        tokens = _split_fields(self._string_list(payload.get("fields"), "fields")) or ["*navigable"]
-        fields = _selected_fields(tokens)
+            fields = _selected_fields(tokens, self._custom_fields)
+        if len(wanted) > limit:
+            raise _BadRequest(
+                f"The number of issue IDs or keys requested ({len(wanted)}) exceeds the maximum of {limit}."
+            )
         with self._lock:
             # Unknown and invisible issues are left out silently, as Jira does; issueErrors is for others.
             found = {issue.id: issue for issue in (self._find(item) for item in wanted) if issue is not None}
@@ -932,9 +1114,9 @@ class JiraStandin:
                 return _error_reply(400, str(exc))
             token = params["nextPageToken"]
             offset = self._page_offset(str(token), jql) if token not in (None, "") else 0
-            matched = compiled.select(self._issues.values())
+            matched = compiled.select(i for i in self._issues.values() if i.id not in self._hidden)
             page = matched[offset : offset + page_size]
-            fields = _selected_fields(tokens)
+            fields = _selected_fields(tokens, self._custom_fields)
             base, time_zone = self._base_url(), self._time_zone
             if set(tokens) == {"id"}:
                 issues = [{"id": str(issue.id)} for issue in page]
@@ -987,8 +1169,10 @@ class JiraStandin:
             return _Reply(204)
         if route == "config" and method == "POST":
             payload = self._json_body(body)
-            self._reject_unknown(payload, {"time_zone", "latency", "scoped_token"})
+            self._reject_unknown(payload, {"time_zone", "latency", "scoped_token", "large_bulk_fetch"})
             try:
+                if "large_bulk_fetch" in payload:
+                    self.large_bulk_fetch = bool(payload["large_bulk_fetch"])
                 if "scoped_token" in payload:
                     self.scoped_token = bool(payload["scoped_token"])
                 if "time_zone" in payload:

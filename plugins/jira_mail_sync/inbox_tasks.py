@@ -10,10 +10,11 @@ from airflow.sdk.exceptions import AirflowSkipException
 
 from include.imap_inbox import UidValidityChanged
 from include.jira_mail import default_trusted_senders
+from include.names import JIRA_API_POOL
 from include.sync_pipeline import extract_keys, settled_uids
 from jira_mail_sync.hooks.imap import ImapInboxHook
 from jira_mail_sync.hooks.jira_cloud import JiraCloudHook
-from jira_mail_sync.mapping import batch_keys
+from jira_mail_sync.ticket_tasks import plan_batches
 from jira_mail_sync.xcom_shapes import SensedMail, settlement_xcom
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,9 @@ def _trusted_senders(params: dict[str, Any], site_url: str) -> list[str]:
     return configured or default_trusted_senders(site_url)
 
 
-@task
+# With chosen extra fields it checks them against Jira's field list (one request) to size the fetch
+# batches, so it takes a jira_api slot like every task that calls Jira.
+@task(pool=JIRA_API_POOL)
 def extract_ticket_keys(sensed_xcom: dict[str, Any]) -> list[list[str]]:
     """Parse the unseen messages' headers and body prefix; label rejected mail and batch the keys.
 
@@ -65,7 +68,7 @@ def extract_ticket_keys(sensed_xcom: dict[str, Any]) -> list[list[str]]:
         ", ".join(extraction.keys[:LOGGED_KEYS]) + (" …" if len(extraction.keys) > LOGGED_KEYS else ""),
     )
     context["ti"].xcom_push(key="settlement", value=settlement_xcom(sensed, extraction, dry_run=dry_run))
-    return [] if dry_run else batch_keys(extraction.keys)
+    return [] if dry_run else plan_batches(extraction.keys)
 
 
 @task

@@ -61,7 +61,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from include.jira_cloud import JiraError, JiraNotFound, JiraRequestError, JiraUnavailable, ticket_details
 from include.jira_rules import is_issue_key, is_project_key
-from include.names import JIRA_API_POOL
+from include.names import CONFIG_SECTION, JIRA_API_POOL
 from include.ticket_store import get_ticket
 from jira_mail_sync.hooks.jira_cloud import JiraCloudHook
 from jira_mail_sync.hooks.ticket_store import TicketStoreHook
@@ -71,7 +71,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CONFIG_SECTION = "jira_mail_sync"
 STORE_MAX_AGE_OPTION = "store_max_age_seconds"
 DEFAULT_STORE_MAX_AGE_SECONDS = 300
 # A caller is waiting on the answer, so Jira gets far less time than the DAGs give it: one quick retry.
@@ -400,7 +399,12 @@ def lookup_ticket(key: str) -> TicketDetails:
     limits.enter_lookup()
     try:
         stored = _stored_ticket(key)
-        if stored is not None and datetime.now(UTC) - stored["fetched_at"] <= max_age:
+        # A row Jira confirmed gone is not served: Jira answers for it (404, or the ticket if it is back).
+        if (
+            stored is not None
+            and stored.get("deleted_at") is None
+            and datetime.now(UTC) - stored["fetched_at"] <= max_age
+        ):
             return _from_store(stored)
         if limits.known_missing(key):
             raise _not_found(key)

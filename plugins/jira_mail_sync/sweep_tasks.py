@@ -20,8 +20,7 @@ from include.sweep_window import (
     validate_projects,
 )
 from jira_mail_sync.hooks.ticket_store import TicketStoreHook
-from jira_mail_sync.mapping import batch_keys
-from jira_mail_sync.ticket_tasks import jira_client
+from jira_mail_sync.ticket_tasks import jira_client, plan_batches
 
 log = logging.getLogger(__name__)
 
@@ -164,8 +163,8 @@ def list_changed_keys(plan: dict[str, Any]) -> list[list[str]]:
                 plan["window_end"],
                 reached.isoformat(),
             )
+        batches = plan_batches(keys, client)
     get_current_context()["ti"].xcom_push(key="reached", value=reached.isoformat())
-    batches = batch_keys(keys)
     log.info("%d changed ticket(s) in %d batch(es)", len(keys), len(batches))
     return batches
 

@@ -8,14 +8,17 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from airflow.sdk import get_current_context, task
+from airflow.sdk import conf, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException
 
 from include.jira_cloud import JiraCloudClient
-from include.names import JIRA_API_POOL, JIRA_CONN_ID
-from include.sync_pipeline import fetch_batch, store_batches
+from include.names import CONFIG_SECTION, EXTRA_FIELDS_OPTION, JIRA_API_POOL, JIRA_CONN_ID
+from include.sync_pipeline import change_event, fetch_batch, store_batches
+from include.ticket_fields import FieldPlan, parse_extra_fields, plan_fields
+from jira_mail_sync.assets import TICKET_ASSET
 from jira_mail_sync.hooks.jira_cloud import JiraCloudHook
 from jira_mail_sync.hooks.ticket_store import TicketStoreHook
-from jira_mail_sync.mapping import describe_batch
+from jira_mail_sync.mapping import batch_keys, describe_batch
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +30,40 @@ def jira_client(jira_conn_id: str = JIRA_CONN_ID) -> Iterator[JiraCloudClient]:
         yield hook.get_conn()
 
 
+def configured_extra_fields() -> tuple[str, ...]:
+    """The `[jira_mail_sync] extra_fields` setting as field ids; a malformed one fails the task at once."""
+    try:
+        return parse_extra_fields(conf.get(CONFIG_SECTION, EXTRA_FIELDS_OPTION, fallback=""))
+    except ValueError as exc:
+        raise AirflowFailException(f"[{CONFIG_SECTION}] {exc}") from exc
+
+
+def planned_fields(client: JiraCloudClient | None = None) -> FieldPlan:
+    """The run's fields, checked against Jira's field list (one GET /rest/api/3/field) when extras are set."""
+    extra = configured_extra_fields()
+    if not extra:
+        return FieldPlan()
+    if client is None:
+        with jira_client() as own:
+            return planned_fields(own)
+    try:
+        plan = plan_fields(extra, client.fields_catalogue())
+    except ValueError as exc:
+        raise AirflowFailException(f"[{CONFIG_SECTION}] {exc}") from exc
+    if plan.multi_valued:
+        log.warning(
+            "Extra field(s) %s hold several values: bulk fetches carry %d issues instead of 1000",
+            ", ".join(plan.multi_valued),
+            plan.bulk_size,
+        )
+    return plan
+
+
+def plan_batches(keys: list[str], client: JiraCloudClient | None = None) -> list[list[str]]:
+    """The keys as mapped fetch batches of one bulk request each, sized for this run's fields."""
+    return batch_keys(keys, per_request=planned_fields(client).bulk_size) if keys else []
+
+
 @task(
     pool=JIRA_API_POOL,
     map_index_template="{{ batch_label }}",
@@ -35,11 +72,12 @@ def jira_client(jira_conn_id: str = JIRA_CONN_ID) -> Iterator[JiraCloudClient]:
     retry_delay=timedelta(seconds=30),
     retry_exponential_backoff=2.0,
 )
-def fetch_tickets(keys: list[str]) -> dict[str, list]:
-    """Fetch one batch of tickets with one Jira bulk request; missing keys come back as not found."""
+def fetch_tickets(keys: list[str]) -> dict[str, Any]:
+    """Fetch one batch of tickets with one Jira bulk request; keys Jira confirms gone come back not found."""
     get_current_context()["batch_label"] = describe_batch(keys)
+    extra = configured_extra_fields()
     with jira_client() as client:
-        return fetch_batch(client, keys)
+        return fetch_batch(client, keys, extra)
 
 
 def every_batch(fetched: Any) -> Iterator[Any]:
@@ -59,9 +97,23 @@ def every_batch(fetched: Any) -> Iterator[Any]:
             ) from exc
 
 
-@task
-def store_tickets(fetched: Any, *, source: str, return_keys: bool = True) -> dict[str, Any]:
-    """Upsert every fetched batch into `jira_ticket`, one batch at a time; older updates never win."""
+def _window(context: Any, window: dict[str, Any] | None) -> dict[str, str | None]:
+    if window:
+        return {"start": window.get("window_start"), "end": window.get("window_end")}
+    start, end = context.get("data_interval_start"), context.get("data_interval_end")
+    return {"start": start.isoformat() if start else None, "end": end.isoformat() if end else None}
+
+
+@task(outlets=[TICKET_ASSET])
+def store_tickets(
+    fetched: Any, *, source: str, return_keys: bool = True, window: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Upsert every fetched batch into `jira_ticket`, one batch at a time; older updates never win.
+
+    Its asset event tells downstream DAGs what changed: the count and up to 500 keys, the source, and
+    the window (the sweep's planned window, else the run's data interval).
+    """
+    context = get_current_context()
     with TicketStoreHook().connect() as (conn, dialect):
         summary = store_batches(
             conn,
@@ -72,9 +124,12 @@ def store_tickets(fetched: Any, *, source: str, return_keys: bool = True) -> dic
             return_keys=return_keys,
         )
     log.info(
-        "Stored %d ticket(s); %d older update(s) ignored; %d key(s) not found in Jira",
+        "Stored %d ticket(s); %d older update(s) ignored; %d key(s) not found in Jira; %d changed",
         summary["written"],
         summary["stale_skipped"],
         summary["not_found_count"],
+        summary["changed_count"],
     )
+    event = change_event(summary, source=source, run_id=context["run_id"], window=_window(context, window))
+    context["outlet_events"][TICKET_ASSET].extra = event
     return summary

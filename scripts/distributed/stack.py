@@ -57,6 +57,8 @@ class StackSettings:
     start_timeout_s: float = 240.0
     migrate_timeout_s: float = 300.0
     stop_timeout_s: float = 20.0
+    # More AIRFLOW__* settings for every component (a project option such as extra_fields, say).
+    airflow_settings: Mapping[str, str] = field(default_factory=dict)
 
 
 def _ledger_append(line: str) -> None:
@@ -279,6 +281,7 @@ class DistributedStack:
                 "AIRFLOW__API__WORKERS": "1",
                 "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.home / "logs"),
                 "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
+                **self.settings.airflow_settings,
             },
         )
 

@@ -33,10 +33,18 @@ def jira_standin_server() -> Iterator[JiraStandin]:
 
 @pytest.fixture
 def jira_standin(jira_standin_server: JiraStandin) -> Iterator[JiraStandin]:
-    """The stand-in, empty: no issues or projects, no faults, no latency, UTC, an empty request log."""
+    """The stand-in, empty: no issues or projects, no faults, no latency, UTC, an empty request log.
+
+    The client's per-process memory of a site refusing 1000-issue bulk fetches is cleared too: every
+    test's site is the same URL.
+    """
+    from include.jira_cloud import forget_bulk_limits
+
     jira_standin_server.reset()
+    forget_bulk_limits()
     yield jira_standin_server
     jira_standin_server.reset()
+    forget_bulk_limits()
 
 
 @pytest.fixture

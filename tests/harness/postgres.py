@@ -87,3 +87,13 @@ def store_conn_env(store_backend: StoreBackend, monkeypatch: pytest.MonkeyPatch)
     """`store_backend`, reachable from Airflow as the `jira_store` connection."""
     monkeypatch.setenv("AIRFLOW_CONN_JIRA_STORE", json.dumps(store_backend.airflow_conn()))
     return store_backend
+
+
+@pytest.fixture
+def store(store_backend: StoreBackend) -> tuple[Any, str]:
+    """(connection, dialect) of `store_backend` with an empty, current `jira_ticket` table."""
+    from include.ticket_store import ensure_table
+
+    conn = store_backend.connect()
+    ensure_table(conn, store_backend.dialect)
+    return conn, store_backend.dialect
