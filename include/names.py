@@ -11,3 +11,5 @@ STORE_CONN_ID = "jira_store"
 JIRA_API_POOL = "jira_api"
 
 TICKET_TABLE = "jira_ticket"
+# What became of each Jira mail (rejected, failed, quarantined, settled): include/mail_ledger.py.
+MAIL_LEDGER_TABLE = "jira_mail_ledger"
