@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.sdk import get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException
 
 from include.jira_cloud import JiraCloudClient
 from include.names import JIRA_API_POOL, JIRA_CONN_ID
@@ -35,11 +36,21 @@ def jira_client(jira_conn_id: str = JIRA_CONN_ID) -> Iterator[JiraCloudClient]:
     retry_delay=timedelta(seconds=30),
     retry_exponential_backoff=2.0,
 )
-def fetch_tickets(keys: list[str]) -> dict[str, list]:
-    """Fetch one batch of tickets with one Jira bulk request; missing keys come back as not found."""
-    get_current_context()["batch_label"] = describe_batch(keys)
+def fetch_tickets(keys: list[str]) -> dict[str, Any]:
+    """Fetch one batch of tickets with one Jira bulk request; missing keys come back as not found.
+
+    If the request fails as a whole, a transient failure is retried by Airflow; on the last try, or at
+    once for a refused request, the batch is split to isolate the failing keys, which come back in
+    `failed` while the rest is fetched (include.isolating_fetch). It fails only when Jira does not
+    answer this account at all.
+    """
+    context = get_current_context()
+    context["batch_label"] = describe_batch(keys)
+    ti = context["ti"]
+    # try_number counts from 1 and max_tries is the retries allowed: the last try is max_tries + 1.
+    may_retry = ti.try_number <= ti.max_tries
     with jira_client() as client:
-        return fetch_batch(client, keys)
+        return fetch_batch(client, keys, may_retry=may_retry)
 
 
 def every_batch(fetched: Any) -> Iterator[Any]:
@@ -60,8 +71,15 @@ def every_batch(fetched: Any) -> Iterator[Any]:
 
 
 @task
-def store_tickets(fetched: Any, *, source: str, return_keys: bool = True) -> dict[str, Any]:
-    """Upsert every fetched batch into `jira_ticket`, one batch at a time; older updates never win."""
+def store_tickets(
+    fetched: Any, *, source: str, return_keys: bool = True, fail_on_failed_keys: bool = True
+) -> dict[str, Any]:
+    """Upsert every fetched batch into `jira_ticket`, one batch at a time; older updates never win.
+
+    Keys whose fetch failed for good are listed in the summary's `failed`. With `fail_on_failed_keys`
+    (the sweep's way: its watermark must not pass them) the task fails once the rest is stored; the
+    inbox passes False and settles its mail message by message instead.
+    """
     with TicketStoreHook().connect() as (conn, dialect):
         summary = store_batches(
             conn,
@@ -77,4 +95,8 @@ def store_tickets(fetched: Any, *, source: str, return_keys: bool = True) -> dic
         summary["stale_skipped"],
         summary["not_found_count"],
     )
+    failed = summary["failed"]
+    if failed and fail_on_failed_keys:
+        detail = "; ".join(f"{key}: {why}" for key, why in list(failed.items())[:10])
+        raise AirflowFailException(f"{len(failed)} key(s) could not be fetched, the rest is stored: {detail}")
     return summary

@@ -1,0 +1,163 @@
+"""A batch of keys fetched so that a key Jira keeps failing on costs O(log n) requests, not its batch.
+
+A bulk fetch fails as a whole for one bad key: Jira answers 500 whenever the key is in the request,
+lists it in `issueErrors` (the client then fails the call, see JiraCloudClient.bulk_fetch), refuses
+the request with a 4xx, or returns a ticket the store would refuse. Failing the whole batch would
+keep every mail in it unseen forever, so a batch that fails is split in halves, recursively, until
+the failing keys stand alone; the others are fetched and returned as usual.
+
+What is split and what is not:
+- A transient failure (JiraUnavailable: 5xx or 429 past the client's retries, no connection) is
+  raised as long as the caller has retries left (`may_retry`), so that Airflow retries the whole
+  batch later; only a batch that still fails on its last try is split.
+- A refused request (JiraRequestError, 4xx) is split at once: asking again would give the same answer.
+- Before splitting, one GET /myself checks that Jira answers this account at all. If it does not
+  (an outage, a revoked token), splitting would only multiply failing requests, so the original
+  error is raised and nothing is blamed on any key.
+- A ticket that comes back but fails the store's validation fails only its own key, with no split.
+- Split requests get one retry each: the batch has already used up its retries, and Jira answering
+  /myself shows the failures are the keys', not the service's.
+- Splitting stops after a budget of requests (growing with log2 of the batch size); keys still
+  unresolved then are reported failed with the last error, so even a batch of all-bad keys stays
+  bounded.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from include.jira_cloud import JiraCloudClient, JiraError, JiraUnavailable, ticket_details
+
+log = logging.getLogger(__name__)
+
+SPLIT_RETRIES = 1
+# Bisection finds one bad key among n in about 2*log2(n) requests; this allows about four of them.
+BUDGET_PER_LOG2 = 8
+
+
+def split_budget(size: int) -> int:
+    """How many split requests a batch of `size` keys may cost at most."""
+    return BUDGET_PER_LOG2 * (math.ceil(math.log2(max(size, 2))) + 1)
+
+
+@contextmanager
+def _retries(client: JiraCloudClient, retries: int) -> Iterator[None]:
+    # The client's retry count is plain configuration; it is lowered for the split requests only.
+    saved = client.max_retries
+    client.max_retries = min(saved, retries)
+    try:
+        yield
+    finally:
+        client.max_retries = saved
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+class _Isolation:
+    def __init__(self, client: JiraCloudClient, validate: Callable[[Mapping[str, Any]], None], budget: int):
+        self.client = client
+        self.validate = validate
+        self.budget = budget
+        self.requests = 0
+        self.tickets: list[dict[str, Any]] = []
+        self.not_found: list[str] = []
+        self.failed: dict[str, str] = {}
+
+    def fetch(self, keys: Sequence[str]) -> None:
+        """One bulk request for `keys`; raises JiraError if the request fails as a whole."""
+        self.requests += 1
+        result = self.client.bulk_fetch(list(keys))
+        tickets: list[dict[str, Any]] = []
+        failed: dict[str, str] = {}
+        for issue in result.issues:
+            key = str(issue.get("key") or "").upper()
+            if not key:
+                raise JiraError("Jira returned an issue without a key")
+            try:
+                ticket = ticket_details(issue)
+                self.validate(ticket)
+            except (KeyError, TypeError, ValueError) as exc:
+                failed[key] = f"Jira's answer failed validation: {exc}"
+                continue
+            tickets.append(ticket)
+        # Kept only once the whole answer was read, so a batch split after a bad answer has no duplicates.
+        self.tickets.extend(tickets)
+        self.failed.update(failed)
+        self.not_found.extend(result.not_found)
+
+    def split(self, keys: Sequence[str], error: JiraError) -> None:
+        """`keys` failed together with `error`: fetch each half, splitting again whatever fails."""
+        if len(keys) == 1:
+            self.failed[keys[0]] = _error_text(error)
+            return
+        middle = len(keys) // 2
+        for half in (keys[:middle], keys[middle:]):
+            if self.requests >= self.budget:
+                spent = f"not isolated: the {self.budget} split requests were spent"
+                reason = f"{spent}; last error {_error_text(error)}"
+                self.failed.update(dict.fromkeys(half, reason))
+                continue
+            try:
+                self.fetch(half)
+            except JiraError as exc:
+                self.split(half, exc)
+
+
+def fetch_isolating(
+    client: JiraCloudClient,
+    keys: Sequence[str],
+    *,
+    validate: Callable[[Mapping[str, Any]], None],
+    may_retry: bool = False,
+) -> dict[str, Any]:
+    """Fetch `keys` with one bulk request, isolating the keys that make it fail (see the module doc).
+
+    `validate` raises ValueError for a ticket the store would refuse. Returns {"tickets", "not_found",
+    "failed": {key: error}, "requests": bulk requests made}. Raises the batch's error when it is
+    transient and `may_retry`, or when Jira does not answer this account at all.
+    """
+    wanted = list(dict.fromkeys(str(key).strip().upper() for key in keys))
+    isolation = _Isolation(client, validate, budget=1 + split_budget(len(wanted)))
+    if not wanted:
+        return {"tickets": [], "not_found": [], "failed": {}, "requests": 0}
+    batch_error: JiraError | None = None
+    try:
+        isolation.fetch(wanted)
+    except JiraUnavailable as exc:
+        if may_retry:
+            raise
+        batch_error = exc
+    except JiraError as exc:  # refused (4xx) or unreadable: asking again gives the same answer
+        batch_error = exc
+    if batch_error is not None:
+        try:
+            client.myself()
+        except JiraError:
+            log.warning("Jira does not answer this account; nothing is blamed on the batch's keys")
+            raise batch_error from None
+        log.warning(
+            "A bulk fetch of %d key(s) failed as a whole (%s); splitting it to find the failing key(s)",
+            len(wanted),
+            batch_error,
+        )
+        with _retries(client, SPLIT_RETRIES):
+            isolation.split(wanted, batch_error)
+    if isolation.failed:
+        log.warning(
+            "%d key(s) failed after isolation (%d bulk request(s)): %s",
+            len(isolation.failed),
+            isolation.requests,
+            "; ".join(f"{key}: {why}" for key, why in list(isolation.failed.items())[:10]),
+        )
+    return {
+        "tickets": isolation.tickets,
+        "not_found": isolation.not_found,
+        "failed": isolation.failed,
+        "requests": isolation.requests,
+    }
