@@ -64,7 +64,7 @@ class _Isolation:
         self.client = client
         self.validate = validate
         self.budget = budget
-        self.requests = 0
+        self.requests = 0  # bulk fetch calls, each one request plus its retries
         self.tickets: list[dict[str, Any]] = []
         self.not_found: list[str] = []
         self.failed: dict[str, str] = {}
@@ -119,11 +119,13 @@ def fetch_isolating(
     """Fetch `keys` with one bulk request, isolating the keys that make it fail (see the module doc).
 
     `validate` raises ValueError for a ticket the store would refuse. Returns {"tickets", "not_found",
-    "failed": {key: error}, "requests": bulk requests made}. Raises the batch's error when it is
-    transient and `may_retry`, or when Jira does not answer this account at all.
+    "failed": {key: error}, "requests": HTTP requests sent for the batch, retries and probe included}.
+    Raises the batch's error when it is transient and `may_retry`, or when Jira does not answer this
+    account at all.
     """
     wanted = list(dict.fromkeys(str(key).strip().upper() for key in keys))
     isolation = _Isolation(client, validate, budget=1 + split_budget(len(wanted)))
+    sent_before = client.request_count
     if not wanted:
         return {"tickets": [], "not_found": [], "failed": {}, "requests": 0}
     batch_error: JiraError | None = None
@@ -159,5 +161,5 @@ def fetch_isolating(
         "tickets": isolation.tickets,
         "not_found": isolation.not_found,
         "failed": isolation.failed,
-        "requests": isolation.requests,
+        "requests": client.request_count - sent_before,
     }
