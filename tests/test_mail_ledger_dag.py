@@ -124,6 +124,17 @@ BAD_KEYS = {
 }
 
 
+def fetch_try_numbers(result) -> list[int]:
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        tis = session.query(TaskInstance).filter_by(
+            dag_id=result.dag_id, run_id=result.run_id, task_id="fetch_tickets"
+        )
+        return [ti.try_number for ti in tis]
+
+
 def bad_requests(jira) -> int:
     return sum(1 for keys, _ in jira.bulk_fetch_requests() if set(keys) & set(BAD_KEYS))
 
@@ -156,6 +167,7 @@ def test_poison_keys_ahead_of_good_mail_cost_bounded_requests_and_good_mail_sett
 
     # Run 1: 150 failing + 50 good mails, 56 keys in one batch. It fails visibly, having settled the 50.
     assert first.states["fetch_tickets"] == ["success"] and first.states["mark_mail_seen"] == ["success"]
+    assert fetch_try_numbers(first) == [2]  # the 500 failed try 1 whole; try 2, the last, split it
     assert first.state == "failed" and first.states["report_unsettled_mail"] == ["failed"]
     assert first.xcom("mark_mail_seen")["marked_seen"] == good_uids[:50]
     # Run 2: the 150 failing mails wait for their next try and take no place: the other 100 good ones.
