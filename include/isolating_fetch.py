@@ -7,15 +7,15 @@ keep every mail in it unseen forever, so a batch that fails is split in halves, 
 the failing keys stand alone; the others are fetched and returned as usual.
 
 What is split and what is not:
-- A transient failure (JiraUnavailable: 5xx or 429 past the client's retries, no connection) is
-  raised as long as the caller has retries left (`may_retry`), so that Airflow retries the whole
-  batch later; only a batch that still fails on its last try is split.
-- A refused request (JiraRequestError, 4xx) is split at once: asking again would give the same answer.
-- Before splitting, one GET /myself checks that Jira answers this account at all. If it does not
-  (an outage, a revoked token), splitting would only multiply failing requests, so the original
-  error is raised and nothing is blamed on any key.
+- Whatever makes the whole request fail (a 5xx or 429 past the client's retries, a 4xx, an answer
+  that cannot be read) is first checked with one GET /myself: does Jira answer this account at all?
+  If it does not (an outage, a rate limit on the account, a revoked token), splitting would only
+  multiply failing requests, so the error is raised, nothing is blamed on any key, and Airflow
+  retries the task. If it does, the batch is split at once, on the first try: waiting for Airflow's
+  retries (30 s, then 60 s) would only hold back the good keys, and a passing hiccup costs just the
+  two halves, which then succeed.
 - A ticket that comes back but fails the store's validation fails only its own key, with no split.
-- Split requests get one retry each: the batch has already used up its retries, and Jira answering
+- Split requests get one retry each: the batch has already used its retries, and Jira answering
   /myself shows the failures are the keys', not the service's.
 - Splitting stops after a budget of requests (growing with log2 of the batch size); keys still
   unresolved then are reported failed with the last error, so even a batch of all-bad keys stays
@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from include.jira_cloud import JiraCloudClient, JiraError, JiraUnavailable, ticket_details
+from include.jira_cloud import JiraCloudClient, JiraError, ticket_details
 
 log = logging.getLogger(__name__)
 
@@ -114,14 +114,12 @@ def fetch_isolating(
     keys: Sequence[str],
     *,
     validate: Callable[[Mapping[str, Any]], None],
-    may_retry: bool = False,
 ) -> dict[str, Any]:
     """Fetch `keys` with one bulk request, isolating the keys that make it fail (see the module doc).
 
     `validate` raises ValueError for a ticket the store would refuse. Returns {"tickets", "not_found",
     "failed": {key: error}, "requests": HTTP requests sent for the batch, retries and probe included}.
-    Raises the batch's error when it is transient and `may_retry`, or when Jira does not answer this
-    account at all.
+    Raises the batch's error when Jira does not answer this account at all.
     """
     wanted = list(dict.fromkeys(str(key).strip().upper() for key in keys))
     isolation = _Isolation(client, validate, budget=1 + split_budget(len(wanted)))
@@ -131,11 +129,7 @@ def fetch_isolating(
     batch_error: JiraError | None = None
     try:
         isolation.fetch(wanted)
-    except JiraUnavailable as exc:
-        if may_retry:
-            raise
-        batch_error = exc
-    except JiraError as exc:  # refused (4xx) or unreadable: asking again gives the same answer
+    except JiraError as exc:
         batch_error = exc
     if batch_error is not None:
         try:

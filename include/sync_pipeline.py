@@ -127,13 +127,13 @@ def label(inbox: Inbox, uids: Sequence[int], keyword: str, *, uidvalidity: int) 
         return []
 
 
-def fetch_batch(client: JiraCloudClient, keys: Sequence[str], *, may_retry: bool = False) -> dict[str, Any]:
+def fetch_batch(client: JiraCloudClient, keys: Sequence[str]) -> dict[str, Any]:
     """Fetch one batch of tickets; keys Jira does not return are reported as not found, not raised.
 
     Keys that make the bulk request fail are isolated and reported in `failed` ({key: error}), see
-    include.isolating_fetch; with `may_retry`, a transient failure of the whole batch is raised instead.
+    include.isolating_fetch; it raises only when Jira does not answer this account at all.
     """
-    result = fetch_isolating(client, keys, validate=check_ticket, may_retry=may_retry)
+    result = fetch_isolating(client, keys, validate=check_ticket)
     if result["not_found"]:
         log.info("Not found in Jira (deleted, moved or not visible): %s", ", ".join(result["not_found"]))
     return result

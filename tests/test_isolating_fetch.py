@@ -98,32 +98,30 @@ def test_an_all_bad_batch_stays_within_the_split_budget(site):
     assert any("not isolated" in why for why in result["failed"].values())
 
 
-def test_a_transient_failure_is_raised_while_airflow_may_retry(site):
+def test_a_passing_hiccup_of_the_bulk_endpoint_is_split_at_once_and_blames_no_key(site):
     standin, client = site
-    standin.inject_key_fault("OPS-5", "server_error")
-    with pytest.raises(JiraUnavailable, match="HTTP 500"):
-        fetch_batch(client, KEYS, may_retry=True)
-    assert (
-        len(standin.bulk_fetch_requests()) == 1 + client.max_retries
-    )  # no probe, no split before the last try
-    assert standin.request_count("/rest/api/3/myself") == 0
+    # The whole batch's request and its retries fail; Jira still answers /myself; then it recovers.
+    standin.inject_fault(500, count=1 + client.max_retries, path_prefix="/rest/api/3/issue/bulkfetch")
+    result = fetch_batch(client, KEYS)
+    assert result["failed"] == {} and len(result["tickets"]) == len(KEYS)
+    # The failed request and its retries, the probe, the two halves.
+    assert result["requests"] == 1 + client.max_retries + 1 + 2
 
 
 def test_an_unreachable_jira_is_raised_and_blames_no_key(site):
     standin, client = site
     standin.inject_fault(503, count=1000)
     with pytest.raises(JiraUnavailable):
-        fetch_isolating(client, KEYS, validate=check_ticket, may_retry=False)
+        fetch_isolating(client, KEYS, validate=check_ticket)
     # The whole batch (with its retries) and one /myself probe (with its retries): no split requests.
     assert standin.request_count("/rest/api/3/issue/bulkfetch") == 1 + client.max_retries
     assert standin.request_count("/rest/api/3/myself") == 1 + client.max_retries
 
 
-def test_a_refused_request_is_split_at_once_even_with_retries_left(site):
+def test_a_refused_request_is_split_and_the_client_keeps_its_retries(site):
     standin, client = site
     standin.inject_fault(400, count=1, path_prefix="/rest/api/3/issue/bulkfetch")
-    result = fetch_isolating(client, KEYS, validate=check_ticket, may_retry=True)
-    # The refusal was for that one request: both halves succeed.
-    # The refused request, the probe, the two halves.
+    result = fetch_isolating(client, KEYS, validate=check_ticket)
+    # The refusal was for that one request: the refused request, the probe, the two halves.
     assert result["failed"] == {} and len(result["tickets"]) == len(KEYS) and result["requests"] == 4
     assert client.max_retries == 2  # restored after the split

@@ -39,18 +39,13 @@ def jira_client(jira_conn_id: str = JIRA_CONN_ID) -> Iterator[JiraCloudClient]:
 def fetch_tickets(keys: list[str]) -> dict[str, Any]:
     """Fetch one batch of tickets with one Jira bulk request; missing keys come back as not found.
 
-    If the request fails as a whole, a transient failure is retried by Airflow; on the last try, or at
-    once for a refused request, the batch is split to isolate the failing keys, which come back in
-    `failed` while the rest is fetched (include.isolating_fetch). It fails only when Jira does not
-    answer this account at all.
+    If the request fails as a whole while Jira answers this account, the batch is split to isolate
+    the failing keys, which come back in `failed` while the rest is fetched (include.isolating_fetch).
+    It fails, for Airflow to retry, only when Jira does not answer at all.
     """
-    context = get_current_context()
-    context["batch_label"] = describe_batch(keys)
-    ti = context["ti"]
-    # try_number counts from 1 and max_tries is the retries allowed: the last try is max_tries + 1.
-    may_retry = ti.try_number <= ti.max_tries
+    get_current_context()["batch_label"] = describe_batch(keys)
     with jira_client() as client:
-        return fetch_batch(client, keys, may_retry=may_retry)
+        return fetch_batch(client, keys)
 
 
 def every_batch(fetched: Any) -> Iterator[Any]:
