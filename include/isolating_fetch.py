@@ -17,9 +17,9 @@ What is split and what is not:
 - A ticket that comes back but fails the store's validation fails only its own key, with no split.
 - Split requests get one retry each: the batch has already used its retries, and Jira answering
   /myself shows the failures are the keys', not the service's.
-- Splitting stops after a budget of requests (growing with log2 of the batch size); keys still
-  unresolved then are reported failed with the last error, so even a batch of all-bad keys stays
-  bounded.
+- Splitting stops after a budget of requests (growing with log2 of the batch size), so even a batch
+  of all-bad keys stays bounded. Keys not reached by then are reported `unresolved`, not failed:
+  nothing is known against them, and the next run fetches them again.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ class _Isolation:
         self.tickets: list[dict[str, Any]] = []
         self.not_found: list[str] = []
         self.failed: dict[str, str] = {}
+        self.unresolved: list[str] = []
 
     def fetch(self, keys: Sequence[str]) -> None:
         """One bulk request for `keys`; raises JiraError if the request fails as a whole."""
@@ -99,9 +100,7 @@ class _Isolation:
         middle = len(keys) // 2
         for half in (keys[:middle], keys[middle:]):
             if self.requests >= self.budget:
-                spent = f"not isolated: the {self.budget} split requests were spent"
-                reason = f"{spent}; last error {_error_text(error)}"
-                self.failed.update(dict.fromkeys(half, reason))
+                self.unresolved.extend(half)
                 continue
             try:
                 self.fetch(half)
@@ -118,14 +117,15 @@ def fetch_isolating(
     """Fetch `keys` with one bulk request, isolating the keys that make it fail (see the module doc).
 
     `validate` raises ValueError for a ticket the store would refuse. Returns {"tickets", "not_found",
-    "failed": {key: error}, "requests": HTTP requests sent for the batch, retries and probe included}.
+    "failed": {key: error}, "unresolved": keys the split budget did not reach, "requests": HTTP
+    requests sent for the batch, retries and the probe included}.
     Raises the batch's error when Jira does not answer this account at all.
     """
     wanted = list(dict.fromkeys(str(key).strip().upper() for key in keys))
     isolation = _Isolation(client, validate, budget=1 + split_budget(len(wanted)))
     sent_before = client.request_count
     if not wanted:
-        return {"tickets": [], "not_found": [], "failed": {}, "requests": 0}
+        return {"tickets": [], "not_found": [], "failed": {}, "unresolved": [], "requests": 0}
     batch_error: JiraError | None = None
     try:
         isolation.fetch(wanted)
@@ -144,6 +144,12 @@ def fetch_isolating(
         )
         with _retries(client, SPLIT_RETRIES):
             isolation.split(wanted, batch_error)
+    if isolation.unresolved:
+        log.warning(
+            "The split budget of %d requests ran out: %d key(s) left for the next run",
+            isolation.budget,
+            len(isolation.unresolved),
+        )
     if isolation.failed:
         log.warning(
             "%d key(s) failed after isolation (%d bulk request(s)): %s",
@@ -155,5 +161,6 @@ def fetch_isolating(
         "tickets": isolation.tickets,
         "not_found": isolation.not_found,
         "failed": isolation.failed,
+        "unresolved": isolation.unresolved,
         "requests": client.request_count - sent_before,
     }

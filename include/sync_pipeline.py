@@ -158,6 +158,7 @@ def store_batches(
     stored: list[str] = []
     not_found: list[str] = []
     failed: dict[str, str] = {}
+    unresolved: list[str] = []
     for batch in batches:
         if not batch:
             continue
@@ -168,6 +169,7 @@ def store_batches(
         stale += result.stale_skipped
         not_found_count += len(missing)
         failed.update(batch.get("failed") or {})
+        unresolved.extend(batch.get("unresolved") or [])
         if return_keys:
             stored.extend(t["key"] for t in tickets)
             not_found.extend(missing)
@@ -176,6 +178,7 @@ def store_batches(
         "stale_skipped": stale,
         "not_found_count": not_found_count,
         "failed": failed,
+        "unresolved": unresolved,
     }
     if return_keys:
         summary["stored"] = stored
@@ -195,7 +198,8 @@ class Settlement:
 
     settled: list[dict[str, Any]] = field(default_factory=list)  # every key stored or not found
     failed: list[dict[str, Any]] = field(default_factory=list)  # a key failed for good: "reason" says which
-    unfinished: list[dict[str, Any]] = field(default_factory=list)  # a key's fetch never finished
+    # a key's fetch never finished, or its failing batch's split did not reach it: tried again next run
+    unfinished: list[dict[str, Any]] = field(default_factory=list)
 
 
 def settle(messages: Iterable[Mapping[str, Any]], stored: Mapping[str, Any]) -> Settlement:

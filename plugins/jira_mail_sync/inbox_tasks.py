@@ -109,7 +109,8 @@ def mark_mail_seen(settlement: dict[str, Any], stored: dict[str, Any]) -> dict[s
     It marks the mailbox the messages were read from (carried in the settlement), not a default one.
     Then it writes the run to the mail ledger: settled messages, and messages whose keys failed for
     good (one more attempt; quarantined, and labelled for humans where keywords are kept, at
-    max_attempts). Messages whose fetch never finished are left unseen and unrecorded.
+    max_attempts). Messages with a key whose fetch did not finish, or that a failing batch's split did
+    not reach, are left unseen and unrecorded: nothing is known against them.
     """
     messages, uidvalidity = settlement["messages"], settlement["uidvalidity"]
     mailbox = settlement["mailbox"]
@@ -189,7 +190,7 @@ def report_unsettled_mail(marked: dict[str, Any]) -> dict[str, int]:
             for e in failed
         ),
         *(
-            f"uid {e['uid']}: the fetch of {', '.join(e['keys'])} did not finish (see fetch_tickets)"
+            f"uid {e['uid']}: {', '.join(e['keys'])} not fetched this run (see fetch_tickets), tried next run"
             for e in unfinished
         ),
     ]

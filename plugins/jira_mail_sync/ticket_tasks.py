@@ -71,7 +71,8 @@ def store_tickets(
 ) -> dict[str, Any]:
     """Upsert every fetched batch into `jira_ticket`, one batch at a time; older updates never win.
 
-    Keys whose fetch failed for good are listed in the summary's `failed`. With `fail_on_failed_keys`
+    Keys whose fetch failed for good are listed in the summary's `failed` (and keys the isolation of
+    a failing batch did not reach in `unresolved`). With `fail_on_failed_keys`
     (the sweep's way: its watermark must not pass them) the task fails once the rest is stored; the
     inbox passes False and settles its mail message by message instead.
     """
@@ -90,8 +91,11 @@ def store_tickets(
         summary["stale_skipped"],
         summary["not_found_count"],
     )
-    failed = summary["failed"]
-    if failed and fail_on_failed_keys:
+    failed, unresolved = summary["failed"], summary["unresolved"]
+    if (failed or unresolved) and fail_on_failed_keys:
         detail = "; ".join(f"{key}: {why}" for key, why in list(failed.items())[:10])
-        raise AirflowFailException(f"{len(failed)} key(s) could not be fetched, the rest is stored: {detail}")
+        raise AirflowFailException(
+            f"{len(failed)} key(s) could not be fetched and {len(unresolved)} were not reached; the rest "
+            f"is stored: {detail}"
+        )
     return summary
