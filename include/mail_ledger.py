@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from include.names import MAIL_LEDGER_TABLE
@@ -33,7 +33,7 @@ from include.store_db import (
     create_missing,
     placeholder,
     read,
-    sqlite_timestamp,
+    timestamp_param,
     transaction,
 )
 
@@ -119,9 +119,7 @@ def ensure_table(conn: Any, dialect: str) -> None:
 
 
 def _moment(value: datetime, dialect: str) -> Any:
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(f"ledger timestamps must be timezone-aware, got {value!r}")
-    return sqlite_timestamp(value) if dialect == "sqlite" else value.astimezone(UTC)
+    return timestamp_param(value, dialect, "a ledger timestamp")
 
 
 def _bounded(value: Any, limit: int) -> str | None:
