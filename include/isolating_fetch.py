@@ -15,8 +15,9 @@ What is split and what is not:
   retries (30 s, then 60 s) would only hold back the good keys, and a passing hiccup costs just the
   two halves, which then succeed.
 - A ticket that comes back but fails the store's validation fails only its own key, with no split.
-- Split requests get one retry each: the batch has already used its retries, and Jira answering
-  /myself shows the failures are the keys', not the service's.
+- Split requests are not retried, but for a single key's (one retry): the batch has already used
+  its retries, Jira answering /myself shows the failures are the keys', and a half that fails is
+  split again anyway, so a passing error costs requests, never a key.
 - Splitting stops after a budget of requests (growing with log2 of the batch size), so even a batch
   of all-bad keys stays bounded. Keys not reached by then are reported `unresolved`, not failed:
   nothing is known against them, and the next run fetches them again.
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -34,7 +36,7 @@ from include.jira_cloud import JiraCloudClient, JiraError, ticket_details
 
 log = logging.getLogger(__name__)
 
-SPLIT_RETRIES = 1
+SINGLE_KEY_RETRIES = 1
 # Bisection finds one bad key among n in about 2*log2(n) requests; this allows about four of them.
 BUDGET_PER_LOG2 = 8
 
@@ -93,19 +95,28 @@ class _Isolation:
         self.not_found.extend(result.not_found)
 
     def split(self, keys: Sequence[str], error: JiraError) -> None:
-        """`keys` failed together with `error`: fetch each half, splitting again whatever fails."""
-        if len(keys) == 1:
-            self.failed[keys[0]] = _error_text(error)
-            return
-        middle = len(keys) // 2
-        for half in (keys[:middle], keys[middle:]):
-            if self.requests >= self.budget:
-                self.unresolved.extend(half)
+        """`keys` failed together with `error`: fetch each half, splitting again whatever fails.
+
+        Breadth first, so that a good half is fetched before the budget goes into the depths of a
+        bad one. A group's request is sent once (its halves are its retry); a single key's gets
+        SINGLE_KEY_RETRIES, so no key is blamed on one passing error.
+        """
+        queue: deque[tuple[Sequence[str], JiraError]] = deque([(keys, error)])
+        while queue:
+            group, group_error = queue.popleft()
+            if len(group) == 1:
+                self.failed[group[0]] = _error_text(group_error)
                 continue
-            try:
-                self.fetch(half)
-            except JiraError as exc:
-                self.split(half, exc)
+            middle = len(group) // 2
+            for half in (group[:middle], group[middle:]):
+                if self.requests >= self.budget:
+                    self.unresolved.extend(half)
+                    continue
+                try:
+                    with _retries(self.client, SINGLE_KEY_RETRIES if len(half) == 1 else 0):
+                        self.fetch(half)
+                except JiraError as exc:
+                    queue.append((half, exc))
 
 
 def fetch_isolating(
@@ -142,8 +153,7 @@ def fetch_isolating(
             len(wanted),
             batch_error,
         )
-        with _retries(client, SPLIT_RETRIES):
-            isolation.split(wanted, batch_error)
+        isolation.split(wanted, batch_error)
     if isolation.unresolved:
         log.warning(
             "The split budget of %d requests ran out: %d key(s) left for the next run",

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from include.isolating_fetch import SPLIT_RETRIES, fetch_isolating, split_budget
+from include.isolating_fetch import SINGLE_KEY_RETRIES, fetch_isolating, split_budget
 from include.jira_cloud import JiraCloudClient, JiraUnavailable
 from include.sync_pipeline import fetch_batch
 from include.ticket_store import check_ticket
@@ -58,12 +58,12 @@ def test_one_bad_key_fails_alone_and_costs_logarithmic_requests(site, kind):
         assert result["requests"] == len(sent) == 1
         return
     # The first request with its retries (a 500; issueErrors is answered 200 and not retried), the
-    # /myself probe, then per halving level one request naming the key (with its retry) and at most
-    # one for the other half.
+    # /myself probe, then per halving level one request naming the key and at most one for the other
+    # half, each sent once but for the last, the key alone, which gets one retry on a 500.
     first = 1 + client.max_retries if kind == "server_error" else 1
-    per_split = 1 + SPLIT_RETRIES if kind == "server_error" else 1
+    alone = SINGLE_KEY_RETRIES if kind == "server_error" else 0
     naming = sum(1 for keys, _ in sent if "OPS-37" in keys)
-    assert naming <= first + per_split * LEVELS
+    assert naming <= first + LEVELS + alone
     assert len(sent) <= naming + LEVELS
     assert result["requests"] == len(sent) + 1  # the probe
 
@@ -79,6 +79,21 @@ def test_several_bad_keys_are_all_isolated_and_every_good_key_fetched(site):
     assert sorted(result["failed"]) == sorted(bad)
     assert len(result["tickets"]) == len(KEYS) - len(bad)
     assert "HTTP 500" in result["failed"]["OPS-3"] and "could not load 1 of 1" in result["failed"]["OPS-50"]
+
+
+def test_good_keys_behind_many_bad_ones_are_fetched_before_the_budget_runs_out(site):
+    standin, client = site
+    bad = KEYS[:50]
+    for key in bad:
+        standin.inject_key_fault(key, "server_error")
+    client.max_retries = 0
+
+    result = fetch_isolating(client, KEYS, validate=check_ticket)
+
+    # Breadth first: the all-good half is fetched at the first split, whatever the bad half costs.
+    assert sorted(t["key"] for t in result["tickets"]) == sorted(KEYS[50:])
+    assert sorted([*result["failed"], *result["unresolved"]]) == sorted(bad)
+    assert len(standin.bulk_fetch_requests()) <= 1 + split_budget(len(KEYS))
 
 
 def test_an_all_bad_batch_stays_within_the_split_budget(site):

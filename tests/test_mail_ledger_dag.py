@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from devkit.mail_factory import jira_notification
-from include.isolating_fetch import SPLIT_RETRIES, split_budget
+from include.isolating_fetch import SINGLE_KEY_RETRIES, split_budget
 from include.mail_ledger import TABLE as LEDGER_TABLE
 from include.mail_ledger import list_entries
 from include.ticket_store import count_tickets, ensure_table, get_ticket
@@ -183,8 +183,8 @@ def test_poison_keys_ahead_of_good_mail_cost_bounded_requests_and_good_mail_sett
     assert "HTTP 500" in entries[failing_uids[0]]["reason"]  # BAD-1's
     assert "failed validation" in entries[failing_uids[2]]["reason"]  # BAD-3's
     # The bad keys' requests in run 1: the whole batch with the client's 3 retries, then at most the
-    # split budget of requests with one retry each; none in run 2.
-    assert bad_in_first <= (1 + 3) + (1 + SPLIT_RETRIES) * split_budget(56), bad_in_first
+    # split budget of requests (a single key's with one retry); none in run 2.
+    assert bad_in_first <= (1 + 3) + (1 + SINGLE_KEY_RETRIES) * split_budget(56), bad_in_first
     assert bad_requests(jira) == 0
 
 
