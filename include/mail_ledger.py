@@ -248,11 +248,14 @@ def record_failures(
     now: datetime,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     first_delay: timedelta = DEFAULT_RETRY_DELAY,
+    count_attempt: bool = True,
 ) -> list[dict[str, Any]]:
     """Count one more failed attempt for each message ({"uid", "keys", "reason", ...}).
 
     Below `max_attempts` a message becomes `failed`, due again after retry_delay(); at `max_attempts`
-    it becomes `quarantined`. Returns one {"uid", "state", "attempts", "next_try_at", "keys", "reason"}
+    it becomes `quarantined`. With `count_attempt=False` (nothing is known against the message: its
+    keys were not reached this run) it only waits, as `failed` with its attempts unchanged, and is
+    never quarantined for it. Returns one {"uid", "state", "attempts", "next_try_at", "keys", "reason"}
     per message, for the run's log. Two statements: one SELECT of the earlier attempt counts, one
     executemany UPSERT.
     """
@@ -274,8 +277,10 @@ def record_failures(
             (mailbox, uidvalidity, *uids),
         )
     )
-    attempts = {uid: int(earlier.get(uid) or 0) + 1 for uid in uids}
-    due = {uid: now + retry_delay(n, first_delay) for uid, n in attempts.items() if n < max_attempts}
+    attempts = {uid: int(earlier.get(uid) or 0) + (1 if count_attempt else 0) for uid in uids}
+    if not count_attempt:
+        max_attempts = max([max_attempts, *(n + 1 for n in attempts.values())])
+    due = {uid: now + retry_delay(max(n, 1), first_delay) for uid, n in attempts.items() if n < max_attempts}
     quarantined = [e for e in entries if attempts[e["uid"]] >= max_attempts]
     failed = [e for e in entries if attempts[e["uid"]] < max_attempts]
     stamp = _moment(now, dialect)

@@ -198,7 +198,9 @@ class Settlement:
 
     settled: list[dict[str, Any]] = field(default_factory=list)  # every key stored or not found
     failed: list[dict[str, Any]] = field(default_factory=list)  # a key failed for good: "reason" says which
-    # a key's fetch never finished, or its failing batch's split did not reach it: tried again next run
+    # a key the split of a failing batch did not reach (its budget ran out): nothing is known against it
+    deferred: list[dict[str, Any]] = field(default_factory=list)
+    # a key whose fetch never finished (the fetch task failed: Jira did not answer): tried next run
     unfinished: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -206,6 +208,7 @@ def settle(messages: Iterable[Mapping[str, Any]], stored: Mapping[str, Any]) -> 
     """Sort the run's messages by what happened to their keys (store_batches' summary)."""
     handled = {*stored.get("stored", []), *stored.get("not_found", [])}
     failed: Mapping[str, str] = stored.get("failed") or {}
+    unresolved = set(stored.get("unresolved") or [])
     settlement = Settlement()
     for message in messages:
         keys = list(message["keys"])
@@ -215,6 +218,10 @@ def settle(messages: Iterable[Mapping[str, Any]], stored: Mapping[str, Any]) -> 
             settlement.failed.append(dict(message) | {"reason": reason})
         elif set(keys) <= handled:
             settlement.settled.append(dict(message))
+        elif unresolved.intersection(keys):
+            waiting = ", ".join(key for key in keys if key in unresolved)
+            reason = f"{waiting}: not reached by the split of a failing batch (its request budget ran out)"
+            settlement.deferred.append(dict(message) | {"reason": reason})
         else:
             settlement.unfinished.append(dict(message))
     return settlement

@@ -106,6 +106,29 @@ def test_a_failure_waits_a_doubling_delay_then_is_quarantined_at_max_attempts(le
     assert entry["first_seen_at"] == T0 and entry["updated_at"] == now
 
 
+def test_mail_not_reached_waits_without_an_attempt_counted_and_is_never_quarantined_for_it(ledger):
+    record_failures(*ledger, **BOX, entries=[_failing(5)], now=T0, max_attempts=2, first_delay=MINUTE)
+    for _ in range(3):
+        (outcome,) = record_failures(
+            *ledger,
+            **BOX,
+            entries=[_failing(5), _failing(6)][:1],
+            now=T0,
+            max_attempts=2,
+            count_attempt=False,
+        )
+        assert (outcome["state"], outcome["attempts"]) == ("failed", 1)
+    (fresh,) = record_failures(
+        *ledger, **BOX, entries=[_failing(6)], now=T0, first_delay=MINUTE, count_attempt=False
+    )
+    assert (fresh["state"], fresh["attempts"], fresh["next_try_at"]) == (
+        "failed",
+        0,
+        (T0 + MINUTE).isoformat(),
+    )
+    assert excluded_uids(*ledger, "INBOX", BOX["uidvalidity"], T0) == {5, 6}
+
+
 def test_the_retry_delay_doubles_up_to_its_cap():
     assert [retry_delay(n, MINUTE) for n in (1, 2, 3)] == [MINUTE, 2 * MINUTE, 4 * MINUTE]
     assert retry_delay(10_000, MINUTE) == mail_ledger.MAX_RETRY_DELAY

@@ -55,13 +55,15 @@ def test_settlement_sorts_messages_by_what_happened_to_their_keys():
         {"uid": 1, "keys": ["A-1"]},
         {"uid": 2, "keys": ["A-1", "BAD-1"]},  # one failed key holds back only its own messages
         {"uid": 3, "keys": ["A-404"]},
-        {"uid": 4, "keys": ["A-9"]},  # in no fetch result: its batch did not finish, or was not reached
+        {"uid": 4, "keys": ["A-9"]},  # in no fetch result: its fetch task failed
         {"uid": 5, "keys": ["BAD-1", "BAD-2", "A-9"]},
+        {"uid": 6, "keys": ["A-1", "A-7"]},  # the split of a failing batch did not reach A-7
     ]
     stored = {
         "stored": ["A-1"],
         "not_found": ["A-404"],
         "failed": {"BAD-1": "HTTP 500", "BAD-2": "no updated"},
+        "unresolved": ["A-7"],
     }
 
     plan = settle(messages, stored)
@@ -72,6 +74,7 @@ def test_settlement_sorts_messages_by_what_happened_to_their_keys():
         (5, "BAD-1: HTTP 500; BAD-2: no updated"),
     ]
     assert [m["uid"] for m in plan.unfinished] == [4]
+    assert [(m["uid"], m["reason"].split(":")[0]) for m in plan.deferred] == [(6, "A-7")]
 
 
 @pytest.mark.timeout(120)

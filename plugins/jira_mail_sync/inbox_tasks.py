@@ -109,14 +109,15 @@ def mark_mail_seen(settlement: dict[str, Any], stored: dict[str, Any]) -> dict[s
     It marks the mailbox the messages were read from (carried in the settlement), not a default one.
     Then it writes the run to the mail ledger: settled messages, and messages whose keys failed for
     good (one more attempt; quarantined, and labelled for humans where keywords are kept, at
-    max_attempts). Messages with a key whose fetch did not finish, or that a failing batch's split did
-    not reach, are left unseen and unrecorded: nothing is known against them.
+    max_attempts). Messages with a key that a failing batch's split did not reach wait as failed mail
+    does, with no attempt counted. Messages with a key whose fetch task failed (Jira did not answer)
+    are left unseen and unrecorded, and taken again by the next run.
     """
     messages, uidvalidity = settlement["messages"], settlement["uidvalidity"]
     mailbox = settlement["mailbox"]
     plan = settle(messages, stored)
     uids = sorted(int(m["uid"]) for m in plan.settled)
-    left_unseen = sorted(int(m["uid"]) for m in [*plan.failed, *plan.unfinished])
+    left_unseen = sorted(int(m["uid"]) for m in [*plan.failed, *plan.deferred, *plan.unfinished])
     if left_unseen:
         log.warning("Leaving %d message(s) UNSEEN: uids %s", len(left_unseen), left_unseen)
     max_attempts, first_delay = _ledger_settings(get_current_context()["params"])
@@ -140,6 +141,11 @@ def mark_mail_seen(settlement: dict[str, Any], stored: dict[str, Any]) -> dict[s
                 first_delay=first_delay,
                 **where,
             )
+            # Not reached this run: they wait like failed mail, so they leave the window to the mail
+            # behind them, but no attempt is counted against them.
+            deferred = record_failures(
+                conn, dialect, entries=plan.deferred, first_delay=first_delay, count_attempt=False, **where
+            )
         quarantined = [o for o in outcome if o["state"] == "quarantined"]
         label(inbox, [o["uid"] for o in quarantined], QUARANTINED_KEYWORD, uidvalidity=uidvalidity)
     for entry in quarantined:
@@ -154,7 +160,7 @@ def mark_mail_seen(settlement: dict[str, Any], stored: dict[str, Any]) -> dict[s
     return {
         "marked_seen": marked,
         "left_unseen": left_unseen,
-        "failed": [o for o in outcome if o["state"] == "failed"],
+        "failed": [o for o in [*outcome, *deferred] if o["state"] == "failed"],
         "quarantined": quarantined,
         "unfinished": [{"uid": m["uid"], "keys": m["keys"]} for m in plan.unfinished],
     }
@@ -190,7 +196,7 @@ def report_unsettled_mail(marked: dict[str, Any]) -> dict[str, int]:
             for e in failed
         ),
         *(
-            f"uid {e['uid']}: {', '.join(e['keys'])} not fetched this run (see fetch_tickets), tried next run"
+            f"uid {e['uid']}: the fetch of {', '.join(e['keys'])} failed (see fetch_tickets), tried next run"
             for e in unfinished
         ),
     ]
