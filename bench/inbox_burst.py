@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import imaplib
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "plugins")]
 
-from devkit.airflow_env import airflow_env  # noqa: E402
+from bench.airflow_runs import dags_test, migrated_airflow  # noqa: E402
 from include.names import IMAP_CONN_ID, JIRA_CONN_ID, STORE_CONN_ID, TICKET_TABLE  # noqa: E402
 
 SITE = "acme.atlassian.net"
@@ -212,31 +211,17 @@ def _account_spec(account) -> dict:
 
 def _dag_test_run(account, jira, tmp: Path) -> dict:
     """One jira_inbox run over the same burst through `airflow dags test`, timed from the outside."""
-    home = tmp / "airflow-home"
-    home.mkdir()
-    env = airflow_env(
-        os.environ,
-        home=home,
-        database_url=f"sqlite:///{home}/airflow.db",
-        connections={
+    env = migrated_airflow(
+        tmp / "airflow-home",
+        {
             IMAP_CONN_ID: account.airflow_conn(),
             JIRA_CONN_ID: jira.airflow_conn(),
             STORE_CONN_ID: {"conn_type": "sqlite", "host": str(tmp / "dag-store.db")},
         },
     )
-    airflow = [sys.executable, "-m", "airflow"]
-    subprocess.run([*airflow, "db", "migrate"], env=env, cwd=REPO, check=True, capture_output=True)
     requests_before = jira.request_count()
-    conf = {"max_messages": MESSAGES, "trusted_senders": TRUSTED}
     started = time.perf_counter()
-    proc = subprocess.run(
-        [*airflow, "dags", "test", "jira_inbox", "-c", json.dumps(conf)],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    proc = dags_test(env, "jira_inbox", {"max_messages": MESSAGES, "trusted_senders": TRUSTED})
     wall = time.perf_counter() - started
     if proc.returncode != 0:
         raise SystemExit(f"airflow dags test failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
