@@ -33,6 +33,7 @@ from include.store_db import (
     create_missing,
     placeholder,
     read,
+    table_exists,
     timestamp_param,
     transaction,
 )
@@ -434,11 +435,15 @@ def release(
 
 
 def count_by_state(conn: Any, dialect: str, *, mailbox: str | None = None) -> dict[str, int]:
-    """How many ledger rows are in each state (every state present, zero included), in one SELECT."""
-    ensure_table(conn, dialect)
+    """How many ledger rows are in each state (every state present, zero included), in one SELECT.
+
+    A reader: before the first run has created the table it answers zeros and creates nothing.
+    """
+    counts = dict.fromkeys(STATES, 0)
+    if not table_exists(conn, dialect, TABLE):
+        return counts
     p = placeholder(dialect)
     where, params = (f" WHERE mailbox = {p}", (mailbox,)) if mailbox is not None else ("", ())
-    counts = dict.fromkeys(STATES, 0)
     for state, count in read(
         conn, dialect, f"SELECT state, count(*) FROM {TABLE}{where} GROUP BY state", params
     ):
@@ -449,13 +454,17 @@ def count_by_state(conn: Any, dialect: str, *, mailbox: str | None = None) -> di
 def list_entries(
     conn: Any, dialect: str, *, states: Sequence[str] = HELD_STATES, limit: int = 100
 ) -> list[dict[str, Any]]:
-    """The most recently updated rows in `states`, newest first, as dicts (timestamps as aware UTC)."""
+    """The most recently updated rows in `states`, newest first, as dicts (timestamps as aware UTC).
+
+    A reader: before the first run has created the table it answers [] and creates nothing.
+    """
     unknown = sorted(set(states) - set(STATES))
     if unknown or not states:
         raise ValueError(f"states must be a non-empty selection of {STATES}, got {list(states)!r}")
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
         raise ValueError(f"limit must be an integer in 1..10000, got {limit!r}")
-    ensure_table(conn, dialect)
+    if not table_exists(conn, dialect, TABLE):
+        return []
     p = placeholder(dialect)
     rows = read(
         conn,

@@ -22,6 +22,7 @@ from include.mail_ledger import (
     retry_delay,
 )
 from include.names import MAIL_LEDGER_TABLE
+from include.store_db import table_exists
 
 T0 = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
 BOX = {"mailbox": "INBOX", "uidvalidity": 1764662400}
@@ -52,9 +53,12 @@ def test_the_table_name_is_the_shared_constant():
     assert TABLE == MAIL_LEDGER_TABLE == "jira_mail_ledger"
 
 
-def test_an_empty_ledger_counts_zero_in_every_state(ledger):
+def test_an_empty_ledger_counts_zero_in_every_state_and_reading_creates_no_table(ledger):
     assert count_by_state(*ledger) == {"rejected": 0, "failed": 0, "quarantined": 0, "settled": 0}
     assert list_entries(*ledger, states=["failed"]) == []
+    assert not table_exists(*ledger, TABLE)
+    ensure_table(*ledger)
+    assert count_by_state(*ledger) == {"rejected": 0, "failed": 0, "quarantined": 0, "settled": 0}
 
 
 def test_rejected_mail_is_excluded_and_listed_with_its_reason(ledger):
