@@ -23,3 +23,6 @@ TICKET_ASSET_NAME = TICKET_TABLE
 TICKET_ASSET_URI = "jira-mail-sync://jira_store/jira_ticket"
 # An asset event names at most this many changed keys (and always their count).
 CHANGE_FEED_MAX_KEYS = 500
+
+# What became of each Jira mail (rejected, failed, quarantined, settled): include/mail_ledger.py.
+MAIL_LEDGER_TABLE = "jira_mail_ledger"

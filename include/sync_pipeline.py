@@ -13,13 +13,14 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from include.imap_inbox import REJECTED_KEYWORD, Inbox, PeekedMessage
-from include.jira_cloud import JiraCloudClient, ticket_details
+from include.imap_inbox import REJECTED_KEYWORD, ImapError, Inbox, PeekedMessage
+from include.isolating_fetch import fetch_isolating
+from include.jira_cloud import JiraCloudClient, JiraRequestError, ticket_details
 from include.jira_mail import HEADERS_TOO_LARGE, ParsedMail, parse_message
 from include.names import CHANGE_FEED_MAX_KEYS
 from include.sender_auth import UNAUTHENTICATED_SENDER, SenderAuthPolicy
 from include.ticket_fields import TICKET_FIELDS
-from include.ticket_store import ensure_table, mark_gone, upsert_tickets
+from include.ticket_store import check_ticket, ensure_table, mark_gone, upsert_tickets
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,9 @@ log = logging.getLogger(__name__)
 # body prefix, so one FETCH covers at most this many messages: at most ~160 MiB however hostile the
 # mail, ~10 MiB for typical Jira mail. A run of up to 500 messages costs one FETCH.
 PEEK_CHUNK = 500
+# What a message's ledger row keeps about it; bounded here already, since it travels in an XCom.
+_SUBJECT_MAX = 200
+_HEADER_MAX = 320
 
 
 @dataclass
@@ -34,9 +38,28 @@ class Extraction:
     """What the inbox step learned from a set of unseen messages."""
 
     uidvalidity: int
-    messages: list[dict[str, Any]] = field(default_factory=list)  # accepted: {"uid", "keys"}
-    rejected: list[dict[str, Any]] = field(default_factory=list)  # {"uid", "reason"}
+    # accepted: {"uid", "keys", "message_id", "sender", "subject"}; rejected: the same with "reason"
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)  # de-duplicated across the run, in arrival order
+    # Keys named only by messages that failed before and are due again; fetched in batches of their
+    # own, so a key that failed before never shares a bulk request with fresh mail's keys.
+    retry_keys: list[str] = field(default_factory=list)
+
+
+def _bounded(value: str | None, limit: int) -> str | None:
+    if value is None:
+        return None
+    return value if len(value) <= limit else value[: limit - 1] + "…"
+
+
+def _about(uid: int, parsed: Any) -> dict[str, Any]:
+    return {
+        "uid": uid,
+        "message_id": _bounded(parsed.message_id, _HEADER_MAX),
+        "sender": _bounded(parsed.sender, _HEADER_MAX),
+        "subject": _bounded(parsed.subject, _SUBJECT_MAX),
+    }
 
 
 def extract_keys(
@@ -48,17 +71,23 @@ def extract_keys(
     jira_url: str | None,
     label_rejected: bool = True,
     sender_auth: SenderAuthPolicy | None = None,
+    retrying: Iterable[int] = (),
 ) -> Extraction:
     """Peek at headers and a bounded body prefix (never setting \\Seen), parse, and label rejected mail.
 
     A header that did not fit the peek is rejected as headers_too_large without being parsed: a
     prefix of it can say another sender than the whole. With DKIM sender authentication the whole
     message is fetched (one at a time, at most the policy's size) for the messages that need it.
+
+    `retrying` are UIDs that failed in an earlier run; their keys go to `retry_keys` unless fresh mail
+    names them too. The label is for humans only and is skipped where the server keeps no keywords.
     """
     extraction = Extraction(uidvalidity=uidvalidity)
     if not uids:
         return extraction
-    seen_keys: set[str] = set()
+    retry_uids = set(retrying)
+    fresh: dict[str, None] = {}
+    again: dict[str, None] = {}
     for start in range(0, len(uids), PEEK_CHUNK):
         for peeked in inbox.peek(uids[start : start + PEEK_CHUNK]):
             if not peeked.header_complete:
@@ -66,26 +95,20 @@ def extract_keys(
                 continue
             parsed = _parse(inbox, peeked, trusted_senders, jira_url, sender_auth)
             if not parsed.accepted:
-                extraction.rejected.append({"uid": peeked.uid, "reason": parsed.reason})
+                extraction.rejected.append(_about(peeked.uid, parsed) | {"reason": parsed.reason})
                 continue
-            extraction.messages.append({"uid": peeked.uid, "keys": list(parsed.keys)})
-            for key in parsed.keys:
-                if key not in seen_keys:
-                    seen_keys.add(key)
-                    extraction.keys.append(key)
+            extraction.messages.append(_about(peeked.uid, parsed) | {"keys": list(parsed.keys)})
+            (again if peeked.uid in retry_uids else fresh).update(dict.fromkeys(parsed.keys))
+    extraction.keys = [*fresh, *(key for key in again if key not in fresh)]
+    extraction.retry_keys = [key for key in again if key not in fresh]
     if extraction.rejected:
         log.warning(
-            "Rejected %d message(s), left for a human with keyword %s: %s",
+            "Rejected %d message(s), left unseen for a human: %s",
             len(extraction.rejected),
-            REJECTED_KEYWORD,
             ", ".join(f"uid {r['uid']} ({r['reason']})" for r in extraction.rejected[:20]),
         )
         if label_rejected:
-            inbox.add_keyword(
-                [r["uid"] for r in extraction.rejected],
-                REJECTED_KEYWORD,
-                expected_uidvalidity=uidvalidity,
-            )
+            label(inbox, [r["uid"] for r in extraction.rejected], REJECTED_KEYWORD, uidvalidity=uidvalidity)
     return extraction
 
 
@@ -131,34 +154,74 @@ def _unauthenticated(parsed: ParsedMail, why: str) -> ParsedMail:
     )
 
 
+def label(inbox: Inbox, uids: Sequence[int], keyword: str, *, uidvalidity: int) -> list[int]:
+    """Set a keyword for humans (never together with \\Seen) where the server keeps keywords.
+
+    The ledger, not the label, is what the sensor goes by, so a server without keywords (Exchange
+    Online, Courier with IMAP_KEYWORDS=0) or one that refuses the STORE loses only the label.
+    """
+    if not uids:
+        return []
+    try:
+        if inbox.keywords_allowed is None:
+            inbox.open(readonly=False)  # only a read-write SELECT tells whether keywords are kept
+        if not inbox.keywords_allowed:
+            log.info(
+                "%s keeps no custom keywords (PERMANENTFLAGS %s): %d message(s) not labelled %s",
+                inbox.mailbox,
+                " ".join(inbox.permanent_flags) or "()",
+                len(uids),
+                keyword,
+            )
+            return []
+        return inbox.add_keyword(uids, keyword, expected_uidvalidity=uidvalidity)
+    except ImapError as exc:
+        log.warning("Could not label %d message(s) %s: %s", len(uids), keyword, exc)
+        return []
+
+
 def fetch_batch(
     client: JiraCloudClient, keys: Sequence[str], extra_fields: Sequence[str] = ()
 ) -> dict[str, Any]:
     """Fetch one batch of tickets in one bulk request (the planner sized it), stamped with the fetch time.
 
+    Keys that make the bulk request fail are isolated and reported in `failed` ({key: error}), see
+    include.isolating_fetch; it raises only when Jira does not answer this account at all.
     Each key the bulk fetch left out is asked for on its own: a 404 confirms it gone (`not_found`,
     which the store marks deleted_at), an answer under another key is a move (the ticket carries its
-    old key in `moved_from`). A transport error raises: it never makes a ticket gone.
+    old key in `moved_from`). A transport error raises (Airflow retries): it never makes a ticket
+    gone; a request Jira refuses for that one key fails only that key.
     """
     fetched_at = datetime.now(UTC)
     fields = (*TICKET_FIELDS, *extra_fields)
-    result = client.bulk_fetch(list(keys), fields, per_request=len(keys))
-    missing = client.look_up_missing(result.not_found, fields) if result.not_found else None
-    issues = {str(issue["id"]): issue for issue in result.issues}
-    moved_from: dict[str, list[str]] = {}
-    for old_key, issue in (missing.moved if missing else {}).items():
-        issues.setdefault(str(issue["id"]), issue)
-        moved_from.setdefault(str(issue["id"]), []).append(old_key)
-    tickets = []
-    for issue_id, issue in issues.items():
-        details = ticket_details(issue, extra_fields)
-        if issue_id in moved_from:
-            details["moved_from"] = moved_from[issue_id]
-        tickets.append(details)
-    gone = missing.gone if missing else []
+    result = fetch_isolating(
+        client, keys, validate=check_ticket, fields=fields, extra_fields=extra_fields, per_request=len(keys)
+    )
+    tickets = {str(t["issue_id"]): t for t in result["tickets"]}
+    gone: list[str] = []
+    for old_key in result["not_found"]:
+        try:
+            missing = client.look_up_missing([old_key], fields)
+        except JiraRequestError as exc:
+            result["failed"][old_key] = f"{type(exc).__name__}: {exc}"
+            continue
+        gone.extend(missing.gone)
+        for issue in missing.moved.values():
+            try:
+                details = ticket_details(issue, extra_fields)
+                check_ticket(details)
+            except (KeyError, TypeError, ValueError) as exc:
+                result["failed"][old_key] = f"Jira's answer failed validation: {exc}"
+                continue
+            details = tickets.setdefault(str(details["issue_id"]), details)
+            details.setdefault("moved_from", []).append(old_key)
     if gone:
         log.info("Not found in Jira (deleted, or not visible to this account): %s", ", ".join(gone))
-    return {"tickets": tickets, "not_found": gone, "fetched_at": fetched_at.isoformat()}
+    return result | {
+        "tickets": list(tickets.values()),
+        "not_found": gone,
+        "fetched_at": fetched_at.isoformat(),
+    }
 
 
 def store_batches(
@@ -180,6 +243,8 @@ def store_batches(
     changed: list[str] = []
     stored: list[str] = []
     not_found: list[str] = []
+    failed: dict[str, str] = {}
+    unresolved: list[str] = []
     for batch in batches:
         if not batch:
             continue
@@ -194,6 +259,8 @@ def store_batches(
         not_found_count += len(missing)
         changed.extend(result.changed)
         changed.extend(marked)
+        failed.update(batch.get("failed") or {})
+        unresolved.extend(batch.get("unresolved") or [])
         if return_keys:
             # A moved ticket settles the mail about its old key too.
             stored.extend(key for t in tickets for key in (t["key"], *(t.get("moved_from") or ())))
@@ -206,6 +273,8 @@ def store_batches(
         "changed_count": len(changed_keys),
         # Bounded: a sweep may change tens of thousands of tickets, and this travels as XCom.
         "changed": changed_keys[:CHANGE_FEED_MAX_KEYS],
+        "failed": failed,
+        "unresolved": unresolved,
     }
     if return_keys:
         summary["stored"] = stored
@@ -266,3 +335,38 @@ def settled_uids(messages: Iterable[Mapping[str, Any]], handled_keys: Iterable[s
     """The messages all of whose keys were stored or confirmed not found: only these may be marked seen."""
     handled = set(handled_keys)
     return sorted(int(m["uid"]) for m in messages if set(m["keys"]) <= handled)
+
+
+@dataclass
+class Settlement:
+    """What becomes of each accepted message once the run's fetches and the store are done."""
+
+    settled: list[dict[str, Any]] = field(default_factory=list)  # every key stored or not found
+    failed: list[dict[str, Any]] = field(default_factory=list)  # a key failed for good: "reason" says which
+    # a key the split of a failing batch did not reach (its budget ran out): nothing is known against it
+    deferred: list[dict[str, Any]] = field(default_factory=list)
+    # a key whose fetch never finished (the fetch task failed: Jira did not answer): tried next run
+    unfinished: list[dict[str, Any]] = field(default_factory=list)
+
+
+def settle(messages: Iterable[Mapping[str, Any]], stored: Mapping[str, Any]) -> Settlement:
+    """Sort the run's messages by what happened to their keys (store_batches' summary)."""
+    handled = {*stored.get("stored", []), *stored.get("not_found", [])}
+    failed: Mapping[str, str] = stored.get("failed") or {}
+    unresolved = set(stored.get("unresolved") or [])
+    settlement = Settlement()
+    for message in messages:
+        keys = list(message["keys"])
+        bad = [key for key in keys if key in failed]
+        if bad:
+            reason = "; ".join(f"{key}: {failed[key]}" for key in bad[:3])
+            settlement.failed.append(dict(message) | {"reason": reason})
+        elif set(keys) <= handled:
+            settlement.settled.append(dict(message))
+        elif unresolved.intersection(keys):
+            waiting = ", ".join(key for key in keys if key in unresolved)
+            reason = f"{waiting}: not reached by the split of a failing batch (its request budget ran out)"
+            settlement.deferred.append(dict(message) | {"reason": reason})
+        else:
+            settlement.unfinished.append(dict(message))
+    return settlement

@@ -13,7 +13,7 @@ import json
 import logging
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from include.jira_rules import is_issue_key
@@ -218,6 +218,15 @@ def _ticket(ticket: Mapping[str, Any], dialect: str, source: str, fetched_at: da
         source,
     )
     return _Ticket(key, issue_id, row, updated_at, tuple(k for k in moved_from if k != key))
+
+
+def check_ticket(ticket: Mapping[str, Any]) -> None:
+    """Raise ValueError for a ticket upsert_tickets would refuse, before it reaches a store.
+
+    The fetch calls this per ticket, so one malformed answer from Jira fails only its own key instead
+    of the whole store step.
+    """
+    _ticket(ticket, "sqlite", SOURCES[0], datetime.now(UTC))
 
 
 def _chunks(items: Sequence[_Ticket], size: int) -> Iterator[list[_Ticket]]:

@@ -302,3 +302,29 @@ def test_a_manual_window_never_moves_the_watermark(sweep_env, sweep_dag):
     result = run_dag(load_dag("jira_sweep"), conf=later)
     assert result.state == "success", result.states
     assert result.xcom("record_sweep_progress") == (day + timedelta(minutes=15)).isoformat()
+
+
+@pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)
+def test_a_key_jira_keeps_failing_on_stores_the_rest_but_fails_the_sweep_and_holds_the_watermark(
+    sweep_env, sweep_dag
+):
+    jira, store = sweep_env
+    day = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
+    first = run_dag(sweep_dag, logical_date=day + timedelta(minutes=15))
+    assert first.state == "success", first.states
+    for n in range(1, 11):
+        jira.add_issue(f"OPS-{n}", summary=f"ticket {n}", updated=day + timedelta(minutes=20))
+    jira.inject_key_fault("OPS-4", "server_error")
+
+    poisoned = run_dag(load_dag("jira_sweep"), logical_date=day + timedelta(minutes=30))
+
+    # The batch is split: the nine others are stored; the run fails and the watermark stays behind OPS-4.
+    assert poisoned.state == "failed", poisoned.states
+    assert poisoned.states["store_tickets"] == ["failed"]
+    assert poisoned.states["record_sweep_progress"] == ["upstream_failed"]
+    assert set(rows(store)) == {f"OPS-{n}" for n in range(1, 11)} - {"OPS-4"}
+    jira.clear_faults()
+    recovered = run_dag(load_dag("jira_sweep"), logical_date=day + timedelta(minutes=45))
+    assert recovered.state == "success", recovered.states
+    assert "OPS-4" in rows(store)
+    assert recovered.xcom("record_sweep_progress") == (day + timedelta(minutes=45)).isoformat()

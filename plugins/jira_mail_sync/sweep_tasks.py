@@ -163,7 +163,7 @@ def list_changed_keys(plan: dict[str, Any]) -> list[list[str]]:
                 plan["window_end"],
                 reached.isoformat(),
             )
-        batches = plan_batches(keys, client)
+        batches = plan_batches(keys, client=client)
     get_current_context()["ti"].xcom_push(key="reached", value=reached.isoformat())
     log.info("%d changed ticket(s) in %d batch(es)", len(keys), len(batches))
     return batches

@@ -59,9 +59,16 @@ def planned_fields(client: JiraCloudClient | None = None) -> FieldPlan:
     return plan
 
 
-def plan_batches(keys: list[str], client: JiraCloudClient | None = None) -> list[list[str]]:
-    """The keys as mapped fetch batches of one bulk request each, sized for this run's fields."""
-    return batch_keys(keys, per_request=planned_fields(client).bulk_size) if keys else []
+def plan_batches(*key_groups: list[str], client: JiraCloudClient | None = None) -> list[list[str]]:
+    """Each group of keys as mapped fetch batches of one bulk request each, sized for this run's fields.
+
+    Groups never share a batch: the inbox passes fresh mail's keys and retried keys apart, so keys
+    that failed before never hold back fresh ones. The fields are planned once for all groups.
+    """
+    if not any(key_groups):
+        return []
+    size = planned_fields(client).bulk_size
+    return [batch for keys in key_groups for batch in batch_keys(keys, per_request=size)]
 
 
 @task(
@@ -73,7 +80,12 @@ def plan_batches(keys: list[str], client: JiraCloudClient | None = None) -> list
     retry_exponential_backoff=2.0,
 )
 def fetch_tickets(keys: list[str]) -> dict[str, Any]:
-    """Fetch one batch of tickets with one Jira bulk request; keys Jira confirms gone come back not found."""
+    """Fetch one batch of tickets with one Jira bulk request; missing keys come back as not found.
+
+    If the request fails as a whole while Jira answers this account, the batch is split to isolate
+    the failing keys, which come back in `failed` while the rest is fetched (include.isolating_fetch).
+    It fails, for Airflow to retry, only when Jira does not answer at all.
+    """
     get_current_context()["batch_label"] = describe_batch(keys)
     extra = configured_extra_fields()
     with jira_client() as client:
@@ -106,12 +118,22 @@ def _window(context: Any, window: dict[str, Any] | None) -> dict[str, str | None
 
 @task(outlets=[TICKET_ASSET])
 def store_tickets(
-    fetched: Any, *, source: str, return_keys: bool = True, window: dict[str, Any] | None = None
+    fetched: Any,
+    *,
+    source: str,
+    return_keys: bool = True,
+    window: dict[str, Any] | None = None,
+    fail_on_failed_keys: bool = True,
 ) -> dict[str, Any]:
     """Upsert every fetched batch into `jira_ticket`, one batch at a time; older updates never win.
 
     Its asset event tells downstream DAGs what changed: the count and up to 500 keys, the source, and
     the window (the sweep's planned window, else the run's data interval).
+
+    Keys whose fetch failed for good are listed in the summary's `failed` (and keys the isolation of
+    a failing batch did not reach in `unresolved`). With `fail_on_failed_keys` (the sweep's way: its
+    watermark must not pass them) the task fails once the rest is stored, and so emits no asset
+    event; the inbox passes False and settles its mail message by message instead.
     """
     context = get_current_context()
     with TicketStoreHook().connect() as (conn, dialect):
@@ -132,4 +154,11 @@ def store_tickets(
     )
     event = change_event(summary, source=source, run_id=context["run_id"], window=_window(context, window))
     context["outlet_events"][TICKET_ASSET].extra = event
+    failed, unresolved = summary["failed"], summary["unresolved"]
+    if (failed or unresolved) and fail_on_failed_keys:
+        detail = "; ".join(f"{key}: {why}" for key, why in list(failed.items())[:10])
+        raise AirflowFailException(
+            f"{len(failed)} key(s) could not be fetched and {len(unresolved)} were not reached; the rest "
+            f"is stored: {detail}"
+        )
     return summary
