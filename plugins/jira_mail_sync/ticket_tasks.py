@@ -15,6 +15,7 @@ from include.names import JIRA_API_POOL, JIRA_CONN_ID
 from include.sync_pipeline import fetch_batch, store_batches
 from jira_mail_sync.hooks.jira_cloud import JiraCloudHook
 from jira_mail_sync.hooks.ticket_store import TicketStoreHook
+from jira_mail_sync.jira_usage import record_jira_usage
 from jira_mail_sync.mapping import describe_batch
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,11 @@ log = logging.getLogger(__name__)
 def jira_client(jira_conn_id: str = JIRA_CONN_ID) -> Iterator[JiraCloudClient]:
     hook = JiraCloudHook(jira_conn_id)
     with hook:
-        yield hook.get_conn()
+        client = hook.get_conn()
+        try:
+            yield client
+        finally:
+            record_jira_usage(client)
 
 
 @task(
