@@ -123,7 +123,8 @@ def usage_since(conn: Any, dialect: str, since: datetime) -> dict[str, Any]:
     ((requests, throttled),) = read(
         conn,
         dialect,
-        f"SELECT coalesce(sum(requests), 0), coalesce(sum(throttled), 0) FROM {TABLE} WHERE recorded_at >= {p}",
+        f"SELECT coalesce(sum(requests), 0), coalesce(sum(throttled), 0) FROM {TABLE} "
+        f"WHERE recorded_at >= {p}",
         (_moment(since, dialect),),
     )
     latest = read(
