@@ -1,4 +1,4 @@
-"""Jira request accounting: the client counts requests and 429s, each task writes a row, the page sums them."""
+"""Jira request accounting: the client counts requests and 429s, each task writes a row, the page sums."""
 
 from __future__ import annotations
 
