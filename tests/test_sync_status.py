@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from devkit import ledger_contract
 from devkit.mail_factory import jira_notification
 from include.imap_inbox import REJECTED_KEYWORD, Inbox
 from include.names import MAIL_LEDGER_TABLE, TICKET_TABLE
@@ -21,7 +22,6 @@ from include.sync_status import (
     ticket_figures,
 )
 from include.ticket_store import ensure_table, upsert_tickets
-from tests import ledger_contract
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 

@@ -1,4 +1,4 @@
-"""A minimal mail ledger to the shared contract, for the status page's tests until include.mail_ledger lands.
+"""A minimal mail ledger to the shared contract, for the status tests and bench until mail_ledger lands.
 
 The contract (the lead's, shared by the ledger and ui work): table `jira_mail_ledger` with
 (mailbox, uidvalidity, uid) as key, `state` one of rejected/failed/quarantined/settled, and the two read
