@@ -8,6 +8,7 @@ missing) and the `selenium` package. Marked `ui`: run it on its own, not with th
 from __future__ import annotations
 
 import base64
+import contextlib
 import email
 import email.policy
 import email.utils
@@ -419,3 +420,105 @@ def test_sweep_trigger_form_shows_every_param_with_its_title_and_description(
         ActionChains(signed_in).send_keys(Keys.ESCAPE).perform()
     finally:
         signed_in.set_window_size(*WINDOW)
+
+
+# ------------------------------------------------------------------------------- the Jira sync page
+
+JIRA_SYNC_ROUTE = "/plugin/jira-sync"
+STORE = REPO / ".demo" / "store.db"
+RUN_TIMEOUT_S = 300
+
+
+def _store_figures() -> dict[str, Any]:
+    """Tickets by source and Jira requests of the last hour, read from the demo's store directly."""
+    import sqlite3
+    from datetime import UTC, datetime, timedelta
+
+    from include.store_db import sqlite_timestamp
+
+    since = sqlite_timestamp(datetime.now(UTC) - timedelta(hours=1))
+    with contextlib.closing(sqlite3.connect(f"file:{STORE}?mode=ro", uri=True, timeout=10)) as conn:
+        by_source = dict(conn.execute("SELECT source, count(*) FROM jira_ticket GROUP BY source").fetchall())
+        (requests,) = conn.execute(
+            "SELECT coalesce(sum(requests), 0) FROM jira_api_usage WHERE recorded_at >= ?", (since,)
+        ).fetchone()
+    return {"by_source": by_source, "total": sum(by_source.values()), "requests": requests}
+
+
+def _figure(driver: Any, name: str) -> str:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.CSS_SELECTOR, f'[data-figure="{name}"]').text.strip()
+
+
+def _open_jira_sync_from_the_navigation(driver: Any, demo: dict[str, Any]) -> None:
+    """Click the "Jira sync" entry of the UI's navigation and switch into the page's frame."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.switch_to.default_content()
+    driver.get(f"{demo['airflow']['url']}/")
+    link = WebDriverWait(driver, PAGE_TIMEOUT_S).until(
+        lambda d: [
+            a
+            for a in d.find_elements(By.TAG_NAME, "a")
+            if (a.get_attribute("href") or "").endswith(JIRA_SYNC_ROUTE)
+        ]
+    )[0]
+    assert link.text.strip() == "Jira sync"
+    link.click()
+    frame = WebDriverWait(driver, PAGE_TIMEOUT_S).until(lambda d: d.find_element(By.TAG_NAME, "iframe"))
+    assert frame.get_attribute("src").endswith("/jira-mail-sync/status/page")
+    driver.switch_to.frame(frame)
+    WebDriverWait(driver, PAGE_TIMEOUT_S).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, '[data-figure="tickets.total"]')
+    )
+
+
+def _wait_for_sweep_rows(timeout: float = MAPPED_FETCH_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not (STORE.exists() and _store_figures()["by_source"].get("sweep")):
+        assert time.monotonic() < deadline, "the demo's initial sweep stored nothing in time"
+        time.sleep(5)
+
+
+def test_jira_sync_page_opens_from_the_navigation_and_its_numbers_are_the_stores(
+    signed_in: Any, demo: dict[str, Any]
+) -> None:
+    _wait_for_sweep_rows()
+    before = _store_figures()
+    _open_jira_sync_from_the_navigation(signed_in, demo)
+    shown = {
+        "total": int(_figure(signed_in, "tickets.total")),
+        "by_source": {
+            source: int(_figure(signed_in, f"tickets.by_source.{source}")) for source in before["by_source"]
+        },
+        "requests": int(_figure(signed_in, "jira.requests_last_hour")),
+    }
+    after = _store_figures()
+
+    # The demo keeps writing: the page, rendered between the two reads, must lie between them.
+    assert before["total"] <= shown["total"] <= after["total"], (before, shown, after)
+    for source, count in shown["by_source"].items():
+        assert before["by_source"][source] <= count <= after["by_source"][source], (
+            source,
+            before,
+            shown,
+            after,
+        )
+    assert shown["requests"] > 0
+    # A sum over the last hour: new tasks add to it, old ones leave it.
+    low, high = sorted((before["requests"], after["requests"]))
+    assert low <= shown["requests"] <= high, (before, shown, after)
+    assert _figure(signed_in, "inbox.mode") in ("poll", "idle")
+    assert _figure(signed_in, "inbox.unseen").isdigit()
+    signed_in.switch_to.default_content()
+    _screenshot(signed_in, "jira_sync_page.png")
+
+
+def test_jira_sync_page_refuses_a_browser_without_a_session(demo: dict[str, Any]) -> None:
+    request = urllib.request.Request(f"{demo['airflow']['url']}/jira-mail-sync/status/page")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=15)
+    assert refused.value.code == 401
+    assert "not logged in" in refused.value.read().decode()
