@@ -117,10 +117,23 @@ def ledger_figures(conn: Any, dialect: str, *, limit: int = 100) -> dict[str, An
     return {**{state: int(counts.get(state, 0)) for state in LEDGER_STATES}, "entries": entries}
 
 
-def held_uids(conn: Any, dialect: str, *, mailbox: str, uidvalidity: int, uids: Sequence[int]) -> set[int]:
-    """Which of `uids` the mail ledger holds back (rejected or quarantined): not waiting for the inbox."""
-    if not uids or _mail_ledger() is None or not table_exists(conn, dialect, MAIL_LEDGER_TABLE):
+def held_uids(
+    conn: Any,
+    dialect: str,
+    *,
+    mailbox: str,
+    uidvalidity: int,
+    uids: Sequence[int],
+    now: datetime | None = None,
+) -> set[int]:
+    """Which of `uids` the mail ledger holds back from jira_inbox: not waiting, so not counted as such."""
+    ledger = _mail_ledger()
+    if not uids or ledger is None or not table_exists(conn, dialect, MAIL_LEDGER_TABLE):
         return set()
+    excluded_uids = getattr(ledger, "excluded_uids", None)
+    if excluded_uids is not None:
+        # The ledger's own rule, the one the sensor applies (failed mail waiting for its next try too).
+        return set(excluded_uids(conn, dialect, mailbox, uidvalidity, now or datetime.now(UTC))) & set(uids)
     p = placeholder(dialect)
     rows = read(
         conn,

@@ -151,7 +151,9 @@ class MailboxCache:
             with TicketStoreHook().connect() as (conn, dialect):
 
                 def held(uidvalidity: int, uids: list[int]) -> set[int]:
-                    return held_uids(conn, dialect, mailbox=mailbox, uidvalidity=uidvalidity, uids=uids)
+                    return held_uids(
+                        conn, dialect, mailbox=mailbox, uidvalidity=uidvalidity, uids=uids, now=now
+                    )
 
                 with ImapInboxHook(conn_id).inbox(mailbox) as inbox:
                     figures = inbox_figures(inbox, now=now, held=held)
