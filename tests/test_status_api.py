@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import secrets
 import shutil
 import sqlite3
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -26,13 +24,13 @@ import pytest
 import requests
 
 from devkit.mail_factory import jira_notification
-from devkit.processes import LOOPBACK, free_port, spawn, stop_process_group
-from devkit.unavailable import service_unavailable
+from devkit.processes import LOOPBACK, free_port, stop_process_group
 from include.api_usage import Throttle, Usage, record_usage
 from include.sweep_progress import advance_watermark, get_watermark
 from include.ticket_store import ensure_table, upsert_tickets
 from tests.harness.airflow_env import airflow_cli
-from tests.test_rest_channel import _wait_until_healthy, minted_token
+from tests.harness.api_server import start_api_server
+from tests.test_rest_channel import minted_token
 
 REPO = Path(__file__).resolve().parents[1]
 STATUS = "/jira-mail-sync/status"
@@ -140,32 +138,20 @@ def status_server(airflow_db: str, dovecot) -> Iterator[StatusServer]:
         imap=imap,
         passwords=passwords,
     )
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "plugins")]),
-        "AIRFLOW__CORE__AUTH_MANAGER": (
-            "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
-        ),
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,watcher:viewer",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords_file),
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
-        "AIRFLOW__API_AUTH__JWT_SECRET": server.jwt_secret,
-        "AIRFLOW__API__HOST": LOOPBACK,
-        "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__JIRA_MAIL_SYNC__STATUS_MAILBOX_CACHE_SECONDS": str(CACHE_SECONDS),
-        "AIRFLOW_CONN_JIRA_STORE": json.dumps({"conn_type": "sqlite", "host": str(store_path)}),
-        "AIRFLOW_CONN_IMAP_DEFAULT": json.dumps(imap.airflow_conn()),
-    }
-    process = spawn(
-        [sys.executable, "-m", "airflow", "api-server", "--host", LOOPBACK, "--port", str(port), "-w", "1"],
-        server.log_path,
-        env=env,
+    process = start_api_server(
+        port=port,
+        jwt_secret=server.jwt_secret,
+        passwords_file=passwords_file,
+        log_path=server.log_path,
         cwd=work,
+        users="admin:admin,watcher:viewer",
+        settings={
+            "AIRFLOW__JIRA_MAIL_SYNC__STATUS_MAILBOX_CACHE_SECONDS": str(CACHE_SECONDS),
+            "AIRFLOW_CONN_JIRA_STORE": json.dumps({"conn_type": "sqlite", "host": str(store_path)}),
+            "AIRFLOW_CONN_IMAP_DEFAULT": json.dumps(imap.airflow_conn()),
+        },
     )
     try:
-        problem = _wait_until_healthy(process, server.url, server.log_path)
-        if problem:
-            service_unavailable(f"`airflow api-server` {problem}:\n{server.log_tail()}")
         server.token = server.token_for("admin")
         yield server
     finally:
