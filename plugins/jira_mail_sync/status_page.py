@@ -62,6 +62,7 @@ CACHE_OPTION = "status_mailbox_cache_seconds"
 DEFAULT_CACHE_SECONDS = 30.0
 DEFAULT_MAILBOX = "INBOX"
 MAX_RELEASE_UIDS = 1000
+MAX_CACHED_MAILBOXES = 16
 LEDGER_ROWS_SHOWN = 100
 PENDING_RUNS_SHOWN = 20
 TEMPLATES = Path(__file__).parent / "templates"
@@ -141,6 +142,9 @@ class MailboxCache:
             if cached is not None and time.monotonic() - cached[0] < cache_seconds():
                 return cached[1]
             figures = self._read(conn_id, mailbox)
+            if len(self._entries) >= MAX_CACHED_MAILBOXES:
+                # Readers choose the mailbox name: keep the cache bounded, dropping the oldest figures.
+                del self._entries[min(self._entries, key=lambda k: self._entries[k][0])]
             self._entries[key] = (time.monotonic(), figures)
             return figures
 
