@@ -3,20 +3,28 @@
 
 Jira mails a notification for every new or updated ticket. Every minute this DAG:
 
-1. **wait_for_unseen_mail** runs one IMAP `UID SEARCH UNSEEN` on `imap_default` (skipping mail
-   already labelled `$JiraRejected`), oldest first, at most `max_messages`. An empty inbox skips
-   the run at once.
+1. **wait_for_unseen_mail** runs one IMAP `UID SEARCH UNSEEN` on `imap_default`, leaves out the
+   mail the **mail ledger** (`jira_mail_ledger` on `jira_store`) holds as rejected, quarantined or
+   waiting for a retry, and takes the oldest `max_messages` of the rest. An empty inbox skips the
+   run at once. A manual run's `release_uids` / `release_all` put held mail back into play first.
 2. **extract_ticket_keys** peeks at headers and a bounded body prefix (`BODY.PEEK`, nothing is
    marked seen), trusts only `trusted_senders` (default `jira@<host of jira_default>`), takes the
-   ticket keys, and labels rejected mail `$JiraRejected` for a human. Keys are de-duplicated.
+   ticket keys, and records rejected mail in the ledger (labelled `$JiraRejected` for humans where
+   the server keeps keywords). Keys are de-duplicated; keys of retried mail get batches of their own.
 3. **fetch_tickets** is mapped over batches of up to 100 keys: one Jira bulk fetch each, labelled
-   with its keys in the UI. Keys Jira does not return are recorded as not found.
+   with its keys in the UI. Keys Jira does not return are recorded as not found. A batch that keeps
+   failing is split until the failing keys stand alone: they are reported, the rest is fetched.
 4. **store_tickets** upserts the details into `jira_ticket` on `jira_store`; an older update never
    overwrites a newer one, and a rerun changes nothing.
-5. **mark_mail_seen** sets `\\Seen`, in one `UID STORE`, only on messages whose keys were all stored
-   or confirmed not found. A failure anywhere earlier leaves the mail UNSEEN for the next run.
+5. **mark_mail_seen** sets `\\Seen`, in one `UID STORE`, on every message whose keys were all stored
+   or confirmed not found, even when other keys failed. A message whose key failed is left unseen
+   and retried in a later run after a doubling delay (`retry_delay_minutes`), taking no place in the
+   window while it waits; after `max_attempts` it is quarantined for a human.
+6. **report_unsettled_mail** fails the run when any message was left unseen, naming the messages,
+   keys and errors, so nobody misses it.
 
-`dry_run` reports the keys it would fetch and touches nothing.
+`dry_run` reports the keys it would fetch and touches nothing. Release held mail from the CLI:
+`airflow dags trigger jira_inbox --conf '{"release_uids": [812, 813]}'` (or `{"release_all": true}`).
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from airflow.sdk import Param, dag
-from jira_mail_sync.inbox_tasks import extract_ticket_keys, mark_mail_seen
+from jira_mail_sync.inbox_tasks import extract_ticket_keys, mark_mail_seen, report_unsettled_mail
 from jira_mail_sync.sensors.unseen_mail import UnseenJiraMailSensor
 from jira_mail_sync.ticket_tasks import fetch_tickets, store_tickets
 
@@ -78,6 +86,49 @@ from jira_mail_sync.ticket_tasks import fetch_tickets, store_tickets
             ),
             section="Mail",
         ),
+        "max_attempts": Param(
+            5,
+            type="integer",
+            minimum=1,
+            maximum=100,
+            title="Attempts before quarantine",
+            description=(
+                "A message whose ticket keys keep failing is retried in later runs; after this many "
+                "failed attempts it is quarantined: never marked seen, never retried until released."
+            ),
+            section="Mail ledger",
+        ),
+        "retry_delay_minutes": Param(
+            5,
+            type="number",
+            minimum=0,
+            maximum=360,
+            title="First retry delay (minutes)",
+            description=(
+                "How long a failed message waits before its next try; the wait doubles with each "
+                "attempt (at most 6 hours). A waiting message takes no place in a run's window."
+            ),
+            section="Mail ledger",
+        ),
+        "release_uids": Param(
+            [],
+            type="array",
+            items={"type": "integer", "minimum": 1},
+            maxItems=2000,
+            title="Release these UIDs",
+            description=(
+                "IMAP UIDs of rejected, failed or quarantined mail in this mailbox to try again now, with "
+                "fresh attempts (the Jira sync page and the mail ledger table list them)."
+            ),
+            section="Mail ledger",
+        ),
+        "release_all": Param(
+            False,
+            type="boolean",
+            title="Release all held mail",
+            description="Try every rejected, failed and quarantined message of this mailbox again now.",
+            section="Mail ledger",
+        ),
         "dry_run": Param(
             False,
             type="boolean",
@@ -92,12 +143,18 @@ def jira_inbox():
         task_id="wait_for_unseen_mail",
         mailbox="{{ params.mailbox }}",
         max_messages="{{ params.max_messages }}",
+        release_uids="{{ params.release_uids | tojson }}",
+        release_all="{{ params.release_all | tojson }}",
         mode="reschedule",
     )
     key_batches = extract_ticket_keys(sensed.output)
     fetched = fetch_tickets.expand(keys=key_batches)
-    stored = store_tickets(fetched, source="inbox")
-    mark_mail_seen(key_batches["settlement"], stored)
+    # A fetch batch that failed outright does not stop the store and the marking of everything else.
+    stored = store_tickets.override(trigger_rule="none_skipped")(
+        fetched, source="inbox", fail_on_failed_keys=False
+    )
+    marked = mark_mail_seen(key_batches["settlement"], stored)
+    report_unsettled_mail(marked)
 
 
 jira_inbox()

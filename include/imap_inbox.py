@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import imaplib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -24,6 +24,7 @@ from include.imap_wire import (
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
+    "QUARANTINED_KEYWORD",
     "REJECTED_KEYWORD",
     "ImapError",
     "Inbox",
@@ -35,6 +36,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 REJECTED_KEYWORD = "$JiraRejected"
+QUARANTINED_KEYWORD = "$JiraQuarantined"
 # PERMANENTFLAGS holds this when the server keeps keywords the client makes up ($JiraRejected).
 ANY_KEYWORD = "\\*"
 _T = TypeVar("_T")
@@ -166,8 +168,18 @@ class Inbox:
         if self._selected_readonly is None:
             self.open(readonly=True)
 
-    def unseen_uids(self, *, limit: int, exclude_keyword: str | None = REJECTED_KEYWORD) -> list[int]:
-        """The oldest `limit` UIDs without \\Seen and without `exclude_keyword`, in one UID SEARCH."""
+    def unseen_uids(
+        self,
+        *,
+        limit: int,
+        exclude_keyword: str | None = REJECTED_KEYWORD,
+        exclude_uids: Collection[int] = (),
+    ) -> list[int]:
+        """The oldest `limit` UIDs without \\Seen and without `exclude_keyword`, in one UID SEARCH.
+
+        `exclude_uids` are left out before the limit applies, so UIDs held elsewhere (the mail ledger)
+        never take a place in the window; the SEARCH answers every match, so it stays one command.
+        """
         if limit < 0:
             raise ValueError(f"limit must not be negative, got {limit}")
         criteria = ["UNSEEN"]
@@ -175,7 +187,8 @@ class Inbox:
             criteria += ["UNKEYWORD", check_keyword(exclude_keyword)]
         self._ensure_open()
         found = self._run("UID SEARCH", self.client.search, criteria)
-        return sorted(set(found))[:limit]
+        excluded = set(exclude_uids)
+        return sorted(uid for uid in set(found) if uid not in excluded)[:limit]
 
     def arrival_times(self, uids: Sequence[int]) -> dict[int, datetime]:
         """When each UID arrived (INTERNALDATE, aware UTC), without setting \\Seen; gone UIDs are left out."""

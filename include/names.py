@@ -11,8 +11,7 @@ STORE_CONN_ID = "jira_store"
 JIRA_API_POOL = "jira_api"
 
 TICKET_TABLE = "jira_ticket"
-
-# Rejected, failed and quarantined mail, and what became of it (include/mail_ledger.py).
+# What became of each Jira mail (rejected, failed, quarantined, settled): include/mail_ledger.py.
 MAIL_LEDGER_TABLE = "jira_mail_ledger"
 
 # How many requests each task made to Jira, and the last time Jira throttled one (include/api_usage.py).

@@ -24,6 +24,13 @@ def sqlite_timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
 
 
+def timestamp_param(moment: datetime, dialect: str, what: str = "a timestamp") -> Any:
+    """An aware datetime as the query parameter a timestamp column takes: SQLite text, else UTC datetime."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(f"{what} must be timezone-aware, got {moment!r}")
+    return sqlite_timestamp(moment) if dialect == "sqlite" else moment.astimezone(UTC)
+
+
 def as_utc_datetime(value: Any) -> datetime:
     """A stored timestamp (SQLite text or a PostgreSQL timestamptz) as an aware UTC datetime."""
     moment = datetime.fromisoformat(value) if isinstance(value, str) else value

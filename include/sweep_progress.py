@@ -11,7 +11,7 @@ from include.store_db import (
     create_missing,
     placeholder,
     read,
-    sqlite_timestamp,
+    timestamp_param,
     transaction,
 )
 
@@ -43,9 +43,7 @@ def ensure_table(conn: Any, dialect: str) -> None:
 
 
 def _value(moment: datetime, dialect: str) -> Any:
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        raise ValueError(f"a watermark must be timezone-aware, got {moment!r}")
-    return sqlite_timestamp(moment) if dialect == "sqlite" else moment.astimezone(UTC)
+    return timestamp_param(moment, dialect, "a watermark")
 
 
 def get_watermark(conn: Any, dialect: str, scope: str = SCHEDULED_SCOPE) -> datetime | None:

@@ -7,7 +7,7 @@ import json
 import logging
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from include.jira_rules import is_issue_key
@@ -136,6 +136,15 @@ def _row(ticket: Mapping[str, Any], dialect: str, source: str, fetched_at: datet
             source,
         )
     return (key, summary, status, assignee_email, progress_json, updated_at, fetched_at, source)
+
+
+def check_ticket(ticket: Mapping[str, Any]) -> None:
+    """Raise ValueError for a ticket upsert_tickets would refuse, before it reaches a store.
+
+    The fetch calls this per ticket, so one malformed answer from Jira fails only its own key instead
+    of the whole store step.
+    """
+    _row(ticket, "sqlite", SOURCES[0], datetime.now(UTC))
 
 
 def _chunks(items: Iterable[Mapping[str, Any]], size: int) -> Iterator[list[Mapping[str, Any]]]:

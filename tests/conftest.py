@@ -43,4 +43,5 @@ pytest_plugins = [
     "tests.harness.jira_standin",
     "tests.harness.airflow_env",
     "tests.harness.oauth",
+    "tests.harness.courier",
 ]

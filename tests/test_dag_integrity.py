@@ -19,6 +19,7 @@ EXPECTED_EDGES = {
         ("extract_ticket_keys", "mark_mail_seen"),
         ("fetch_tickets", "store_tickets"),
         ("store_tickets", "mark_mail_seen"),
+        ("mark_mail_seen", "report_unsettled_mail"),
     },
     "jira_sweep": {
         ("plan_sweep", "list_changed_keys"),
@@ -30,7 +31,16 @@ EXPECTED_EDGES = {
     },
 }
 EXPECTED_PARAMS = {
-    "jira_inbox": {"mailbox", "max_messages", "trusted_senders", "dry_run"},
+    "jira_inbox": {
+        "mailbox",
+        "max_messages",
+        "trusted_senders",
+        "dry_run",
+        "max_attempts",
+        "retry_delay_minutes",
+        "release_uids",
+        "release_all",
+    },
     "jira_sweep": {"since", "until", "projects", "jql_filter", "lookback_minutes"},
 }
 
@@ -68,6 +78,13 @@ def test_dag_has_tags_docs_params_and_retries(dagbag, dag_id):
     for task in dag.tasks:
         assert task.retries >= 2, f"{dag_id}.{task.task_id} has retries={task.retries}"
     assert dag.catchup is False
+
+
+def test_a_failed_fetch_batch_does_not_stop_the_inbox_store_but_does_stop_the_sweeps(dagbag):
+    # The inbox settles mail message by message; the sweep's watermark must not pass a failed batch.
+    assert dagbag.dags["jira_inbox"].get_task("store_tickets").trigger_rule == "none_skipped"
+    assert dagbag.dags["jira_sweep"].get_task("store_tickets").trigger_rule == "all_success"
+    assert dagbag.dags["jira_inbox"].get_task("mark_mail_seen").trigger_rule == "all_success"
 
 
 def test_inbox_runs_every_minute_one_run_at_a_time(dagbag):

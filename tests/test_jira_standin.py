@@ -261,6 +261,36 @@ def test_bulkfetch_matches_the_openapi_schema_apart_from_the_documented_expand(j
     assert body["issues"][0]["fields"]["summary"] == "s"
 
 
+def test_key_faults_fail_only_the_bulk_fetches_that_name_the_key_in_jiras_shapes(jira_standin, api):
+    ids = {
+        key: jira_standin.add_issue(key, summary=key, updated=T0)["id"]
+        for key in ("BAD-1", "BAD-2", "BAD-3", "OK-1")
+    }
+    jira_standin.inject_key_fault("BAD-1", "server_error")
+    jira_standin.inject_key_fault("bad-2", "issue_error")
+    jira_standin.inject_key_fault("BAD-3", "no_updated")
+    fetch = functools.partial(api.post, "/rest/api/3/issue/bulkfetch")
+
+    assert fetch({"issueIdsOrKeys": ["OK-1", "BAD-1"]}).status_code == 500
+    body = fetch({"issueIdsOrKeys": ["OK-1", "BAD-2", "BAD-3"], "fields": ["summary", "updated"]}).json()
+
+    assert_schema("BulkIssueResults", {k: v for k, v in body.items() if k != "expand"})
+    assert body["issueErrors"] == [
+        {
+            "id": ids["BAD-2"],
+            "errorMessage": "An error occurred while retrieving this issue. Please retry the request.",
+        }
+    ]
+    fields = {issue["key"]: issue["fields"] for issue in body["issues"]}
+    assert sorted(fields) == ["BAD-3", "OK-1"]
+    assert "updated" in fields["OK-1"] and "updated" not in fields["BAD-3"]
+    assert jira_standin.bulk_fetch_requests() == [(("OK-1", "BAD-1"), 500), (("OK-1", "BAD-2", "BAD-3"), 200)]
+    jira_standin.clear_faults()
+    assert fetch({"issueIdsOrKeys": ["BAD-1", "BAD-2"]}).json()["issueErrors"] == []
+    with pytest.raises(ValueError, match="key fault is one of"):
+        jira_standin.inject_key_fault("BAD-1", "slow")
+
+
 def test_bulkfetch_takes_100_keys_and_rejects_101_with_error_messages(jira_standin, api):
     keys = [f"ABC-{n}" for n in range(1, 102)]
     for key in keys[:100]:

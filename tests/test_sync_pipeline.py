@@ -10,7 +10,7 @@ from jira_mail_sync.mapping import MAX_MAP_LENGTH, MAX_MAPPED_FETCHES, batch_key
 from devkit.mail_factory import jira_notification
 from include.imap_inbox import Inbox
 from include.jira_rules import BULK_FETCH_LIMIT
-from include.sync_pipeline import PEEK_CHUNK, extract_keys, settled_uids
+from include.sync_pipeline import PEEK_CHUNK, extract_keys, settle, settled_uids
 
 
 @given(st.integers(min_value=0, max_value=120_000))
@@ -48,6 +48,30 @@ def test_only_messages_whose_keys_were_all_handled_are_settled():
     messages = [{"uid": 1, "keys": ["A-1"]}, {"uid": 2, "keys": ["A-1", "A-2"]}, {"uid": 3, "keys": ["A-3"]}]
     assert settled_uids(messages, ["A-1", "A-3"]) == [1, 3]
     assert settled_uids(messages, []) == []
+
+
+def test_settlement_sorts_messages_by_what_happened_to_their_keys():
+    messages = [
+        {"uid": 1, "keys": ["A-1"]},
+        {"uid": 2, "keys": ["A-1", "BAD-1"]},  # one failed key holds back only its own messages
+        {"uid": 3, "keys": ["A-404"]},
+        {"uid": 4, "keys": ["A-9"]},  # in no fetch result: its batch did not finish, or was not reached
+        {"uid": 5, "keys": ["BAD-1", "BAD-2", "A-9"]},
+    ]
+    stored = {
+        "stored": ["A-1"],
+        "not_found": ["A-404"],
+        "failed": {"BAD-1": "HTTP 500", "BAD-2": "no updated"},
+    }
+
+    plan = settle(messages, stored)
+
+    assert [m["uid"] for m in plan.settled] == [1, 3]
+    assert [(m["uid"], m["reason"]) for m in plan.failed] == [
+        (2, "BAD-1: HTTP 500"),
+        (5, "BAD-1: HTTP 500; BAD-2: no updated"),
+    ]
+    assert [m["uid"] for m in plan.unfinished] == [4]
 
 
 @pytest.mark.timeout(120)

@@ -74,6 +74,12 @@ _EDITABLE_FIELDS = {
     "created",
 }
 _BULKFETCH_BODY_FIELDS = {"issueIdsOrKeys", "fields", "expand", "properties", "fieldsByKeys"}
+# Faults tied to one issue key, for the poison-isolation tests: a 500 for every bulk fetch that names
+# the key; an issueErrors entry for it (BulkIssueResults.issueErrors in Jira's OpenAPI document:
+# {"id": issue id, "errorMessage"}, the issue left out of "issues"); or the issue served without its
+# "updated" field, which the sync's validation refuses.
+KEY_FAULTS = ("server_error", "issue_error", "no_updated")
+ISSUE_ERROR_MESSAGE = "An error occurred while retrieving this issue. Please retry the request."
 
 # name -> (id, category key); the ids are those of a new Jira Cloud site's default workflow.
 _DEFAULT_STATUSES = {
@@ -253,7 +259,8 @@ class JiraStandin:
     Use it as a context manager, or call start() and stop(). All methods are thread-safe. Another
     process can drive it over HTTP, with the same basic auth, under /_standin/: POST issues (an
     add_issue() body with ISO 8601 times), DELETE issues/KEY, POST faults ({"status", "count",
-    "retry_after", "path_prefix"}), DELETE faults, GET or DELETE requests, POST reset, and GET or POST
+    "retry_after", "path_prefix"}), POST key_faults ({"key", "kind"}, see KEY_FAULTS), DELETE faults
+    (both kinds), GET or DELETE requests, POST reset, and GET or POST
     config ({"time_zone", "latency", "scoped_token"}). Those admin calls skip latency and faults and
     are not logged.
 
@@ -303,7 +310,9 @@ class JiraStandin:
             self._next_project_id = FIRST_ID
             self._next_status_id = FIRST_ID + 100
             self._faults: list[_Fault] = []
+            self._key_faults: dict[str, str] = {}
             self._log: list[LoggedRequest] = []
+            self._bulk_requests: list[tuple[tuple[str, ...], int]] = []
             self._latency = 0.0
             self._time_zone = self._initial_time_zone
             self._scoped = self._initial_scoped
@@ -441,6 +450,19 @@ class JiraStandin:
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()
+            self._key_faults.clear()
+
+    def inject_key_fault(self, key: str, kind: str) -> None:
+        """Make every bulk fetch that names `key` fail in one of KEY_FAULTS ways, until cleared."""
+        if kind not in KEY_FAULTS:
+            raise ValueError(f"a key fault is one of {KEY_FAULTS}, got {kind!r}")
+        with self._lock:
+            self._key_faults[str(key).strip().upper()] = kind
+
+    def bulk_fetch_requests(self) -> list[tuple[tuple[str, ...], int]]:
+        """Each bulk fetch answered: the keys it named (upper-cased, as sent) and its HTTP status."""
+        with self._lock:
+            return list(self._bulk_requests)
 
     @property
     def pending_faults(self) -> int:
@@ -468,6 +490,7 @@ class JiraStandin:
     def clear_requests(self) -> None:
         with self._lock:
             self._log.clear()
+            self._bulk_requests.clear()
 
     # ------------------------------------------------------------------------------------------ issues
 
@@ -855,11 +878,26 @@ class JiraStandin:
         tokens = _split_fields(self._string_list(payload.get("fields"), "fields")) or ["*navigable"]
         fields = _selected_fields(tokens)
         with self._lock:
+            named = tuple(str(item).strip().upper() for item in wanted)
+            faults = {self._key_faults[key] for key in named if key in self._key_faults}
+            if "server_error" in faults:
+                self._bulk_requests.append((named, 500))
+                return _error_reply(500, "Internal server error")
             # Unknown and invisible issues are left out silently, as Jira does; issueErrors is for others.
             found = {issue.id: issue for issue in (self._find(item) for item in wanted) if issue is not None}
             base, time_zone = self._base_url(), self._time_zone
-            issues = [self._issue_json(found[i], fields, api_version, base, time_zone) for i in sorted(found)]
-        return _json_reply(200, {"expand": "schema,names", "issues": issues, "issueErrors": []})
+            issues, issue_errors = [], []
+            for issue_id in sorted(found):
+                fault = self._key_faults.get(found[issue_id].key)
+                if fault == "issue_error":
+                    issue_errors.append({"id": str(issue_id), "errorMessage": ISSUE_ERROR_MESSAGE})
+                    continue
+                rendered = self._issue_json(found[issue_id], fields, api_version, base, time_zone)
+                if fault == "no_updated":
+                    rendered["fields"].pop("updated", None)
+                issues.append(rendered)
+            self._bulk_requests.append((named, 200))
+        return _json_reply(200, {"expand": "schema,names", "issues": issues, "issueErrors": issue_errors})
 
     @staticmethod
     def _search_params_from_query(params: dict[str, list[str]]) -> dict[str, Any]:
@@ -974,6 +1012,13 @@ class JiraStandin:
             except (KeyError, TypeError, ValueError) as exc:
                 raise _BadRequest(f"Invalid fault: {exc}") from None
             return _json_reply(200, {"pending_faults": self.pending_faults})
+        if route == "key_faults" and method == "POST":
+            payload = self._json_body(body)
+            try:
+                self.inject_key_fault(str(payload["key"]), str(payload["kind"]))
+            except (KeyError, ValueError) as exc:
+                raise _BadRequest(f"Invalid key fault: {exc}") from None
+            return _Reply(204)
         if route == "faults" and method == "DELETE":
             self.clear_faults()
             return _Reply(204)

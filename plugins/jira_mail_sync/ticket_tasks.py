@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.sdk import get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException
 
 from include.jira_cloud import JiraCloudClient
 from include.names import JIRA_API_POOL, JIRA_CONN_ID
@@ -40,8 +41,13 @@ def jira_client(jira_conn_id: str = JIRA_CONN_ID) -> Iterator[JiraCloudClient]:
     retry_delay=timedelta(seconds=30),
     retry_exponential_backoff=2.0,
 )
-def fetch_tickets(keys: list[str]) -> dict[str, list]:
-    """Fetch one batch of tickets with one Jira bulk request; missing keys come back as not found."""
+def fetch_tickets(keys: list[str]) -> dict[str, Any]:
+    """Fetch one batch of tickets with one Jira bulk request; missing keys come back as not found.
+
+    If the request fails as a whole while Jira answers this account, the batch is split to isolate
+    the failing keys, which come back in `failed` while the rest is fetched (include.isolating_fetch).
+    It fails, for Airflow to retry, only when Jira does not answer at all.
+    """
     get_current_context()["batch_label"] = describe_batch(keys)
     with jira_client() as client:
         return fetch_batch(client, keys)
@@ -65,8 +71,16 @@ def every_batch(fetched: Any) -> Iterator[Any]:
 
 
 @task
-def store_tickets(fetched: Any, *, source: str, return_keys: bool = True) -> dict[str, Any]:
-    """Upsert every fetched batch into `jira_ticket`, one batch at a time; older updates never win."""
+def store_tickets(
+    fetched: Any, *, source: str, return_keys: bool = True, fail_on_failed_keys: bool = True
+) -> dict[str, Any]:
+    """Upsert every fetched batch into `jira_ticket`, one batch at a time; older updates never win.
+
+    Keys whose fetch failed for good are listed in the summary's `failed` (and keys the isolation of
+    a failing batch did not reach in `unresolved`). With `fail_on_failed_keys`
+    (the sweep's way: its watermark must not pass them) the task fails once the rest is stored; the
+    inbox passes False and settles its mail message by message instead.
+    """
     with TicketStoreHook().connect() as (conn, dialect):
         summary = store_batches(
             conn,
@@ -82,4 +96,11 @@ def store_tickets(fetched: Any, *, source: str, return_keys: bool = True) -> dic
         summary["stale_skipped"],
         summary["not_found_count"],
     )
+    failed, unresolved = summary["failed"], summary["unresolved"]
+    if (failed or unresolved) and fail_on_failed_keys:
+        detail = "; ".join(f"{key}: {why}" for key, why in list(failed.items())[:10])
+        raise AirflowFailException(
+            f"{len(failed)} key(s) could not be fetched and {len(unresolved)} were not reached; the rest "
+            f"is stored: {detail}"
+        )
     return summary

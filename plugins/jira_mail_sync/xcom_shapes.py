@@ -6,7 +6,7 @@ opens that same mailbox, never a default one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from include.sync_pipeline import Extraction
@@ -14,12 +14,16 @@ from include.sync_pipeline import Extraction
 
 @dataclass(frozen=True)
 class SensedMail:
-    """What the sensor found: unseen UIDs under one UIDVALIDITY of one mailbox on one connection."""
+    """What the sensor found: unseen UIDs under one UIDVALIDITY of one mailbox on one connection.
+
+    `retrying` are those of `uids` that failed in an earlier run and are due again (the mail ledger).
+    """
 
     imap_conn_id: str
     mailbox: str
     uidvalidity: int
     uids: list[int]
+    retrying: list[int] = field(default_factory=list)
 
     def to_xcom(self) -> dict[str, Any]:
         return {
@@ -27,6 +31,7 @@ class SensedMail:
             "mailbox": self.mailbox,
             "uidvalidity": self.uidvalidity,
             "uids": list(self.uids),
+            "retrying": list(self.retrying),
         }
 
     @classmethod
@@ -36,6 +41,7 @@ class SensedMail:
             mailbox=str(value["mailbox"]),
             uidvalidity=int(value["uidvalidity"]),
             uids=[int(uid) for uid in value["uids"]],
+            retrying=[int(uid) for uid in value.get("retrying", [])],
         )
 
 

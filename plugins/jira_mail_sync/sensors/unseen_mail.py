@@ -1,58 +1,139 @@
-"""Sensor that finds UNSEEN Jira mail over IMAP without reading or flagging it."""
+"""Sensor that finds UNSEEN Jira mail over IMAP without reading or flagging it, less what the ledger holds."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.exceptions import AirflowSkipException
 
-from include.names import IMAP_CONN_ID
+from include.mail_ledger import held_uids, release
+from include.names import IMAP_CONN_ID, STORE_CONN_ID
 from jira_mail_sync.hooks.imap import ImapInboxHook
+from jira_mail_sync.hooks.ticket_store import TicketStoreHook
 from jira_mail_sync.xcom_shapes import SensedMail
 
 
-class UnseenJiraMailSensor(BaseSensorOperator):
-    """Look for UNSEEN messages not labelled as rejected, oldest first, at most `max_messages`.
+def _from_template(value: Any, name: str) -> Any:
+    # The DAG renders these with `| tojson`, so a list stays a list and a bool a bool.
+    if isinstance(value, str):
+        try:
+            return json.loads(value) if value.strip() else None
+        except ValueError:
+            raise ValueError(f"{name} must be JSON, got {value!r}") from None
+    return value
 
-    It runs one `UID SEARCH` and pushes `{"imap_conn_id", "mailbox", "uidvalidity", "uids"}` (see
-    xcom_shapes.SensedMail), so the tasks after it read and mark the mailbox it sensed. With
-    `skip_when_empty` (the default) an empty inbox skips the run at once: the every-minute schedule
-    is the polling loop, so no worker slot is held waiting for mail.
+
+def release_request(release_uids: Any, release_all: Any) -> tuple[list[int], bool]:
+    """The UIDs and the flag a manual run asked to release, checked: positive integers, a boolean."""
+    uids = _from_template(release_uids, "release_uids") or []
+    everything = _from_template(release_all, "release_all") or False
+    if not isinstance(uids, list) or not all(
+        isinstance(uid, int) and not isinstance(uid, bool) and uid > 0 for uid in uids
+    ):
+        raise ValueError(f"release_uids must be a list of positive integers (IMAP UIDs), got {uids!r}")
+    if not isinstance(everything, bool):
+        raise ValueError(f"release_all must be true or false, got {everything!r}")
+    return uids, everything
+
+
+class UnseenJiraMailSensor(BaseSensorOperator):
+    """Look for UNSEEN messages the mail ledger does not hold, oldest first, at most `max_messages`.
+
+    It runs one `UID SEARCH UNSEEN` and leaves out, before the `max_messages` cap, the UIDs the mail
+    ledger (include.mail_ledger, on `store_conn_id`) holds as rejected, quarantined or waiting for a
+    retry: nothing depends on IMAP keywords, which Exchange Online and keyword-less servers cannot
+    keep. A manual run's `release_uids` / `release_all` are applied first. It pushes
+    `{"imap_conn_id", "mailbox", "uidvalidity", "uids", "retrying"}` (see xcom_shapes.SensedMail), so
+    the tasks after it read and mark the mailbox it sensed. With `skip_when_empty` (the default) an
+    empty inbox skips the run at once: the every-minute schedule is the polling loop, so no worker
+    slot is held waiting for mail.
     """
 
-    template_fields: Sequence[str] = ("imap_conn_id", "mailbox", "max_messages")
+    template_fields: Sequence[str] = (
+        "imap_conn_id",
+        "mailbox",
+        "max_messages",
+        "release_uids",
+        "release_all",
+    )
     ui_color = "#e8f4fd"
 
     def __init__(
         self,
         *,
         imap_conn_id: str = IMAP_CONN_ID,
+        store_conn_id: str = STORE_CONN_ID,
         mailbox: str = "INBOX",
         max_messages: int | str = 200,
+        release_uids: list[int] | str = (),
+        release_all: bool | str = False,
         skip_when_empty: bool = True,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self.imap_conn_id = imap_conn_id
+        self.store_conn_id = store_conn_id
         self.mailbox = mailbox
         self.max_messages = max_messages
+        self.release_uids = release_uids
+        self.release_all = release_all
         self.skip_when_empty = skip_when_empty
 
     def poke(self, context) -> PokeReturnValue | bool:
         limit = int(self.max_messages)
         if limit < 1:
             raise ValueError(f"max_messages must be at least 1, got {limit}")
+        release_uids, release_all = release_request(self.release_uids, self.release_all)
+        dry_run = bool(context["params"].get("dry_run"))
         with ImapInboxHook(self.imap_conn_id).inbox(self.mailbox) as inbox:
-            sensed = SensedMail(
-                imap_conn_id=self.imap_conn_id,
-                mailbox=self.mailbox,
-                uidvalidity=inbox.open(readonly=True),
-                uids=inbox.unseen_uids(limit=limit),
+            uidvalidity = inbox.open(readonly=True)
+            now = datetime.now(UTC)
+            with TicketStoreHook(self.store_conn_id).connect() as (conn, dialect):
+                if (release_uids or release_all) and dry_run:
+                    self.log.info("Dry run: releasing nothing")
+                elif release_uids or release_all:
+                    released = release(
+                        conn,
+                        dialect,
+                        mailbox=self.mailbox,
+                        uidvalidity=uidvalidity,
+                        now=now,
+                        uids=release_uids,
+                        release_all=release_all,
+                    )
+                    self.log.info(
+                        "Released %d message(s) from the mail ledger for another try: uids %s%s",
+                        len(released),
+                        released,
+                        "" if release_all else f" (asked for {release_uids})",
+                    )
+                held = held_uids(conn, dialect, mailbox=self.mailbox, uidvalidity=uidvalidity, now=now)
+            uids = inbox.unseen_uids(limit=limit, exclude_keyword=None, exclude_uids=held["excluded"])
+        sensed = SensedMail(
+            imap_conn_id=self.imap_conn_id,
+            mailbox=self.mailbox,
+            uidvalidity=uidvalidity,
+            uids=uids,
+            retrying=sorted(held["retrying"].intersection(uids)),
+        )
+        if held["excluded"]:
+            self.log.info(
+                "Leaving out %d message(s) the mail ledger holds (rejected, quarantined or waiting to retry)",
+                len(held["excluded"]),
             )
         if not sensed.uids:
             if self.skip_when_empty:
                 raise AirflowSkipException(f"No unseen Jira mail in {self.mailbox}")
             return False
-        self.log.info("Found %d unseen message(s) in %s (limit %d)", len(sensed.uids), self.mailbox, limit)
+        self.log.info(
+            "Found %d unseen message(s) in %s (limit %d), %d of them retried",
+            len(sensed.uids),
+            self.mailbox,
+            limit,
+            len(sensed.retrying),
+        )
         return PokeReturnValue(is_done=True, xcom_value=sensed.to_xcom())

@@ -1,0 +1,471 @@
+"""The mail ledger: what became of each Jira mail, by mailbox, UIDVALIDITY and UID, in the store database.
+
+The ledger, not IMAP keywords, decides which unseen messages the inbox leaves out: servers such as
+Exchange Online and keyword-less Courier cannot keep `$JiraRejected`, so a label cannot be the memory.
+
+States:
+- `rejected`: the parser refused the mail (untrusted sender, no key, ...); never retried by itself.
+- `failed`: a key it names could not be fetched or stored; retried after `next_try_at`, with a delay
+  that doubles on each attempt; while it waits it takes no place in the run's window.
+- `quarantined`: failed `max_attempts` times; never retried and never marked seen by itself.
+- `settled`: every key it names was stored or confirmed not found, and the mail was marked seen.
+
+A manual run releases rejected, failed or quarantined mail (`release`): it becomes `failed` with no
+attempts and no waiting, so the next sensing takes it again.
+
+Every write takes a whole run's messages and costs a fixed number of statements (one `executemany`
+UPSERT per state, plus one SELECT for the attempt counts), never one per message. Rows under an
+earlier UIDVALIDITY are kept for audit and never match a UID of the recreated mailbox, because the
+UIDVALIDITY is part of the key and of every query.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from include.names import MAIL_LEDGER_TABLE
+from include.store_db import (
+    as_utc_datetime,
+    check_dialect,
+    create_missing,
+    placeholder,
+    read,
+    timestamp_param,
+    transaction,
+)
+
+TABLE = MAIL_LEDGER_TABLE
+STATES = ("rejected", "failed", "quarantined", "settled")
+# What the sensor leaves out: everything but settled mail (a settled message is seen anyway; if a
+# human marks it unread again it is simply processed again, which the idempotent store allows).
+HELD_STATES = ("rejected", "failed", "quarantined")
+RELEASABLE_STATES = HELD_STATES
+SUBJECT_MAX = 200
+REASON_MAX = 500
+DEFAULT_MAX_ATTEMPTS = 5
+DEFAULT_RETRY_DELAY = timedelta(minutes=5)
+# The doubling delay stops growing here, so a long Jira incident never parks mail for days.
+MAX_RETRY_DELAY = timedelta(hours=6)
+# Settled rows older than this are deleted by record_settled (one DELETE), so the table does not grow
+# with every mail ever read; rejected, failed and quarantined rows stay until a human acts.
+SETTLED_RETENTION = timedelta(days=30)
+
+_COLUMNS = (
+    "mailbox",
+    "uidvalidity",
+    "uid",
+    "message_id",
+    "sender",
+    "subject",
+    "ticket_keys",
+    "state",
+    "reason",
+    "attempts",
+    "next_try_at",
+    "first_seen_at",
+    "updated_at",
+)
+_STATE_CHECK = "CHECK (state IN ('rejected', 'failed', 'quarantined', 'settled'))"
+
+_DDL = {
+    "sqlite": (
+        f"""CREATE TABLE IF NOT EXISTS {TABLE} (
+    mailbox TEXT NOT NULL,
+    uidvalidity BIGINT NOT NULL,
+    uid BIGINT NOT NULL,
+    message_id TEXT,
+    sender TEXT,
+    subject TEXT CHECK (subject IS NULL OR length(subject) <= {SUBJECT_MAX}),
+    ticket_keys TEXT CHECK (ticket_keys IS NULL OR json_valid(ticket_keys)),
+    state TEXT NOT NULL {_STATE_CHECK},
+    reason TEXT CHECK (reason IS NULL OR length(reason) <= {REASON_MAX}),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_try_at TEXT,
+    first_seen_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (mailbox, uidvalidity, uid)
+)""",
+        f"CREATE INDEX IF NOT EXISTS {TABLE}_state_updated_idx ON {TABLE} (state, updated_at)",
+    ),
+    "postgres": (
+        f"""CREATE TABLE IF NOT EXISTS {TABLE} (
+    mailbox TEXT NOT NULL,
+    uidvalidity BIGINT NOT NULL,
+    uid BIGINT NOT NULL,
+    message_id TEXT,
+    sender TEXT,
+    subject TEXT CHECK (subject IS NULL OR length(subject) <= {SUBJECT_MAX}),
+    ticket_keys TEXT,
+    state TEXT NOT NULL {_STATE_CHECK},
+    reason TEXT CHECK (reason IS NULL OR length(reason) <= {REASON_MAX}),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_try_at TIMESTAMPTZ,
+    first_seen_at TIMESTAMPTZ NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (mailbox, uidvalidity, uid)
+)""",
+        f"CREATE INDEX IF NOT EXISTS {TABLE}_state_updated_idx ON {TABLE} (state, updated_at)",
+    ),
+}
+
+
+def ensure_table(conn: Any, dialect: str) -> None:
+    """Create the ledger if it is missing (no DDL at all when it exists: DML rights suffice then)."""
+    check_dialect(dialect)
+    create_missing(conn, dialect, TABLE, _DDL[dialect])
+
+
+def _moment(value: datetime, dialect: str) -> Any:
+    return timestamp_param(value, dialect, "a ledger timestamp")
+
+
+def _bounded(value: Any, limit: int) -> str | None:
+    if value is None:
+        return None
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _uid(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"an IMAP UID must be a positive integer, got {value!r}")
+    return value
+
+
+def _mailbox_key(mailbox: str, uidvalidity: int) -> tuple[str, int]:
+    if not isinstance(mailbox, str) or not mailbox:
+        raise ValueError(f"mailbox must be a non-empty string, got {mailbox!r}")
+    if isinstance(uidvalidity, bool) or not isinstance(uidvalidity, int) or uidvalidity < 1:
+        raise ValueError(f"uidvalidity must be a positive integer, got {uidvalidity!r}")
+    return mailbox, uidvalidity
+
+
+def _keys_json(keys: Any) -> str | None:
+    if keys is None:
+        return None
+    return json.dumps([str(k) for k in keys])
+
+
+def _upsert_sql(dialect: str, updates: Sequence[str]) -> str:
+    p = placeholder(dialect)
+    values = ", ".join(p for _ in _COLUMNS)
+    # Metadata the run did not learn (None) keeps what an earlier run recorded.
+    keep = [
+        f"{c} = COALESCE(excluded.{c}, {TABLE}.{c})"
+        for c in ("message_id", "sender", "subject", "ticket_keys")
+    ]
+    return (
+        f"INSERT INTO {TABLE} ({', '.join(_COLUMNS)}) VALUES ({values}) "
+        f"ON CONFLICT (mailbox, uidvalidity, uid) DO UPDATE SET {', '.join([*keep, *updates])}"
+    )
+
+
+def _write(conn: Any, dialect: str, sql: str, rows: list[tuple[Any, ...]]) -> None:
+    if not rows:
+        return
+    with transaction(conn, dialect) as cursor:
+        cursor.executemany(sql, rows)
+
+
+def _rows(
+    entries: Iterable[Mapping[str, Any]],
+    mailbox: str,
+    uidvalidity: int,
+    *,
+    state: str,
+    now: Any,
+    attempts: Mapping[int, int] | None = None,
+    next_try: Mapping[int, Any] | None = None,
+) -> list[tuple[Any, ...]]:
+    rows: dict[int, tuple[Any, ...]] = {}
+    for entry in entries:
+        uid = _uid(entry.get("uid"))
+        rows[uid] = (
+            mailbox,
+            uidvalidity,
+            uid,
+            _bounded(entry.get("message_id"), 998),  # RFC 5322's line limit bounds a Message-ID
+            _bounded(entry.get("sender"), 320),
+            _bounded(entry.get("subject"), SUBJECT_MAX),
+            _keys_json(entry.get("keys")),
+            state,
+            _bounded(entry.get("reason"), REASON_MAX),
+            (attempts or {}).get(uid, 0),
+            (next_try or {}).get(uid),
+            now,
+            now,
+        )
+    # Sorted by key, so two writers never take row locks in opposite orders.
+    return [rows[uid] for uid in sorted(rows)]
+
+
+def record_rejected(
+    conn: Any,
+    dialect: str,
+    *,
+    mailbox: str,
+    uidvalidity: int,
+    entries: Iterable[Mapping[str, Any]],
+    now: datetime,
+) -> int:
+    """Record refused mail ({"uid", "reason", "message_id"?, "sender"?, "subject"?}); one statement."""
+    mailbox, uidvalidity = _mailbox_key(mailbox, uidvalidity)
+    ensure_table(conn, dialect)
+    rows = _rows(entries, mailbox, uidvalidity, state="rejected", now=_moment(now, dialect))
+    sql = _upsert_sql(
+        dialect,
+        [
+            "state = excluded.state",
+            "reason = excluded.reason",
+            "next_try_at = NULL",
+            "updated_at = excluded.updated_at",
+        ],
+    )
+    _write(conn, dialect, sql, rows)
+    return len(rows)
+
+
+def retry_delay(attempts: int, first_delay: timedelta) -> timedelta:
+    """The wait after the `attempts`-th failure: first_delay, doubled each time, at most MAX_RETRY_DELAY."""
+    if attempts < 1:
+        raise ValueError(f"attempts must be at least 1, got {attempts}")
+    if first_delay < timedelta(0):
+        raise ValueError(f"the retry delay must not be negative, got {first_delay}")
+    # Capped before multiplying, so a large attempt count cannot overflow timedelta.
+    return min(first_delay * 2 ** min(attempts - 1, 30), MAX_RETRY_DELAY)
+
+
+def record_failures(
+    conn: Any,
+    dialect: str,
+    *,
+    mailbox: str,
+    uidvalidity: int,
+    entries: Iterable[Mapping[str, Any]],
+    now: datetime,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    first_delay: timedelta = DEFAULT_RETRY_DELAY,
+) -> list[dict[str, Any]]:
+    """Count one more failed attempt for each message ({"uid", "keys", "reason", ...}).
+
+    Below `max_attempts` a message becomes `failed`, due again after retry_delay(); at `max_attempts`
+    it becomes `quarantined`. Returns one {"uid", "state", "attempts", "next_try_at", "keys", "reason"}
+    per message, for the run's log. Two statements: one SELECT of the earlier attempt counts, one
+    executemany UPSERT.
+    """
+    if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
+        raise ValueError(f"max_attempts must be a positive integer, got {max_attempts!r}")
+    mailbox, uidvalidity = _mailbox_key(mailbox, uidvalidity)
+    entries = list(entries)
+    if not entries:
+        return []
+    ensure_table(conn, dialect)
+    uids = sorted({_uid(e.get("uid")) for e in entries})
+    p = placeholder(dialect)
+    earlier = dict(
+        read(
+            conn,
+            dialect,
+            f"SELECT uid, attempts FROM {TABLE} WHERE mailbox = {p} AND uidvalidity = {p} "
+            f"AND uid IN ({', '.join(p for _ in uids)})",
+            (mailbox, uidvalidity, *uids),
+        )
+    )
+    attempts = {uid: int(earlier.get(uid) or 0) + 1 for uid in uids}
+    due = {uid: now + retry_delay(n, first_delay) for uid, n in attempts.items() if n < max_attempts}
+    quarantined = [e for e in entries if attempts[e["uid"]] >= max_attempts]
+    failed = [e for e in entries if attempts[e["uid"]] < max_attempts]
+    stamp = _moment(now, dialect)
+    rows = _rows(
+        failed,
+        mailbox,
+        uidvalidity,
+        state="failed",
+        now=stamp,
+        attempts=attempts,
+        next_try={uid: _moment(at, dialect) for uid, at in due.items()},
+    ) + _rows(quarantined, mailbox, uidvalidity, state="quarantined", now=stamp, attempts=attempts)
+    rows.sort(key=lambda row: row[2])
+    sql = _upsert_sql(
+        dialect,
+        [
+            "state = excluded.state",
+            "reason = excluded.reason",
+            "attempts = excluded.attempts",
+            "next_try_at = excluded.next_try_at",
+            "updated_at = excluded.updated_at",
+        ],
+    )
+    _write(conn, dialect, sql, rows)
+    outcome = []
+    for entry in sorted(entries, key=lambda e: e["uid"]):
+        uid = entry["uid"]
+        outcome.append(
+            {
+                "uid": uid,
+                "state": "failed" if uid in due else "quarantined",
+                "attempts": attempts[uid],
+                "next_try_at": due[uid].isoformat() if uid in due else None,
+                "keys": list(entry.get("keys") or []),
+                "reason": _bounded(entry.get("reason"), REASON_MAX),
+            }
+        )
+    return outcome
+
+
+def record_settled(
+    conn: Any,
+    dialect: str,
+    *,
+    mailbox: str,
+    uidvalidity: int,
+    entries: Iterable[Mapping[str, Any]],
+    now: datetime,
+    retention: timedelta = SETTLED_RETENTION,
+) -> int:
+    """Record mail marked seen ({"uid", "keys", ...}) and drop settled rows older than `retention`.
+
+    Two statements: one executemany UPSERT and one DELETE (which the (state, updated_at) index serves).
+    The attempt count stays, so the audit shows how many tries a message needed.
+    """
+    mailbox, uidvalidity = _mailbox_key(mailbox, uidvalidity)
+    ensure_table(conn, dialect)
+    stamp = _moment(now, dialect)
+    rows = _rows(entries, mailbox, uidvalidity, state="settled", now=stamp)
+    sql = _upsert_sql(
+        dialect,
+        ["state = excluded.state", "reason = NULL", "next_try_at = NULL", "updated_at = excluded.updated_at"],
+    )
+    p = placeholder(dialect)
+    with transaction(conn, dialect) as cursor:
+        if rows:
+            cursor.executemany(sql, rows)
+        cursor.execute(
+            f"DELETE FROM {TABLE} WHERE state = 'settled' AND updated_at < {p}",
+            (_moment(now - retention, dialect),),
+        )
+    return len(rows)
+
+
+def _held(conn: Any, dialect: str, mailbox: str, uidvalidity: int) -> list[tuple[int, str, Any]]:
+    mailbox, uidvalidity = _mailbox_key(mailbox, uidvalidity)
+    ensure_table(conn, dialect)
+    p = placeholder(dialect)
+    states = ", ".join(f"'{s}'" for s in HELD_STATES)
+    return read(
+        conn,
+        dialect,
+        f"SELECT uid, state, next_try_at FROM {TABLE} "
+        f"WHERE mailbox = {p} AND uidvalidity = {p} AND state IN ({states})",
+        (mailbox, uidvalidity),
+    )
+
+
+def held_uids(
+    conn: Any, dialect: str, *, mailbox: str, uidvalidity: int, now: datetime
+) -> dict[str, set[int]]:
+    """In one SELECT: {"excluded": UIDs the sensor leaves out, "retrying": failed UIDs due again now}.
+
+    Excluded are rejected and quarantined mail and failed mail whose next try is still ahead.
+    """
+    excluded: set[int] = set()
+    retrying: set[int] = set()
+    for uid, state, next_try_at in _held(conn, dialect, mailbox, uidvalidity):
+        if state == "failed" and (next_try_at is None or as_utc_datetime(next_try_at) <= now):
+            retrying.add(int(uid))
+        else:
+            excluded.add(int(uid))
+    return {"excluded": excluded, "retrying": retrying}
+
+
+def excluded_uids(conn: Any, dialect: str, mailbox: str, uidvalidity: int, now: datetime) -> set[int]:
+    """UIDs the sensor leaves out before its max_messages cap: rejected, quarantined, failed and waiting."""
+    return held_uids(conn, dialect, mailbox=mailbox, uidvalidity=uidvalidity, now=now)["excluded"]
+
+
+def release(
+    conn: Any,
+    dialect: str,
+    *,
+    mailbox: str,
+    uidvalidity: int,
+    now: datetime,
+    uids: Sequence[int] = (),
+    release_all: bool = False,
+) -> list[int]:
+    """Put rejected, failed or quarantined mail back into play: `uids`, or all of them with release_all.
+
+    A released message becomes `failed` with no attempts and nothing to wait for, so the next sensing
+    takes it again and it gets `max_attempts` fresh tries. Settled mail and UIDs the ledger does not
+    hold are left alone. Returns the UIDs released. One statement.
+    """
+    mailbox, uidvalidity = _mailbox_key(mailbox, uidvalidity)
+    wanted = sorted({_uid(u) for u in uids})
+    if not wanted and not release_all:
+        return []
+    ensure_table(conn, dialect)
+    p = placeholder(dialect)
+    states = ", ".join(f"'{s}'" for s in RELEASABLE_STATES)
+    where = f"mailbox = {p} AND uidvalidity = {p} AND state IN ({states})"
+    params: list[Any] = [mailbox, uidvalidity]
+    if not release_all:
+        where += f" AND uid IN ({', '.join(p for _ in wanted)})"
+        params += wanted
+    # The earlier state stays readable in the reason, for the audit.
+    reason = (
+        "'released by a manual run (was ' || state || COALESCE(': ' || substr(reason, 1, 400), '') || ')'"
+    )
+    with transaction(conn, dialect) as cursor:
+        cursor.execute(
+            f"UPDATE {TABLE} SET state = 'failed', attempts = 0, next_try_at = NULL, reason = {reason}, "
+            f"updated_at = {p} WHERE {where} RETURNING uid",
+            (_moment(now, dialect), *params),
+        )
+        released = sorted(int(row[0]) for row in cursor.fetchall())
+    return released
+
+
+def count_by_state(conn: Any, dialect: str, *, mailbox: str | None = None) -> dict[str, int]:
+    """How many ledger rows are in each state (every state present, zero included), in one SELECT."""
+    ensure_table(conn, dialect)
+    p = placeholder(dialect)
+    where, params = (f" WHERE mailbox = {p}", (mailbox,)) if mailbox is not None else ("", ())
+    counts = dict.fromkeys(STATES, 0)
+    for state, count in read(
+        conn, dialect, f"SELECT state, count(*) FROM {TABLE}{where} GROUP BY state", params
+    ):
+        counts[state] = int(count)
+    return counts
+
+
+def list_entries(
+    conn: Any, dialect: str, *, states: Sequence[str] = HELD_STATES, limit: int = 100
+) -> list[dict[str, Any]]:
+    """The most recently updated rows in `states`, newest first, as dicts (timestamps as aware UTC)."""
+    unknown = sorted(set(states) - set(STATES))
+    if unknown or not states:
+        raise ValueError(f"states must be a non-empty selection of {STATES}, got {list(states)!r}")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
+        raise ValueError(f"limit must be an integer in 1..10000, got {limit!r}")
+    ensure_table(conn, dialect)
+    p = placeholder(dialect)
+    rows = read(
+        conn,
+        dialect,
+        f"SELECT {', '.join(_COLUMNS)} FROM {TABLE} WHERE state IN ({', '.join(p for _ in states)}) "
+        f"ORDER BY updated_at DESC, mailbox, uidvalidity, uid DESC LIMIT {limit}",
+        tuple(states),
+    )
+    entries = []
+    for row in rows:
+        entry = dict(zip(_COLUMNS, row, strict=True))
+        entry["ticket_keys"] = json.loads(entry["ticket_keys"]) if entry["ticket_keys"] else None
+        for column in ("next_try_at", "first_seen_at", "updated_at"):
+            if entry[column] is not None:
+                entry[column] = as_utc_datetime(entry[column])
+        entry["uidvalidity"], entry["uid"] = int(entry["uidvalidity"]), int(entry["uid"])
+        entries.append(entry)
+    return entries
