@@ -36,6 +36,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from include.imap_wire import check_mailbox
 from include.names import IMAP_CONN_ID, INBOX_DAG_ID, SWEEP_DAG_ID
@@ -378,7 +379,8 @@ async def get_status_page(
             status_code=exc.status_code, detail=exc.detail, login_url=_login_url(request)
         )
         return HTMLResponse(page, status_code=exc.status_code, headers=exc.headers)
-    figures = collect_status(_mailbox_param(mailbox))
+    # Blocking I/O (IMAP, the store, the metadata database) stays off the api-server's event loop.
+    figures = await run_in_threadpool(collect_status, _mailbox_param(mailbox))
     try:
         require_dag_access(user, (INBOX_DAG_ID,), method="POST", run=True)
         may_release = True
@@ -469,7 +471,7 @@ async def release_mail(request: Request, user: Reader) -> Any:
         )
     release, from_form = await _release_request(request)
     _mailbox_param(release.mailbox)
-    run_id = trigger_release(release, user)
+    run_id = await run_in_threadpool(trigger_release, release, user)
     if from_form:
         return RedirectResponse(
             f"page?mailbox={quote(release.mailbox)}&released={quote(run_id)}",
