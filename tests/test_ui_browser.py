@@ -476,8 +476,16 @@ def _open_jira_sync_from_the_navigation(driver: Any, demo: dict[str, Any]) -> No
 
 
 def _wait_for_sweep_rows(timeout: float = MAPPED_FETCH_TIMEOUT_S) -> None:
+    """Until the initial sweep has stored tickets (the store and its tables appear with its first run)."""
+    import sqlite3
+
     deadline = time.monotonic() + timeout
-    while not (STORE.exists() and _store_figures()["by_source"].get("sweep")):
+    while True:
+        try:
+            if STORE.exists() and _store_figures()["by_source"].get("sweep"):
+                return
+        except sqlite3.OperationalError:
+            pass  # no such table yet
         assert time.monotonic() < deadline, "the demo's initial sweep stored nothing in time"
         time.sleep(5)
 
