@@ -5,7 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHMARKS = ["bench.parser_bench", "bench.inbox_burst", "bench.poison_bench", "bench.sweep_bench"]
+BENCHMARKS = [
+    "bench.parser_bench",
+    "bench.inbox_burst",
+    "bench.poison_bench",
+    "bench.sweep_bench",
+    "bench.status_page",
+]
 
 if __name__ == "__main__":
     for module in BENCHMARKS:

@@ -6,6 +6,7 @@ import imaplib
 import logging
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from imapclient import IMAPClient
@@ -189,6 +190,21 @@ class Inbox:
         found = self._run("UID SEARCH", self.client.search, criteria)
         excluded = set(exclude_uids)
         return sorted(uid for uid in set(found) if uid not in excluded)[:limit]
+
+    def arrival_times(self, uids: Sequence[int]) -> dict[int, datetime]:
+        """When each UID arrived (INTERNALDATE, aware UTC), without setting \\Seen; gone UIDs are left out."""
+        found: dict[int, datetime] = {}
+        chunks = uid_list_chunks(uids)
+        if chunks:
+            self._ensure_open()
+        for chunk in chunks:
+            answer = self._run("UID FETCH", self.client.fetch, chunk, ["INTERNALDATE"])
+            for uid, attributes in answer.items():
+                arrived = attributes.get(b"INTERNALDATE")
+                if isinstance(arrived, datetime):
+                    # IMAPClient hands back naive local times unless told otherwise: make them aware.
+                    found[uid] = arrived.astimezone(UTC)
+        return found
 
     def peek(
         self,

@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 import requests
 from atlassian.jira import JiraCloud
 
+from include.api_usage import Throttle, Usage
 from include.jira_rules import (
     BULK_FETCH_LIMIT,
     BULK_FETCH_LIMIT_LARGE,
@@ -247,6 +248,9 @@ class JiraCloudClient:
         self.api_base_url = _normalise_api_base_url(api_base_url)
         self._cloud_id = check_cloud_id(cloud_id) if cloud_id else None
         self.request_count = 0
+        # What the "Jira sync" page shows: how often Jira answered 429, and the last time it did.
+        self.throttled_count = 0
+        self.last_throttle: Throttle | None = None
         self._secret = api_token
         self._time_zone: str | None = None
         self._client: JiraCloud | None = None
@@ -372,6 +376,9 @@ class JiraCloudClient:
                 failure = f"answered HTTP {response.status_code}"
                 if response.status_code in (429, 503):
                     retry_after = _retry_after_seconds(response.headers.get("Retry-After"))
+                if response.status_code == 429:
+                    self.throttled_count += 1
+                    self.last_throttle = Throttle(datetime.now(UTC), retry_after)
                 response.close()
             budget_left = self.max_retry_wait - waited
             if attempt > self.max_retries:
@@ -390,6 +397,10 @@ class JiraCloudClient:
             )
             time.sleep(delay)
             waited += delay
+
+    def usage(self, task: str) -> Usage:
+        """What this client has asked of Jira so far, for include/api_usage."""
+        return Usage(task, self.request_count, self.throttled_count, self.last_throttle)
 
     def _json(self, what: str, call: Callable[[], requests.Response]) -> Any:
         response = self._send(what, call)

@@ -26,3 +26,10 @@ CHANGE_FEED_MAX_KEYS = 500
 
 # What became of each Jira mail (rejected, failed, quarantined, settled): include/mail_ledger.py.
 MAIL_LEDGER_TABLE = "jira_mail_ledger"
+
+# How many requests each task made to Jira, and the last time Jira throttled one (include/api_usage.py).
+API_USAGE_TABLE = "jira_api_usage"
+
+# The DAG ids (the DAG files are named after them); the status page checks a user's rights on them.
+INBOX_DAG_ID = "jira_inbox"
+SWEEP_DAG_ID = "jira_sweep"

@@ -4,7 +4,8 @@
 
 - Dovecot on loopback with one mailbox account (the `imap_default` connection, plain IMAP);
 - the Jira Cloud stand-in with a generated demo site (`jira_default`);
-- `airflow standalone` (SQLite metadata database, LocalExecutor) on 127.0.0.1;
+- PostgreSQL on loopback, holding Airflow's metadata database (the ticket store stays SQLite);
+- `airflow standalone` (LocalExecutor) on 127.0.0.1;
 - the activity generator (scripts/activity.py), which edits tickets and mails their notifications.
 
 It waits (bounded) until the api-server answers, every component is healthy and both DAGs are
@@ -12,6 +13,10 @@ parsed, then creates the `jira_api` pool, unpauses both DAGs, triggers one `jira
 demo site's whole history (the initial load) and prints how to use it all. `check` asserts, by exit
 code, that the demo is ready and that the store holds tickets from both DAGs. `stop` ends every process
 `start` began, session by session, and is safe to run any number of times.
+
+Why PostgreSQL for the metadata: Airflow refuses to create a backfill on SQLite while other writers are
+busy ("Database is locked. Backfill creation is not supported on SQLite under concurrent access"), so on
+a SQLite demo the UI's Backfill button failed with 503 about every other time.
 
 Every variable the caller exported whose name starts with AIRFLOW is dropped: the demo configures its
 own Airflow, and a stray AIRFLOW_HOME or connection (a test session's, say) must not leak into it.
@@ -68,7 +73,8 @@ JIRA_POOL_SLOTS = 3
 # Two cores: four LocalExecutor workers keep the scheduler and the api-server responsive.
 PARALLELISM = 4
 # The order `stop` ends them in: producers first, so nothing writes into a service that is going away.
-SERVICES = ("activity", "airflow", "jira-standin", "dovecot")
+# PostgreSQL last: Airflow writes into it until it has stopped.
+SERVICES = ("activity", "airflow", "jira-standin", "dovecot", "postgres")
 
 READY_TIMEOUT_S = float(os.environ.get("DEMO_READY_TIMEOUT", "240"))
 SERVICE_START_TIMEOUT_S = 20.0
@@ -216,6 +222,8 @@ def _base_env() -> dict[str, str]:
 
 
 DOVECOT_LINK = DEMO / "dovecot"
+# PostgreSQL's cluster lives in a temporary directory of devkit.postgres (owned by its OS user); linked here.
+POSTGRES_LINK = DEMO / "postgres"
 
 
 def _dovecot_dir() -> Path:
@@ -236,9 +244,10 @@ def _dovecot_dir() -> Path:
 
 
 def _remove_demo_dir() -> None:
-    if DOVECOT_LINK.is_symlink():
-        shutil.rmtree(DOVECOT_LINK.resolve(), ignore_errors=True)
-        DOVECOT_LINK.unlink()
+    for link in (DOVECOT_LINK, POSTGRES_LINK):
+        if link.is_symlink():
+            shutil.rmtree(link.resolve(), ignore_errors=True)
+            link.unlink()
     shutil.rmtree(DEMO)
 
 
@@ -260,6 +269,38 @@ def _start_dovecot(env: dict[str, str]) -> dict[str, Any]:
     _record("dovecot", server.process)
     account = server.create_account()
     return {"host": server.host, "port": server.port, "login": account.user, "password": account.password}
+
+
+def _start_postgres() -> dict[str, Any]:
+    """A PostgreSQL cluster on a free loopback port with one database for Airflow's metadata."""
+    import psycopg
+
+    from devkit.postgres import PostgresStartError, start_postgres
+
+    try:
+        server = start_postgres()
+    except (PostgresStartError, OSError, psycopg.Error) as exc:
+        raise DemoError(f"PostgreSQL did not start: {exc}") from exc
+    POSTGRES_LINK.symlink_to(server.root, target_is_directory=True)
+    # pg_ctl starts the postmaster as the leader of a session of its own: `stop` ends that session.
+    postmaster = int((server.data_dir / "postmaster.pid").read_text().splitlines()[0])
+    stat = proc_stat(postmaster)
+    (PIDS / "postgres.pid").write_text(f"{postmaster} {stat.start_time if stat else 0}\n")
+    database = server.create_database()
+    return {
+        "host": database.host,
+        "port": database.port,
+        "user": database.user,
+        "password": database.password,
+        "dbname": database.dbname,
+    }
+
+
+def _metadata_url(postgres: dict[str, Any]) -> str:
+    from urllib.parse import quote
+
+    credentials = f"{quote(postgres['user'], safe='')}:{quote(postgres['password'], safe='')}"
+    return f"postgresql+psycopg://{credentials}@{postgres['host']}:{postgres['port']}/{postgres['dbname']}"
 
 
 def _start_jira_standin(env: dict[str, str], anchor: datetime) -> dict[str, Any]:
@@ -340,7 +381,7 @@ def _airflow_env(env: dict[str, str], state: dict[str, Any]) -> dict[str, str]:
     return airflow_env(
         env,
         home=AIRFLOW_HOME,
-        database_url=f"sqlite:///{AIRFLOW_HOME}/airflow.db",
+        database_url=_metadata_url(state["postgres"]),
         connections=connections,
         api_port=api["port"],
         admin_user=ADMIN_USER,
@@ -466,12 +507,15 @@ def start() -> int:
     try:
         print("Starting Dovecot (IMAP) …", flush=True)
         imap = _start_dovecot(env)
+        print("Starting PostgreSQL (Airflow's metadata database) …", flush=True)
+        postgres = _start_postgres()
         print("Starting the Jira stand-in …", flush=True)
         jira = _start_jira_standin(env, started_at.replace(second=0, microsecond=0))
         api_port = _api_port()
         state: dict[str, Any] = {
             "started_at": started_at.isoformat(),
             "imap": imap,
+            "postgres": postgres,
             "jira": jira,
             "store": str(STORE),
             "airflow": {

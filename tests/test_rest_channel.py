@@ -8,8 +8,6 @@ import os
 import secrets
 import shutil
 import sqlite3
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -24,10 +22,11 @@ import requests
 from jira_mail_sync.rest_api import JIRA_MAX_RETRIES
 
 from devkit.jira_standin import JiraStandin
-from devkit.processes import LOOPBACK, free_port, spawn, stop_process_group
+from devkit.processes import LOOPBACK, free_port, stop_process_group
 from devkit.unavailable import service_unavailable
 from include.jira_cloud import ticket_details
 from include.ticket_store import ensure_table, get_ticket, mark_gone, upsert_tickets
+from tests.harness.api_server import start_api_server
 
 REPO = Path(__file__).resolve().parents[1]
 TICKET_PATH = "/jira-mail-sync/ticket"
@@ -71,19 +70,6 @@ class RestServer:
         return sqlite3.connect(self.store_path)
 
 
-def _wait_until_healthy(process: subprocess.Popen[bytes], url: str, log_path: Path) -> str | None:
-    """None once /api/v2/monitor/health answers 200, else why the server did not come up."""
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            return f"exited with {process.returncode}"
-        with contextlib.suppress(requests.RequestException):
-            if requests.get(f"{url}/api/v2/monitor/health", timeout=2).status_code == 200:
-                return None
-        time.sleep(0.5)
-    return f"not healthy after {STARTUP_TIMEOUT_S} s"
-
-
 @pytest.fixture(scope="module")
 def rest_server(airflow_db: str) -> Iterator[RestServer]:
     """`airflow api-server` on a free loopback port, simple auth manager, connections as env vars."""
@@ -109,35 +95,23 @@ def rest_server(airflow_db: str) -> Iterator[RestServer]:
         jwt_secret=secrets.token_urlsafe(64),
         log_path=work / "api-server.log",
     )
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "plugins")]),
-        "AIRFLOW__CORE__AUTH_MANAGER": (
-            "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
-        ),
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords_file),
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
-        "AIRFLOW__API_AUTH__JWT_SECRET": server.jwt_secret,
-        "AIRFLOW__API__HOST": LOOPBACK,
-        "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__JIRA_MAIL_SYNC__STORE_MAX_AGE_SECONDS": str(int(STORE_MAX_AGE.total_seconds())),
-        "AIRFLOW__JIRA_MAIL_SYNC__REST_MAX_CONCURRENT_LOOKUPS": str(MAX_CONCURRENT_LOOKUPS),
-        "AIRFLOW__JIRA_MAIL_SYNC__REST_NOT_FOUND_CACHE_SECONDS": str(NOT_FOUND_CACHE_SECONDS),
-        "AIRFLOW__JIRA_MAIL_SYNC__REST_PROJECTS": "ABC, ops",
-        "AIRFLOW_CONN_JIRA_STORE": json.dumps({"conn_type": "sqlite", "host": str(store_path)}),
-        "AIRFLOW_CONN_JIRA_DEFAULT": json.dumps(standin.airflow_conn()),
-    }
-    process = spawn(
-        [sys.executable, "-m", "airflow", "api-server", "--host", LOOPBACK, "--port", str(port), "-w", "1"],
-        server.log_path,
-        env=env,
-        cwd=work,
-    )
+    process = None
     try:
-        problem = _wait_until_healthy(process, server.url, server.log_path)
-        if problem:
-            service_unavailable(f"`airflow api-server` {problem}:\n{server.log_tail()}")
+        process = start_api_server(
+            port=port,
+            jwt_secret=server.jwt_secret,
+            passwords_file=passwords_file,
+            log_path=server.log_path,
+            cwd=work,
+            settings={
+                "AIRFLOW__JIRA_MAIL_SYNC__STORE_MAX_AGE_SECONDS": str(int(STORE_MAX_AGE.total_seconds())),
+                "AIRFLOW__JIRA_MAIL_SYNC__REST_MAX_CONCURRENT_LOOKUPS": str(MAX_CONCURRENT_LOOKUPS),
+                "AIRFLOW__JIRA_MAIL_SYNC__REST_NOT_FOUND_CACHE_SECONDS": str(NOT_FOUND_CACHE_SECONDS),
+                "AIRFLOW__JIRA_MAIL_SYNC__REST_PROJECTS": "ABC, ops",
+                "AIRFLOW_CONN_JIRA_STORE": json.dumps({"conn_type": "sqlite", "host": str(store_path)}),
+                "AIRFLOW_CONN_JIRA_DEFAULT": json.dumps(standin.airflow_conn()),
+            },
+        )
         answer = requests.post(
             f"{server.url}/auth/token",
             json={"username": "admin", "password": admin_password},
@@ -147,7 +121,8 @@ def rest_server(airflow_db: str) -> Iterator[RestServer]:
         server.token = answer.json()["access_token"]
         yield server
     finally:
-        stop_process_group(process, timeout_s=20)
+        if process is not None:
+            stop_process_group(process, timeout_s=20)
         if os.environ.get("JMS_KEEP_REST_LOG"):
             shutil.copy(server.log_path, os.environ["JMS_KEEP_REST_LOG"])
         standin.stop()

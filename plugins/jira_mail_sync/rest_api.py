@@ -131,28 +131,48 @@ def _unauthorized(detail: str, *, invalid_token: bool) -> HTTPException:
     return HTTPException(status.HTTP_401_UNAUTHORIZED, detail=detail, headers={"WWW-Authenticate": challenge})
 
 
-async def require_airflow_user(
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> BaseUser:
-    """The Airflow user a valid bearer token stands for; 401 for anything else."""
+async def user_from_token(token: str | None) -> BaseUser:
+    """The Airflow user a valid access token stands for; 401 for a missing, bad, expired or revoked one."""
     from airflow.api_fastapi.app import get_auth_manager
     from jwt import ExpiredSignatureError, InvalidTokenError
 
-    if credentials is None:
+    if not token:
         raise _unauthorized(f"Not authenticated: {_TOKEN_HINT}", invalid_token=False)
-    auth_manager = get_auth_manager()
     try:
-        user = await auth_manager.get_user_from_token(credentials.credentials)
+        return await get_auth_manager().get_user_from_token(token)
     except ExpiredSignatureError:
         raise _unauthorized(f"The access token has expired: {_TOKEN_HINT}", invalid_token=True) from None
     except InvalidTokenError:
         raise _unauthorized(f"The access token is not valid: {_TOKEN_HINT}", invalid_token=True) from None
+
+
+def require_dag_access(
+    user: BaseUser, dag_ids: tuple[str, ...], *, method: str = "GET", run: bool = False
+) -> None:
+    """403 unless the auth manager lets `user` do `method` on each DAG (on its runs, with `run`)."""
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
+
+    auth_manager = get_auth_manager()
+    entity = DagAccessEntity.RUN if run else None
+    for dag_id in dag_ids:
+        if not auth_manager.is_authorized_dag(
+            method=method, access_entity=entity, details=DagDetails(id=dag_id), user=user
+        ):
+            action = "trigger" if run and method == "POST" else "read"
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN, detail=f"This user may not {action} the {dag_id} DAG"
+            )
+
+
+async def require_airflow_user(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> BaseUser:
+    """The Airflow user a valid bearer token stands for; 401 for anything else."""
+    user = await user_from_token(credentials.credentials if credentials else None)
     # Being logged in is not enough: the answer is what jira_inbox stores, so the user must be allowed
     # to read that DAG, as Airflow's own routes would require.
-    from airflow.api_fastapi.auth.managers.models.resource_details import DagDetails
-
-    if not auth_manager.is_authorized_dag(method="GET", details=DagDetails(id="jira_inbox"), user=user):
-        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="This user may not read the jira_inbox DAG")
+    require_dag_access(user, ("jira_inbox",))
     return user
 
 
@@ -419,8 +439,8 @@ app = FastAPI(
     title="jira-mail-sync",
     summary="Ticket lookup: a Jira issue's assignee and progress",
     description=__doc__,
-    dependencies=[Depends(require_airflow_user)],
-    # App-level dependencies do not cover the docs routes, so they would be open without a token.
+    # Each route names its own authentication (the status page also takes the UI's session cookie).
+    # The docs routes are switched off: they would be open without a token.
     docs_url=None,
     redoc_url=None,
     openapi_url=None,
@@ -429,6 +449,7 @@ app = FastAPI(
 
 @app.post(
     "/ticket",
+    dependencies=[Depends(require_airflow_user)],
     response_model=TicketDetails,
     responses={
         401: {"description": "No valid Airflow access token", **_ERROR},

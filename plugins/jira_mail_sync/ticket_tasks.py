@@ -18,6 +18,7 @@ from include.ticket_fields import FieldPlan, parse_extra_fields, plan_fields
 from jira_mail_sync.assets import TICKET_ASSET
 from jira_mail_sync.hooks.jira_cloud import JiraCloudHook
 from jira_mail_sync.hooks.ticket_store import TicketStoreHook
+from jira_mail_sync.jira_usage import record_jira_usage
 from jira_mail_sync.mapping import batch_keys, describe_batch
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,11 @@ log = logging.getLogger(__name__)
 def jira_client(jira_conn_id: str = JIRA_CONN_ID) -> Iterator[JiraCloudClient]:
     hook = JiraCloudHook(jira_conn_id)
     with hook:
-        yield hook.get_conn()
+        client = hook.get_conn()
+        try:
+            yield client
+        finally:
+            record_jira_usage(client)
 
 
 def configured_extra_fields() -> tuple[str, ...]:

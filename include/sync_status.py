@@ -1,0 +1,183 @@
+"""The figures of the "Jira sync" page that live in the store and the mailbox, read cheaply and read-only.
+
+Each function answers one panel of the page (tickets, sweep, ledger, Jira usage, inbox) from a DB-API
+connection or an open Inbox. None of them creates a table: the page may run with read-only rights on
+the store, and a store the DAGs have not written yet simply reads as empty. What depends on work that
+may not be deployed (the mail ledger, deleted tickets) is reported as None when it is absent, so the
+page can say "not available" instead of a misleading zero.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from include.api_usage import usage_since
+from include.imap_inbox import Inbox
+from include.names import MAIL_LEDGER_TABLE, TICKET_TABLE
+from include.store_db import as_utc_datetime, check_dialect, placeholder, read, sqlite_timestamp, table_exists
+from include.sweep_progress import SCHEDULED_SCOPE
+from include.sweep_progress import TABLE as WATERMARK_TABLE
+
+# The states of the mail ledger (include/mail_ledger.py) the page lists: mail that needs a person.
+HELD_STATES = ("rejected", "quarantined")
+LEDGER_STATES = ("rejected", "failed", "quarantined", "settled")
+RECENT = timedelta(hours=1)
+# The oldest unseen mail is among the lowest UIDs; this many are enough to find it, whatever the backlog.
+OLDEST_PROBE = 50
+
+
+def _columns(conn: Any, dialect: str, table: str) -> set[str]:
+    # Portable and cheap: an empty result still describes the columns.
+    cursor = conn.cursor()
+    try:
+        cursor.execute(f"SELECT * FROM {table} WHERE 1 = 0")
+        return {column[0] for column in cursor.description}
+    finally:
+        cursor.close()
+        if dialect == "postgres" and not getattr(conn, "autocommit", False):
+            conn.rollback()
+
+
+def _moment(value: datetime, dialect: str) -> Any:
+    return sqlite_timestamp(value) if dialect == "sqlite" else value.astimezone(UTC)
+
+
+def ticket_figures(conn: Any, dialect: str, *, now: datetime) -> dict[str, Any]:
+    """Tickets by source, rows written in the last hour, and deleted rows where the store records them."""
+    check_dialect(dialect)
+    if not table_exists(conn, dialect, TICKET_TABLE):
+        return {"total": 0, "by_source": {}, "changed_last_hour": 0, "deleted": None}
+    columns = _columns(conn, dialect, TICKET_TABLE)
+    by_source = dict(read(conn, dialect, f"SELECT source, count(*) FROM {TICKET_TABLE} GROUP BY source", ()))
+    ((changed,),) = read(
+        conn,
+        dialect,
+        f"SELECT count(*) FROM {TICKET_TABLE} WHERE fetched_at >= {placeholder(dialect)}",
+        (_moment(now - RECENT, dialect),),
+    )
+    deleted = None
+    if "deleted_at" in columns:
+        ((deleted,),) = read(
+            conn, dialect, f"SELECT count(*) FROM {TICKET_TABLE} WHERE deleted_at IS NOT NULL", ()
+        )
+    return {
+        "total": sum(by_source.values()),
+        "by_source": {source: int(count) for source, count in sorted(by_source.items())},
+        "changed_last_hour": int(changed),
+        "deleted": None if deleted is None else int(deleted),
+    }
+
+
+def sweep_watermark(conn: Any, dialect: str) -> datetime | None:
+    """The end of the span the scheduled sweep has stored without a gap; None before its first run."""
+    check_dialect(dialect)
+    if not table_exists(conn, dialect, WATERMARK_TABLE):
+        return None
+    rows = read(
+        conn,
+        dialect,
+        f"SELECT reached_at FROM {WATERMARK_TABLE} WHERE scope = {placeholder(dialect)}",
+        (SCHEDULED_SCOPE,),
+    )
+    return as_utc_datetime(rows[0][0]) if rows else None
+
+
+def jira_figures(conn: Any, dialect: str, *, now: datetime) -> dict[str, Any]:
+    usage = usage_since(conn, dialect, now - RECENT)
+    return {
+        "requests_last_hour": usage["requests"],
+        "throttled_last_hour": usage["throttled"],
+        "last_429": usage["last_throttle"],
+    }
+
+
+def _mail_ledger() -> Any | None:
+    try:
+        return importlib.import_module("include.mail_ledger")
+    except ModuleNotFoundError as exc:
+        if exc.name != "include.mail_ledger":
+            raise
+        return None
+
+
+def ledger_figures(conn: Any, dialect: str, *, limit: int = 100) -> dict[str, Any] | None:
+    """Mail by ledger state and the latest rejected and quarantined entries; None without a mail ledger."""
+    ledger = _mail_ledger()
+    if ledger is None:
+        return None
+    if not table_exists(conn, dialect, MAIL_LEDGER_TABLE):
+        counts: dict[str, int] = {}
+        entries: list[dict[str, Any]] = []
+    else:
+        counts = ledger.count_by_state(conn, dialect)
+        entries = ledger.list_entries(conn, dialect, states=HELD_STATES, limit=limit)
+    return {**{state: int(counts.get(state, 0)) for state in LEDGER_STATES}, "entries": entries}
+
+
+def held_uids(
+    conn: Any,
+    dialect: str,
+    *,
+    mailbox: str,
+    uidvalidity: int,
+    uids: Sequence[int],
+    now: datetime | None = None,
+) -> set[int]:
+    """Which of `uids` the mail ledger holds back from jira_inbox: not waiting, so not counted as such."""
+    ledger = _mail_ledger()
+    if not uids or ledger is None or not table_exists(conn, dialect, MAIL_LEDGER_TABLE):
+        return set()
+    excluded_uids = getattr(ledger, "excluded_uids", None)
+    if excluded_uids is not None:
+        # The ledger's own rule, the one the sensor applies (failed mail waiting for its next try too).
+        return set(excluded_uids(conn, dialect, mailbox, uidvalidity, now or datetime.now(UTC))) & set(uids)
+    p = placeholder(dialect)
+    rows = read(
+        conn,
+        dialect,
+        f"SELECT uid FROM {MAIL_LEDGER_TABLE} WHERE mailbox = {p} AND uidvalidity = {p} "
+        f"AND state IN ({', '.join(p for _ in HELD_STATES)}) AND uid IN ({', '.join(p for _ in uids)})",
+        (mailbox, uidvalidity, *HELD_STATES, *uids),
+    )
+    return {int(uid) for (uid,) in rows}
+
+
+def inbox_figures(
+    inbox: Inbox, *, now: datetime, held: Any = None, max_uids: int = 1_000_000
+) -> dict[str, Any]:
+    """Unseen mail waiting for `jira_inbox` and the age of the oldest: one EXAMINE, one SEARCH, one FETCH.
+
+    `held(uidvalidity, uids)` names the UIDs the mail ledger holds back; they are not counted as waiting.
+    """
+    uidvalidity = inbox.open(readonly=True)
+    unseen = inbox.unseen_uids(limit=max_uids)
+    held_back: set[int] = set()
+    if held is not None and unseen:
+        held_back = held(uidvalidity, unseen)
+    waiting = [uid for uid in unseen if uid not in held_back]
+    oldest_age = None
+    arrivals = inbox.arrival_times(waiting[:OLDEST_PROBE])
+    if arrivals:
+        oldest_age = max(0.0, (now - min(arrivals.values())).total_seconds())
+    return {
+        "mailbox": inbox.mailbox,
+        "uidvalidity": uidvalidity,
+        "unseen": len(waiting),
+        "oldest_unseen_age_seconds": oldest_age,
+    }
+
+
+def _iso(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def as_json(value: Any) -> Any:
+    """`value` with datetimes as ISO 8601 text, for the JSON answer."""
+    if isinstance(value, dict):
+        return {key: as_json(item) for key, item in value.items()}
+    if isinstance(value, Iterable) and not isinstance(value, str | bytes):
+        return [as_json(item) for item in value]
+    return _iso(value)
