@@ -149,9 +149,7 @@ def fetch_isolating(
     Raises the batch's error when Jira does not answer this account at all.
     """
     wanted = list(dict.fromkeys(str(key).strip().upper() for key in keys))
-    isolation = _Isolation(
-        client, validate, 1 + split_budget(len(wanted)), fields, extra_fields, per_request
-    )
+    isolation = _Isolation(client, validate, 1 + split_budget(len(wanted)), fields, extra_fields, per_request)
     sent_before = client.request_count
     if not wanted:
         return {"tickets": [], "not_found": [], "failed": {}, "unresolved": [], "requests": 0}
