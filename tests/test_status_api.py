@@ -30,6 +30,7 @@ from include.sweep_progress import advance_watermark, get_watermark
 from include.ticket_store import ensure_table, upsert_tickets
 from tests.harness.airflow_env import airflow_cli
 from tests.harness.api_server import start_api_server
+from tests.harness.tickets import stored_ticket
 from tests.test_rest_channel import minted_token
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,17 +84,6 @@ class StatusServer:
         return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
 
 
-def _ticket(key: str) -> dict[str, Any]:
-    return {
-        "key": key,
-        "summary": f"summary of {key}",
-        "status": "Open",
-        "assignee_email": None,
-        "progress": None,
-        "updated_at": NOW - timedelta(days=2),
-    }
-
-
 @pytest.fixture(scope="module")
 def status_server(airflow_db: str, dovecot) -> Iterator[StatusServer]:
     work = Path(tempfile.mkdtemp(prefix="jms-status-"))
@@ -103,14 +93,14 @@ def status_server(airflow_db: str, dovecot) -> Iterator[StatusServer]:
         upsert_tickets(
             conn,
             "sqlite",
-            [_ticket(f"ABC-{n}") for n in range(1, 8)],
+            [stored_ticket(updated_at=NOW - timedelta(days=2), key=f"ABC-{n}") for n in range(1, 8)],
             source="sweep",
             fetched_at=NOW - timedelta(hours=3),
         )
         upsert_tickets(
             conn,
             "sqlite",
-            [_ticket(f"OPS-{n}") for n in range(1, 4)],
+            [stored_ticket(updated_at=NOW - timedelta(days=2), key=f"OPS-{n}") for n in range(1, 4)],
             source="inbox",
             fetched_at=NOW - timedelta(minutes=10),
         )
