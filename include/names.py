@@ -11,3 +11,6 @@ STORE_CONN_ID = "jira_store"
 JIRA_API_POOL = "jira_api"
 
 TICKET_TABLE = "jira_ticket"
+
+# The section of airflow.cfg (AIRFLOW__JIRA_MAIL_SYNC__*) that holds this integration's settings.
+CONFIG_SECTION = "jira_mail_sync"

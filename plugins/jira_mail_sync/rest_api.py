@@ -46,6 +46,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from include.jira_cloud import JiraError, JiraNotFound, JiraRequestError, JiraUnavailable, ticket_details
 from include.jira_rules import is_issue_key
+from include.names import CONFIG_SECTION
 from include.ticket_store import get_ticket
 from jira_mail_sync.hooks.jira_cloud import JiraCloudHook
 from jira_mail_sync.hooks.ticket_store import TicketStoreHook
@@ -55,7 +56,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CONFIG_SECTION = "jira_mail_sync"
 STORE_MAX_AGE_OPTION = "store_max_age_seconds"
 DEFAULT_STORE_MAX_AGE_SECONDS = 300
 # A caller is waiting on the answer, so Jira gets far less time than the DAGs give it: one quick retry.
