@@ -531,6 +531,10 @@ class ImapAccount:
             paths.append(new_dir / name)
         return paths
 
+    def reconnect(self) -> None:
+        """Forget the helper session (after DovecotServer.restart): the next helper call logs in anew."""
+        self._drop_helper()
+
     def _drop_helper(self) -> None:
         if self._helper is not None:
             with contextlib.suppress(Exception):

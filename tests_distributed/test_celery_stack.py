@@ -23,7 +23,7 @@ import pytest
 
 from devkit import redis as redis_module
 from devkit.airflow_env import DAG_IDS
-from devkit.dovecot import DovecotServer, DovecotStartError, ImapAccount, start_dovecot
+from devkit.dovecot import DovecotServer, ImapAccount
 from devkit.jira_standin import JiraStandin
 from devkit.mail_factory import jira_notification
 from devkit.postgres import PostgresServer
@@ -36,8 +36,6 @@ from scripts.distributed.stack import (
     DistributedStack,
     StackError,
     StackSettings,
-    record_process_group,
-    record_scratch_dir,
 )
 
 # The whole module (stack start, both DAG runs, teardown) stays far below 15 minutes on 2 cores.
@@ -167,20 +165,6 @@ def _wait_for_runs(stack: DistributedStack, run_ids: dict[str, str]) -> dict[str
 
 
 @pytest.fixture(scope="module")
-def dovecot_server() -> Iterator[DovecotServer]:
-    try:
-        server = start_dovecot()
-    except (DovecotStartError, OSError) as exc:
-        service_unavailable(f"Dovecot could not start: {exc}")
-    record_process_group(server.process.pid, "dovecot")
-    record_scratch_dir(server.root)
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
 def jira() -> Iterator[TimedJiraStandin]:
     standin = TimedJiraStandin(
         LOOPBACK, 0, email=STANDIN_EMAIL, api_token=f"standin-{secrets.token_hex(12)}", time_zone="UTC"
@@ -207,7 +191,10 @@ def stack(
     root = Path(root_env) if root_env else tmp_path_factory.mktemp("distributed")
     connections = {IMAP_CONN_ID: mailbox.airflow_conn(), JIRA_CONN_ID: jira.airflow_conn()}
     distributed = DistributedStack(
-        root, connections, StackSettings(workers=2, worker_concurrency=2, jira_pool_slots=2)
+        root,
+        connections,
+        # Poll mode here (the every-minute cron of before); tests_distributed/test_inbox_idle.py runs idle.
+        StackSettings(workers=2, worker_concurrency=2, jira_pool_slots=2, inbox_mode="poll"),
     )
     try:
         distributed.start()
@@ -405,6 +392,30 @@ def test_jira_pool_caps_concurrent_jira_requests_across_workers(scenario: Scenar
     assert peak_bulk == settings.jira_pool_slots, (
         f"at most {peak_bulk} of {bulk_fetches} bulk fetches were in flight at once"
     )
+
+
+def test_in_poll_mode_the_every_minute_schedule_stores_new_mail(scenario: Scenario) -> None:
+    stack, mailbox = scenario.stack, scenario.mailbox
+    assert stack.rest is not None
+    assert stack.rest.request("GET", "/api/v2/dags/jira_inbox")["timetable_summary"] == "* * * * *"
+    key = "INB-1"
+    scenario.jira.update_issue(key, summary="INB-1: polled in again")
+    site_host = scenario.jira.url.split("://", 1)[1].split(":", 1)[0]
+    dropped = time.monotonic()
+    mailbox.drop(jira_notification(key, site=site_host, summary="INB-1: polled in again"))
+    deadline = dropped + 150  # the next minute, plus the run
+    while time.monotonic() < deadline:
+        if _stored_rows(stack)[key][0] == "INB-1: polled in again":
+            break
+        time.sleep(1.0)
+    else:
+        pytest.fail(f"the polled mail was not stored within 150 s\n{stack.diagnostics()}", pytrace=False)
+    scenario.measurements["poll mode: mail → row"] = time.monotonic() - dropped
+    scheduled = stack.metadata_rows(
+        "SELECT count(*) FROM dag_run WHERE dag_id = 'jira_inbox' AND run_type = 'scheduled' "
+        "AND state = 'success'"
+    )[0][0]
+    assert scheduled >= 1
 
 
 def test_stop_ends_every_process_the_stack_started(stack: tuple[DistributedStack, ImapAccount]) -> None:
