@@ -222,6 +222,9 @@ def test_settling_part_of_the_mail_fires_again_and_a_run_that_changes_nothing_do
             assert (second["unseen"], second["new"]) == (2, 0)
             # A "run" that reads and changes nothing (EXAMINE + SEARCH): no event.
             await asyncio.to_thread(lambda: account.unseen_count())
+            await run.no_event_for(2)
+            # The mailbox changes (EXISTS wakes the watcher) but its unseen mail does not: no event.
+            await asyncio.to_thread(account.append, _mail("IDL-9"), "\\Seen")
             await run.no_event_for(3)
 
     asyncio.run(scenario())
@@ -244,8 +247,10 @@ def test_the_trigger_never_blocks_the_event_loop(imap_conn_env: ImapAccount):
                 last = now
 
         ticking = asyncio.get_running_loop().create_task(ticker())
-        async with running() as run:
-            await asyncio.sleep(1.5)  # log in, EXAMINE, SEARCH, IDLE
+        # IDLE renewed every 2 s (DONE, SEARCH, IDLE again): the renewal path runs too, and a
+        # blocking call on the loop would stall it for seconds, not a minute.
+        async with running(renew_idle_s=2.0) as run:
+            await asyncio.sleep(4.5)  # log in, EXAMINE, SEARCH, IDLE, two renewals
             await asyncio.to_thread(account.drop, _mail("IDL-1"))
             await run.next_event(15)
         stop.set()
