@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHMARKS = ["bench.parser_bench", "bench.inbox_burst", "bench.sweep_bench"]
+BENCHMARKS = ["bench.parser_bench", "bench.inbox_burst", "bench.sweep_bench", "bench.idle_latency"]
 
 if __name__ == "__main__":
     for module in BENCHMARKS:

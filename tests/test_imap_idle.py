@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from devkit.dovecot import DovecotServer, DovecotStartError, ImapAccount, start_dovecot
+from devkit.dovecot import DovecotServer, ImapAccount
 from devkit.mail_factory import jira_notification
 from devkit.unavailable import service_unavailable
 from include.imap_idle import Backoff, ConnectionLost, IdleSession, UnseenWatch
@@ -276,32 +276,19 @@ def test_cancelling_the_trigger_ends_its_thread_and_session_promptly(imap_conn_e
     assert left == [], f"threads still waiting in IDLE after cancel: {left}"
 
 
-@pytest.fixture
-def own_dovecot() -> Iterator[DovecotServer]:
-    """A Dovecot of this test's own, so restarting it disturbs no other test."""
-    try:
-        server = start_dovecot()
-    except (DovecotStartError, OSError) as exc:
-        service_unavailable(f"Dovecot could not start: {exc}")
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def test_a_dovecot_restart_during_idle_is_survived_and_the_next_mail_still_fires(
-    own_dovecot: DovecotServer,
+    private_dovecot: DovecotServer,
     monkeypatch: pytest.MonkeyPatch,
     capfd: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
 ):
-    account = own_dovecot.create_account()
+    account = private_dovecot.create_account()
     _use(monkeypatch, account.airflow_conn())
 
     async def scenario() -> float:
         async with running() as run:
             await asyncio.sleep(1.5)  # idling
-            await asyncio.to_thread(own_dovecot.restart)
+            await asyncio.to_thread(private_dovecot.restart)
             restarted = time.monotonic()
             await asyncio.to_thread(account.drop, _mail("IDL-9"))
             stamp, payload = await run.next_event(20)
