@@ -11,6 +11,7 @@ BENCHMARKS = [
     "bench.poison_bench",
     "bench.sweep_bench",
     "bench.status_page",
+    "bench.idle_latency",
 ]
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """
 ### Jira inbox: unseen Jira notification mail → ticket details in the store
 
-Jira mails a notification for every new or updated ticket. Every minute this DAG:
+Jira mails a notification for every new or updated ticket. This DAG runs within seconds of such
+mail arriving (an IMAP IDLE watcher in the triggerer), and every 10 minutes in case a connection was
+lost; with `[jira_mail_sync] inbox_mode = poll` it runs every minute instead. Each run:
 
 1. **wait_for_unseen_mail** runs one IMAP `UID SEARCH UNSEEN` on `imap_default`, leaves out the
    mail the **mail ledger** (`jira_mail_ledger` on `jira_store`) holds as rejected, quarantined or
@@ -35,6 +37,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from airflow.sdk import Param, dag
+from jira_mail_sync.inbox_schedule import inbox_schedule
 from jira_mail_sync.inbox_tasks import extract_ticket_keys, mark_mail_seen, report_unsettled_mail
 from jira_mail_sync.sensors.unseen_mail import UnseenJiraMailSensor
 from jira_mail_sync.ticket_tasks import fetch_tickets, store_tickets
@@ -43,7 +46,7 @@ from jira_mail_sync.ticket_tasks import fetch_tickets, store_tickets
 @dag(
     dag_id=Path(__file__).stem,
     doc_md=__doc__,
-    schedule="* * * * *",
+    schedule=inbox_schedule(),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,

@@ -309,13 +309,7 @@ class DovecotServer:
         for directory in (home, maildir, maildir / "cur", maildir / "new", maildir / "tmp"):
             directory.mkdir(mode=0o700)
             os.chown(directory, self.mail_uid, self.mail_gid)
-        passwd_file = self.users_dir / user
-        # Written under a temporary name and renamed, so the auth process never reads half a line.
-        staging = self.users_dir / f".{user}.tmp"
-        staging.write_text(f"{user}:{{PLAIN}}{password}::::::\n")
-        os.chmod(staging, 0o600)
-        os.chown(staging, self.mail_uid, self.mail_gid)
-        staging.rename(passwd_file)
+        self.set_password(user, password)
         return ImapAccount(
             host=self.host,
             port=self.port,
@@ -326,6 +320,32 @@ class DovecotServer:
             maildir=maildir,
             _server=self,
         )
+
+    def set_password(self, user: str, password: str) -> None:
+        """Give `user` this password (a new user, or a changed password: the next login must use it)."""
+        passwd_file = self.users_dir / user
+        # Written under a temporary name and renamed, so the auth process never reads half a line.
+        staging = self.users_dir / f".{user}.tmp"
+        staging.write_text(f"{user}:{{PLAIN}}{password}::::::\n")
+        os.chmod(staging, 0o600)
+        os.chown(staging, self.mail_uid, self.mail_gid)
+        staging.rename(passwd_file)
+
+    def restart(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        """Stop Dovecot (every session ends) and start it again: same ports, config, accounts and mail."""
+        stop_process_group(self.process)
+        # A stale base_dir (master.pid, sockets) would stop the new master from starting.
+        shutil.rmtree(self.root / "run", ignore_errors=True)
+        self.process = spawn([DOVECOT_BINARY, "-c", str(self.root / "dovecot.conf"), "-F"], self.output_path)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                if _read_greeting(self.port, None).startswith(b"* OK"):
+                    return
+            except OSError:
+                pass
+            time.sleep(0.02)
+        raise DovecotStartError(f"Dovecot did not come back after a restart\n{self.log_tail()}")
 
     def stop(self) -> None:
         # Killing only the master leaves imap sessions running for ~10 s; the group goes at once.
@@ -510,6 +530,10 @@ class ImapAccount:
             os.rename(staging, new_dir / name)
             paths.append(new_dir / name)
         return paths
+
+    def reconnect(self) -> None:
+        """Forget the helper session (after DovecotServer.restart): the next helper call logs in anew."""
+        self._drop_helper()
 
     def _drop_helper(self) -> None:
         if self._helper is not None:

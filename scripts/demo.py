@@ -394,6 +394,9 @@ def _airflow_env(env: dict[str, str], state: dict[str, Any]) -> dict[str, str]:
             "AIRFLOW__API__BASE_URL": api["url"],
             "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(api["worker_log_port"]),
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(api["trigger_log_port"]),
+            # Spelled out although it is the default: the demo shows the IMAP IDLE watcher, which
+            # runs in the triggerer that `airflow standalone` starts.
+            "AIRFLOW__JIRA_MAIL_SYNC__INBOX_MODE": "idle",
         },
     )
 
@@ -626,6 +629,8 @@ def info_text(state: dict[str, Any]) -> str:
         f"  IMAP mailbox   {imap['host']}:{imap['port']}   login: {imap['login']} / {imap['password']}",
         "  Activity       every minute a few tickets change and their Jira mail arrives"
         " (.demo/logs/activity.log)",
+        "  Inbox mode     idle: the triggerer's IMAP IDLE watcher starts jira_inbox within seconds of"
+        " new mail (runs of type asset_triggered; the asset jira_unseen_mail under Assets)",
         "",
         "The store (connection jira_store = .demo/store.db):",
         f"  sqlite3 .demo/store.db '{STORE_QUERY}'",

@@ -105,10 +105,52 @@ def test_a_failed_fetch_batch_does_not_stop_the_inbox_store_but_does_stop_the_sw
     assert dagbag.dags["jira_inbox"].get_task("mark_mail_seen").trigger_rule == "all_success"
 
 
-def test_inbox_runs_every_minute_one_run_at_a_time(dagbag):
-    dag = dagbag.dags["jira_inbox"]
+def _inbox_dag_in_mode(monkeypatch, mode: str | None):
+    from airflow.dag_processing.dagbag import DagBag
+
+    if mode is None:
+        monkeypatch.delenv("AIRFLOW__JIRA_MAIL_SYNC__INBOX_MODE", raising=False)
+    else:
+        monkeypatch.setenv("AIRFLOW__JIRA_MAIL_SYNC__INBOX_MODE", mode)
+    bag = DagBag(dag_folder=str(REPO / "dags" / "jira_inbox.py"))
+    return bag, bag.dags.get("jira_inbox")
+
+
+@pytest.mark.parametrize("mode", [None, "idle", " IDLE "])
+def test_inbox_is_woken_by_the_idle_watcher_or_a_10_minute_safety_schedule_by_default(monkeypatch, mode):
+    from airflow.sdk import AssetOrTimeSchedule
+
+    _, dag = _inbox_dag_in_mode(monkeypatch, mode)
+    assert dag.max_active_runs == 1
+    assert isinstance(dag.timetable, AssetOrTimeSchedule)
+    assert dag.timetable.timetable.expression == "*/10 * * * *"
+    asset = dag.timetable.asset_condition
+    assert (asset.name, asset.uri) == ("jira_unseen_mail", "imap://imap_default/INBOX")
+    [watcher] = asset.watchers
+    assert watcher.trigger.serialize() == (
+        "jira_mail_sync.triggers.imap_idle.ImapIdleTrigger",
+        {
+            "imap_conn_id": "imap_default",
+            "mailbox": "INBOX",
+            "renew_idle_s": 600.0,
+            "poll_interval_s": 60.0,
+            "max_backoff_s": 300.0,
+        },
+    )
+
+
+def test_inbox_in_poll_mode_runs_every_minute_one_run_at_a_time(monkeypatch):
+    _, dag = _inbox_dag_in_mode(monkeypatch, "poll")
     assert dag.max_active_runs == 1
     assert dag.timetable.expression == "* * * * *"
+    assert not dag.timetable.asset_condition
+
+
+def test_an_unknown_inbox_mode_is_an_import_error_naming_the_setting(monkeypatch):
+    bag, dag = _inbox_dag_in_mode(monkeypatch, "push")
+    assert dag is None
+    [error] = bag.import_errors.values()
+    assert "AIRFLOW__JIRA_MAIL_SYNC__INBOX_MODE) must be one of idle, poll, got 'push'" in error
 
 
 def test_sweep_has_real_data_intervals_every_15_minutes(dagbag):

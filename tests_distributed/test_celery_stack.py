@@ -24,7 +24,7 @@ import pytest
 
 from devkit import redis as redis_module
 from devkit.airflow_env import DAG_IDS
-from devkit.dovecot import DovecotServer, DovecotStartError, ImapAccount, start_dovecot
+from devkit.dovecot import DovecotServer, ImapAccount
 from devkit.jira_standin import JiraStandin
 from devkit.mail_factory import jira_notification
 from devkit.postgres import PostgresServer
@@ -44,8 +44,6 @@ from scripts.distributed.stack import (
     DistributedStack,
     StackError,
     StackSettings,
-    record_process_group,
-    record_scratch_dir,
 )
 
 # The whole module (stack start, both DAG runs, teardown) stays far below 15 minutes on 2 cores.
@@ -183,20 +181,6 @@ def _wait_for_runs(stack: DistributedStack, run_ids: dict[str, str]) -> dict[str
 
 
 @pytest.fixture(scope="module")
-def dovecot_server() -> Iterator[DovecotServer]:
-    try:
-        server = start_dovecot()
-    except (DovecotStartError, OSError) as exc:
-        service_unavailable(f"Dovecot could not start: {exc}")
-    record_process_group(server.process.pid, "dovecot")
-    record_scratch_dir(server.root)
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
 def jira() -> Iterator[TimedJiraStandin]:
     standin = TimedJiraStandin(
         LOOPBACK, 0, email=STANDIN_EMAIL, api_token=f"standin-{secrets.token_hex(12)}", time_zone="UTC"
@@ -226,10 +210,12 @@ def stack(
     distributed = DistributedStack(
         root,
         connections,
+        # Poll mode here (the every-minute cron of before); tests_distributed/test_inbox_idle.py runs idle.
         StackSettings(
             workers=2,
             worker_concurrency=2,
             jira_pool_slots=2,
+            inbox_mode="poll",
             airflow_settings={EXTRA_FIELDS_SETTING: TEAMS_FIELD},
         ),
     )
@@ -337,35 +323,47 @@ def _assert_run_succeeded(scenario: Scenario, dag_id: str) -> None:
         )
 
 
-def _consumer_results(stack: DistributedStack, timeout_s: float = 120.0) -> list[dict[str, Any]]:
-    """The return values of the consumer's runs, once no consumer run is still queued or running."""
+def _consumer_results(
+    stack: DistributedStack, sources: set[str], timeout_s: float = 180.0
+) -> list[dict[str, Any]]:
+    """The return values of the consumer's runs, once they are all done and have seen every source.
+
+    Each store's asset event queues a consumer run of its own (or joins one still queued), and the
+    sweep's store may end well after the inbox's consumer run has finished, so "all consumer runs
+    done" alone can come too early: wait until the runs' results name every expected source.
+    """
     assert stack.rest is not None
     deadline = time.monotonic() + timeout_s
     while True:
         runs = stack.rest.request("GET", f"/api/v2/dags/{CONSUMER_DAG_ID}/dagRuns", params={"limit": 100})
         states = [run["state"] for run in runs["dag_runs"]]
-        if states and all(state in ("success", "failed") for state in states) or time.monotonic() > deadline:
-            break
+        if states and all(state in ("success", "failed") for state in states):
+            results = [_consumer_result(stack, run) for run in runs["dag_runs"]]
+            if sources <= {source for result in results for source in result["sources"]}:
+                return results
+        if time.monotonic() > deadline:
+            return [_consumer_result(stack, run) for run in runs["dag_runs"] if run["state"] == "success"]
         time.sleep(2.0)
-    results = []
-    for run in runs["dag_runs"]:
-        assert run["state"] == "success", f"{CONSUMER_DAG_ID} run {run['dag_run_id']} ended {run['state']}"
-        assert run["run_type"] == "asset_triggered", run
-        entry = stack.rest.request(
-            "GET",
-            f"/api/v2/dags/{CONSUMER_DAG_ID}/dagRuns/{run['dag_run_id']}/taskInstances/read_changed_tickets"
-            "/xcomEntries/return_value",
-            params={"deserialize": "true"},
-        )
-        value = entry["value"]
-        # Depending on the serializer the API hands back the dict, its JSON, or its Python repr.
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except ValueError:
-                value = ast.literal_eval(value)
-        results.append(value)
-    return results
+
+
+def _consumer_result(stack: DistributedStack, run: dict[str, Any]) -> dict[str, Any]:
+    assert stack.rest is not None
+    assert run["state"] == "success", f"{CONSUMER_DAG_ID} run {run['dag_run_id']} ended {run['state']}"
+    assert run["run_type"] == "asset_triggered", run
+    entry = stack.rest.request(
+        "GET",
+        f"/api/v2/dags/{CONSUMER_DAG_ID}/dagRuns/{run['dag_run_id']}/taskInstances/read_changed_tickets"
+        "/xcomEntries/return_value",
+        params={"deserialize": "true"},
+    )
+    value = entry["value"]
+    # Depending on the serializer the API hands back the dict, its JSON, or its Python repr.
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            value = ast.literal_eval(value)
+    return value
 
 
 def test_the_stores_asset_events_trigger_the_example_consumer_which_sees_the_changed_keys(
@@ -374,7 +372,7 @@ def test_the_stores_asset_events_trigger_the_example_consumer_which_sees_the_cha
     _assert_run_succeeded(scenario, "jira_inbox")
     _assert_run_succeeded(scenario, "jira_sweep")
 
-    results = _consumer_results(scenario.stack)
+    results = _consumer_results(scenario.stack, {"inbox", "sweep"})
 
     assert results, f"{CONSUMER_DAG_ID} never ran"
     seen = {key: status for result in results for key, status in result["statuses"].items()}
@@ -499,6 +497,30 @@ def test_jira_pool_caps_concurrent_jira_requests_across_workers(scenario: Scenar
     assert peak_bulk == settings.jira_pool_slots, (
         f"at most {peak_bulk} of {bulk_fetches} bulk fetches were in flight at once"
     )
+
+
+def test_in_poll_mode_the_every_minute_schedule_stores_new_mail(scenario: Scenario) -> None:
+    stack, mailbox = scenario.stack, scenario.mailbox
+    assert stack.rest is not None
+    assert stack.rest.request("GET", "/api/v2/dags/jira_inbox")["timetable_summary"] == "* * * * *"
+    key = "INB-1"
+    scenario.jira.update_issue(key, summary="INB-1: polled in again")
+    site_host = scenario.jira.url.split("://", 1)[1].split(":", 1)[0]
+    dropped = time.monotonic()
+    mailbox.drop(jira_notification(key, site=site_host, summary="INB-1: polled in again"))
+    deadline = dropped + 150  # the next minute, plus the run
+    while time.monotonic() < deadline:
+        if _stored_rows(stack)[key][0] == "INB-1: polled in again":
+            break
+        time.sleep(1.0)
+    else:
+        pytest.fail(f"the polled mail was not stored within 150 s\n{stack.diagnostics()}", pytrace=False)
+    scenario.measurements["poll mode: mail → row"] = time.monotonic() - dropped
+    scheduled = stack.metadata_rows(
+        "SELECT count(*) FROM dag_run WHERE dag_id = 'jira_inbox' AND run_type = 'scheduled' "
+        "AND state = 'success'"
+    )[0][0]
+    assert scheduled >= 1
 
 
 def test_stop_ends_every_process_the_stack_started(stack: tuple[DistributedStack, ImapAccount]) -> None:

@@ -59,6 +59,8 @@ class StackSettings:
     stop_timeout_s: float = 20.0
     # More AIRFLOW__* settings for every component (a project option such as extra_fields, say).
     airflow_settings: Mapping[str, str] = field(default_factory=dict)
+    # [jira_mail_sync] inbox_mode: "idle" (IMAP IDLE watcher + safety cron) or "poll" (every minute).
+    inbox_mode: str = "idle"
 
 
 def _ledger_append(line: str) -> None:
@@ -281,6 +283,7 @@ class DistributedStack:
                 "AIRFLOW__API__WORKERS": "1",
                 "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.home / "logs"),
                 "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
+                "AIRFLOW__JIRA_MAIL_SYNC__INBOX_MODE": self.settings.inbox_mode,
                 **self.settings.airflow_settings,
             },
         )
@@ -447,6 +450,19 @@ class DistributedStack:
         assert self.metadata is not None
         with self.metadata.connect() as conn:
             return conn.execute(query, params).fetchall()
+
+    def store_rows(self, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Rows of a read-only query on the ticket store (`jira_store`); [] while the table is missing."""
+        assert self.store is not None
+        with self.store.connect() as conn:
+            try:
+                return conn.execute(query, params).fetchall()
+            except psycopg.errors.UndefinedTable:  # the first store_tickets creates it
+                return []
+
+    def component_log(self, name: str) -> str:
+        """Everything component `name` has logged so far."""
+        return self.components[name].log_path.read_text(errors="replace")
 
     def diagnostics(self, max_lines: int = 25) -> str:
         """Every component's state and log tail, for a failure message."""

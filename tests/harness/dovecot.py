@@ -11,9 +11,7 @@ from devkit.dovecot import DovecotServer, DovecotStartError, ImapAccount, start_
 from devkit.unavailable import service_unavailable
 
 
-@pytest.fixture(scope="session")
-def dovecot() -> Iterator[DovecotServer]:
-    """One real Dovecot for the whole session (IMAP on `port`, IMAPS on `ssl_port`)."""
+def _running_dovecot() -> Iterator[DovecotServer]:
     try:
         server = start_dovecot()
     except (DovecotStartError, OSError) as exc:
@@ -22,6 +20,18 @@ def dovecot() -> Iterator[DovecotServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def dovecot() -> Iterator[DovecotServer]:
+    """One real Dovecot for the whole session (IMAP on `port`, IMAPS on `ssl_port`)."""
+    yield from _running_dovecot()
+
+
+@pytest.fixture
+def private_dovecot() -> Iterator[DovecotServer]:
+    """A Dovecot of the test's own, for tests that restart or reconfigure the server."""
+    yield from _running_dovecot()
 
 
 @pytest.fixture

@@ -139,13 +139,19 @@ class ImapInboxHook(ImapHook):
     def get_conn(self) -> ImapInboxHook:
         """Connect and log in (once per hook); `mail_client` is then an authenticated IMAPClient."""
         if not self.mail_client:
-            conn = self.get_connection(self.imap_conn_id)
-            auth = self.login_settings(conn)
-            self.mail_client = (
-                self._password_login(conn, auth) if auth.mechanism is None else self._token_login(conn, auth)
-            )
-            self.auth_type = auth.auth_type
+            self.mail_client = self.log_in(self.get_connection(self.imap_conn_id))
         return self
+
+    def log_in(self, conn) -> IMAPClient:
+        """A new session on `conn`, logged in per its `auth_type` (blocking: token calls, TCP, TLS).
+
+        For callers that fetched the connection themselves, such as the IDLE trigger, which must
+        get it with `await aget_connection()` on the triggerer's event loop and log in on a thread.
+        """
+        auth = self.login_settings(conn)
+        client = self._password_login(conn, auth) if auth.mechanism is None else self._token_login(conn, auth)
+        self.auth_type = auth.auth_type
+        return client
 
     def _refusal(self, conn, what: str, answer: str, fix: str) -> Exception:
         where = f"IMAP connection {self.imap_conn_id!r}: the IMAP server {conn.host}"

@@ -49,8 +49,8 @@ class UnseenJiraMailSensor(BaseSensorOperator):
     keep. A manual run's `release_uids` / `release_all` are applied first. It pushes
     `{"imap_conn_id", "mailbox", "uidvalidity", "uids", "retrying"}` (see xcom_shapes.SensedMail), so
     the tasks after it read and mark the mailbox it sensed. With `skip_when_empty` (the default) an
-    empty inbox skips the run at once: the every-minute schedule is the polling loop, so no worker
-    slot is held waiting for mail.
+    empty inbox skips the run at once: the schedule (the IMAP IDLE watcher, or the every-minute cron
+    in poll mode) decides when to look, so no worker slot is held waiting for mail.
     """
 
     template_fields: Sequence[str] = (

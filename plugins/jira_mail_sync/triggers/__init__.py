@@ -1,0 +1,1 @@
+"""Triggers that run in the triggerer: the IMAP IDLE watcher of the inbox."""
