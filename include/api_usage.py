@@ -18,8 +18,8 @@ from include.store_db import (
     create_missing,
     placeholder,
     read,
-    sqlite_timestamp,
     table_exists,
+    timestamp_param,
     transaction,
 )
 
@@ -80,11 +80,7 @@ def ensure_table(conn: Any, dialect: str) -> None:
 
 
 def _moment(value: datetime | None, dialect: str) -> Any:
-    if value is None:
-        return None
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(f"a usage timestamp must be timezone-aware, got {value!r}")
-    return sqlite_timestamp(value) if dialect == "sqlite" else value.astimezone(UTC)
+    return None if value is None else timestamp_param(value, dialect, "a usage timestamp")
 
 
 def record_usage(conn: Any, dialect: str, usage: Usage, *, now: datetime | None = None) -> None:

@@ -434,16 +434,23 @@ def release(
     return released
 
 
-def count_by_state(conn: Any, dialect: str, *, mailbox: str | None = None) -> dict[str, int]:
+def count_by_state(
+    conn: Any, dialect: str, *, mailbox: str | None = None, uidvalidity: int | None = None
+) -> dict[str, int]:
     """How many ledger rows are in each state (every state present, zero included), in one SELECT.
 
+    `mailbox` and `uidvalidity` narrow the count; with both it covers only the mailbox's current
+    generation (rows kept for audit under an earlier UIDVALIDITY name no message there any more).
     A reader: before the first run has created the table it answers zeros and creates nothing.
     """
     counts = dict.fromkeys(STATES, 0)
     if not table_exists(conn, dialect, TABLE):
         return counts
     p = placeholder(dialect)
-    where, params = (f" WHERE mailbox = {p}", (mailbox,)) if mailbox is not None else ("", ())
+    narrowed = {"mailbox": mailbox, "uidvalidity": uidvalidity}
+    params = tuple(value for value in narrowed.values() if value is not None)
+    conditions = [f"{column} = {p}" for column, value in narrowed.items() if value is not None]
+    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
     for state, count in read(
         conn, dialect, f"SELECT state, count(*) FROM {TABLE}{where} GROUP BY state", params
     ):

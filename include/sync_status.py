@@ -2,47 +2,38 @@
 
 Each function answers one panel of the page (tickets, sweep, ledger, Jira usage, inbox) from a DB-API
 connection or an open Inbox. None of them creates a table: the page may run with read-only rights on
-the store, and a store the DAGs have not written yet simply reads as empty. What depends on work that
-may not be deployed (the mail ledger, deleted tickets) is reported as None when it is absent, so the
-page can say "not available" instead of a misleading zero.
+the store, and a store the DAGs have not written yet simply reads as empty. Deleted tickets, which a
+store not yet upgraded to v2 does not record, are reported as None, so the page can say "not
+available" instead of a misleading zero.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from include.api_usage import usage_since
 from include.imap_inbox import Inbox
+from include.mail_ledger import count_by_state, excluded_uids, list_entries
 from include.names import MAIL_LEDGER_TABLE, TICKET_TABLE
-from include.store_db import as_utc_datetime, check_dialect, placeholder, read, sqlite_timestamp, table_exists
+from include.store_db import (
+    as_utc_datetime,
+    check_dialect,
+    placeholder,
+    read,
+    table_columns,
+    table_exists,
+    timestamp_param,
+)
 from include.sweep_progress import SCHEDULED_SCOPE
 from include.sweep_progress import TABLE as WATERMARK_TABLE
 
-# The states of the mail ledger (include/mail_ledger.py) the page lists: mail that needs a person.
-HELD_STATES = ("rejected", "quarantined")
-LEDGER_STATES = ("rejected", "failed", "quarantined", "settled")
+# The mail ledger states the page lists: mail that needs a person (failed mail is retried by itself).
+LISTED_STATES = ("rejected", "quarantined")
 RECENT = timedelta(hours=1)
 # The oldest unseen mail is among the lowest UIDs; this many are enough to find it, whatever the backlog.
 OLDEST_PROBE = 50
-
-
-def _columns(conn: Any, dialect: str, table: str) -> set[str]:
-    # Portable and cheap: an empty result still describes the columns.
-    cursor = conn.cursor()
-    try:
-        cursor.execute(f"SELECT * FROM {table} WHERE 1 = 0")
-        return {column[0] for column in cursor.description}
-    finally:
-        cursor.close()
-        if dialect == "postgres" and not getattr(conn, "autocommit", False):
-            conn.rollback()
-
-
-def _moment(value: datetime, dialect: str) -> Any:
-    return sqlite_timestamp(value) if dialect == "sqlite" else value.astimezone(UTC)
 
 
 def ticket_figures(conn: Any, dialect: str, *, now: datetime) -> dict[str, Any]:
@@ -50,13 +41,13 @@ def ticket_figures(conn: Any, dialect: str, *, now: datetime) -> dict[str, Any]:
     check_dialect(dialect)
     if not table_exists(conn, dialect, TICKET_TABLE):
         return {"total": 0, "by_source": {}, "changed_last_hour": 0, "deleted": None}
-    columns = _columns(conn, dialect, TICKET_TABLE)
+    columns = table_columns(conn, dialect, TICKET_TABLE)
     by_source = dict(read(conn, dialect, f"SELECT source, count(*) FROM {TICKET_TABLE} GROUP BY source", ()))
     ((changed,),) = read(
         conn,
         dialect,
         f"SELECT count(*) FROM {TICKET_TABLE} WHERE fetched_at >= {placeholder(dialect)}",
-        (_moment(now - RECENT, dialect),),
+        (timestamp_param(now - RECENT, dialect),),
     )
     deleted = None
     if "deleted_at" in columns:
@@ -94,27 +85,13 @@ def jira_figures(conn: Any, dialect: str, *, now: datetime) -> dict[str, Any]:
     }
 
 
-def _mail_ledger() -> Any | None:
-    try:
-        return importlib.import_module("include.mail_ledger")
-    except ModuleNotFoundError as exc:
-        if exc.name != "include.mail_ledger":
-            raise
-        return None
-
-
-def ledger_figures(conn: Any, dialect: str, *, limit: int = 100) -> dict[str, Any] | None:
-    """Mail by ledger state and the latest rejected and quarantined entries; None without a mail ledger."""
-    ledger = _mail_ledger()
-    if ledger is None:
-        return None
-    if not table_exists(conn, dialect, MAIL_LEDGER_TABLE):
-        counts: dict[str, int] = {}
-        entries: list[dict[str, Any]] = []
-    else:
-        counts = ledger.count_by_state(conn, dialect)
-        entries = ledger.list_entries(conn, dialect, states=HELD_STATES, limit=limit)
-    return {**{state: int(counts.get(state, 0)) for state in LEDGER_STATES}, "entries": entries}
+def ledger_figures(conn: Any, dialect: str, *, limit: int = 100) -> dict[str, Any]:
+    """Mail by ledger state and the latest rejected and quarantined entries (zeros before the first run)."""
+    check_dialect(dialect)
+    return {
+        **count_by_state(conn, dialect),
+        "entries": list_entries(conn, dialect, states=LISTED_STATES, limit=limit),
+    }
 
 
 def held_uids(
@@ -126,23 +103,14 @@ def held_uids(
     uids: Sequence[int],
     now: datetime | None = None,
 ) -> set[int]:
-    """Which of `uids` the mail ledger holds back from jira_inbox: not waiting, so not counted as such."""
-    ledger = _mail_ledger()
-    if not uids or ledger is None or not table_exists(conn, dialect, MAIL_LEDGER_TABLE):
+    """Which of `uids` the mail ledger holds back from jira_inbox: not waiting, so not counted as such.
+
+    The ledger's own rule, the one the sensor applies (failed mail waiting for its next try too).
+    """
+    # The table_exists check first: the ledger's writers create the table, and the page creates nothing.
+    if not uids or not table_exists(conn, dialect, MAIL_LEDGER_TABLE):
         return set()
-    excluded_uids = getattr(ledger, "excluded_uids", None)
-    if excluded_uids is not None:
-        # The ledger's own rule, the one the sensor applies (failed mail waiting for its next try too).
-        return set(excluded_uids(conn, dialect, mailbox, uidvalidity, now or datetime.now(UTC))) & set(uids)
-    p = placeholder(dialect)
-    rows = read(
-        conn,
-        dialect,
-        f"SELECT uid FROM {MAIL_LEDGER_TABLE} WHERE mailbox = {p} AND uidvalidity = {p} "
-        f"AND state IN ({', '.join(p for _ in HELD_STATES)}) AND uid IN ({', '.join(p for _ in uids)})",
-        (mailbox, uidvalidity, *HELD_STATES, *uids),
-    )
-    return {int(uid) for (uid,) in rows}
+    return excluded_uids(conn, dialect, mailbox, uidvalidity, now or datetime.now(UTC)) & set(uids)
 
 
 def inbox_figures(

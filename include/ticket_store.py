@@ -25,8 +25,8 @@ from include.store_db import (
     placeholder,
     read,
     schema_change,
-    sqlite_timestamp,
     table_columns,
+    timestamp_param,
     transaction,
 )
 from include.store_db import table_exists as _table_exists
@@ -144,10 +144,6 @@ def _aware(value: Any, what: str) -> datetime:
     return moment
 
 
-def _stamp(moment: datetime, dialect: str) -> Any:
-    return sqlite_timestamp(moment) if dialect == "sqlite" else moment
-
-
 def _text(ticket: Mapping[str, Any], name: str, key: str, *, nullable: bool = False) -> str | None:
     value = ticket.get(name)
     if value is None and nullable:
@@ -213,8 +209,8 @@ def _ticket(ticket: Mapping[str, Any], dialect: str, source: str, fetched_at: da
         assignee_email,
         progress_json,
         fields_json,
-        _stamp(updated_at, dialect),
-        _stamp(fetched_at, dialect),
+        timestamp_param(updated_at, dialect, "updated_at"),
+        timestamp_param(fetched_at, dialect, "fetched_at"),
         source,
     )
     return _Ticket(key, issue_id, row, updated_at, tuple(k for k in moved_from if k != key))
@@ -441,7 +437,7 @@ def mark_gone(conn: Any, dialect: str, keys: Iterable[str], *, confirmed_at: dat
         return []
     mark = placeholder(dialect)
     former = _had_key(dialect)
-    at = _stamp(confirmed_at, dialect)
+    at = timestamp_param(confirmed_at, dialect, "confirmed_at")
     marked: list[str] = []
     with transaction(conn, dialect) as cursor:
         for key in wanted:

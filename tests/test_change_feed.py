@@ -6,7 +6,6 @@ Whether a downstream DAG is then triggered by the scheduler is checked on the re
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -21,13 +20,6 @@ TRUSTED = {"trusted_senders": [f"jira@{SITE}"]}
 T0 = datetime(2026, 11, 27, 9, 30, tzinfo=UTC)
 
 pytestmark = pytest.mark.airflow
-
-
-@pytest.fixture
-def env(airflow_db, imap_account, jira_standin, jira_conn_env, store_backend, monkeypatch):
-    monkeypatch.setenv("AIRFLOW_CONN_IMAP_DEFAULT", json.dumps(imap_account.airflow_conn()))
-    monkeypatch.setenv("AIRFLOW_CONN_JIRA_STORE", json.dumps(store_backend.airflow_conn()))
-    return imap_account, jira_standin, store_backend
 
 
 def asset_events(dag_id: str, run_id: str) -> list[dict]:
@@ -46,8 +38,8 @@ def asset_events(dag_id: str, run_id: str) -> list[dict]:
 
 
 @pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)
-def test_the_inbox_store_emits_one_asset_event_naming_the_changed_keys(env):
-    imap, jira, store = env
+def test_the_inbox_store_emits_one_asset_event_naming_the_changed_keys(inbox_env):
+    imap, jira, store = inbox_env
     for key in ("ABC-1", "ABC-2", "ABC-3"):
         jira.add_issue(key, summary=key, updated=T0)
         imap.append(jira_notification(key, site=SITE))
@@ -69,8 +61,8 @@ def test_the_inbox_store_emits_one_asset_event_naming_the_changed_keys(env):
 
 
 @pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)
-def test_the_sweep_event_names_its_window_and_bounds_the_keys(env):
-    _, jira, _ = env
+def test_the_sweep_event_names_its_window_and_bounds_the_keys(inbox_env):
+    _, jira, _ = inbox_env
     start = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
     for n in range(1, 601):
         jira.add_issue(f"SWP-{n}", summary="s", updated=start + timedelta(seconds=n))
@@ -88,8 +80,8 @@ def test_the_sweep_event_names_its_window_and_bounds_the_keys(env):
 
 
 @pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)
-def test_a_configured_custom_field_reaches_the_store_through_the_inbox_dag(env, monkeypatch):
-    imap, jira, store = env
+def test_a_configured_custom_field_reaches_the_store_through_the_inbox_dag(inbox_env, monkeypatch):
+    imap, jira, store = inbox_env
     monkeypatch.setenv("AIRFLOW__JIRA_MAIL_SYNC__EXTRA_FIELDS", "customfield_10016")
     jira.add_custom_field("customfield_10016", "Story Points", "number")
     jira.add_issue("ABC-1", summary="Pointed", updated=T0, custom_fields={"customfield_10016": 13.0})
@@ -105,8 +97,8 @@ def test_a_configured_custom_field_reaches_the_store_through_the_inbox_dag(env, 
 
 
 @pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)
-def test_an_unknown_configured_field_fails_the_run_before_any_fetch(env, monkeypatch):
-    imap, jira, _ = env
+def test_an_unknown_configured_field_fails_the_run_before_any_fetch(inbox_env, monkeypatch):
+    imap, jira, _ = inbox_env
     monkeypatch.setenv("AIRFLOW__JIRA_MAIL_SYNC__EXTRA_FIELDS", "customfield_99999")
     jira.add_issue("ABC-1", summary="s", updated=T0)
     imap.append(jira_notification("ABC-1", site=SITE))

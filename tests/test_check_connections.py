@@ -6,11 +6,17 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from jira_mail_sync.check_connections import check_imap, check_jira, check_store, main
 from jira_mail_sync.hooks.ticket_store import TicketStoreHook
+
+from include.imap_inbox import REJECTED_KEYWORD
+from include.mail_ledger import record_failures, record_rejected, record_settled
+from include.names import MAIL_LEDGER_TABLE
+from include.store_db import table_exists
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,9 +34,11 @@ def test_jira_check_names_the_account_and_time_zone_or_the_refusal(jira_conn_env
     assert failed is False and "401" in refusal and "wrong-pw-42" not in refusal
 
 
-def test_imap_check_examines_the_mailbox_and_flags_nothing(imap_conn_env, monkeypatch):
+def test_imap_check_examines_the_mailbox_and_flags_nothing(imap_conn_env, store_conn_env, monkeypatch):
     imap_conn_env.append(b"Subject: one\r\n\r\nx\r\n")
     imap_conn_env.append(b"Subject: two\r\n\r\nx\r\n", flags="\\Seen")
+    # A keyword from before the ledger hides nothing: the sensor no longer looks at it either.
+    imap_conn_env.append(b"Subject: three\r\n\r\nx\r\n", flags=REJECTED_KEYWORD)
 
     ok, message = check_imap()
     monkeypatch.setenv(
@@ -40,11 +48,58 @@ def test_imap_check_examines_the_mailbox_and_flags_nothing(imap_conn_env, monkey
 
     assert (ok, message) == (
         True,
-        f"INBOX: logged in (password), UIDVALIDITY {imap_conn_env.uidvalidity()}, "
-        "1 unseen message(s) not labelled rejected",
+        f"INBOX: logged in (password), UIDVALIDITY {imap_conn_env.uidvalidity()}, 2 unseen message(s); "
+        "held back by the mail ledger: 0 rejected, 0 failed, 0 quarantined",
     )
-    assert imap_conn_env.flags_by_uid() == {1: set(), 2: {"\\Seen"}}
+    assert imap_conn_env.flags_by_uid() == {1: set(), 2: {"\\Seen"}, 3: {REJECTED_KEYWORD}}
+    # A check reads the ledger; it never creates it.
+    assert not table_exists(store_conn_env.connect(), store_conn_env.dialect, MAIL_LEDGER_TABLE)
     assert failed is False and "AUTHENTICATIONFAILED" in refusal and "bad-pw-77" not in refusal
+
+
+def test_imap_check_counts_what_the_mail_ledger_holds_back_in_this_mailbox_generation(
+    imap_conn_env, store_conn_env
+):
+    for n in range(1, 6):
+        imap_conn_env.append(f"Subject: mail {n}\r\n\r\nx\r\n".encode())
+    imap_conn_env.append(b"Subject: settled\r\n\r\nx\r\n", flags="\\Seen")
+    uidvalidity = imap_conn_env.uidvalidity()
+    conn, dialect = store_conn_env.connect(), store_conn_env.dialect
+    box = {"mailbox": "INBOX", "uidvalidity": uidvalidity, "now": datetime.now(UTC)}
+    record_rejected(conn, dialect, **box, entries=[{"uid": 1, "reason": "untrusted sender"}])
+    record_failures(conn, dialect, **box, entries=[{"uid": 2, "keys": ["ABC-2"], "reason": "HTTP 503"}])
+    record_failures(
+        conn,
+        dialect,
+        **box,
+        entries=[{"uid": uid, "keys": [f"ABC-{uid}"], "reason": "HTTP 400"} for uid in (3, 4)],
+        max_attempts=1,
+    )
+    record_settled(conn, dialect, **box, entries=[{"uid": 6, "keys": ["ABC-6"]}])
+    # Neither an earlier generation of INBOX nor another mailbox names a message of this one.
+    record_rejected(
+        conn, dialect, **box | {"uidvalidity": uidvalidity - 1}, entries=[{"uid": 1, "reason": "old"}]
+    )
+    record_rejected(conn, dialect, **box | {"mailbox": "Jira"}, entries=[{"uid": 1, "reason": "other"}])
+
+    assert check_imap() == (
+        True,
+        f"INBOX: logged in (password), UIDVALIDITY {uidvalidity}, 5 unseen message(s); "
+        "held back by the mail ledger: 1 rejected, 1 failed, 2 quarantined",
+    )
+
+
+def test_imap_check_passes_without_a_readable_store_and_says_the_ledger_was_not_read(
+    imap_conn_env, monkeypatch
+):
+    monkeypatch.delenv("AIRFLOW_CONN_STORE_NOWHERE", raising=False)
+    imap_conn_env.append(b"Subject: one\r\n\r\nx\r\n")
+
+    assert check_imap(store_conn_id="store_nowhere") == (
+        True,
+        f"INBOX: logged in (password), UIDVALIDITY {imap_conn_env.uidvalidity()}, 1 unseen message(s); "
+        "the mail ledger on store_nowhere could not be read (AirflowNotFoundException)",
+    )
 
 
 def test_imap_check_names_the_sender_authentication_and_refuses_a_wrong_extra(imap_conn_env, monkeypatch):

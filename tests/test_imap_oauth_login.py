@@ -263,8 +263,11 @@ def test_an_invalid_auth_type_fails_before_any_connection(seeded, monkeypatch):
         read_mailbox()
 
 
+@pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)
 @pytest.mark.parametrize("auth_type", ["password", "xoauth2", "oauthbearer"])
-def test_check_connections_logs_in_with_every_auth_type(seeded, oauth_standin, monkeypatch, auth_type):
+def test_check_connections_logs_in_with_every_auth_type(
+    seeded, oauth_standin, store_conn_env, monkeypatch, auth_type
+):
     from jira_mail_sync.check_connections import check_imap
 
     if auth_type == "password":
@@ -278,7 +281,7 @@ def test_check_connections_logs_in_with_every_auth_type(seeded, oauth_standin, m
     assert check_imap() == (
         True,
         f"INBOX: logged in ({auth_type}), UIDVALIDITY {seeded.uidvalidity()}, "
-        "1 unseen message(s) not labelled rejected",
+        "1 unseen message(s); held back by the mail ledger: 0 rejected, 0 failed, 0 quarantined",
     )
 
 

@@ -23,13 +23,6 @@ pytestmark = pytest.mark.airflow
 
 
 @pytest.fixture
-def inbox_env(airflow_db, imap_account, jira_standin, jira_conn_env, store_backend, monkeypatch):
-    monkeypatch.setenv("AIRFLOW_CONN_IMAP_DEFAULT", json.dumps(imap_account.airflow_conn()))
-    monkeypatch.setenv("AIRFLOW_CONN_JIRA_STORE", json.dumps(store_backend.airflow_conn()))
-    return imap_account, jira_standin, store_backend
-
-
-@pytest.fixture
 def inbox_dag():
     # A fresh DAG object per test: dag.test() leaves the run's conf in the DAG's params.
     dag = load_dag("jira_inbox")

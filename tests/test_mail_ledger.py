@@ -204,11 +204,14 @@ def test_settled_rows_past_the_retention_are_dropped_and_held_rows_are_not(ledge
     assert count_by_state(*ledger) == {"rejected": 1, "failed": 0, "quarantined": 0, "settled": 1}
 
 
-def test_counts_can_be_limited_to_one_mailbox(ledger):
+def test_counts_can_be_limited_to_one_mailbox_and_one_generation_of_it(ledger):
     record_rejected(*ledger, **BOX, entries=[{"uid": 1, "reason": "r"}], now=T0)
     record_rejected(*ledger, mailbox="Jira", uidvalidity=9, entries=[{"uid": 1, "reason": "r"}], now=T0)
-    assert count_by_state(*ledger)["rejected"] == 2
-    assert count_by_state(*ledger, mailbox="Jira")["rejected"] == 1
+    record_rejected(*ledger, mailbox="Jira", uidvalidity=10, entries=[{"uid": 1, "reason": "r"}], now=T0)
+    assert count_by_state(*ledger)["rejected"] == 3
+    assert count_by_state(*ledger, mailbox="Jira")["rejected"] == 2
+    assert count_by_state(*ledger, mailbox="Jira", uidvalidity=10)["rejected"] == 1
+    assert count_by_state(*ledger, mailbox="INBOX", uidvalidity=10)["rejected"] == 0
 
 
 def test_list_entries_is_newest_first_and_bounded(ledger):

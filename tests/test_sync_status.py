@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import imaplib
-import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from devkit import ledger_contract
 from devkit.mail_factory import jira_notification
 from include.imap_inbox import REJECTED_KEYWORD, Inbox
+from include.mail_ledger import record_failures, record_rejected, record_settled
 from include.names import MAIL_LEDGER_TABLE, TICKET_TABLE
 from include.store_db import table_exists
 from include.sweep_progress import advance_watermark
@@ -25,14 +24,6 @@ from include.ticket_store import ensure_table, mark_gone, upsert_tickets
 from tests.harness.tickets import stored_ticket
 
 NOW = datetime.now(UTC).replace(microsecond=0)
-
-
-@pytest.fixture
-def ledger():
-    """The mail ledger module (the real one once merged, else the contract stand-in)."""
-    module = ledger_contract.ledger_module()
-    yield module
-    ledger_contract.forget_stand_in()
 
 
 def test_tickets_are_counted_by_source_with_the_rows_written_in_the_last_hour(store_backend):
@@ -76,7 +67,7 @@ def test_deleted_rows_are_counted(store_backend):
     assert ticket_figures(conn, dialect, now=NOW)["deleted"] == 1
 
 
-def test_an_empty_store_reads_as_empty_and_no_table_is_created(store_backend, ledger):
+def test_an_empty_store_reads_as_empty_and_no_table_is_created(store_backend):
     conn, dialect = store_backend.connect(), store_backend.dialect
 
     assert ticket_figures(conn, dialect, now=NOW) == {
@@ -93,6 +84,7 @@ def test_an_empty_store_reads_as_empty_and_no_table_is_created(store_backend, le
         "settled": 0,
         "entries": [],
     }
+    assert held_uids(conn, dialect, mailbox="INBOX", uidvalidity=1, uids=[1, 2], now=NOW) == set()
     assert not table_exists(conn, dialect, TICKET_TABLE)
     assert not table_exists(conn, dialect, MAIL_LEDGER_TABLE)
 
@@ -103,24 +95,47 @@ def test_the_watermark_is_the_sweeps(store_backend):
     assert sweep_watermark(conn, dialect) == NOW - timedelta(minutes=15)
 
 
-def test_ledger_counts_every_state_and_lists_only_held_back_mail_newest_first(store_backend, ledger):
+def test_ledger_counts_every_state_and_lists_only_held_back_mail_newest_first(store_backend):
     conn, dialect = store_backend.connect(), store_backend.dialect
-    ledger_contract.create_table(conn, dialect)
-    ledger_contract.add_entries(
+    # Written as the DAG writes them: through the mail ledger's own record functions.
+    box = {"mailbox": "INBOX", "uidvalidity": 7}
+    record_rejected(
         conn,
         dialect,
-        [
-            {"uidvalidity": 7, "uid": 1, "state": "rejected", "sender": "mallory@evil.example",
-             "subject": "[JIRA] (ABC-1) spoofed", "reason": "untrusted sender",
-             "updated_at": NOW - timedelta(hours=3)},
-            {"uidvalidity": 7, "uid": 2, "state": "quarantined", "sender": "jira@acme.atlassian.net",
-             "subject": "[JIRA] (ABC-2) poison", "reason": "HTTP 400 from Jira", "attempts": 5,
-             "updated_at": NOW - timedelta(hours=1)},
-            {"uidvalidity": 7, "uid": 3, "state": "failed", "attempts": 1},
-            {"uidvalidity": 7, "uid": 4, "state": "settled"},
-            {"uidvalidity": 7, "uid": 5, "state": "settled"},
+        **box,
+        entries=[
+            {
+                "uid": 1,
+                "sender": "mallory@evil.example",
+                "subject": "[JIRA] (ABC-1) spoofed",
+                "reason": "untrusted sender",
+            }
         ],
-    )  # fmt: skip
+        now=NOW - timedelta(hours=3),
+    )
+    poison = {
+        "uid": 2,
+        "sender": "jira@acme.atlassian.net",
+        "subject": "[JIRA] (ABC-2) poison",
+        "keys": ["ABC-2"],
+        "reason": "HTTP 400 from Jira",
+    }
+    for minutes_later in range(5):  # the fifth failure of five allowed quarantines it
+        (outcome,) = record_failures(
+            conn,
+            dialect,
+            **box,
+            entries=[poison],
+            now=NOW - timedelta(hours=1, minutes=4 - minutes_later),
+            max_attempts=5,
+        )
+    assert (outcome["state"], outcome["attempts"]) == ("quarantined", 5)
+    record_failures(
+        conn, dialect, **box, entries=[{"uid": 3, "keys": ["ABC-3"], "reason": "HTTP 503"}], now=NOW
+    )
+    record_settled(
+        conn, dialect, **box, entries=[{"uid": 4, "keys": ["ABC-4"]}, {"uid": 5, "keys": ["ABC-5"]}], now=NOW
+    )
 
     figures = ledger_figures(conn, dialect)
 
@@ -137,17 +152,12 @@ def test_ledger_counts_every_state_and_lists_only_held_back_mail_newest_first(st
         5,
         "jira@acme.atlassian.net",
     )
-    assert held_uids(conn, dialect, mailbox="INBOX", uidvalidity=7, uids=[1, 2, 3, 4, 9]) == {1, 2}
+    assert quarantined["ticket_keys"] == ["ABC-2"]
+    # Failed mail is held back while it waits for its next try (5 minutes after the first failure).
+    assert held_uids(conn, dialect, **box, uids=[1, 2, 3, 4, 9], now=NOW) == {1, 2, 3}
+    assert held_uids(conn, dialect, **box, uids=[1, 2, 3, 4, 9], now=NOW + timedelta(minutes=5)) == {1, 2}
     # Another UIDVALIDITY is another mailbox generation: its UIDs name other messages.
-    assert held_uids(conn, dialect, mailbox="INBOX", uidvalidity=8, uids=[1, 2]) == set()
-
-
-def test_without_a_mail_ledger_the_page_says_so_instead_of_zero(store_backend, monkeypatch):
-    # None in sys.modules is how Python spells "this module cannot be imported".
-    monkeypatch.setitem(sys.modules, "include.mail_ledger", None)
-    conn, dialect = store_backend.connect(), store_backend.dialect
-    assert ledger_figures(conn, dialect) is None
-    assert held_uids(conn, dialect, mailbox="INBOX", uidvalidity=1, uids=[1]) == set()
+    assert held_uids(conn, dialect, mailbox="INBOX", uidvalidity=8, uids=[1, 2], now=NOW) == set()
 
 
 def _append_at(session: imaplib.IMAP4, raw: bytes, arrived: datetime, flags: str | None = None) -> None:

@@ -30,6 +30,7 @@ import pytest
 
 from devkit.unavailable import service_unavailable
 from include.jira_rules import ISSUE_KEY_PATTERN
+from include.mail_ledger import DEFAULT_MAX_ATTEMPTS, record_failures
 
 pytestmark = [pytest.mark.ui, pytest.mark.timeout(900)]
 
@@ -701,31 +702,32 @@ def _quarantine_next_mail(state: dict[str, Any], key: str) -> tuple[int, int]:
     mail in between; the activity generator may take that UID first, and then it is tried again.
     """
     import sqlite3
+    from datetime import UTC, datetime
 
-    from devkit import ledger_contract
     from devkit.mail_factory import jira_notification
 
     site = urlsplit(state["jira"]["url"]).hostname
+    held_back = {
+        "sender": f"jira@{site}",
+        "subject": f"[JIRA] ({key}) held back by the UI test",
+        "keys": [key],
+        "reason": "Jira answered HTTP 500 five times (the UI test's quarantine)",
+    }
     for _ in range(5):
         uidnext, uidvalidity = _uidnext_and_validity(state)
         with contextlib.closing(sqlite3.connect(STORE, timeout=10)) as conn:
-            ledger_contract.create_table(conn, "sqlite")
-            ledger_contract.add_entries(
-                conn,
-                "sqlite",
-                [
-                    {
-                        "uidvalidity": uidvalidity,
-                        "uid": uidnext,
-                        "state": "quarantined",
-                        "sender": f"jira@{site}",
-                        "subject": f"[JIRA] ({key}) held back by the UI test",
-                        "ticket_keys": [key],
-                        "reason": "Jira answered HTTP 500 five times (the UI test's quarantine)",
-                        "attempts": 5,
-                    }
-                ],
-            )
+            # As the DAG quarantines: one failed attempt after another until max_attempts.
+            for _attempt in range(DEFAULT_MAX_ATTEMPTS):
+                (outcome,) = record_failures(
+                    conn,
+                    "sqlite",
+                    mailbox="INBOX",
+                    uidvalidity=uidvalidity,
+                    entries=[{"uid": uidnext, **held_back}],
+                    now=datetime.now(UTC),
+                    max_attempts=DEFAULT_MAX_ATTEMPTS,
+                )
+            assert (outcome["state"], outcome["attempts"]) == ("quarantined", DEFAULT_MAX_ATTEMPTS), outcome
         uid = _append(state, jira_notification(key, site=site, summary="held back by the UI test"))
         if uid == uidnext:
             return uidvalidity, uid
@@ -742,8 +744,6 @@ def test_a_quarantined_mail_released_from_the_page_is_processed(
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    if not (REPO / "include" / "mail_ledger.py").exists():
-        pytest.skip("needs the mail ledger (include/mail_ledger.py, issue #9): its release does the work")
     _wait_for_sweep_rows()
     import sqlite3
 

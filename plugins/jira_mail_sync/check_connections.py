@@ -45,9 +45,12 @@ def check_jira(conn_id: str = JIRA_CONN_ID) -> Check:
     )
 
 
-def check_imap(conn_id: str = IMAP_CONN_ID, mailbox: str = "INBOX") -> Check:
+def check_imap(
+    conn_id: str = IMAP_CONN_ID, mailbox: str = "INBOX", store_conn_id: str = STORE_CONN_ID
+) -> Check:
     """Log in as the tasks do (per `auth_type`: password, XOAUTH2 or OAUTHBEARER with a fresh token) and
-    EXAMINE `mailbox` read-only: its UIDVALIDITY and unseen count (nothing is flagged)."""
+    EXAMINE `mailbox` read-only: its UIDVALIDITY, its unseen count (nothing is flagged) and how many
+    of its messages the mail ledger in the store holds back."""
     import imaplib
 
     from include.imap_inbox import ImapError
@@ -59,7 +62,8 @@ def check_imap(conn_id: str = IMAP_CONN_ID, mailbox: str = "INBOX") -> Check:
         sender_auth = hook.sender_auth()  # a wrong extra is reported before any login
         with hook.inbox(mailbox) as inbox:
             uidvalidity = inbox.open(readonly=True)
-            unseen = len(inbox.unseen_uids(limit=2**31))
+            # Every unseen message, keyword or not: the mail ledger, not a label, decides what is held.
+            unseen = len(inbox.unseen_uids(limit=2**31, exclude_keyword=None))
     except (ImapLoginError, ImapLoginUnavailable) as exc:  # already worded as what to fix
         return False, str(exc)
     except (ImapError, OSError, ValueError, imaplib.IMAP4.error) as exc:
@@ -71,8 +75,23 @@ def check_imap(conn_id: str = IMAP_CONN_ID, mailbox: str = "INBOX") -> Check:
         checked = f"; senders checked by DKIM ({', '.join(sender_auth.trusted_dkim_domains)})"
     return True, (
         f"{mailbox}: logged in ({hook.auth_type}), UIDVALIDITY {uidvalidity}, "
-        f"{unseen} unseen message(s) not labelled rejected{checked}"
+        f"{unseen} unseen message(s); {_held_back(store_conn_id, mailbox, uidvalidity)}{checked}"
     )
+
+
+def _held_back(store_conn_id: str, mailbox: str, uidvalidity: int) -> str:
+    """The mail ledger's held-back counts for this generation of `mailbox`, read without creating anything."""
+    from include.mail_ledger import HELD_STATES, count_by_state
+    from jira_mail_sync.hooks.ticket_store import TicketStoreHook
+
+    try:
+        with TicketStoreHook(store_conn_id).connect() as (conn, dialect):
+            counts = count_by_state(conn, dialect, mailbox=mailbox, uidvalidity=uidvalidity)
+    except Exception as exc:  # any DB-API driver's error, or a missing connection
+        # The mailbox itself is fine; the store's own check says what is wrong with the store. Only the
+        # error's type here: a driver's message may carry the host or the login.
+        return f"the mail ledger on {store_conn_id} could not be read ({type(exc).__name__})"
+    return "held back by the mail ledger: " + ", ".join(f"{counts[state]} {state}" for state in HELD_STATES)
 
 
 def check_store(conn_id: str = STORE_CONN_ID) -> Check:
@@ -103,7 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     checks: dict[str, tuple[str, Callable[[], Check]]] = {
         "jira": (args.jira_conn_id, lambda: check_jira(args.jira_conn_id)),
-        "imap": (args.imap_conn_id, lambda: check_imap(args.imap_conn_id, args.mailbox)),
+        "imap": (
+            args.imap_conn_id,
+            lambda: check_imap(args.imap_conn_id, args.mailbox, args.store_conn_id),
+        ),
         "store": (args.store_conn_id, lambda: check_store(args.store_conn_id)),
     }
     failed = False

@@ -64,6 +64,13 @@ class DagRunResult:
             return {(r.task_id, r.map_index): len(str(r.value).encode()) for r in rows}
 
 
+@pytest.fixture
+def inbox_env(airflow_db, imap_conn_env, jira_standin, jira_conn_env, store_conn_env):
+    """All a jira_inbox run needs: the metadata database, and imap_default, jira_default and jira_store
+    pointing at real Dovecot, the Jira stand-in and the store; (IMAP account, stand-in, store backend)."""
+    return imap_conn_env, jira_standin, store_conn_env
+
+
 def airflow_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """Run the `airflow` CLI in a subprocess with this session's environment (home, connections)."""
     return subprocess.run(
