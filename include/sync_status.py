@@ -119,9 +119,11 @@ def inbox_figures(
     """Unseen mail waiting for `jira_inbox` and the age of the oldest: one EXAMINE, one SEARCH, one FETCH.
 
     `held(uidvalidity, uids)` names the UIDs the mail ledger holds back; they are not counted as waiting.
+    Keywords count for nothing, as in the sensor: a mail labelled `$JiraRejected` that the ledger
+    does not hold (labelled before the ledger existed, say) is taken by the next run, so it waits.
     """
     uidvalidity = inbox.open(readonly=True)
-    unseen = inbox.unseen_uids(limit=max_uids)
+    unseen = inbox.unseen_uids(limit=max_uids, exclude_keyword=None)
     held_back: set[int] = set()
     if held is not None and unseen:
         held_back = held(uidvalidity, unseen)
