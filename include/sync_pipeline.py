@@ -15,7 +15,7 @@ from typing import Any
 
 from include.imap_inbox import REJECTED_KEYWORD, ImapError, Inbox, PeekedMessage
 from include.isolating_fetch import fetch_isolating
-from include.jira_cloud import JiraCloudClient, JiraRequestError, ticket_details
+from include.jira_cloud import JiraCloudClient, JiraError, JiraRequestError, JiraUnavailable, ticket_details
 from include.jira_mail import HEADERS_TOO_LARGE, ParsedMail, parse_message
 from include.names import CHANGE_FEED_MAX_KEYS
 from include.sender_auth import UNAUTHENTICATED_SENDER, SenderAuthPolicy
@@ -189,8 +189,8 @@ def fetch_batch(
     include.isolating_fetch; it raises only when Jira does not answer this account at all.
     Each key the bulk fetch left out is asked for on its own: a 404 confirms it gone (`not_found`,
     which the store marks deleted_at), an answer under another key is a move (the ticket carries its
-    old key in `moved_from`). A transport error raises (Airflow retries): it never makes a ticket
-    gone; a request Jira refuses for that one key fails only that key.
+    old key in `moved_from`). An error on that GET never makes a ticket gone: it fails only that key
+    while Jira answers this account (GET /myself), and raises for Airflow to retry when it does not.
     """
     fetched_at = datetime.now(UTC)
     fields = (*TICKET_FIELDS, *extra_fields)
@@ -203,6 +203,15 @@ def fetch_batch(
         try:
             missing = client.look_up_missing([old_key], fields)
         except JiraRequestError as exc:
+            result["failed"][old_key] = f"{type(exc).__name__}: {exc}"
+            continue
+        except JiraUnavailable as exc:
+            # As in the isolation: the key is blamed only while Jira answers this account, else the
+            # task fails and Airflow retries it. Either way nothing is marked gone.
+            try:
+                client.myself()
+            except JiraError:
+                raise exc from None
             result["failed"][old_key] = f"{type(exc).__name__}: {exc}"
             continue
         gone.extend(missing.gone)

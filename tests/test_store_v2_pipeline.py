@@ -79,12 +79,32 @@ def test_a_hidden_ticket_is_marked_gone_and_cleared_when_visible_again(jira_stan
     assert summary["changed"] == ["ABC-1"]
 
 
-def test_a_transport_error_on_the_confirming_get_marks_nothing_gone(jira_standin, client, store):
+def test_a_confirming_get_that_keeps_failing_fails_only_its_key_and_marks_nothing_gone(
+    jira_standin, client, store
+):
+    conn, dialect = store
+    for key in ("ABC-1", "ABC-2"):
+        jira_standin.add_issue(key, summary="s", updated=T0)
+    sync(client, store, ["ABC-1"], source="sweep")
+    jira_standin.remove_issue("ABC-1")
+    jira_standin.inject_fault(503, count=50, path_prefix="/rest/api/3/issue/ABC-1")
+
+    batch = fetch_batch(client, ["ABC-1", "ABC-2"])
+    store_batches(conn, dialect, [batch], source="inbox", fetched_at=datetime.now(UTC))
+
+    assert list(batch["failed"]) == ["ABC-1"] and "JiraUnavailable" in batch["failed"]["ABC-1"]
+    assert batch["not_found"] == []
+    assert get_ticket(conn, dialect, "ABC-1")["deleted_at"] is None
+    assert get_ticket(conn, dialect, "ABC-2") is not None
+
+
+def test_a_confirming_get_fails_the_batch_when_jira_does_not_answer_at_all(jira_standin, client, store):
     conn, dialect = store
     jira_standin.add_issue("ABC-1", summary="s", updated=T0)
     sync(client, store, ["ABC-1"], source="sweep")
     jira_standin.remove_issue("ABC-1")
     jira_standin.inject_fault(503, count=5, path_prefix="/rest/api/3/issue/ABC-1")
+    jira_standin.inject_fault(503, count=50, path_prefix="/rest/api/3/myself")
 
     with pytest.raises(JiraUnavailable):
         sync(client, store, ["ABC-1"])
