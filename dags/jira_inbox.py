@@ -42,6 +42,8 @@ from jira_mail_sync.inbox_tasks import extract_ticket_keys, mark_mail_seen, repo
 from jira_mail_sync.sensors.unseen_mail import UnseenJiraMailSensor
 from jira_mail_sync.ticket_tasks import fetch_tickets, store_tickets
 
+from include.mail_ledger import DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_DELAY, MAX_RETRY_DELAY
+
 
 @dag(
     dag_id=Path(__file__).stem,
@@ -92,7 +94,7 @@ from jira_mail_sync.ticket_tasks import fetch_tickets, store_tickets
             section="Mail",
         ),
         "max_attempts": Param(
-            5,
+            DEFAULT_MAX_ATTEMPTS,
             type="integer",
             minimum=1,
             maximum=100,
@@ -104,10 +106,10 @@ from jira_mail_sync.ticket_tasks import fetch_tickets, store_tickets
             section="Mail ledger",
         ),
         "retry_delay_minutes": Param(
-            5,
+            DEFAULT_RETRY_DELAY // timedelta(minutes=1),
             type="number",
             minimum=0,
-            maximum=360,
+            maximum=MAX_RETRY_DELAY // timedelta(minutes=1),
             title="First retry delay (minutes)",
             description=(
                 "How long a failed message waits before its next try; the wait doubles with each "
