@@ -45,6 +45,8 @@ STATES = ("rejected", "failed", "quarantined", "settled")
 HELD_STATES = ("rejected", "failed", "quarantined")
 RELEASABLE_STATES = HELD_STATES
 SUBJECT_MAX = 200
+# An address is at most 254 characters (RFC 5321); with a display name, a From stays within this.
+SENDER_MAX = 320
 REASON_MAX = 500
 DEFAULT_MAX_ATTEMPTS = 5
 DEFAULT_RETRY_DELAY = timedelta(minutes=5)
@@ -123,7 +125,8 @@ def _moment(value: datetime, dialect: str) -> Any:
     return timestamp_param(value, dialect, "a ledger timestamp")
 
 
-def _bounded(value: Any, limit: int) -> str | None:
+def bounded_text(value: Any, limit: int) -> str | None:
+    """`value` as text of at most `limit` characters, cut with an ellipsis; None stays None."""
     if value is None:
         return None
     text = str(value)
@@ -188,12 +191,12 @@ def _rows(
             mailbox,
             uidvalidity,
             uid,
-            _bounded(entry.get("message_id"), 998),  # RFC 5322's line limit bounds a Message-ID
-            _bounded(entry.get("sender"), 320),
-            _bounded(entry.get("subject"), SUBJECT_MAX),
+            bounded_text(entry.get("message_id"), 998),  # RFC 5322's line limit bounds a Message-ID
+            bounded_text(entry.get("sender"), SENDER_MAX),
+            bounded_text(entry.get("subject"), SUBJECT_MAX),
             _keys_json(entry.get("keys")),
             state,
-            _bounded(entry.get("reason"), REASON_MAX),
+            bounded_text(entry.get("reason"), REASON_MAX),
             (attempts or {}).get(uid, 0),
             (next_try or {}).get(uid),
             now,
@@ -316,7 +319,7 @@ def record_failures(
                 "attempts": attempts[uid],
                 "next_try_at": due[uid].isoformat() if uid in due else None,
                 "keys": list(entry.get("keys") or []),
-                "reason": _bounded(entry.get("reason"), REASON_MAX),
+                "reason": bounded_text(entry.get("reason"), REASON_MAX),
             }
         )
     return outcome

@@ -17,6 +17,7 @@ from include.imap_inbox import REJECTED_KEYWORD, ImapError, Inbox, PeekedMessage
 from include.isolating_fetch import fetch_isolating
 from include.jira_cloud import JiraCloudClient, JiraError, JiraRequestError, JiraUnavailable, ticket_details
 from include.jira_mail import HEADERS_TOO_LARGE, ParsedMail, parse_message
+from include.mail_ledger import SENDER_MAX, SUBJECT_MAX, bounded_text
 from include.names import CHANGE_FEED_MAX_KEYS
 from include.sender_auth import UNAUTHENTICATED_SENDER, SenderAuthPolicy
 from include.ticket_fields import TICKET_FIELDS
@@ -28,9 +29,8 @@ log = logging.getLogger(__name__)
 # body prefix, so one FETCH covers at most this many messages: at most ~160 MiB however hostile the
 # mail, ~10 MiB for typical Jira mail. A run of up to 500 messages costs one FETCH.
 PEEK_CHUNK = 500
-# What a message's ledger row keeps about it; bounded here already, since it travels in an XCom.
-_SUBJECT_MAX = 200
-_HEADER_MAX = 320
+# What a message's ledger row keeps about it is bounded here already, since it travels in an XCom.
+_MESSAGE_ID_MAX = 320
 
 
 @dataclass
@@ -47,18 +47,12 @@ class Extraction:
     retry_keys: list[str] = field(default_factory=list)
 
 
-def _bounded(value: str | None, limit: int) -> str | None:
-    if value is None:
-        return None
-    return value if len(value) <= limit else value[: limit - 1] + "…"
-
-
 def _about(uid: int, parsed: Any) -> dict[str, Any]:
     return {
         "uid": uid,
-        "message_id": _bounded(parsed.message_id, _HEADER_MAX),
-        "sender": _bounded(parsed.sender, _HEADER_MAX),
-        "subject": _bounded(parsed.subject, _SUBJECT_MAX),
+        "message_id": bounded_text(parsed.message_id, _MESSAGE_ID_MAX),
+        "sender": bounded_text(parsed.sender, SENDER_MAX),
+        "subject": bounded_text(parsed.subject, SUBJECT_MAX),
     }
 
 
