@@ -58,7 +58,8 @@ def _retries(client: JiraCloudClient, retries: int) -> Iterator[None]:
         client.max_retries = saved
 
 
-def _error_text(exc: BaseException) -> str:
+def error_text(exc: BaseException) -> str:
+    """How a key's failure is reported (and kept in the mail ledger): the error's type and message."""
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -117,7 +118,7 @@ class _Isolation:
         while queue:
             group, group_error = queue.popleft()
             if len(group) == 1:
-                self.failed[group[0]] = _error_text(group_error)
+                self.failed[group[0]] = error_text(group_error)
                 continue
             middle = len(group) // 2
             for half in (group[:middle], group[middle:]):

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from include.imap_inbox import REJECTED_KEYWORD, ImapError, Inbox, PeekedMessage
-from include.isolating_fetch import fetch_isolating
+from include.isolating_fetch import error_text, fetch_isolating
 from include.jira_cloud import JiraCloudClient, JiraError, JiraRequestError, JiraUnavailable, ticket_details
 from include.jira_mail import HEADERS_TOO_LARGE, ParsedMail, parse_message
 from include.mail_ledger import SENDER_MAX, SUBJECT_MAX, bounded_text
@@ -197,7 +197,7 @@ def fetch_batch(
         try:
             missing = client.look_up_missing([old_key], fields)
         except JiraRequestError as exc:
-            result["failed"][old_key] = f"{type(exc).__name__}: {exc}"
+            result["failed"][old_key] = error_text(exc)
             continue
         except JiraUnavailable as exc:
             # As in the isolation: the key is blamed only while Jira answers this account, else the
@@ -206,7 +206,7 @@ def fetch_batch(
                 client.myself()
             except JiraError:
                 raise exc from None
-            result["failed"][old_key] = f"{type(exc).__name__}: {exc}"
+            result["failed"][old_key] = error_text(exc)
             continue
         gone.extend(missing.gone)
         for issue in missing.moved.values():
