@@ -12,12 +12,18 @@ never triggered, so every run is one the mode's schedule (or watcher) made.
    delivery to its row appearing in `jira_ticket` (the store is read every 0.25 s).
 2. Empty inbox: nothing is delivered for `--empty-minutes`; the runs started in that window are
    counted and scaled to an hour. The window is short of an hour, so the hourly figure is an
-   extrapolation, shown next to what the schedule itself allows.
+   extrapolation, shown next to what the schedule itself allows. The scheduler's CPU time over the
+   window (its process and children, from /proc via psutil) is what its idle loop costs.
+
+Variants (`--variants`): `idle` and `poll` run with the compose file's latency settings (the Celery
+worker's preload, jira_mail_sync.worker_preload, and a 0.2 s scheduler idle sleep);
+`idle-airflow-defaults` runs idle mode without them, so their effect is measured side by side.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import random
 import secrets
 import statistics
@@ -26,6 +32,8 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+import psutil
 
 from bench.report import write_section
 from devkit.dovecot import start_dovecot
@@ -37,16 +45,36 @@ from scripts.distributed.stack import DistributedStack, StackSettings
 
 WATCHING = "with IMAP IDLE"
 SCHEDULE_RUNS_PER_HOUR = {"idle": "6 (safety cron */10) + 1 per mail event", "poll": "60 (cron * * * * *)"}
+# variant -> (inbox mode, with the compose file's latency settings)
+VARIANTS = {
+    "idle": ("idle", True),
+    "poll": ("poll", True),
+    "idle-airflow-defaults": ("idle", False),
+}
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its living children."""
+    total = 0.0
+    with contextlib.suppress(psutil.NoSuchProcess):
+        root = psutil.Process(pid)
+        for proc in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                times = proc.cpu_times()
+                total += times.user + times.system
+    return total
 
 
 @dataclass
 class ModeResult:
+    variant: str
     mode: str
     latencies_s: list[float] = field(default_factory=list)
     lost: int = 0
     latency_runs: int = 0
     empty_runs: int = 0
     empty_minutes: float = 0.0
+    scheduler_cpu_s: float = 0.0
     start_s: float = 0.0
 
     def percentile(self, q: float) -> float:
@@ -65,17 +93,24 @@ def _runs_between(stack: DistributedStack, since: datetime, until: datetime) -> 
     )[0][0]
 
 
-def measure(mode: str, args: argparse.Namespace, gaps: list[float]) -> ModeResult:
-    result = ModeResult(mode)
+def measure(variant: str, args: argparse.Namespace, gaps: list[float]) -> ModeResult:
+    mode, latency_settings = VARIANTS[variant]
+    result = ModeResult(variant, mode)
     server = start_dovecot()
     jira = JiraStandin(LOOPBACK, 0, email="bench@example.com", api_token=secrets.token_hex(12))
     jira.start()
     mailbox = server.create_account()
-    root = Path(tempfile.mkdtemp(prefix=f"jms-bench-idle-{mode}-"))
+    root = Path(tempfile.mkdtemp(prefix=f"jms-bench-idle-{variant}-"))
     stack = DistributedStack(
         root,
         {IMAP_CONN_ID: mailbox.airflow_conn(), JIRA_CONN_ID: jira.airflow_conn()},
-        StackSettings(workers=1, worker_concurrency=4, jira_pool_slots=2, inbox_mode=mode),
+        StackSettings(
+            workers=1,
+            worker_concurrency=4,
+            jira_pool_slots=2,
+            inbox_mode=mode,
+            latency_settings=latency_settings,
+        ),
     )
     try:
         stack.start()
@@ -124,8 +159,12 @@ def measure(mode: str, args: argparse.Namespace, gaps: list[float]) -> ModeResul
 
         # Let the last run finish, then count runs over an empty inbox.
         time.sleep(args.settle_s)
+        scheduler = stack.components["scheduler"].process
+        assert scheduler is not None
         empty_began = datetime.now(UTC)
+        cpu_before = _cpu_seconds(scheduler.pid)
         time.sleep(args.empty_minutes * 60)
+        result.scheduler_cpu_s = _cpu_seconds(scheduler.pid) - cpu_before
         empty_ended = datetime.now(UTC)
         result.empty_runs = _runs_between(stack, empty_began, empty_ended)
         result.empty_minutes = (empty_ended - empty_began).total_seconds() / 60
@@ -141,38 +180,42 @@ def report(results: list[ModeResult], args: argparse.Namespace, command: str) ->
     rows = []
     for r in results:
         per_hour = r.empty_runs * 60 / r.empty_minutes if r.empty_minutes else float("nan")
+        cpu_per_min = r.scheduler_cpu_s / r.empty_minutes if r.empty_minutes else float("nan")
         rows.append(
-            f"| {r.mode} | {len(r.latencies_s)} (lost {r.lost}) | {r.percentile(50):.1f} s | {r.percentile(95):.1f} s | "
+            f"| {r.variant} | {len(r.latencies_s)} (lost {r.lost}) | {r.percentile(50):.1f} s | {r.percentile(95):.1f} s | "
             f"{max(r.latencies_s, default=float('nan')):.1f} s | {r.latency_runs} | {r.empty_runs} in {r.empty_minutes:.1f} min | "
-            f"{per_hour:.0f} | {SCHEDULE_RUNS_PER_HOUR[r.mode]} |"
+            f"{per_hour:.0f} | {SCHEDULE_RUNS_PER_HOUR[r.mode]} | {cpu_per_min:.1f} s |"
         )
     table = "\n".join(rows)
     return f"""## Idle vs poll: mail-to-row latency and empty-inbox runs (native Celery stack)
 
-Command: `{command}` (part of `make bench`). Both modes in one session, one after the other, each on a
+Command: `{command}` (part of `make bench`). All variants in one session, one after the other, each on a
 fresh native stack (PostgreSQL, Redis, api-server, scheduler, dag-processor, triggerer, one Celery
 worker with 4 slots) with a real Dovecot and the Jira stand-in. `jira_inbox` is only unpaused: every
-run is one the mode's schedule or the IDLE watcher started.
+run is one the mode's schedule or the IDLE watcher started. `idle` and `poll` run with the compose
+file's latency settings (the Celery worker imports `jira_mail_sync.worker_preload` once, so the task
+processes it forks start sooner; the scheduler's idle sleep is 0.2 s instead of 1 s);
+`idle-airflow-defaults` is idle mode without them.
 
 Latency: {args.mails} mails, one ticket each, delivered one at a time with gaps of
-{args.gap_min_s:.0f}–{args.gap_max_s:.0f} s (the same seeded gaps in both modes), from delivery
+{args.gap_min_s:.0f}–{args.gap_max_s:.0f} s (the same seeded gaps in every variant), from delivery
 into the Maildir to the row in `jira_ticket` (read every 0.25 s). Empty inbox: runs started in a
 window of {args.empty_minutes:.0f} minutes with nothing delivered, scaled to an hour (an
 extrapolation: the window is shorter than an hour; the schedule column says what the schedule
-allows).
+allows). Scheduler CPU: its process and children over that window, per minute.
 
-| mode | mails stored | p50 | p95 | max | runs during the latency phase | runs, empty inbox | → per hour | schedule allows per hour |
-|---|---:|---:|---:|---:|---:|---:|---:|---|
+| variant | mails stored | p50 | p95 | max | runs during the latency phase | runs, empty inbox | → per hour | schedule allows per hour | scheduler CPU per minute, empty inbox |
+|---|---:|---:|---:|---:|---:|---:|---:|---|---:|
 {table}
 
 Goals (issue #13): idle p50 ≤ 10 s; at most 6 empty-inbox runs an hour in idle mode, where poll makes 60.
-Stack start-up: {", ".join(f"{r.mode} {r.start_s:.0f} s" for r in results)}.
+Stack start-up: {", ".join(f"{r.variant} {r.start_s:.0f} s" for r in results)}.
 """
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--modes", default="idle,poll")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"of {', '.join(VARIANTS)}")
     parser.add_argument("--mails", type=int, default=20)
     parser.add_argument("--gap-min-s", type=float, default=5.0)
     parser.add_argument("--gap-max-s", type=float, default=15.0)
@@ -185,13 +228,18 @@ def main() -> None:
     rng = random.Random(args.seed)
     gaps = [rng.uniform(args.gap_min_s, args.gap_max_s) for _ in range(args.mails)]
     results = []
-    for mode in args.modes.split(","):
-        print(f"== {mode}", flush=True)
-        results.append(measure(mode.strip(), args, gaps))
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variant(s) {', '.join(unknown)}: choose from {', '.join(VARIANTS)}")
+    for variant in variants:
+        print(f"== {variant}", flush=True)
+        results.append(measure(variant, args, gaps))
         r = results[-1]
         print(
-            f"{mode}: p50 {r.percentile(50):.1f} s, p95 {r.percentile(95):.1f} s, lost {r.lost}, "
-            f"{r.latency_runs} runs for the mails, {r.empty_runs} runs in {r.empty_minutes:.1f} empty minutes",
+            f"{variant}: p50 {r.percentile(50):.1f} s, p95 {r.percentile(95):.1f} s, lost {r.lost}, "
+            f"{r.latency_runs} runs for the mails, {r.empty_runs} runs in {r.empty_minutes:.1f} empty minutes, "
+            f"scheduler CPU {r.scheduler_cpu_s:.1f} s",
             flush=True,
         )
     command = ".venv/bin/python -m bench.idle_latency"

@@ -41,7 +41,7 @@ RENEW_IDLE_S = 10 * 60.0
 POLL_WITHOUT_IDLE_S = 60.0
 # After a first change notice, more are collected for this long before searching: a burst of
 # deliveries then costs one search and one announcement, not one per message.
-SETTLE_S = 0.5
+SETTLE_S = 0.2
 SETTLE_MAX_S = 3.0
 # Reconnect delays: 2, 4, 8, ... s, capped, and reset once a session has been up this long.
 BACKOFF_FIRST_S = 2.0

@@ -43,6 +43,13 @@ HOSTNAME_CALLABLE = "scripts.distributed.hostname.component_hostname"
 ADMIN_USER = "admin"
 
 
+# The compose file's settings for the latency of a run (docker-compose.yaml says why):
+# the Celery worker imports the product once, so task processes it forks start sooner,
+CELERY_WORKER_PRELOAD = '{"imports": ["jira_mail_sync.worker_preload"]}'
+# and an idle scheduler looks for work five times a second instead of once.
+SCHEDULER_IDLE_SLEEP_S = "0.2"
+
+
 class StackError(RuntimeError):
     """A component did not come up or died; the message names it and carries the tail of its log."""
 
@@ -61,6 +68,9 @@ class StackSettings:
     airflow_settings: Mapping[str, str] = field(default_factory=dict)
     # [jira_mail_sync] inbox_mode: "idle" (IMAP IDLE watcher + safety cron) or "poll" (every minute).
     inbox_mode: str = "idle"
+    # The compose file's worker preload and scheduler idle sleep; False gives Airflow's defaults
+    # (bench/idle_latency.py measures both).
+    latency_settings: bool = True
 
 
 def _ledger_append(line: str) -> None:
@@ -284,6 +294,14 @@ class DistributedStack:
                 "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.home / "logs"),
                 "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
                 "AIRFLOW__JIRA_MAIL_SYNC__INBOX_MODE": self.settings.inbox_mode,
+                **(
+                    {
+                        "AIRFLOW__CELERY__EXTRA_CELERY_CONFIG": CELERY_WORKER_PRELOAD,
+                        "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": SCHEDULER_IDLE_SLEEP_S,
+                    }
+                    if self.settings.latency_settings
+                    else {}
+                ),
                 **self.settings.airflow_settings,
             },
         )
