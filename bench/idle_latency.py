@@ -17,7 +17,8 @@ never triggered, so every run is one the mode's schedule (or watcher) made.
 
 Variants (`--variants`): `idle` and `poll` run with the compose file's latency settings (the Celery
 worker's preload, jira_mail_sync.worker_preload, and a 0.2 s scheduler idle sleep);
-`idle-airflow-defaults` runs idle mode without them, so their effect is measured side by side.
+`idle-airflow-defaults` runs idle mode without them, so their effect is measured side by side;
+`idle-standalone` is idle mode under `airflow standalone` (what `make demo` runs), latency only.
 """
 
 from __future__ import annotations
@@ -42,14 +43,28 @@ from devkit.mail_factory import jira_notification
 from devkit.processes import LOOPBACK
 from include.names import IMAP_CONN_ID, JIRA_CONN_ID, TICKET_TABLE
 from scripts.distributed.stack import DistributedStack, StackSettings
+from scripts.distributed.standalone import StandaloneAirflow
 
 WATCHING = "with IMAP IDLE"
 SCHEDULE_RUNS_PER_HOUR = {"idle": "6 (safety cron */10) + 1 per mail event", "poll": "60 (cron * * * * *)"}
-# variant -> (inbox mode, with the compose file's latency settings)
+
+
+@dataclass(frozen=True)
+class Variant:
+    mode: str
+    # The compose file's latency settings (StackSettings.latency_settings), or Airflow's defaults.
+    latency_settings: bool = True
+    platform: type[DistributedStack] = DistributedStack
+    # Whether the empty-inbox phase runs: its run count depends on the mode alone.
+    empty_phase: bool = True
+
+
 VARIANTS = {
-    "idle": ("idle", True),
-    "poll": ("poll", True),
-    "idle-airflow-defaults": ("idle", False),
+    "idle": Variant("idle"),
+    "poll": Variant("poll"),
+    "idle-airflow-defaults": Variant("idle", latency_settings=False),
+    # What `make demo` runs: airflow standalone, LocalExecutor (the README's demo figure).
+    "idle-standalone": Variant("idle", platform=StandaloneAirflow, empty_phase=False),
 }
 
 
@@ -94,22 +109,22 @@ def _runs_between(stack: DistributedStack, since: datetime, until: datetime) -> 
 
 
 def measure(variant: str, args: argparse.Namespace, gaps: list[float]) -> ModeResult:
-    mode, latency_settings = VARIANTS[variant]
-    result = ModeResult(variant, mode)
+    spec = VARIANTS[variant]
+    result = ModeResult(variant, spec.mode)
     server = start_dovecot()
     jira = JiraStandin(LOOPBACK, 0, email="bench@example.com", api_token=secrets.token_hex(12))
     jira.start()
     mailbox = server.create_account()
     root = Path(tempfile.mkdtemp(prefix=f"jms-bench-idle-{variant}-"))
-    stack = DistributedStack(
+    stack = spec.platform(
         root,
         {IMAP_CONN_ID: mailbox.airflow_conn(), JIRA_CONN_ID: jira.airflow_conn()},
         StackSettings(
             workers=1,
             worker_concurrency=4,
             jira_pool_slots=2,
-            inbox_mode=mode,
-            latency_settings=latency_settings,
+            inbox_mode=spec.mode,
+            latency_settings=spec.latency_settings,
         ),
     )
     try:
@@ -122,7 +137,7 @@ def measure(variant: str, args: argparse.Namespace, gaps: list[float]) -> ModeRe
         for key in keys:
             jira.add_issue(key, summary=f"{key}: latency", status="To Do", updated=old)
         stack.rest.set_paused("jira_inbox", False)
-        if mode == "idle":
+        if spec.mode == "idle":
             deadline = time.monotonic() + 120
             while WATCHING not in stack.component_log("triggerer"):
                 if time.monotonic() > deadline:
@@ -157,17 +172,18 @@ def measure(variant: str, args: argparse.Namespace, gaps: list[float]) -> ModeRe
         ended = datetime.now(UTC)
         result.latency_runs = _runs_between(stack, began, ended)
 
-        # Let the last run finish, then count runs over an empty inbox.
-        time.sleep(args.settle_s)
-        scheduler = stack.components["scheduler"].process
-        assert scheduler is not None
-        empty_began = datetime.now(UTC)
-        cpu_before = _cpu_seconds(scheduler.pid)
-        time.sleep(args.empty_minutes * 60)
-        result.scheduler_cpu_s = _cpu_seconds(scheduler.pid) - cpu_before
-        empty_ended = datetime.now(UTC)
-        result.empty_runs = _runs_between(stack, empty_began, empty_ended)
-        result.empty_minutes = (empty_ended - empty_began).total_seconds() / 60
+        if spec.empty_phase:
+            # Let the last run finish, then count runs over an empty inbox.
+            time.sleep(args.settle_s)
+            scheduler = stack.components["scheduler"].process
+            assert scheduler is not None
+            empty_began = datetime.now(UTC)
+            cpu_before = _cpu_seconds(scheduler.pid)
+            time.sleep(args.empty_minutes * 60)
+            result.scheduler_cpu_s = _cpu_seconds(scheduler.pid) - cpu_before
+            empty_ended = datetime.now(UTC)
+            result.empty_runs = _runs_between(stack, empty_began, empty_ended)
+            result.empty_minutes = (empty_ended - empty_began).total_seconds() / 60
     finally:
         stack.stop()
         jira.stop()
@@ -180,7 +196,14 @@ def report(results: list[ModeResult], args: argparse.Namespace, command: str) ->
     rows = []
     for r in results:
         per_hour = r.empty_runs * 60 / r.empty_minutes if r.empty_minutes else float("nan")
-        cpu_per_min = r.scheduler_cpu_s / r.empty_minutes if r.empty_minutes else float("nan")
+        if not r.empty_minutes:  # a latency-only variant
+            rows.append(
+                f"| {r.variant} | {len(r.latencies_s)} (lost {r.lost}) | {r.percentile(50):.1f} s | "
+                f"{r.percentile(95):.1f} s | {max(r.latencies_s, default=float('nan')):.1f} s | "
+                f"{r.latency_runs} | not measured | | {SCHEDULE_RUNS_PER_HOUR[r.mode]} | |"
+            )
+            continue
+        cpu_per_min = r.scheduler_cpu_s / r.empty_minutes
         rows.append(
             f"| {r.variant} | {len(r.latencies_s)} (lost {r.lost}) | {r.percentile(50):.1f} s | {r.percentile(95):.1f} s | "
             f"{max(r.latencies_s, default=float('nan')):.1f} s | {r.latency_runs} | {r.empty_runs} in {r.empty_minutes:.1f} min | "
@@ -195,7 +218,9 @@ worker with 4 slots) with a real Dovecot and the Jira stand-in. `jira_inbox` is 
 run is one the mode's schedule or the IDLE watcher started. `idle` and `poll` run with the compose
 file's latency settings (the Celery worker imports `jira_mail_sync.worker_preload` once, so the task
 processes it forks start sooner; the scheduler's idle sleep is 0.2 s instead of 1 s);
-`idle-airflow-defaults` is idle mode without them.
+`idle-airflow-defaults` is idle mode without them. `idle-standalone` is what `make demo` runs:
+`airflow standalone` (LocalExecutor, scheduler idle sleep 0.2 s, no Celery worker to preload), on
+the same PostgreSQL set-up; its empty-inbox phase is skipped (the schedule is idle mode's).
 
 Latency: {args.mails} mails, one ticket each, delivered one at a time with gaps of
 {args.gap_min_s:.0f}–{args.gap_max_s:.0f} s (the same seeded gaps in every variant), from delivery

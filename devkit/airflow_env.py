@@ -17,6 +17,12 @@ from devkit.processes import LOOPBACK
 REPO = Path(__file__).resolve().parents[1]
 DAG_IDS = ("jira_inbox", "jira_sweep")
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+# docker-compose.yaml's settings for the latency of a run (it says why; tests/test_worker_preload.py
+# keeps them equal): the Celery worker imports the product once, so the task processes it forks
+# start sooner,
+CELERY_WORKER_PRELOAD = '{"imports": ["jira_mail_sync.worker_preload"]}'
+# and an idle scheduler looks for work five times a second instead of once.
+SCHEDULER_IDLE_SLEEP_S = "0.2"
 
 
 def conn_env_name(conn_id: str) -> str:

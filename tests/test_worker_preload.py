@@ -7,7 +7,7 @@ import subprocess
 import sys
 import textwrap
 
-from scripts.distributed.stack import CELERY_WORKER_PRELOAD, SCHEDULER_IDLE_SLEEP_S
+from devkit.airflow_env import CELERY_WORKER_PRELOAD, SCHEDULER_IDLE_SLEEP_S
 from tests.stack_files import REPO, environment_of, services
 
 PRELOAD_MODULE = "jira_mail_sync.worker_preload"

@@ -1,9 +1,11 @@
-"""Idle mode on the native Celery stack: the triggerer's IMAP IDLE watcher wakes jira_inbox within seconds.
+"""Idle mode on two platforms: the triggerer's IMAP IDLE watcher wakes jira_inbox within seconds.
 
-One stack (scripts/distributed/stack.py, inbox_mode idle, one Celery worker), a real Dovecot and the
-Jira stand-in. jira_inbox is only unpaused, never triggered: every run here is made by the asset the
-watcher updates (or by the 10-minute safety cron). The module fixture runs the whole story once,
-in order, and each test checks one outcome of it:
+The platforms: the native Celery stack (scripts/distributed/stack.py, one Celery worker) and
+`airflow standalone` (scripts/distributed/standalone.py, LocalExecutor, what `make demo` runs), each
+in inbox_mode idle with a real Dovecot and the Jira stand-in. jira_inbox is only unpaused, never
+triggered: every run here is made by the asset the watcher updates (or by the 10-minute safety
+cron). The module fixture runs the whole story once per platform, in order, and each test checks
+one outcome of it:
 
 1. a mail arrives and its row is stored (timed);
 2. Dovecot restarts while the watcher is in IDLE, and the next mail is still stored;
@@ -37,6 +39,7 @@ from scripts.distributed.stack import (
     StackSettings,
     record_process_group,
 )
+from scripts.distributed.standalone import StandaloneAirflow
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -45,10 +48,12 @@ BURST = 500
 BURST_KEYS = [f"BUR-{n}" for n in range(1, 101)]  # 5 mails per key
 SINGLE_KEYS = ["IDL-1", "IDL-2", "IDL-3"]
 STORE_TIMEOUT_S = 120.0
+PLATFORMS = {"celery": DistributedStack, "standalone": StandaloneAirflow}
 
 
 @dataclass
 class IdleStory:
+    platform: str
     stack: DistributedStack
     mailbox: ImapAccount
     latencies_s: dict[str, float] = field(default_factory=dict)
@@ -87,19 +92,22 @@ def _runs_started_since(stack: DistributedStack, since: datetime) -> int:
     )[0][0]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=list(PLATFORMS))
 def idle_story(
+    request: pytest.FixtureRequest,
     dovecot_server: DovecotServer,
     tmp_path_factory: pytest.TempPathFactory,
     measurements: dict[str, float | int],
 ) -> Iterator[IdleStory]:
+    platform = request.param
     jira = JiraStandin(LOOPBACK, 0, email="idle-bot@example.com", api_token=secrets.token_hex(12))
     jira.start()
     mailbox = dovecot_server.create_account()
     root_env = os.environ.get("JMS_DISTRIBUTED_ROOT")
-    root = (Path(root_env) / "idle") if root_env else tmp_path_factory.mktemp("distributed-idle")
+    name = f"idle-{platform}"
+    root = (Path(root_env) / name) if root_env else tmp_path_factory.mktemp(name)
     root.mkdir(parents=True, exist_ok=True)
-    stack = DistributedStack(
+    stack = PLATFORMS[platform](
         root,
         {IMAP_CONN_ID: mailbox.airflow_conn(), JIRA_CONN_ID: jira.airflow_conn()},
         StackSettings(workers=1, worker_concurrency=4, jira_pool_slots=2, inbox_mode="idle"),
@@ -108,9 +116,9 @@ def idle_story(
         try:
             stack.start()
         except StackError as exc:
-            service_unavailable(f"The distributed stack did not come up (logs in {root}):\n{exc}")
-        measurements["idle stack start"] = stack.timings["start_total_s"]
-        yield _tell(stack, jira, dovecot_server, mailbox, measurements)
+            service_unavailable(f"The {platform} platform did not come up (logs in {root}):\n{exc}")
+        measurements[f"idle mode, {platform}: start"] = stack.timings["start_total_s"]
+        yield _tell(platform, stack, jira, dovecot_server, mailbox, measurements)
     finally:
         stack.stop()
         jira.stop()
@@ -118,6 +126,7 @@ def idle_story(
 
 
 def _tell(
+    platform: str,
     stack: DistributedStack,
     jira: JiraStandin,
     server: DovecotServer,
@@ -125,7 +134,7 @@ def _tell(
     measurements: dict[str, float | int],
 ) -> IdleStory:
     assert stack.rest is not None
-    story = IdleStory(stack, mailbox)
+    story = IdleStory(platform, stack, mailbox)
     site = jira.url.split("://", 1)[1].split(":", 1)[0]
     old = datetime.now(UTC) - timedelta(days=1)
     for key in SINGLE_KEYS + BURST_KEYS:
@@ -181,8 +190,8 @@ def _tell(
     ):
         story.runs_by_type[run_type] = count
     for label, seconds in story.latencies_s.items():
-        measurements[f"idle mode: {label}"] = seconds
-    measurements["idle mode: runs for the 500-mail burst"] = story.burst_runs
+        measurements[f"idle mode, {platform}: {label}"] = seconds
+    measurements[f"idle mode, {platform}: runs for the 500-mail burst"] = story.burst_runs
     return story
 
 

@@ -28,7 +28,12 @@ from urllib.parse import quote
 import psycopg
 import requests
 
-from devkit.airflow_env import DAG_IDS, airflow_env
+from devkit.airflow_env import (
+    CELERY_WORKER_PRELOAD,
+    DAG_IDS,
+    SCHEDULER_IDLE_SLEEP_S,
+    airflow_env,
+)
 from devkit.airflow_rest import AirflowRest
 from devkit.postgres import PostgresDatabase, PostgresServer, PostgresStartError, start_postgres
 from devkit.processes import LOOPBACK, free_port, log_tail, spawn, stop_process_groups
@@ -41,13 +46,6 @@ log = logging.getLogger(__name__)
 LEDGER_ENV = "JMS_PROCESS_LEDGER"
 HOSTNAME_CALLABLE = "scripts.distributed.hostname.component_hostname"
 ADMIN_USER = "admin"
-
-
-# The compose file's settings for the latency of a run (docker-compose.yaml says why):
-# the Celery worker imports the product once, so task processes it forks start sooner,
-CELERY_WORKER_PRELOAD = '{"imports": ["jira_mail_sync.worker_preload"]}'
-# and an idle scheduler looks for work five times a second instead of once.
-SCHEDULER_IDLE_SLEEP_S = "0.2"
 
 
 class StackError(RuntimeError):
@@ -381,15 +379,7 @@ class DistributedStack:
         self.rest = AirflowRest(self.api_url, ADMIN_USER, self._admin_password)
         launched = self.timings["airflow_launch_at"]
         deadline = launched + self.settings.start_timeout_s
-        pending: dict[str, Callable[[], bool]] = {
-            "pools-set": lambda: self.components["pools-set"].exit_status == 0,
-            "api-server": self._api_healthy,
-            "scheduler": lambda: self._health_of("scheduler"),
-            "triggerer": lambda: self._health_of("triggerer"),
-            "dag-processor": lambda: self._health_of("dag_processor"),
-            "workers": self._workers_answer,
-            "dags": self._dags_serialized,
-        }
+        pending = self._readiness_checks()
         while pending:
             self._check_alive(allow_exit=("pools-set",))
             for name, ready in list(pending.items()):
@@ -400,6 +390,17 @@ class DistributedStack:
                 raise StackError(self._not_ready_message(sorted(pending)))
             time.sleep(0.5)
         self._check_import_errors()
+
+    def _readiness_checks(self) -> dict[str, Callable[[], bool]]:
+        return {
+            "pools-set": lambda: self.components["pools-set"].exit_status == 0,
+            "api-server": self._api_healthy,
+            "scheduler": lambda: self._health_of("scheduler"),
+            "triggerer": lambda: self._health_of("triggerer"),
+            "dag-processor": lambda: self._health_of("dag_processor"),
+            "workers": self._workers_answer,
+            "dags": self._dags_serialized,
+        }
 
     def _not_ready_message(self, waiting: list[str]) -> str:
         logs = {
@@ -414,10 +415,10 @@ class DistributedStack:
         parts = [f"not ready after {self.settings.start_timeout_s:.0f} s: {', '.join(waiting)}"]
         if self._health:
             parts.append(f"last /api/v2/monitor/health: {json.dumps(self._health)}")
-        for name in waiting:
-            for component_name in logs[name]:
-                component = self.components[component_name]
-                parts.append(f"--- last lines of {component.log_path} ---\n{component.log_tail()}")
+        shown = [c for name in waiting for c in logs.get(name, []) if c in self.components]
+        for component_name in dict.fromkeys(shown or self.components):
+            component = self.components[component_name]
+            parts.append(f"--- last lines of {component.log_path} ---\n{component.log_tail()}")
         return "\n".join(parts)
 
     def _api_healthy(self) -> bool:
