@@ -41,7 +41,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 # Only the standard library at the top: `stop` must work without .venv (see scripts/demo.sh).
-from devkit.airflow_env import DAG_IDS, airflow_env  # noqa: E402
+from devkit.airflow_env import DAG_IDS, SCHEDULER_IDLE_SLEEP_S, airflow_env  # noqa: E402
 from devkit.processes import (  # noqa: E402
     LOOPBACK,
     free_port,
@@ -397,6 +397,8 @@ def _airflow_env(env: dict[str, str], state: dict[str, Any]) -> dict[str, str]:
             # Spelled out although it is the default: the demo shows the IMAP IDLE watcher, which
             # runs in the triggerer that `airflow standalone` starts.
             "AIRFLOW__JIRA_MAIL_SYNC__INBOX_MODE": "idle",
+            # As in docker-compose.yaml: each task of a run is scheduled sooner after the one before.
+            "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": SCHEDULER_IDLE_SLEEP_S,
         },
     )
 
