@@ -195,19 +195,19 @@ def measure(variant: str, args: argparse.Namespace, gaps: list[float]) -> ModeRe
 def report(results: list[ModeResult], args: argparse.Namespace, command: str) -> str:
     rows = []
     for r in results:
-        per_hour = r.empty_runs * 60 / r.empty_minutes if r.empty_minutes else float("nan")
+        measured = (
+            f"| {r.variant} | {len(r.latencies_s)} (lost {r.lost}) | {r.percentile(50):.1f} s | "
+            f"{r.percentile(95):.1f} s | {max(r.latencies_s, default=float('nan')):.1f} s | {r.latency_runs} |"
+        )
+        schedule = SCHEDULE_RUNS_PER_HOUR[r.mode]
         if not r.empty_minutes:  # a latency-only variant
-            rows.append(
-                f"| {r.variant} | {len(r.latencies_s)} (lost {r.lost}) | {r.percentile(50):.1f} s | "
-                f"{r.percentile(95):.1f} s | {max(r.latencies_s, default=float('nan')):.1f} s | "
-                f"{r.latency_runs} | not measured | | {SCHEDULE_RUNS_PER_HOUR[r.mode]} | |"
-            )
+            rows.append(f"{measured} not measured | | {schedule} | |")
             continue
+        per_hour = r.empty_runs * 60 / r.empty_minutes
         cpu_per_min = r.scheduler_cpu_s / r.empty_minutes
         rows.append(
-            f"| {r.variant} | {len(r.latencies_s)} (lost {r.lost}) | {r.percentile(50):.1f} s | {r.percentile(95):.1f} s | "
-            f"{max(r.latencies_s, default=float('nan')):.1f} s | {r.latency_runs} | {r.empty_runs} in {r.empty_minutes:.1f} min | "
-            f"{per_hour:.0f} | {SCHEDULE_RUNS_PER_HOUR[r.mode]} | {cpu_per_min:.1f} s |"
+            f"{measured} {r.empty_runs} in {r.empty_minutes:.1f} min | {per_hour:.0f} | {schedule} | "
+            f"{cpu_per_min:.1f} s |"
         )
     table = "\n".join(rows)
     return f"""## Idle vs poll: mail-to-row latency and empty-inbox runs (native Celery stack)

@@ -48,7 +48,7 @@ def test_the_preload_imports_every_product_module_a_dag_file_imports():
     assert "airflow.dag_processing.dagbag" in preloaded
 
 
-def test_the_preload_connects_to_nothing_and_reads_no_setting_of_ours():
+def test_the_preload_opens_no_connection():
     # Imported in the Celery worker before any task: it must not need a connection or a database.
     modules = _modules_after(
         f"""
