@@ -81,6 +81,10 @@ class SenderAuthPolicy:
 
     mode: str = MODE_NONE
     authserv_id: str | None = None
+    # Only the topmost header with the authserv-id is read, for servers that write all their
+    # verdicts in one header (Gmail, Microsoft 365, rspamd): then a header a sender writes right
+    # below it cannot join the block.
+    authserv_one_header: bool = False
     trusted_dkim_domains: tuple[str, ...] = DEFAULT_TRUSTED_DKIM_DOMAINS
     dkim_max_message_bytes: int = DEFAULT_DKIM_MAX_MESSAGE_BYTES
     dkim_dns_seconds: float = DEFAULT_DKIM_DNS_SECONDS
@@ -119,6 +123,7 @@ class SenderAuthPolicy:
         set) or ``dkim``. ``authserv_id``: the receiving server's id (the first word of its
         Authentication-Results, e.g. ``mx.google.com``). ``trusted_dkim_domains``: a JSON list or a
         comma-separated string (default ``mail-us.atlassian.net``). ``dkim_max_message_bytes``.
+        ``authserv_one_header``: true when the server writes all its verdicts in one header.
         ``dkim_dns_seconds``: the most time all DNS lookups for one mail may take together.
         """
         authserv_id = _text(extra.get("authserv_id"), "authserv_id")
@@ -133,6 +138,7 @@ class SenderAuthPolicy:
         return cls(
             mode=mode,
             authserv_id=authserv_id.lower() if authserv_id else None,
+            authserv_one_header=_flag(extra.get("authserv_one_header", False), "authserv_one_header"),
             trusted_dkim_domains=domains,
             dkim_max_message_bytes=max_bytes,
             dkim_dns_seconds=_seconds(extra.get("dkim_dns_seconds", DEFAULT_DKIM_DNS_SECONDS)),
@@ -145,6 +151,14 @@ def _text(value: Any, name: str) -> str | None:
     if not isinstance(value, str):
         raise ValueError(f"the IMAP connection's extra {name} must be a string, got {type(value).__name__}")
     return value.strip() or None
+
+
+def _flag(value: Any, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ValueError(f"the IMAP connection's extra {name} must be true or false, got {value!r}")
 
 
 def _seconds(value: Any, name: str = "dkim_dns_seconds") -> float:
@@ -214,7 +228,8 @@ def authentication_results_problem(
       write between their verdicts;
     - it ends at any other header (a "gap": Subject, DKIM-Signature, X-Anything), at an
       Authentication-Results with another authserv-id, and after a header that says ``none`` (the
-      server authenticated nothing, so nothing below is its verdict).
+      server authenticated nothing, so nothing below is its verdict);
+    - with ``policy.authserv_one_header``, it ends after its first header.
 
     Headers with the trusted id below the block are the sender's to write: they are ignored, and
     logged once per run. Within the block the topmost header that reports a method decides it
@@ -251,6 +266,7 @@ def authentication_results_problem(
                 decided[method] = reported
         if not results:
             said_none = ended = True
+        ended = ended or policy.authserv_one_header
     if ignored:
         _report_ignored_once(wanted, ignored)
     if not inside:
