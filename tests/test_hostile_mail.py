@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import dkim
 import pytest
 
 from devkit.dkim_signer import DkimSigner
@@ -240,3 +241,39 @@ def test_only_the_receiving_servers_own_block_of_authentication_results_lets_mai
             "dmarc without header.from"
         ]: f"unauthenticated_sender: {server} says dmarc=pass without header.from",
     }
+
+
+def test_mail_with_only_untrusted_dkim_signatures_is_recorded_without_any_dns_lookup(
+    airflow_db, imap_account, jira_standin, jira_conn_env, store_backend, monkeypatch
+):
+    # Issue 19's starvation case: 20 mails with 8 signatures each of d=slowN.attacker.example.
+    inbox_env(imap_account, store_backend, monkeypatch, sender_auth="dkim")
+    lookups: list[bytes] = []
+
+    def resolver_that_never_answers(name: bytes, timeout: float = 5) -> bytes | None:
+        lookups.append(name)
+        raise dkim.DnsTimeoutError(f"no answer within {timeout} s")
+
+    monkeypatch.setattr("include.sender_auth.dns_txt", resolver_that_never_answers)
+    signer = DkimSigner.generate(SIGNER, key_size=1024)
+    keys = [f"ABC-{n}" for n in range(1, 21)]
+    for key in keys:
+        jira_standin.add_issue(key, summary=key)
+    uids = []
+    for key in keys:
+        raw = jira_notification(key, site=SITE)
+        for n in range(8):
+            raw = signer.sign(raw, domain=f"slow{n}.attacker.example")
+        uids.append(imap_account.append(raw))
+
+    result = run_dag(load_dag("jira_inbox"), conf=TRUSTED)
+
+    assert result.state == "success", result.states
+    assert lookups == []
+    reasons = rejections(result)
+    assert sorted(reasons) == sorted(uids)
+    assert set(reasons.values()) == {
+        "unauthenticated_sender: no DKIM signature of a trusted domain (signed by "
+        "slow0.attacker.example, slow1.attacker.example, slow2.attacker.example)"
+    }
+    assert stored_keys(store_backend, keys) == []
