@@ -135,13 +135,14 @@ class SenderAuthPolicy:
             max_bytes = int(max_bytes)
         except (TypeError, ValueError):
             raise ValueError(f"dkim_max_message_bytes must be a whole number, got {max_bytes!r}") from None
+        dns_seconds = _seconds(extra.get("dkim_dns_seconds", DEFAULT_DKIM_DNS_SECONDS), "dkim_dns_seconds")
         return cls(
             mode=mode,
             authserv_id=authserv_id.lower() if authserv_id else None,
             authserv_one_header=_flag(extra.get("authserv_one_header", False), "authserv_one_header"),
             trusted_dkim_domains=domains,
             dkim_max_message_bytes=max_bytes,
-            dkim_dns_seconds=_seconds(extra.get("dkim_dns_seconds", DEFAULT_DKIM_DNS_SECONDS)),
+            dkim_dns_seconds=dns_seconds,
         )
 
 
@@ -161,7 +162,7 @@ def _flag(value: Any, name: str) -> bool:
     raise ValueError(f"the IMAP connection's extra {name} must be true or false, got {value!r}")
 
 
-def _seconds(value: Any, name: str = "dkim_dns_seconds") -> float:
+def _seconds(value: Any, name: str) -> float:
     try:
         seconds = float(value) if not isinstance(value, bool) else None
     except (TypeError, ValueError):
@@ -370,7 +371,7 @@ def dkim_problem(message: bytes, fields: Sequence[tuple[str, str]], policy: Send
     problems: list[str] = []
     for index in trusted[:MAX_DKIM_SIGNATURES]:
         if lookups.used_up:
-            problems.append(f"DNS lookups took the whole {policy.dkim_dns_seconds:g} s allowed for one mail")
+            problems.append(_dns_time_used_up(policy))
             break
         problem = _one_signature_problem(message, index, policy, lookups)
         if problem is None:
@@ -414,6 +415,10 @@ class _DnsTimeUsedUp(Exception):
     """Raised in place of a lookup once a mail's DNS time is spent."""
 
 
+def _dns_time_used_up(policy: SenderAuthPolicy) -> str:
+    return f"DNS lookups took the whole {policy.dkim_dns_seconds:g} s allowed for one mail"
+
+
 def _one_signature_problem(
     message: bytes, index: int, policy: SenderAuthPolicy, lookups: _DnsBudget
 ) -> str | None:
@@ -424,7 +429,7 @@ def _one_signature_problem(
     try:
         valid = verifier.verify(idx=index, dnsfunc=lookups)
     except _DnsTimeUsedUp:
-        return f"DNS lookups took the whole {policy.dkim_dns_seconds:g} s allowed for one mail"
+        return _dns_time_used_up(policy)
     except dkim.DKIMException as exc:
         domain = _decoded(verifier.domain)
         return f"DKIM signature{f' of {domain}' if domain else ''} invalid ({_short(exc)})"
