@@ -4,7 +4,8 @@ The From header alone can be forged. Two ways to know more, chosen by the `imap_
 (see `SenderAuthPolicy.from_extras`):
 
 - ``authentication_results``: trust the verdicts that the receiving mail system wrote into
-  ``Authentication-Results`` (RFC 8601) under its own authserv-id. Parsed by the `authres` package.
+  ``Authentication-Results`` (RFC 8601) under its own authserv-id, in the topmost block of such
+  headers (the ones above anything the sender wrote). Parsed by the `authres` package.
 - ``dkim``: verify the message's DKIM signatures here, with dkimpy and DNS (tests inject the key
   lookup). This needs the whole message: a body hash over a prefix never matches.
 
