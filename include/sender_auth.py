@@ -4,7 +4,8 @@ The From header alone can be forged. Two ways to know more, chosen by the `imap_
 (see `SenderAuthPolicy.from_extras`):
 
 - ``authentication_results``: trust the verdicts that the receiving mail system wrote into
-  ``Authentication-Results`` (RFC 8601) under its own authserv-id. Parsed by the `authres` package.
+  ``Authentication-Results`` (RFC 8601) under its own authserv-id, in the topmost block of such
+  headers (the ones above anything the sender wrote). Parsed by the `authres` package.
 - ``dkim``: verify the message's DKIM signatures here, with dkimpy and DNS (tests inject the key
   lookup). This needs the whole message: a body hash over a prefix never matches.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +41,32 @@ DEFAULT_DKIM_MAX_MESSAGE_BYTES = 5 * 1024 * 1024
 # More Authentication-Results than this is no receiving system's doing; the rest are not read.
 MAX_AUTH_RESULTS_HEADERS = 32
 MAX_DKIM_SIGNATURES = 8
+# All DNS lookups for one mail's trusted signatures together: one slow key server must not hold a
+# run (dkimpy waits 5 s per lookup on its own, and a mail may carry MAX_DKIM_SIGNATURES signatures).
+DEFAULT_DKIM_DNS_SECONDS = 10.0
+
+# Header fields that a receiving hop writes in transit beside its verdicts, so they may sit between
+# the Authentication-Results of one receiving system: Infomaniak (fixture 04) writes dmarc, then
+# its border's Received, then dkim; Gmail (fixtures 06b, 07) writes ARC-*, Received and
+# Received-SPF around its own. Any other header is one the sender could have written: it ends the
+# block (see authentication_results_problem).
+TRACE_FIELDS = frozenset(
+    {
+        "received",
+        "x-received",
+        "received-spf",
+        "return-path",
+        "delivered-to",
+        "x-original-to",
+        "arc-seal",
+        "arc-message-signature",
+        "arc-authentication-results",
+    }
+)
+AUTHENTICATION_RESULTS = "authentication-results"
+# A signature covers one instance of each of these; a replay can add a second one that the
+# signature does not cover and that a reader may take instead (RFC 6376 §8.15).
+SINGLE_INSTANCE_FIELDS = ("From", "Subject", "Date", "To", "Message-ID")
 
 _DOMAIN = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+")
 # The authserv-id is the first token after optional comments (RFC 8601 §2.2): read by hand only to
@@ -54,10 +82,17 @@ class SenderAuthPolicy:
 
     mode: str = MODE_NONE
     authserv_id: str | None = None
+    # Only the topmost header with the authserv-id is read, for servers that write all their
+    # verdicts in one header (Gmail, Microsoft 365, rspamd): then a header a sender writes right
+    # below it cannot join the block.
+    authserv_one_header: bool = False
     trusted_dkim_domains: tuple[str, ...] = DEFAULT_TRUSTED_DKIM_DOMAINS
     dkim_max_message_bytes: int = DEFAULT_DKIM_MAX_MESSAGE_BYTES
+    dkim_dns_seconds: float = DEFAULT_DKIM_DNS_SECONDS
     # dkimpy's dnsfunc(name, timeout=...) -> TXT bytes or None; None means real DNS (dnspython).
     dns_txt: DnsTxt | None = None
+    # What the DNS time of one mail is measured with (tests give a simulated one).
+    clock: Callable[[], float] = time.monotonic
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -70,6 +105,8 @@ class SenderAuthPolicy:
             raise ValueError("sender_auth dkim needs at least one trusted_dkim_domains entry")
         if self.dkim_max_message_bytes < 1:
             raise ValueError("dkim_max_message_bytes must be positive")
+        if not self.dkim_dns_seconds > 0:
+            raise ValueError("dkim_dns_seconds must be a positive number of seconds")
 
     @property
     def enabled(self) -> bool:
@@ -87,6 +124,8 @@ class SenderAuthPolicy:
         set) or ``dkim``. ``authserv_id``: the receiving server's id (the first word of its
         Authentication-Results, e.g. ``mx.google.com``). ``trusted_dkim_domains``: a JSON list or a
         comma-separated string (default ``mail-us.atlassian.net``). ``dkim_max_message_bytes``.
+        ``authserv_one_header``: true when the server writes all its verdicts in one header.
+        ``dkim_dns_seconds``: the most time all DNS lookups for one mail may take together.
         """
         authserv_id = _text(extra.get("authserv_id"), "authserv_id")
         mode = _text(extra.get("sender_auth"), "sender_auth")
@@ -97,11 +136,14 @@ class SenderAuthPolicy:
             max_bytes = int(max_bytes)
         except (TypeError, ValueError):
             raise ValueError(f"dkim_max_message_bytes must be a whole number, got {max_bytes!r}") from None
+        dns_seconds = _seconds(extra.get("dkim_dns_seconds", DEFAULT_DKIM_DNS_SECONDS), "dkim_dns_seconds")
         return cls(
             mode=mode,
             authserv_id=authserv_id.lower() if authserv_id else None,
+            authserv_one_header=_flag(extra.get("authserv_one_header", False), "authserv_one_header"),
             trusted_dkim_domains=domains,
             dkim_max_message_bytes=max_bytes,
+            dkim_dns_seconds=dns_seconds,
         )
 
 
@@ -111,6 +153,24 @@ def _text(value: Any, name: str) -> str | None:
     if not isinstance(value, str):
         raise ValueError(f"the IMAP connection's extra {name} must be a string, got {type(value).__name__}")
     return value.strip() or None
+
+
+def _flag(value: Any, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ValueError(f"the IMAP connection's extra {name} must be true or false, got {value!r}")
+
+
+def _seconds(value: Any, name: str) -> float:
+    try:
+        seconds = float(value) if not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        seconds = None
+    if seconds is None or not 0 < seconds < float("inf"):
+        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    return seconds
 
 
 def trusted_domains(value: Any) -> tuple[str, ...]:
@@ -156,33 +216,62 @@ def _parse_results(value: str) -> tuple[str | None, list[Any] | None]:
 
 
 def authentication_results_problem(
-    values: Sequence[str], policy: SenderAuthPolicy, from_domain: str
+    fields: Sequence[tuple[str, str]], policy: SenderAuthPolicy, from_domain: str
 ) -> str | None:
     """None when the receiving server vouches for the mail, else what is missing (for the reason).
 
-    ``values`` are the message's Authentication-Results headers, topmost first. Only headers whose
-    authserv-id is the trusted one count. For each method the topmost such header that reports it
-    decides: a receiving server puts its own header above everything the sender wrote, so a forged
-    ``dkim=pass`` below the server's ``dkim=fail`` never counts. (One server may split its verdicts
-    over several headers, as Infomaniak does in fixture 04: dmarc in one, dkim in the next.)
-    Accepted: ``dkim=pass`` whose header.d (else header.i's domain) is a trusted signing domain, or
-    ``dmarc=pass`` for the From domain.
+    ``fields`` are the message's header fields as (lower-case name, value), topmost first. Only
+    the topmost *contiguous block* of Authentication-Results with the trusted authserv-id counts
+    (RFC 8601 §5: the receiving system's own, which sit above everything the sender wrote):
+
+    - it starts at the first header with that authserv-id (headers above it were written later,
+      inside your own mail system, and do not matter);
+    - it goes on across trace headers (``TRACE_FIELDS``: Received, ARC-*, ...) that receiving hops
+      write between their verdicts;
+    - it ends at any other header (a "gap": Subject, DKIM-Signature, X-Anything), at an
+      Authentication-Results with another authserv-id, and after a header that says ``none`` (the
+      server authenticated nothing, so nothing below is its verdict);
+    - with ``policy.authserv_one_header``, it ends after its first header.
+
+    Headers with the trusted id below the block are the sender's to write: they are ignored, and
+    logged once per run. Within the block the topmost header that reports a method decides it
+    (Infomaniak, fixture 04, splits dmarc and dkim over two headers of one block). Accepted:
+    ``dkim=pass`` whose header.d (else header.i's domain) is a trusted signing domain, or
+    ``dmarc=pass`` whose header.from is the From domain.
     """
     wanted = policy.authserv_id
     decided: dict[str, list[Any]] = {}
-    found = False
-    for value in values[:MAX_AUTH_RESULTS_HEADERS]:
+    said_none = False
+    inside = ended = False
+    ignored = 0
+    read = 0
+    for name, value in fields:
+        if name != AUTHENTICATION_RESULTS:
+            ended = ended or (inside and name not in TRACE_FIELDS)
+            continue
+        read += 1
+        if read > MAX_AUTH_RESULTS_HEADERS:
+            break
         claimed, results = _parse_results(value)
         if claimed != wanted:
+            ended = ended or inside
             continue
-        found = True
+        if ended:
+            ignored += 1
+            continue
         if results is None:
             return f"unreadable Authentication-Results from {wanted}"
+        inside = True
         for method in ("dkim", "dmarc"):
             reported = [result for result in results if (result.method or "").lower() == method]
             if reported and method not in decided:
                 decided[method] = reported
-    if not found:
+        if not results:
+            said_none = ended = True
+        ended = ended or policy.authserv_one_header
+    if ignored:
+        _report_ignored_once(wanted, ignored)
+    if not inside:
         return f"no Authentication-Results from {wanted}"
     seen: list[str] = []
     for result in decided.get("dkim", []):
@@ -194,10 +283,32 @@ def authentication_results_problem(
     for result in decided.get("dmarc", []):
         verdict = (result.result or "").lower()
         checked_from = _domain_of(_property(result, "header", "from"))
-        if verdict == "pass" and checked_from in (None, from_domain):
+        # Without header.from the verdict may be about any domain, the sender's own included.
+        if verdict == "pass" and checked_from == from_domain:
             return None
-        seen.append(f"dmarc={verdict}" + (f" header.from={checked_from}" if checked_from else ""))
-    return f"{wanted} says " + (", ".join(seen[:4]) if seen else "neither dkim nor dmarc")
+        checked = f"header.from={checked_from}" if checked_from else "without header.from"
+        seen.append(f"dmarc={verdict} {checked}")
+    if seen:
+        return f"{wanted} says " + ", ".join(seen[:4])
+    return f"{wanted} says " + ("none" if said_none else "neither dkim nor dmarc")
+
+
+# authserv-ids whose ignored headers this process has logged. Airflow 3 runs each task instance in
+# a process of its own, so once per process is once per run (and the CLI is one run).
+_REPORTED_IGNORED: set[str] = set()
+
+
+def _report_ignored_once(authserv_id: str | None, count: int) -> None:
+    key = authserv_id or ""
+    if key in _REPORTED_IGNORED:
+        return
+    _REPORTED_IGNORED.add(key)
+    log.warning(
+        "Ignored %d Authentication-Results claiming %s below the receiving server's own block: a sender "
+        "can write those (logged once per run; see README, sender authentication)",
+        count,
+        authserv_id,
+    )
 
 
 def _property(result: Any, kind: str, name: str) -> str | None:
@@ -222,11 +333,18 @@ def _module_dns_txt(name: bytes, timeout: float = 5) -> bytes | None:
     return dns_txt(name, timeout=timeout)
 
 
-def dkim_problem(message: bytes, policy: SenderAuthPolicy) -> str | None:
+def dkim_problem(message: bytes, fields: Sequence[tuple[str, str]], policy: SenderAuthPolicy) -> str | None:
     """None when a DKIM signature of a trusted domain verifies over the whole message, else why not.
 
-    A signature counts only if it signs the From header and has no ``l=`` body length (with ``l=``,
-    text appended after the signed length, such as more issue links, would go unverified).
+    ``fields`` are the header fields as the mail parser read them (lower-case name, value).
+    A mail with more than one From, Subject, Date, To or Message-ID is refused first, by the parser's
+    reading and by dkimpy's: a signature covers one of each, and a replayed copy with one more on top
+    would still verify while a reader takes the added one.
+
+    Only signatures whose ``d=`` is a trusted domain are verified, so an untrusted one never costs a
+    DNS lookup; the lookups of one mail share ``policy.dkim_dns_seconds`` between them. A signature
+    counts only if it signs the From header and has no ``l=`` body length (with ``l=``, text appended
+    after the signed length, such as more issue links, would go unverified).
     """
     import dkim
 
@@ -234,27 +352,85 @@ def dkim_problem(message: bytes, policy: SenderAuthPolicy) -> str | None:
         return f"message too large to verify its DKIM signature ({len(message)} bytes)"
     try:
         verifier = dkim.DKIM(message, logger=log)
+        names = [name.decode("ascii", "replace").strip().lower() for name, _ in verifier.headers]
         signatures = [value for name, value in verifier.headers if name.lower() == b"dkim-signature"]
     except Exception as exc:
         return f"unreadable message for DKIM ({type(exc).__name__})"
+    parsed_names = [name for name, _ in fields]
+    for field in SINGLE_INSTANCE_FIELDS:
+        count = max(names.count(field.lower()), parsed_names.count(field.lower()))
+        if count > 1:
+            return f"{count} {field} headers, where a signed mail has one (a copy with one added)"
     if not signatures:
         return "no DKIM signature"
+    domains = [_signing_domain(value) for value in signatures]
+    trusted = [index for index, domain in enumerate(domains) if domain in policy.trusted_dkim_domains]
+    if not trusted:
+        others = sorted({domain or "?" for domain in domains})
+        return "no DKIM signature of a trusted domain (signed by " + ", ".join(others[:3]) + ")"
+    lookups = _DnsBudget(policy.dns_txt or _module_dns_txt, policy.dkim_dns_seconds, policy.clock)
     problems: list[str] = []
-    for index in range(min(len(signatures), MAX_DKIM_SIGNATURES)):
-        problem = _one_signature_problem(message, index, policy)
+    for index in trusted[:MAX_DKIM_SIGNATURES]:
+        if lookups.used_up:
+            problems.append(_dns_time_used_up(policy))
+            break
+        problem = _one_signature_problem(message, index, policy, lookups)
         if problem is None:
             return None
         problems.append(problem)
     return "; ".join(problems[:3])
 
 
-def _one_signature_problem(message: bytes, index: int, policy: SenderAuthPolicy) -> str | None:
+def _signing_domain(signature: bytes) -> str | None:
+    """The d= of a DKIM-Signature value, read without any lookup; None when it has none readable."""
+    from dkim.util import parse_tag_value
+
+    try:
+        tags = parse_tag_value(signature)
+    except Exception:  # dkimpy's InvalidTagValueList, and whatever odd bytes provoke
+        return None
+    return _domain_of(_decoded(tags.get(b"d")))
+
+
+class _DnsBudget:
+    """dkimpy's dnsfunc over ``lookup``, giving each call only what is left of one mail's DNS time."""
+
+    def __init__(self, lookup: DnsTxt, seconds: float, clock: Callable[[], float]) -> None:
+        self._lookup = lookup
+        self._clock = clock
+        self._deadline = clock() + seconds
+
+    @property
+    def used_up(self) -> bool:
+        return self._clock() >= self._deadline
+
+    def __call__(self, name: bytes, timeout: float = 5) -> bytes | None:
+        left = self._deadline - self._clock()
+        if left <= 0:
+            # Not a DnsTimeoutError, which dkimpy would swallow into "does not verify".
+            raise _DnsTimeUsedUp()
+        return self._lookup(name, timeout=min(timeout, left))
+
+
+class _DnsTimeUsedUp(Exception):
+    """Raised in place of a lookup once a mail's DNS time is spent."""
+
+
+def _dns_time_used_up(policy: SenderAuthPolicy) -> str:
+    return f"DNS lookups took the whole {policy.dkim_dns_seconds:g} s allowed for one mail"
+
+
+def _one_signature_problem(
+    message: bytes, index: int, policy: SenderAuthPolicy, lookups: _DnsBudget
+) -> str | None:
     import dkim
 
     # A fresh DKIM object per signature: verify() leaves state (include_headers, domain) behind.
     verifier = dkim.DKIM(message, logger=log)
     try:
-        valid = verifier.verify(idx=index, dnsfunc=policy.dns_txt or _module_dns_txt)
+        valid = verifier.verify(idx=index, dnsfunc=lookups)
+    except _DnsTimeUsedUp:
+        return _dns_time_used_up(policy)
     except dkim.DKIMException as exc:
         domain = _decoded(verifier.domain)
         return f"DKIM signature{f' of {domain}' if domain else ''} invalid ({_short(exc)})"

@@ -7,7 +7,9 @@ the keys it names, labels it rejected with the right reason, and never marks it 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import dkim
 import pytest
 
 from devkit.dkim_signer import DkimSigner
@@ -20,6 +22,8 @@ TRUSTED = {"trusted_senders": [f"jira@{SITE}"]}
 HEADER_LIMIT = 64 * 1024
 SERVER = "mx.acme.test"
 SIGNER = "mail-us.atlassian.net"
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "jira-emails"
+DATE = "Tue, 12 Sep 2023 16:43:08 +0200"
 
 pytestmark = [pytest.mark.airflow, pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)]
 
@@ -167,3 +171,109 @@ def test_dkim_mode_verifies_the_whole_message_fetched_from_the_mailbox(
         "unauthenticated_sender: message too large to verify its DKIM signature"
     )
     assert sorted(reasons) == uids[1:]
+
+
+def test_only_the_receiving_servers_own_block_of_authentication_results_lets_mail_through(
+    airflow_db, imap_account, jira_standin, jira_conn_env, store_backend, monkeypatch
+):
+    # The real Infomaniak mail (fixture 04) and forged stacks under Infomaniak's authserv-id.
+    server = "mx.infomaniak.com"
+    inbox_env(imap_account, store_backend, monkeypatch, authserv_id=server)
+    real = (FIXTURES / "04_jira_cloud_fr_updated_status_multipart.eml").read_bytes()
+    border = f"Received: from mta.sparkpostmail.com by smtp-2-9000.mail.infomaniak.ch (Postfix); {DATE}"
+    forged_dkim = f"Authentication-Results: {server}; dkim=pass header.d={SIGNER}"
+    keys = ["FQA-123", "ABC-1", "ABC-2", "ABC-3", "ABC-4", "ABC-5"]
+    for key in keys:
+        jira_standin.add_issue(key, summary=key)
+
+    def mail(key: str, *headers: str) -> bytes:
+        return "".join(f"{header}\r\n" for header in headers).encode() + jira_notification(key, site=SITE)
+
+    uids = {
+        "real": imap_account.append(real),
+        # The border said it authenticated nothing; the pass right below is the sender's.
+        "dkim below none": imap_account.append(
+            mail("ABC-1", border, f"Authentication-Results: {server}; none", forged_dkim)
+        ),
+        # The sender's own headers (here X-Mailer) stand between the border's verdict and the forgery.
+        "dmarc below spf": imap_account.append(
+            mail(
+                "ABC-2",
+                border,
+                f"Authentication-Results: {server}; spf=pass smtp.mailfrom={SIGNER}",
+                "X-Mailer: Evil 1.0",
+                f"Authentication-Results: {server}; dmarc=pass header.from={SITE}",
+            )
+        ),
+        "gap header": imap_account.append(
+            mail("ABC-3", border, f"Authentication-Results: {server}; spf=pass", "X-Gap: 1", forged_dkim)
+        ),
+        "dmarc without header.from": imap_account.append(
+            mail("ABC-4", border, f"Authentication-Results: {server}; dmarc=pass")
+        ),
+        # The mirror image: the border's own pass on top, a sender's "none" and fail below the gap.
+        "pass above forged fail": imap_account.append(
+            mail(
+                "ABC-5",
+                border,
+                f"Authentication-Results: {server}; dkim=pass header.d={SIGNER}",
+                "X-Gap: 1",
+                f"Authentication-Results: {server}; none",
+                f"Authentication-Results: {server}; dkim=fail header.d={SIGNER}",
+            )
+        ),
+    }
+
+    conf = {"trusted_senders": [f"jira@{SITE}", "jira@infomaniak.atlassian.net"]}
+    result = run_dag(load_dag("jira_inbox"), conf=conf)
+
+    assert result.state == "success", result.states
+    assert stored_keys(store_backend, keys) == ["ABC-5", "FQA-123"]
+    named = {key for keys, _ in jira_standin.bulk_fetch_requests() for key in keys}
+    named |= {key for key in keys for r in jira_standin.requests if key in r.path or key in r.query}
+    assert "FQA-123" in named
+    assert named & {"ABC-1", "ABC-2", "ABC-3", "ABC-4"} == set()
+    assert rejections(result) == {
+        uids["dkim below none"]: f"unauthenticated_sender: {server} says none",
+        uids["dmarc below spf"]: f"unauthenticated_sender: {server} says neither dkim nor dmarc",
+        uids["gap header"]: f"unauthenticated_sender: {server} says neither dkim nor dmarc",
+        uids[
+            "dmarc without header.from"
+        ]: f"unauthenticated_sender: {server} says dmarc=pass without header.from",
+    }
+
+
+def test_mail_with_only_untrusted_dkim_signatures_is_recorded_without_any_dns_lookup(
+    airflow_db, imap_account, jira_standin, jira_conn_env, store_backend, monkeypatch
+):
+    # Issue 19's starvation case: 20 mails with 8 signatures each of d=slowN.attacker.example.
+    inbox_env(imap_account, store_backend, monkeypatch, sender_auth="dkim")
+    lookups: list[bytes] = []
+
+    def resolver_that_never_answers(name: bytes, timeout: float = 5) -> bytes | None:
+        lookups.append(name)
+        raise dkim.DnsTimeoutError(f"no answer within {timeout} s")
+
+    monkeypatch.setattr("include.sender_auth.dns_txt", resolver_that_never_answers)
+    signer = DkimSigner.generate(SIGNER, key_size=1024)
+    keys = [f"ABC-{n}" for n in range(1, 21)]
+    for key in keys:
+        jira_standin.add_issue(key, summary=key)
+    uids = []
+    for key in keys:
+        raw = jira_notification(key, site=SITE)
+        for n in range(8):
+            raw = signer.sign(raw, domain=f"slow{n}.attacker.example")
+        uids.append(imap_account.append(raw))
+
+    result = run_dag(load_dag("jira_inbox"), conf=TRUSTED)
+
+    assert result.state == "success", result.states
+    assert lookups == []
+    reasons = rejections(result)
+    assert sorted(reasons) == sorted(uids)
+    assert set(reasons.values()) == {
+        "unauthenticated_sender: no DKIM signature of a trusted domain (signed by "
+        "slow0.attacker.example, slow1.attacker.example, slow2.attacker.example)"
+    }
+    assert stored_keys(store_backend, keys) == []

@@ -181,6 +181,19 @@ def test_authserv_id_checks_the_receiving_servers_verdict():
     )
 
 
+def test_authserv_one_header_reads_only_the_servers_topmost_header():
+    # Infomaniak splits its verdicts: the topmost says dmarc=none, the dkim=pass is in the next one.
+    fixture = str(FIXTURES / "04_jira_cloud_fr_updated_status_multipart.eml")
+    site = ["--jira-url", "https://infomaniak.atlassian.net", "--authserv-id", "mx.infomaniak.com"]
+    result = run_cli(*site, "--authserv-one-header", fixture)
+    assert result.returncode == 0, result.stderr
+    refused = json.loads(result.stdout)
+    assert (refused["accepted"], refused["reason"]) == (
+        False,
+        "unauthenticated_sender: mx.infomaniak.com says dmarc=none header.from=infomaniak.atlassian.net",
+    )
+
+
 def test_a_wrong_sender_auth_option_is_a_usage_error():
     result = run_cli(
         "--jira-url", "https://acme.atlassian.net", "--sender-auth", "authentication_results", "x.eml"

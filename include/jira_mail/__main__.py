@@ -48,6 +48,11 @@ def build_argument_parser() -> argparse.ArgumentParser:
         help="none, authentication_results (default with --authserv-id) or dkim (verified here, over DNS)",
     )
     parser.add_argument(
+        "--authserv-one-header",
+        action="store_true",
+        help="the server writes all its verdicts in one Authentication-Results header: read only that one",
+    )
+    parser.add_argument(
         "--trusted-dkim-domain",
         action="append",
         default=[],
@@ -83,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             {
                 "authserv_id": args.authserv_id,
                 "sender_auth": args.sender_auth,
+                "authserv_one_header": args.authserv_one_header,
                 "trusted_dkim_domains": args.trusted_dkim_domain or None,
             }
         )

@@ -60,7 +60,15 @@ def split_header_block(view: memoryview, max_header_bytes: int) -> tuple[bytes, 
 
 
 def parse_headers(block: bytes) -> dict[str, list[str]]:
-    """Unfolded header values by lower-cased name; lines that are not headers are dropped.
+    """Unfolded header values by lower-cased name, each name's values in their order."""
+    headers: dict[str, list[str]] = {}
+    for name, value in header_fields(block):
+        headers.setdefault(name, []).append(value)
+    return headers
+
+
+def header_fields(block: bytes) -> list[tuple[str, str]]:
+    """The header fields as (lower-cased name, unfolded value), topmost first; non-header lines dropped.
 
     Done by hand rather than by the email package so that 8-bit bytes, NULs and malformed lines
     can never raise, and so that From is handed to getaddresses before any RFC 2047 decoding.
@@ -82,10 +90,7 @@ def parse_headers(block: bytes) -> dict[str, list[str]]:
             continue
         current = [value.lstrip(" \t")]
         fields.append((name.lower(), current))
-    headers: dict[str, list[str]] = {}
-    for name, pieces in fields:
-        headers.setdefault(name, []).append("".join(pieces))
-    return headers
+    return [(name, "".join(pieces)) for name, pieces in fields]
 
 
 def first_text(headers: dict[str, list[str]], name: str, limit: int, *, decode_words: bool) -> str | None:

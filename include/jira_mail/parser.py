@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from include.jira_mail.mime import (
     clean_text,
     first_text,
+    header_fields,
     parse_headers,
     split_header_block,
     text_parts,
@@ -237,7 +238,7 @@ def _parse(
     if not is_trusted_sender(sender, trusted_senders):
         return _rejected(f"untrusted_sender: {sender}", **context)
     if sender_auth is not None and sender_auth.enabled:
-        problem = _authentication_problem(view, headers, sender, sender_auth)
+        problem = _authentication_problem(view, header_block, sender, sender_auth)
         if problem is not None:
             return _rejected(f"{UNAUTHENTICATED_SENDER}: {problem}", **context)
 
@@ -345,12 +346,14 @@ def _sender(from_values: list[str]) -> tuple[str | None, str]:
 
 
 def _authentication_problem(
-    view: memoryview, headers: dict[str, list[str]], sender: str, policy: SenderAuthPolicy
+    view: memoryview, header_block: bytes, sender: str, policy: SenderAuthPolicy
 ) -> str | None:
+    # In order, across names: which Authentication-Results count depends on what sits between them.
+    fields = header_fields(header_block)
     if policy.needs_whole_message:
-        return dkim_problem(bytes(view[: policy.dkim_max_message_bytes + 1]), policy)
+        return dkim_problem(bytes(view[: policy.dkim_max_message_bytes + 1]), fields, policy)
     from_domain = sender.rpartition("@")[2]
-    return authentication_results_problem(headers.get("authentication-results", []), policy, from_domain)
+    return authentication_results_problem(fields, policy, from_domain)
 
 
 def _normalise_address(address: str) -> str | None:
