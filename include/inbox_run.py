@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -88,13 +88,7 @@ class TakenMessage:
     subject: str | None = None
 
     def ledger_entry(self) -> dict[str, Any]:
-        return {
-            "uid": self.uid,
-            "keys": list(self.keys),
-            "message_id": self.message_id,
-            "sender": self.sender,
-            "subject": self.subject,
-        }
+        return asdict(self) | {"keys": list(self.keys)}
 
 
 @dataclass(frozen=True)
@@ -108,13 +102,7 @@ class RejectedMessage:
     subject: str | None = None
 
     def ledger_entry(self) -> dict[str, Any]:
-        return {
-            "uid": self.uid,
-            "reason": self.reason,
-            "message_id": self.message_id,
-            "sender": self.sender,
-            "subject": self.subject,
-        }
+        return asdict(self)
 
 
 @dataclass
