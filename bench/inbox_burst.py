@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import imaplib
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -249,6 +250,8 @@ def main() -> None:
     from devkit.dovecot import start_dovecot
     from devkit.jira_standin import JiraStandin
 
+    # Other work on the machine slows the CPU-bound rows most: the table says how loaded it was.
+    load_before = os.getloadavg()[0]
     server = start_dovecot()
     jira = JiraStandin(email="bench@example.com", api_token="bench-token").start()
     try:
@@ -286,7 +289,9 @@ Command: `.venv/bin/python -m bench.inbox_burst` (part of `make bench`).
 
 Real Dovecot on loopback holding {MESSAGES:,} unseen Jira Cloud notification mails (~20 KB each) for
 {KEYS} distinct tickets; the Jira stand-in adds {LATENCY_S * 1000:.0f} ms to every request; SQLite store.
-Each pipeline runs in its own process against a fresh copy of the burst.
+Each pipeline runs in its own process against a fresh copy of the burst. The machine's 1-minute load
+average was {load_before:.1f} when the run started (on 2 cores: the CPU-bound "ours" rows slow most
+when it is high).
 
 | pipeline | wall time | Jira requests | IMAP commands | peak RSS | row writes | marked seen | mail-ledger statements |
 |---|---:|---:|---:|---:|---:|---:|---:|
