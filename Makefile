@@ -6,7 +6,7 @@ UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.synced
 LINT_PATHS := dags plugins include devkit tests tests_distributed bench scripts
 
-.PHONY: venv system-deps test test-distributed test-ui lint bench demo demo-stop lock clean
+.PHONY: venv system-deps test test-distributed test-ui fuzz lint bench demo demo-stop lock clean
 
 # .venv/ is created from the hash-pinned lock; it is re-synced whenever the lock changes.
 $(STAMP): requirements.txt requirements-bootstrap.txt
@@ -34,6 +34,13 @@ test-distributed: venv system-deps
 test-ui: venv system-deps
 	bash scripts/install_browser.sh
 	$(PY) -m pytest -m ui tests/test_ui_browser.py $(PYTEST_ARGS)
+
+# The whole-path fuzz test of hostile mail, longer: FUZZ_CASES per store backend (SQLite and
+# PostgreSQL), FUZZ_SEED to reproduce a run. `make test` runs it with 5000 cases and a fixed seed.
+FUZZ_CASES ?= 50000
+FUZZ_SEED ?= 20261207
+fuzz: venv system-deps
+	JMS_FUZZ_CASES=$(FUZZ_CASES) JMS_FUZZ_SEED=$(FUZZ_SEED) $(PY) -m pytest -s tests/test_mail_path_fuzz.py $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check $(LINT_PATHS)

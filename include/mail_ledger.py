@@ -22,6 +22,7 @@ UIDVALIDITY is part of the key and of every query.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -47,6 +48,8 @@ RELEASABLE_STATES = HELD_STATES
 SUBJECT_MAX = 200
 # An address is at most 254 characters (RFC 5321); with a display name, a From stays within this.
 SENDER_MAX = 320
+# RFC 5322's line limit bounds a Message-ID.
+MESSAGE_ID_MAX = 998
 REASON_MAX = 500
 DEFAULT_MAX_ATTEMPTS = 5
 DEFAULT_RETRY_DELAY = timedelta(minutes=5)
@@ -125,11 +128,21 @@ def _moment(value: datetime, dialect: str) -> Any:
     return timestamp_param(value, dialect, "a ledger timestamp")
 
 
+# What no store, XCom or log can hold: lone surrogates (UTF-8 cannot encode them, so sqlite3, psycopg
+# and msgpack raise UnicodeEncodeError) and NUL (PostgreSQL refuses it in text).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable_text(value: str) -> str:
+    """`value` with every code point that a store, an XCom or a log cannot hold replaced by U+FFFD."""
+    return _UNSTORABLE.sub("\ufffd", value)
+
+
 def bounded_text(value: Any, limit: int) -> str | None:
-    """`value` as text of at most `limit` characters, cut with an ellipsis; None stays None."""
+    """`value` as storable text of at most `limit` characters, cut with an ellipsis; None stays None."""
     if value is None:
         return None
-    text = str(value)
+    text = storable_text(str(value))
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -191,7 +204,7 @@ def _rows(
             mailbox,
             uidvalidity,
             uid,
-            bounded_text(entry.get("message_id"), 998),  # RFC 5322's line limit bounds a Message-ID
+            bounded_text(entry.get("message_id"), MESSAGE_ID_MAX),
             bounded_text(entry.get("sender"), SENDER_MAX),
             bounded_text(entry.get("subject"), SUBJECT_MAX),
             _keys_json(entry.get("keys")),

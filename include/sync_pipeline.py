@@ -1,177 +1,26 @@
-"""The steps both DAGs run, as plain functions over an IMAP inbox, a Jira client and a DB-API connection.
+"""The steps both DAGs share, as plain functions over a Jira client and a DB-API connection.
 
-The Airflow tasks in plugins/jira_mail_sync open those three from Airflow connections, call these
-functions and the Inbox's own methods, and shape the results for XCom; the benchmark and the tests
-drive exactly the same code.
+Fetching batches of tickets, storing them, and the change feed of the store's asset events. The
+Airflow tasks in plugins/jira_mail_sync open those from Airflow connections and call these
+functions; the benchmarks and the tests drive exactly the same code. The inbox's own steps are in
+include.inbox_run.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from include.imap_inbox import REJECTED_KEYWORD, ImapError, Inbox, PeekedMessage
 from include.isolating_fetch import error_text, fetch_isolating
 from include.jira_cloud import JiraCloudClient, JiraError, JiraRequestError, JiraUnavailable, ticket_details
-from include.jira_mail import HEADERS_TOO_LARGE, ParsedMail, parse_message
-from include.mail_ledger import SENDER_MAX, SUBJECT_MAX, bounded_text
 from include.names import CHANGE_FEED_MAX_KEYS
-from include.sender_auth import UNAUTHENTICATED_SENDER, SenderAuthPolicy
 from include.ticket_fields import TICKET_FIELDS
 from include.ticket_store import check_ticket, ensure_table, mark_gone, upsert_tickets
 
 log = logging.getLogger(__name__)
-
-# imaplib buffers a whole FETCH response, and each message costs up to 64 KiB of header plus 256 KiB of
-# body prefix, so one FETCH covers at most this many messages: at most ~160 MiB however hostile the
-# mail, ~10 MiB for typical Jira mail. A run of up to 500 messages costs one FETCH.
-PEEK_CHUNK = 500
-# What a message's ledger row keeps about it is bounded here already, since it travels in an XCom.
-_MESSAGE_ID_MAX = 320
-
-
-@dataclass
-class Extraction:
-    """What the inbox step learned from a set of unseen messages."""
-
-    uidvalidity: int
-    # accepted: {"uid", "keys", "message_id", "sender", "subject"}; rejected: the same with "reason"
-    messages: list[dict[str, Any]] = field(default_factory=list)
-    rejected: list[dict[str, Any]] = field(default_factory=list)
-    keys: list[str] = field(default_factory=list)  # de-duplicated across the run, in arrival order
-    # Keys named only by messages that failed before and are due again; fetched in batches of their
-    # own, so a key that failed before never shares a bulk request with fresh mail's keys.
-    retry_keys: list[str] = field(default_factory=list)
-
-
-def _about(uid: int, parsed: Any) -> dict[str, Any]:
-    return {
-        "uid": uid,
-        "message_id": bounded_text(parsed.message_id, _MESSAGE_ID_MAX),
-        "sender": bounded_text(parsed.sender, SENDER_MAX),
-        "subject": bounded_text(parsed.subject, SUBJECT_MAX),
-    }
-
-
-def extract_keys(
-    inbox: Inbox,
-    uids: Sequence[int],
-    *,
-    uidvalidity: int,
-    trusted_senders: Sequence[str],
-    jira_url: str | None,
-    label_rejected: bool = True,
-    sender_auth: SenderAuthPolicy | None = None,
-    retrying: Iterable[int] = (),
-) -> Extraction:
-    """Peek at headers and a bounded body prefix (never setting \\Seen), parse, and label rejected mail.
-
-    A header that did not fit the peek is rejected as headers_too_large without being parsed: a
-    prefix of it can say another sender than the whole. With DKIM sender authentication the whole
-    message is fetched (one at a time, at most the policy's size) for the messages that need it.
-
-    `retrying` are UIDs that failed in an earlier run; their keys go to `retry_keys` unless fresh mail
-    names them too. The label is for humans only and is skipped where the server keeps no keywords.
-    """
-    extraction = Extraction(uidvalidity=uidvalidity)
-    if not uids:
-        return extraction
-    retry_uids = set(retrying)
-    fresh: dict[str, None] = {}
-    again: dict[str, None] = {}
-    for start in range(0, len(uids), PEEK_CHUNK):
-        for peeked in inbox.peek(uids[start : start + PEEK_CHUNK]):
-            if not peeked.header_complete:
-                extraction.rejected.append({"uid": peeked.uid, "reason": HEADERS_TOO_LARGE})
-                continue
-            parsed = _parse(inbox, peeked, trusted_senders, jira_url, sender_auth)
-            if not parsed.accepted:
-                extraction.rejected.append(_about(peeked.uid, parsed) | {"reason": parsed.reason})
-                continue
-            extraction.messages.append(_about(peeked.uid, parsed) | {"keys": list(parsed.keys)})
-            (again if peeked.uid in retry_uids else fresh).update(dict.fromkeys(parsed.keys))
-    extraction.keys = [*fresh, *(key for key in again if key not in fresh)]
-    extraction.retry_keys = [key for key in again if key not in fresh]
-    if extraction.rejected:
-        log.warning(
-            "Rejected %d message(s), left unseen for a human: %s",
-            len(extraction.rejected),
-            ", ".join(f"uid {r['uid']} ({r['reason']})" for r in extraction.rejected[:20]),
-        )
-        if label_rejected:
-            label(inbox, [r["uid"] for r in extraction.rejected], REJECTED_KEYWORD, uidvalidity=uidvalidity)
-    return extraction
-
-
-def _parse(
-    inbox: Inbox,
-    peeked: PeekedMessage,
-    trusted_senders: Sequence[str],
-    jira_url: str | None,
-    sender_auth: SenderAuthPolicy | None,
-) -> ParsedMail:
-    """Parse the peek; for DKIM, parse again over the whole message once the peek passes.
-
-    The whole message is fetched only for mail that passed every other check, so spam and
-    foreign mail never cost more than the peek.
-    """
-    whole_needed = sender_auth is not None and sender_auth.needs_whole_message
-    parsed = parse_message(
-        peeked.raw,
-        trusted_senders=trusted_senders,
-        jira_url=jira_url,
-        sender_auth=None if whole_needed else sender_auth,
-    )
-    if not parsed.accepted or not whole_needed:
-        return parsed
-    raw = peeked.raw
-    if peeked.size > len(raw):
-        if peeked.size > sender_auth.dkim_max_message_bytes:
-            return _unauthenticated(
-                parsed,
-                f"message too large to verify its DKIM signature ({peeked.size} bytes, "
-                f"more than {sender_auth.dkim_max_message_bytes})",
-            )
-        whole = inbox.fetch_whole(peeked.uid)
-        if whole is None:
-            return _unauthenticated(parsed, "the message vanished before its DKIM signature was checked")
-        raw = whole
-    return parse_message(raw, trusted_senders=trusted_senders, jira_url=jira_url, sender_auth=sender_auth)
-
-
-def _unauthenticated(parsed: ParsedMail, why: str) -> ParsedMail:
-    return replace(
-        parsed, accepted=False, keys=(), keys_truncated=False, reason=f"{UNAUTHENTICATED_SENDER}: {why}"
-    )
-
-
-def label(inbox: Inbox, uids: Sequence[int], keyword: str, *, uidvalidity: int) -> list[int]:
-    """Set a keyword for humans (never together with \\Seen) where the server keeps keywords.
-
-    The ledger, not the label, is what the sensor goes by, so a server without keywords (Exchange
-    Online, Courier with IMAP_KEYWORDS=0) or one that refuses the STORE loses only the label.
-    """
-    if not uids:
-        return []
-    try:
-        if inbox.keywords_allowed is None:
-            inbox.open(readonly=False)  # only a read-write SELECT tells whether keywords are kept
-        if not inbox.keywords_allowed:
-            log.info(
-                "%s keeps no custom keywords (PERMANENTFLAGS %s): %d message(s) not labelled %s",
-                inbox.mailbox,
-                " ".join(inbox.permanent_flags) or "()",
-                len(uids),
-                keyword,
-            )
-            return []
-        return inbox.add_keyword(uids, keyword, expected_uidvalidity=uidvalidity)
-    except ImapError as exc:
-        log.warning("Could not label %d message(s) %s: %s", len(uids), keyword, exc)
-        return []
 
 
 def fetch_batch(
@@ -332,44 +181,3 @@ def read_change_events(extras: Iterable[Mapping[str, Any] | None]) -> ChangeFeed
             sources.append(str(extra["source"]))
         windows.append((extra.get("window_start"), extra.get("window_end")))
     return ChangeFeed(list(keys), count, truncated, sources, windows)
-
-
-def settled_uids(messages: Iterable[Mapping[str, Any]], handled_keys: Iterable[str]) -> list[int]:
-    """The messages all of whose keys were stored or confirmed not found: only these may be marked seen."""
-    handled = set(handled_keys)
-    return sorted(int(m["uid"]) for m in messages if set(m["keys"]) <= handled)
-
-
-@dataclass
-class Settlement:
-    """What becomes of each accepted message once the run's fetches and the store are done."""
-
-    settled: list[dict[str, Any]] = field(default_factory=list)  # every key stored or not found
-    failed: list[dict[str, Any]] = field(default_factory=list)  # a key failed for good: "reason" says which
-    # a key the split of a failing batch did not reach (its budget ran out): nothing is known against it
-    deferred: list[dict[str, Any]] = field(default_factory=list)
-    # a key whose fetch never finished (the fetch task failed: Jira did not answer): tried next run
-    unfinished: list[dict[str, Any]] = field(default_factory=list)
-
-
-def settle(messages: Iterable[Mapping[str, Any]], stored: Mapping[str, Any]) -> Settlement:
-    """Sort the run's messages by what happened to their keys (store_batches' summary)."""
-    handled = {*stored.get("stored", []), *stored.get("not_found", [])}
-    failed: Mapping[str, str] = stored.get("failed") or {}
-    unresolved = set(stored.get("unresolved") or [])
-    settlement = Settlement()
-    for message in messages:
-        keys = list(message["keys"])
-        bad = [key for key in keys if key in failed]
-        if bad:
-            reason = "; ".join(f"{key}: {failed[key]}" for key in bad[:3])
-            settlement.failed.append(dict(message) | {"reason": reason})
-        elif set(keys) <= handled:
-            settlement.settled.append(dict(message))
-        elif unresolved.intersection(keys):
-            waiting = ", ".join(key for key in keys if key in unresolved)
-            reason = f"{waiting}: not reached by the split of a failing batch (its request budget ran out)"
-            settlement.deferred.append(dict(message) | {"reason": reason})
-        else:
-            settlement.unfinished.append(dict(message))
-    return settlement

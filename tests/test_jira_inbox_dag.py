@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from devkit.mail_factory import jira_notification
+from include.mail_ledger import count_by_state, list_entries
 from include.ticket_store import count_tickets, ensure_table, get_ticket
 from tests.harness.airflow_env import airflow_cli, load_dag, run_dag
 
@@ -233,6 +234,37 @@ def test_spoofed_mail_makes_no_jira_request_and_is_labelled_and_kept(inbox_env, 
     assert all("$JiraRejected" in f and "\\Seen" not in f for f in flags.values())
     # Labelled mail is not taken again: the next run finds nothing to do.
     assert run_dag(inbox_dag, conf=TRUSTED).states["wait_for_unseen_mail"] == ["skipped"]
+
+
+def test_a_utf7_surrogate_mail_ahead_of_good_mail_is_recorded_rejected_and_the_good_mail_stored(
+    inbox_env, inbox_dag
+):
+    imap, jira, store = inbox_env
+    keys = [f"OPS-{n}" for n in range(1, 51)]
+    for key in keys:
+        jira.add_issue(key, summary=f"Ticket {key}", updated=T0)
+    # Mail from anyone, whose subject Python decodes to a lone surrogate that no store, XCom or log holds.
+    poison = jira_notification("OPS-1", site=SITE, sender="eve@evil.example").replace(
+        b"Subject: [JIRA] (OPS-1)", b"Subject: =?utf-7?Q?+2D0-?= (OPS-1)", 1
+    )
+    assert b"=?utf-7?Q?+2D0-?=" in poison
+    imap.drop(poison)
+    for key in keys:
+        imap.drop(jira_notification(key, site=SITE))
+
+    result = run_dag(inbox_dag, conf={**TRUSTED, "max_messages": 100})
+
+    assert result.state == "success", result.states
+    assert stored_count(store) == 50
+    conn = store.connect()
+    try:
+        rejected = list_entries(conn, store.dialect, states=("rejected",))
+        assert count_by_state(conn, store.dialect)["settled"] == 50
+    finally:
+        conn.close()
+    assert [(row["uid"], row["reason"]) for row in rejected] == [(1, "untrusted_sender: eve@evil.example")]
+    assert rejected[0]["subject"] == "+2D0- (OPS-1) Something needs doing"
+    assert imap.unseen_count() == 1
 
 
 @pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)

@@ -1,4 +1,4 @@
-"""The pipeline steps (settling mail, chunked peeks on real Dovecot) and the batching of mapped fetches."""
+"""The inbox steps (settling mail, chunked peeks on real Dovecot) and the batching of mapped fetches."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from jira_mail_sync.mapping import MAX_MAP_LENGTH, MAX_MAPPED_FETCHES, batch_key
 
 from devkit.mail_factory import jira_notification
 from include.imap_inbox import Inbox
+from include.inbox_run import PEEK_CHUNK, TakenMessage, settle, take_mail
 from include.jira_rules import BULK_FETCH_LIMIT
-from include.sync_pipeline import PEEK_CHUNK, extract_keys, settle, settled_uids
 
 
 @given(st.integers(min_value=0, max_value=120_000))
@@ -45,19 +45,19 @@ def test_batch_label_names_the_keys():
 
 
 def test_only_messages_whose_keys_were_all_handled_are_settled():
-    messages = [{"uid": 1, "keys": ["A-1"]}, {"uid": 2, "keys": ["A-1", "A-2"]}, {"uid": 3, "keys": ["A-3"]}]
-    assert settled_uids(messages, ["A-1", "A-3"]) == [1, 3]
-    assert settled_uids(messages, []) == []
+    messages = [TakenMessage(1, ("A-1",)), TakenMessage(2, ("A-1", "A-2")), TakenMessage(3, ("A-3",))]
+    assert [m.uid for m in settle(messages, {"stored": ["A-1", "A-3"]}).settled] == [1, 3]
+    assert settle(messages, {"stored": []}).settled == []
 
 
 def test_settlement_sorts_messages_by_what_happened_to_their_keys():
     messages = [
-        {"uid": 1, "keys": ["A-1"]},
-        {"uid": 2, "keys": ["A-1", "BAD-1"]},  # one failed key holds back only its own messages
-        {"uid": 3, "keys": ["A-404"]},
-        {"uid": 4, "keys": ["A-9"]},  # in no fetch result: its fetch task failed
-        {"uid": 5, "keys": ["BAD-1", "BAD-2", "A-9"]},
-        {"uid": 6, "keys": ["A-1", "A-7"]},  # the split of a failing batch did not reach A-7
+        TakenMessage(1, ("A-1",)),
+        TakenMessage(2, ("A-1", "BAD-1")),  # one failed key holds back only its own messages
+        TakenMessage(3, ("A-404",)),
+        TakenMessage(4, ("A-9",)),  # in no fetch result: its fetch task failed
+        TakenMessage(5, ("BAD-1", "BAD-2", "A-9")),
+        TakenMessage(6, ("A-1", "A-7")),  # the split of a failing batch did not reach A-7
     ]
     stored = {
         "stored": ["A-1"],
@@ -68,13 +68,13 @@ def test_settlement_sorts_messages_by_what_happened_to_their_keys():
 
     plan = settle(messages, stored)
 
-    assert [m["uid"] for m in plan.settled] == [1, 3]
-    assert [(m["uid"], m["reason"]) for m in plan.failed] == [
+    assert [m.uid for m in plan.settled] == [1, 3]
+    assert [(m.uid, reason) for m, reason in plan.failed] == [
         (2, "BAD-1: HTTP 500"),
         (5, "BAD-1: HTTP 500; BAD-2: no updated"),
     ]
-    assert [m["uid"] for m in plan.unfinished] == [4]
-    assert [(m["uid"], m["reason"].split(":")[0]) for m in plan.deferred] == [(6, "A-7")]
+    assert [m.uid for m in plan.unfinished] == [4]
+    assert [(m.uid, reason.split(":")[0]) for m, reason in plan.deferred] == [(6, "A-7")]
 
 
 @pytest.mark.timeout(120)
@@ -88,8 +88,14 @@ def test_a_burst_larger_than_one_peek_chunk_is_read_whole_and_left_unseen(imap_a
         inbox = Inbox(client)
         uidvalidity = inbox.open()
         uids = inbox.unseen_uids(limit=total)
-        extraction = extract_keys(
-            inbox, uids, uidvalidity=uidvalidity, trusted_senders=[f"jira@{site}"], jira_url=f"https://{site}"
+        extraction = take_mail(
+            inbox,
+            None,
+            uids,
+            mailbox="INBOX",
+            uidvalidity=uidvalidity,
+            trusted_senders=[f"jira@{site}"],
+            jira_url=f"https://{site}",
         )
     finally:
         client.logout()

@@ -32,8 +32,12 @@ _NON_BASE64_BYTES = bytes(
 )
 
 # Python text codecs that are no mail charset; punycode also decodes in quadratic time, so a
-# 256 KiB part labelled with it would take many seconds.
-_REFUSED_CODECS = frozenset({"punycode", "idna", "unicode-escape", "raw-unicode-escape", "undefined"})
+# 256 KiB part labelled with it would take many seconds. UTF-7 is the one codec whose "replace"
+# decoding still yields lone surrogates ("+2D0-" is U+D83D), which no store, XCom or log can hold: no
+# Jira mail uses it, so its bytes are read as UTF-8 like any unknown charset's.
+_REFUSED_CODECS = frozenset(
+    {"punycode", "idna", "unicode-escape", "raw-unicode-escape", "undefined", "utf-7"}
+)
 
 
 def split_header_block(view: memoryview, max_header_bytes: int) -> tuple[bytes, int] | None:

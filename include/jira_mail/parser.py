@@ -10,8 +10,8 @@ import logging
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
+from email import _header_value_parser as _address_parser
 from email.errors import ObsoleteHeaderDefect
-from email.headerregistry import HeaderRegistry
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -99,8 +99,6 @@ _SUBJECT_MENTION_EVENT = "mentioned"
 _HTML_COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.DOTALL)
 _BLOCKQUOTE_TAG = re.compile(r"<(?P<close>/?)blockquote\b[^<>]{0,1024}>", re.IGNORECASE)
 _QUOTED_LINE = re.compile(r"^[ \t]*>[^\n]*$", re.MULTILINE)
-# The strict RFC 5322 address parser of the email package (policy.default's), used for From only.
-_HEADER_FACTORY = HeaderRegistry()
 
 HEADERS_TOO_LARGE = "headers_too_large"
 
@@ -315,9 +313,11 @@ class _KeyCollector:
 def _sender(from_values: list[str]) -> tuple[str | None, str]:
     """The single From address, lower-cased, or None and why not.
 
-    Parsed with the email package's strict RFC 5322 parser. Any defect but an obsolete form (a period
-    in a display name, a source route) refuses the From: a bare quoted string, an unclosed comment
-    or "x@y <z@w>" is not one mailbox, however a lenient reader would guess.
+    Parsed with the email package's strict RFC 5322 parser. The address is judged, never the
+    display name: any defect but an obsolete form (a source route) outside the display name refuses
+    the From (a bare quoted string, an unclosed comment, "x@y <z@w>" is not one mailbox, however a
+    lenient reader would guess), while a display name in an unknown charset, with undecodable bytes
+    or a broken encoded word leaves the address as good as it was.
     """
     if not from_values:
         return None, "no_from"
@@ -327,22 +327,41 @@ def _sender(from_values: list[str]) -> tuple[str | None, str]:
     if len(value) > MAX_FROM_CHARS:
         return None, "invalid_from"
     # The display name is never looked at: '"jira@acme.atlassian.net" <evil@x.com>' is evil@x.com.
+    # The parse tree comes from the parser behind email.headerregistry, which has no public form of
+    # it: the registry's header object merges the display name's defects with the address's, and
+    # raises on the lone surrogate a UTF-7 display name decodes to.
     try:
-        header = _HEADER_FACTORY("From", value)
-        groups, defects = header.groups, header.defects
+        address_list, rest = _address_parser.get_address_list(value)
+        defects = _defects_outside_display_name(address_list)
+        addresses = list(address_list.addresses)
+        mailboxes = list(address_list.all_mailboxes)
     except Exception:  # RecursionError on "((((((...", and whatever else odd bytes provoke
         return None, "invalid_from"
-    if any(not isinstance(defect, ObsoleteHeaderDefect) for defect in defects):
+    if rest or any(not isinstance(defect, ObsoleteHeaderDefect) for defect in defects):
         return None, "invalid_from"
-    addresses = [address for group in groups for address in group.addresses]
-    if len(addresses) > 1:
+    if len(mailboxes) > 1:
         return None, "multiple_from"
-    if len(groups) != 1 or groups[0].display_name is not None or len(addresses) != 1:
+    # A group ("Team: a@b;") is not one mailbox, even with one member.
+    if len(addresses) != 1 or len(mailboxes) != 1 or addresses[0][0].token_type != "mailbox":
         return None, "invalid_from"
-    normalised = _normalise_address(addresses[0].addr_spec)
+    normalised = _normalise_address(mailboxes[0].addr_spec)
     if normalised is None:
         return None, "invalid_from"
     return normalised, ""
+
+
+def _defects_outside_display_name(token: Any) -> list[Any]:
+    """The defects of a parse tree, leaving out those inside display names (never trusted anyway)."""
+    defects: list[Any] = []
+    pending = [token]
+    while pending:  # by hand, not recursively: a deeply nested comment must not exhaust the stack
+        current = pending.pop()
+        if getattr(current, "token_type", None) == "display-name":
+            continue
+        defects.extend(getattr(current, "defects", ()))
+        if isinstance(current, list):
+            pending.extend(current)
+    return defects
 
 
 def _authentication_problem(

@@ -3,28 +3,23 @@
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime, timedelta
+from contextlib import nullcontext
+from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from include.imap_inbox import QUARANTINED_KEYWORD, UidValidityChanged
+from include.imap_inbox import UidValidityChanged
+from include.inbox_run import Ledger, settle_mail, take_mail
 from include.jira_mail import default_trusted_senders
-from include.mail_ledger import (
-    DEFAULT_MAX_ATTEMPTS,
-    DEFAULT_RETRY_DELAY,
-    record_failures,
-    record_rejected,
-    record_settled,
-)
+from include.mail_ledger import DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_DELAY
 from include.names import JIRA_API_POOL
-from include.sync_pipeline import extract_keys, label, settle
 from jira_mail_sync.hooks.imap import ImapInboxHook
 from jira_mail_sync.hooks.jira_cloud import JiraCloudHook
 from jira_mail_sync.hooks.ticket_store import TicketStoreHook
 from jira_mail_sync.ticket_tasks import plan_batches
-from jira_mail_sync.xcom_shapes import SensedMail, settlement_xcom
+from jira_mail_sync.xcom_shapes import SensedMail, TakenMailXcom, settled_mail_xcom
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +39,9 @@ def extract_ticket_keys(sensed_xcom: dict[str, Any]) -> list[list[str]]:
     """Parse the unseen messages' headers and body prefix; record rejected mail and batch the keys.
 
     It reads the connection and mailbox the sensor sensed (carried in its XCom), not the defaults.
-    Rejected mail goes to the mail ledger (and gets the $JiraRejected label where the server keeps
-    keywords). Keys named only by retried mail are batched apart from fresh mail's keys.
+    Rejected mail goes to the mail ledger as it is found (and gets the $JiraRejected label where the
+    server keeps keywords); mail the run's time budget does not reach waits for the next run (see
+    include.inbox_run.take_mail). Keys named only by retried mail are batched apart from fresh mail's.
 
     Returns the key batches (what fetch_tickets is mapped over: a mapped task can only expand a
     return value) and pushes the accepted messages under the XCom key `settlement` for mark_mail_seen.
@@ -53,50 +49,39 @@ def extract_ticket_keys(sensed_xcom: dict[str, Any]) -> list[list[str]]:
     context = get_current_context()
     params = context["params"]
     site_url = JiraCloudHook().site_url
-    trusted = _trusted_senders(params, site_url)
     dry_run = bool(params.get("dry_run"))
     sensed = SensedMail.from_xcom(sensed_xcom)
     imap_hook = ImapInboxHook(sensed.imap_conn_id)
-    sender_auth = imap_hook.sender_auth()
-    with imap_hook.inbox(sensed.mailbox) as inbox:
+    # A dry run records nothing, so it needs no store.
+    store = nullcontext((None, None)) if dry_run else TicketStoreHook().connect()
+    with imap_hook.inbox(sensed.mailbox) as inbox, store as (conn, dialect):
         if inbox.open(readonly=True) != sensed.uidvalidity:
             raise AirflowSkipException("UIDVALIDITY changed since sensing; the next run starts over")
-        extraction = extract_keys(
+        taken = take_mail(
             inbox,
+            None if dry_run else Ledger(conn, dialect),
             sensed.uids,
+            mailbox=sensed.mailbox,
             uidvalidity=sensed.uidvalidity,
-            trusted_senders=trusted,
+            trusted_senders=_trusted_senders(params, site_url),
             jira_url=site_url,
-            label_rejected=not dry_run,
-            sender_auth=sender_auth,
+            sender_auth=imap_hook.sender_auth(),
             retrying=sensed.retrying,
         )
-    if extraction.rejected and not dry_run:
-        # Before anything else can fail: rejected mail must leave the window even if the fetch breaks.
-        with TicketStoreHook().connect() as (conn, dialect):
-            record_rejected(
-                conn,
-                dialect,
-                mailbox=sensed.mailbox,
-                uidvalidity=sensed.uidvalidity,
-                entries=extraction.rejected,
-                now=datetime.now(UTC),
-            )
     log.info(
         "%d message(s) accepted, %d rejected; %d distinct key(s)%s: %s",
-        len(extraction.messages),
-        len(extraction.rejected),
-        len(extraction.keys),
+        len(taken.messages),
+        len(taken.rejected),
+        len(taken.keys),
         " (dry run: nothing is fetched, stored or marked)" if dry_run else "",
-        ", ".join(extraction.keys[:LOGGED_KEYS]) + (" …" if len(extraction.keys) > LOGGED_KEYS else ""),
+        ", ".join(taken.keys[:LOGGED_KEYS]) + (" …" if len(taken.keys) > LOGGED_KEYS else ""),
     )
-    context["ti"].xcom_push(key="settlement", value=settlement_xcom(sensed, extraction, dry_run=dry_run))
-    if dry_run or not extraction.keys:
+    settlement = TakenMailXcom(imap_conn_id=sensed.imap_conn_id, taken=taken, dry_run=dry_run)
+    context["ti"].xcom_push(key="settlement", value=settlement.to_xcom())
+    if dry_run or not taken.keys:
         return []
-    retry_keys = set(extraction.retry_keys)
-    fresh = [key for key in extraction.keys if key not in retry_keys]
     # Keys that failed before get bulk requests of their own: they never hold back fresh mail's keys.
-    return plan_batches(fresh, extraction.retry_keys)
+    return plan_batches(taken.fresh_keys, taken.retry_keys)
 
 
 def _ledger_settings(params: dict[str, Any]) -> tuple[int, timedelta]:
@@ -119,57 +104,26 @@ def mark_mail_seen(settlement: dict[str, Any], stored: dict[str, Any]) -> dict[s
     does, with no attempt counted. Messages with a key whose fetch task failed (Jira did not answer)
     are left unseen and unrecorded, and taken again by the next run.
     """
-    messages, uidvalidity = settlement["messages"], settlement["uidvalidity"]
-    mailbox = settlement["mailbox"]
-    plan = settle(messages, stored)
-    uids = sorted(int(m["uid"]) for m in plan.settled)
-    left_unseen = sorted(int(m["uid"]) for m in [*plan.failed, *plan.deferred, *plan.unfinished])
-    if left_unseen:
-        log.warning("Leaving %d message(s) UNSEEN: uids %s", len(left_unseen), left_unseen)
+    run = TakenMailXcom.from_xcom(settlement)
     max_attempts, first_delay = _ledger_settings(get_current_context()["params"])
-    with ImapInboxHook(settlement["imap_conn_id"]).inbox(mailbox) as inbox:
+    with (
+        ImapInboxHook(run.imap_conn_id).inbox(run.taken.mailbox) as inbox,
+        TicketStoreHook().connect() as (conn, dialect),
+    ):
         try:
-            marked = inbox.mark_seen(uids, expected_uidvalidity=uidvalidity)
+            settled = settle_mail(
+                inbox,
+                Ledger(conn, dialect),
+                run.taken,
+                stored,
+                max_attempts=max_attempts,
+                first_delay=first_delay,
+            )
         except UidValidityChanged as exc:
             raise AirflowSkipException(
                 f"UIDVALIDITY changed since sensing ({exc}); marking nothing, the next run starts over"
             ) from exc
-        log.info("Marked %d message(s) seen", len(marked))
-        now = datetime.now(UTC)
-        with TicketStoreHook().connect() as (conn, dialect):
-            where = {"mailbox": mailbox, "uidvalidity": uidvalidity, "now": now}
-            record_settled(conn, dialect, entries=plan.settled, **where)
-            outcome = record_failures(
-                conn,
-                dialect,
-                entries=plan.failed,
-                max_attempts=max_attempts,
-                first_delay=first_delay,
-                **where,
-            )
-            # Not reached this run: they wait like failed mail, so they leave the window to the mail
-            # behind them, but no attempt is counted against them.
-            deferred = record_failures(
-                conn, dialect, entries=plan.deferred, first_delay=first_delay, count_attempt=False, **where
-            )
-        quarantined = [o for o in outcome if o["state"] == "quarantined"]
-        label(inbox, [o["uid"] for o in quarantined], QUARANTINED_KEYWORD, uidvalidity=uidvalidity)
-    for entry in quarantined:
-        log.error(
-            "Quarantined uid %s after %s attempt(s): keys %s; last error: %s. It stays unseen and is not "
-            "retried until a run releases it (release_uids).",
-            entry["uid"],
-            entry["attempts"],
-            ", ".join(entry["keys"]),
-            entry["reason"],
-        )
-    return {
-        "marked_seen": marked,
-        "left_unseen": left_unseen,
-        "failed": [o for o in [*outcome, *deferred] if o["state"] == "failed"],
-        "quarantined": quarantined,
-        "unfinished": [{"uid": m["uid"], "keys": m["keys"]} for m in plan.unfinished],
-    }
+    return settled_mail_xcom(settled)
 
 
 # Lines of detail in the failure message; the ledger and mark_mail_seen's log hold them all.

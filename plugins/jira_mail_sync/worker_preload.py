@@ -24,6 +24,7 @@ import airflow.dag_processing.dagbag  # noqa: F401
 
 # The modules the DAG files import, and with them the clients they use (IMAPClient, requests,
 # atlassian-python-api, SQLAlchemy, psycopg).
+import include.inbox_run  # noqa: F401
 import include.jira_rules  # noqa: F401
 import include.mail_ledger  # noqa: F401
 import include.sync_pipeline  # noqa: F401
