@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from include import sender_auth as sender_auth_module
 from include.imap_inbox import QUARANTINED_KEYWORD, REJECTED_KEYWORD, ImapError, Inbox, PeekedMessage
 from include.jira_mail import HEADERS_TOO_LARGE, ParsedMail, parse_message
 from include.mail_ledger import (
@@ -56,17 +55,17 @@ LOGGED_REJECTIONS = 20
 class MailBudget:
     """Time limits, in seconds, inside the task's 10-minute execution_timeout.
 
-    `per_mail` bounds the DNS lookups of one mail's DKIM check in total (a mail whose lookups run
-    out is unauthenticated); `run` is when take_mail stops starting new mail: what it did not reach
-    is left unseen and unrecorded for the next run.
+    `run` is when take_mail stops starting new mail: what it did not reach is left unseen and
+    unrecorded for the next run. One mail's time is bounded where it could grow: its DKIM DNS
+    lookups share the sender-auth policy's `dkim_dns_seconds`, and everything else is bounded in
+    size (the peek, the whole-message limit).
     """
 
-    per_mail: float = 20.0
     run: float = 420.0
 
     def __post_init__(self) -> None:
-        if not (self.per_mail > 0 and self.run > 0):
-            raise ValueError(f"time budgets must be positive, got per_mail={self.per_mail} run={self.run}")
+        if not self.run > 0:
+            raise ValueError(f"the run's time budget must be positive, got run={self.run}")
 
 
 @dataclass(frozen=True)
@@ -146,7 +145,7 @@ def take_mail(
     A header that did not fit the peek is rejected as headers_too_large without being parsed: a
     prefix of it can say another sender than the whole. With DKIM sender authentication the whole
     message is fetched (one at a time, at most the policy's size) for the messages that need it.
-    Each mail's DNS time is bounded by `budget.per_mail`; no new mail is started after `budget.run`.
+    No new mail is started after `budget.run`.
 
     With `ledger` None (a dry run) nothing is recorded and nothing is labelled.
     `retrying` are UIDs that failed in an earlier run; their keys go to `retry_keys` unless fresh
@@ -168,8 +167,7 @@ def take_mail(
             if clock() >= run_deadline:
                 taken.left_for_next_run.append(peeked.uid)
                 continue
-            mail_deadline = clock() + budget.per_mail
-            parsed = _judge(inbox, peeked, trusted_senders, jira_url, sender_auth, mail_deadline, clock)
+            parsed = _judge(inbox, peeked, trusted_senders, jira_url, sender_auth)
             if parsed is None:
                 recorder.add(RejectedMessage(uid=peeked.uid, reason=HEADERS_TOO_LARGE))
             elif not parsed.accepted:
@@ -283,8 +281,6 @@ def _judge(
     trusted_senders: Sequence[str],
     jira_url: str | None,
     sender_auth: SenderAuthPolicy | None,
-    mail_deadline: float,
-    clock: Callable[[], float],
 ) -> ParsedMail | None:
     """The parse of one peek (None: its header did not fit); for DKIM, again over the whole message.
 
@@ -314,24 +310,7 @@ def _judge(
         if whole is None:
             return _unauthenticated(parsed, "the message vanished before its DKIM signature was checked")
         raw = whole
-    policy = replace(sender_auth, dns_txt=_dns_within(sender_auth, mail_deadline, clock))
-    return parse_message(raw, trusted_senders=trusted_senders, jira_url=jira_url, sender_auth=policy)
-
-
-def _dns_within(
-    policy: SenderAuthPolicy, deadline: float, clock: Callable[[], float]
-) -> Callable[..., bytes | None]:
-    """The policy's DNS lookup, answering "no record" at once when the mail's time is spent."""
-    lookup = policy.dns_txt
-
-    def dns_txt(name: bytes, timeout: float = 5) -> bytes | None:
-        left = deadline - clock()
-        if left <= 0:
-            return None
-        # Looked up at call time, so that an in-process test can replace sender_auth.dns_txt.
-        return (lookup or sender_auth_module.dns_txt)(name, timeout=min(timeout, left))
-
-    return dns_txt
+    return parse_message(raw, trusted_senders=trusted_senders, jira_url=jira_url, sender_auth=sender_auth)
 
 
 def _unauthenticated(parsed: ParsedMail, why: str) -> ParsedMail:

@@ -190,7 +190,7 @@ def test_every_sensed_hostile_mail_ends_in_exactly_one_recorded_state(imap_accou
                 uidvalidity=uidvalidity,
                 trusted_senders=trusted,
                 jira_url=None,
-                budget=MailBudget(per_mail=30, run=3600),
+                budget=MailBudget(run=3600),
             )
             assert taken.left_for_next_run == []
             carried = TakenMailXcom.from_xcom(
