@@ -38,7 +38,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from include.imap_wire import check_mailbox
+from include.imap_wire import MAX_UID, check_mailbox
 from include.names import IMAP_CONN_ID, INBOX_DAG_ID, SWEEP_DAG_ID
 from include.sync_status import (
     as_json,
@@ -400,7 +400,7 @@ class ReleaseRequest(BaseModel):
     """Which held-back mail to hand back to jira_inbox: UIDs of one mailbox (its current UIDVALIDITY)."""
 
     mailbox: str = Field(default=DEFAULT_MAILBOX, max_length=200)
-    uids: list[Annotated[int, Field(gt=0, lt=2**32)]] = Field(min_length=1, max_length=MAX_RELEASE_UIDS)
+    uids: list[Annotated[int, Field(ge=1, le=MAX_UID)]] = Field(min_length=1, max_length=MAX_RELEASE_UIDS)
 
 
 def _same_origin(request: Request) -> bool:
