@@ -50,6 +50,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -64,7 +65,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from include.jira_cloud import JiraError, JiraNotFound, JiraRequestError, JiraUnavailable, ticket_details
-from include.jira_rules import is_issue_key, is_project_key
+from include.jira_rules import ISSUE_KEY_PATTERN, is_issue_key, is_project_key
 from include.names import CONFIG_SECTION, JIRA_API_POOL
 from include.ticket_store import get_ticket
 from jira_mail_sync.hooks.jira_cloud import JiraCloudHook
@@ -95,20 +96,27 @@ BUSY_RETRY_AFTER_SECONDS = 2
 # `{"key": "PROJECT-123"}` needs a few dozen bytes; anything near this bound is not a lookup.
 MAX_BODY_BYTES = 4096
 
+# The key rule in any case, between spaces: what the body's `key` may be, and its OpenAPI `pattern`.
+# Matched with re.search, as JSON Schema validators in Python do, so the schema and the check agree.
+REQUEST_KEY_PATTERN = "^ *" + ISSUE_KEY_PATTERN.replace("A-Z", "A-Za-z") + " *$"
+_REQUEST_KEY = re.compile(REQUEST_KEY_PATTERN)
+
 _TOKEN_HINT = "send an Airflow access token from POST /auth/token as 'Authorization: Bearer <token>'"
 
 
 class TicketRequest(BaseModel):
     """The request body: one Jira issue key (case-insensitive, surrounding blanks ignored)."""
 
-    key: str = Field(max_length=MAX_KEY_CHARS, examples=["ABC-123"])
+    key: str = Field(
+        max_length=MAX_KEY_CHARS, examples=["ABC-123"], json_schema_extra={"pattern": REQUEST_KEY_PATTERN}
+    )
 
     @field_validator("key")
     @classmethod
     def _issue_key(cls, value: str) -> str:
         key = value.strip().upper()
         # The shared key rule, so that any key the inbox or the sweep can store is one this answers.
-        if not is_issue_key(key):
+        if _REQUEST_KEY.search(value) is None or not is_issue_key(key):
             raise ValueError("not a Jira issue key: expected PROJECT-123")
         return key
 
@@ -383,7 +391,8 @@ def _stored_ticket(key: str) -> dict[str, Any] | None:
         return None
 
 
-def _from_store(ticket: dict[str, Any]) -> TicketDetails:
+def _answer(ticket: dict[str, Any], *, fetched_at: datetime, source: str) -> TicketDetails:
+    """The answer from a ticket record (a store row, or `ticket_details` of Jira's issue: same names)."""
     return TicketDetails(
         key=ticket["key"],
         assigned_to=ticket["assignee_email"],
@@ -391,9 +400,13 @@ def _from_store(ticket: dict[str, Any]) -> TicketDetails:
         summary=ticket["summary"],
         status=ticket["status"],
         updated_at=ticket["updated_at"],
-        fetched_at=ticket["fetched_at"],
-        source="store",
+        fetched_at=fetched_at,
+        source=source,
     )
+
+
+def _from_store(ticket: dict[str, Any]) -> TicketDetails:
+    return _answer(ticket, fetched_at=ticket["fetched_at"], source="store")
 
 
 def _unusable_answer(key: str) -> HTTPException:
@@ -407,17 +420,7 @@ def details_from_jira(key: str, issue: Any) -> TicketDetails:
     as UTF-8 JSON) from is Jira's failure, not the channel's.
     """
     try:
-        details = ticket_details(issue)
-        answer = TicketDetails(
-            key=details["key"],
-            assigned_to=details["assignee_email"],
-            progress_info=details["progress"],
-            summary=details["summary"],
-            status=details["status"],
-            updated_at=details["updated_at"],
-            fetched_at=datetime.now(UTC),
-            source="jira",
-        )
+        answer = _answer(ticket_details(issue), fetched_at=datetime.now(UTC), source="jira")
         answer.model_dump_json()  # a lone surrogate in a text would only fail once the route returns
     except (KeyError, TypeError, AttributeError, ValueError, OverflowError) as exc:
         log.error("Jira's answer for %s is unusable (%s)", key, type(exc).__name__)
@@ -554,6 +557,12 @@ class InvalidRequest(BaseModel):
     """422: what is wrong with the body, one entry per problem."""
 
     detail: list[BodyProblem]
+
+
+class ErrorAnswer(BaseModel):
+    """An error answer of a route whose 422 may be a sentence or a list of problems."""
+
+    detail: str | list[BodyProblem]
 
 
 def _retry_after(description: str) -> dict[str, Any]:

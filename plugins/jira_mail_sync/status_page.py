@@ -51,7 +51,14 @@ from include.sync_status import (
 )
 from jira_mail_sync.hooks.imap import ImapInboxHook
 from jira_mail_sync.hooks.ticket_store import TicketStoreHook
-from jira_mail_sync.rest_api import CONFIG_SECTION, _bearer, require_dag_access, user_from_token
+from jira_mail_sync.rest_api import (
+    CONFIG_SECTION,
+    ErrorAnswer,
+    Problem,
+    _bearer,
+    require_dag_access,
+    user_from_token,
+)
 
 if TYPE_CHECKING:
     from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
@@ -317,7 +324,14 @@ def _mailbox_param(mailbox: str) -> str:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail=str(exc)) from None
 
 
-@router.get("/status", responses={401: {"description": "No valid token"}, 403: {"description": "No rights"}})
+@router.get(
+    "/status",
+    responses={
+        401: {"model": Problem, "description": "No valid token"},
+        403: {"model": Problem, "description": "No rights"},
+        422: {"model": ErrorAnswer, "description": "The mailbox is not a valid name"},
+    },
+)
 def get_status(_user: Reader, mailbox: str = DEFAULT_MAILBOX) -> JSONResponse:
     """The sync's state as JSON: inbox backlog, held-back mail, sweep progress, store, Jira usage."""
     return JSONResponse(as_json(collect_status(_mailbox_param(mailbox))))
