@@ -42,6 +42,7 @@ from jira_mail_sync.inbox_tasks import extract_ticket_keys, mark_mail_seen, repo
 from jira_mail_sync.sensors.unseen_mail import UnseenJiraMailSensor
 from jira_mail_sync.ticket_tasks import fetch_tickets, store_tickets
 
+from include.imap_wire import MAX_UID
 from include.mail_ledger import DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_DELAY, MAX_RETRY_DELAY
 
 
@@ -120,7 +121,7 @@ from include.mail_ledger import DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_DELAY, MAX_R
         "release_uids": Param(
             [],
             type="array",
-            items={"type": "integer", "minimum": 1},
+            items={"type": "integer", "minimum": 1, "maximum": MAX_UID},
             maxItems=2000,
             title="Release these UIDs",
             description=(

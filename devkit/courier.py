@@ -253,7 +253,8 @@ class CourierAccount:
             "port": self.port,
             "login": self.login,
             "password": self.password,
-            "extra": {"use_ssl": False},
+            # Plain IMAP to this loopback test server: the hook refuses it without the second extra.
+            "extra": {"use_ssl": False, "allow_insecure_transport": True},
         }
 
     def close(self) -> None:

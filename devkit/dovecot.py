@@ -652,6 +652,9 @@ class ImapAccount:
         extra: dict[str, object] = {"use_ssl": ssl}
         if ssl:
             extra["ssl_context"] = "default"
+        else:
+            # Plain IMAP to this loopback test server: the hook refuses it without this extra.
+            extra["allow_insecure_transport"] = True
         return {
             "conn_type": "imap",
             "host": self.host,

@@ -20,6 +20,7 @@ The `extra` names (a contract, documented in the README's connection table):
 | `subject` | google service account | the delegated mailbox; defaults to the login |
 | `refresh_token` | google | or a user's refresh token (with `client_id`) |
 | `token_uri` | google | overrides the key's `token_uri` / `https://oauth2.googleapis.com/token` |
+| `allow_insecure_transport` | all | `true`: a login may go out without verified TLS (test servers only) |
 
 The connection's login is always the mailbox address; its password is the client secret (generic,
 Microsoft, Google refresh token). A service-account key needs no password.
@@ -71,6 +72,42 @@ class ImapAuthError(Exception):
 
 class ImapAuthUnavailable(ImapAuthError):
     """The token endpoint could not be reached or failed on its side: a later retry may succeed."""
+
+
+INSECURE_TRANSPORT_EXTRA = "allow_insecure_transport"
+
+
+def insecure_transport_allowed(extra: Mapping[str, Any], *, use_ssl: bool, ssl_context: str) -> bool:
+    """Whether a login may go out over this transport; True when it is insecure but explicitly allowed.
+
+    A password or token is sent only inside TLS whose certificate is verified (`use_ssl` true and
+    `ssl_context` "default"): plain IMAP shows it to anyone on the path, and unverified TLS to anyone
+    who can answer in the server's place. The hook never STARTTLSes, so without `use_ssl` the session
+    is plain throughout. `allow_insecure_transport: true` accepts either risk, for loopback test
+    servers; otherwise ImapAuthError names the fix (and never the secret).
+    """
+    allowed = extra.get(INSECURE_TRANSPORT_EXTRA, False)
+    if not isinstance(allowed, bool):
+        raise ImapAuthError(
+            f"the imap connection's extra `{INSECURE_TRANSPORT_EXTRA}` must be true or false, got {allowed!r}"
+        )
+    if use_ssl and ssl_context == "default":
+        return False
+    if allowed:
+        return True
+    if not use_ssl:
+        why = "the extra use_ssl is false, so the session is plain IMAP (no TLS, no STARTTLS)"
+        fix = 'set the extra use_ssl to true (IMAPS, port 993) with ssl_context "default"'
+    else:
+        why = f"ssl_context is {ssl_context!r}, so the server's certificate is not verified"
+        fix = (
+            'set ssl_context to "default" (a private CA goes into SSL_CERT_FILE or SSL_CERT_DIR of the '
+            "Airflow processes)"
+        )
+    raise ImapAuthError(
+        f"refusing to send the login's password or token: {why}; {fix}, or, for a test server only, set "
+        f"the extra {INSECURE_TRANSPORT_EXTRA}: true"
+    )
 
 
 def _unreachable(what: str, exc: BaseException) -> ImapAuthError:

@@ -75,7 +75,24 @@ class JiraNotFound(JiraError):
 
 
 class JiraUnavailable(JiraError):
-    """Jira could not be reached, or kept failing (5xx, 429) past the bounded retries: try again later."""
+    """Jira could not be reached, or kept failing (5xx, 429) past the bounded retries: try again later.
+
+    `status` is Jira's last HTTP status (None when no answer came), `timed_out` whether the last
+    attempt ran out of time, and `retry_after` the seconds Jira's last Retry-After asked for, if any.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        timed_out: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.timed_out = timed_out
+        self.retry_after = retry_after
 
 
 class JiraRequestError(JiraError):
@@ -361,6 +378,8 @@ class JiraCloudClient:
             attempt += 1
             self.request_count += 1
             retry_after: float | None = None
+            status: int | None = None
+            timed_out = False
             try:
                 response = call()
             except (
@@ -368,11 +387,13 @@ class JiraCloudClient:
                 requests.ConnectionError,
                 requests.exceptions.ChunkedEncodingError,
             ) as exc:
-                failure = "timed out" if isinstance(exc, requests.Timeout) else "could not be reached"
+                timed_out = isinstance(exc, requests.Timeout)
+                failure = "timed out" if timed_out else "could not be reached"
                 failure = f"{failure} ({type(exc).__name__})"
             else:
                 if response.status_code not in _TRANSIENT_STATUSES:
                     return response
+                status = response.status_code
                 failure = f"answered HTTP {response.status_code}"
                 if response.status_code in (429, 503):
                     retry_after = _retry_after_seconds(response.headers.get("Retry-After"))
@@ -381,16 +402,18 @@ class JiraCloudClient:
                     self.last_throttle = Throttle(datetime.now(UTC), retry_after)
                 response.close()
             budget_left = self.max_retry_wait - waited
+            last = {"status": status, "timed_out": timed_out, "retry_after": retry_after}
             if attempt > self.max_retries:
                 raise JiraUnavailable(
-                    f"Jira at {self.where} {failure} on {what}; gave up after {attempt} attempt(s)"
+                    f"Jira at {self.where} {failure} on {what}; gave up after {attempt} attempt(s)", **last
                 )
             delay = retry_after if retry_after is not None else RETRY_BACKOFF_BASE * 2 ** (attempt - 1)
             if delay > budget_left:
                 why = "Retry-After asks for" if retry_after is not None else "the next retry would wait"
                 raise JiraUnavailable(
                     f"Jira at {self.where} {failure} on {what}; {why} {delay:.1f}s, more than the "
-                    f"{budget_left:.1f}s left of the {self.max_retry_wait:.1f}s retry budget"
+                    f"{budget_left:.1f}s left of the {self.max_retry_wait:.1f}s retry budget",
+                    **last,
                 )
             logger.warning(
                 "Jira %s on %s; retry %d of %d in %.2fs", failure, what, attempt, self.max_retries, delay
@@ -465,7 +488,15 @@ class JiraCloudClient:
             raise JiraNotFound(normalised)
         if response.status_code >= 400:
             raise self._request_error(what, response)
-        return response.json()
+        try:
+            issue = response.json()
+        except ValueError:
+            issue = None
+        if not isinstance(issue, dict):
+            raise JiraError(
+                f"Jira at {self.where} answered {what} with HTTP {response.status_code} but no issue"
+            )
+        return issue
 
     def fields_catalogue(self) -> list[dict[str, Any]]:
         """Every field this account can see, system and custom (GET /rest/api/3/field)."""

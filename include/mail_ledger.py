@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from include.imap_wire import MAX_UID
 from include.names import MAIL_LEDGER_TABLE
 from include.store_db import (
     as_utc_datetime,
@@ -147,8 +148,9 @@ def bounded_text(value: Any, limit: int) -> str | None:
 
 
 def _uid(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"an IMAP UID must be a positive integer, got {value!r}")
+    # RFC 3501's nz-number: a larger value is no UID, and SQLite could not even bind it (OverflowError).
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_UID:
+        raise ValueError(f"an IMAP UID must be an integer from 1 to {MAX_UID}, got {value!r}")
     return value
 
 

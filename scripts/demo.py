@@ -367,8 +367,8 @@ def _airflow_env(env: dict[str, str], state: dict[str, Any]) -> dict[str, str]:
             "port": imap["port"],
             "login": imap["login"],
             "password": imap["password"],
-            # Plain IMAP, on loopback only; a real mailbox takes IMAPS on 993.
-            "extra": {"use_ssl": False},
+            # Plain IMAP, on loopback only, so said explicitly; a real mailbox takes IMAPS on 993.
+            "extra": {"use_ssl": False, "allow_insecure_transport": True},
         },
         JIRA_CONN_ID: {
             "conn_type": "jira",

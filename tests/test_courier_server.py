@@ -131,7 +131,7 @@ def test_the_airflow_connection_and_a_second_login(courier: CourierServer, accou
         "port": courier.port,
         "login": account.login,
         "password": account.password,
-        "extra": {"use_ssl": False},
+        "extra": {"use_ssl": False, "allow_insecure_transport": True},
     }
     # An account created after start-up can log in at once (authlib re-reads userdb.dat).
     other = courier.create_account(login="second-user", password="s3cret-pw")

@@ -227,7 +227,7 @@ def test_list_entries_is_newest_first_and_bounded(ledger):
     [
         (lambda c, d: list_entries(c, d, states=["lost"]), "states must be"),
         (lambda c, d: list_entries(c, d, states=["failed"], limit=0), "limit must be"),
-        (lambda c, d: record_rejected(c, d, **BOX, entries=[{"uid": 0}], now=T0), "positive integer"),
+        (lambda c, d: record_rejected(c, d, **BOX, entries=[{"uid": 0}], now=T0), "integer from 1 to"),
         (lambda c, d: record_rejected(c, d, mailbox="", uidvalidity=1, entries=[], now=T0), "mailbox"),
         (
             lambda c, d: record_failures(c, d, **BOX, entries=[_failing(1)], now=T0, max_attempts=0),

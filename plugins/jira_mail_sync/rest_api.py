@@ -37,19 +37,24 @@ process has Jira lookups in flight, and answers 503 with `Retry-After` otherwise
 Answers: 200 with the ticket; 401 with `WWW-Authenticate: Bearer` when the token is missing, malformed,
 badly signed, for another audience, expired or revoked; 403 for a user who may not read the
 `jira_inbox` DAG; 404 when Jira has no such issue (or the sync
-account may not see it); 422 for a body that is not `{"key": "PROJECT-123"}`; 502 when Jira refuses the
-sync account; 503 when Jira cannot be reached or its connection is unusable, or when the channel
-is busy (with `Retry-After`). 403 also for a key outside `rest_projects`. Errors carry
-`{"detail": "..."}` and never a token, password or connection URI.
+account may not see it); 413 for a body over 4 KiB; 422 for a body that is not
+`{"key": "PROJECT-123"}`; 502 when Jira fails (5xx, unreachable), refuses the sync account or answers
+something that is no issue; 503 with `Retry-After` when Jira rate-limits or is busy (429, 503), or
+when the channel is busy; 503 when the Jira connection is unusable; 504 when Jira does not answer in
+time. 403 also for a key outside `rest_projects`, asked for or answered: a moved issue is judged by
+its new key. Errors carry `{"detail": "..."}` and never a token, password or connection URI.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
+import re
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -60,7 +65,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from include.jira_cloud import JiraError, JiraNotFound, JiraRequestError, JiraUnavailable, ticket_details
-from include.jira_rules import is_issue_key, is_project_key
+from include.jira_rules import ISSUE_KEY_PATTERN, is_issue_key, is_project_key
 from include.names import CONFIG_SECTION, JIRA_API_POOL
 from include.ticket_store import get_ticket
 from jira_mail_sync.hooks.jira_cloud import JiraCloudHook
@@ -88,6 +93,13 @@ PROJECTS_OPTION = "rest_projects"
 # Enough for any real run of typos; a flood of made-up keys only pushes out the oldest.
 NOT_FOUND_CACHE_ENTRIES = 10_000
 BUSY_RETRY_AFTER_SECONDS = 2
+# `{"key": "PROJECT-123"}` needs a few dozen bytes; anything near this bound is not a lookup.
+MAX_BODY_BYTES = 4096
+
+# The key rule in any case, between spaces: what the body's `key` may be, and its OpenAPI `pattern`.
+# Matched with re.search, as JSON Schema validators in Python do, so the schema and the check agree.
+REQUEST_KEY_PATTERN = "^ *" + ISSUE_KEY_PATTERN.replace("A-Z", "A-Za-z") + " *$"
+_REQUEST_KEY = re.compile(REQUEST_KEY_PATTERN)
 
 _TOKEN_HINT = "send an Airflow access token from POST /auth/token as 'Authorization: Bearer <token>'"
 
@@ -95,14 +107,16 @@ _TOKEN_HINT = "send an Airflow access token from POST /auth/token as 'Authorizat
 class TicketRequest(BaseModel):
     """The request body: one Jira issue key (case-insensitive, surrounding blanks ignored)."""
 
-    key: str = Field(max_length=MAX_KEY_CHARS, examples=["ABC-123"])
+    key: str = Field(
+        max_length=MAX_KEY_CHARS, examples=["ABC-123"], json_schema_extra={"pattern": REQUEST_KEY_PATTERN}
+    )
 
     @field_validator("key")
     @classmethod
     def _issue_key(cls, value: str) -> str:
         key = value.strip().upper()
         # The shared key rule, so that any key the inbox or the sweep can store is one this answers.
-        if not is_issue_key(key):
+        if _REQUEST_KEY.search(value) is None or not is_issue_key(key):
             raise ValueError("not a Jira issue key: expected PROJECT-123")
         return key
 
@@ -176,21 +190,57 @@ async def require_airflow_user(
     return user
 
 
+def _too_large() -> HTTPException:
+    return HTTPException(
+        status.HTTP_413_CONTENT_TOO_LARGE,
+        detail=f'The body is larger than {MAX_BODY_BYTES} bytes; send only {{"key": "PROJECT-123"}}',
+    )
+
+
+async def bounded_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The request body, refused with 413 past `limit` bytes before more than that is held in memory.
+
+    A declared Content-Length is judged before reading; the stream is counted as well, for chunked
+    bodies (no length) and for clients whose length is not the truth.
+    """
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large()
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _invalid_json(why: str) -> RequestValidationError:
+    return RequestValidationError(
+        [{"type": "json_invalid", "loc": ("body",), "msg": f"the body is not JSON: {why}"}]
+    )
+
+
 async def ticket_request(request: Request) -> TicketRequest:
     """The JSON body whatever its Content-Type, so a bare `curl -d '{"key": ...}'` (a form type) works too."""
-    body = await request.body()
+    body = await bounded_body(request)
     try:
         payload: Any = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RequestValidationError(
-            [{"type": "json_invalid", "loc": ("body",), "msg": f"the body is not JSON: {exc}", "input": None}]
-        ) from None
+        raise _invalid_json(str(exc)) from None
+    except RecursionError:
+        # `[[[[...`: the json module recurses once per level; 4 KiB of brackets exceed Python's limit.
+        raise _invalid_json("it is nested too deeply") from None
     try:
         return TicketRequest.model_validate(payload)
     except ValidationError as exc:
-        errors = exc.errors(include_url=False)
+        # Not the input: it is the caller's own, may be large, and may not even encode as UTF-8.
         raise RequestValidationError(
-            [{**error, "loc": ("body", *error["loc"])} for error in errors]
+            [
+                {"type": error["type"], "loc": ("body", *error["loc"]), "msg": error["msg"]}
+                for error in exc.errors(include_url=False)
+            ]
         ) from None
 
 
@@ -233,11 +283,10 @@ def allowed_projects() -> frozenset[str] | None:
     return projects or None
 
 
-def _busy(detail: str) -> HTTPException:
+def _busy(detail: str, retry_after: float | None = None) -> HTTPException:
+    seconds = BUSY_RETRY_AFTER_SECONDS if retry_after is None else max(1, math.ceil(retry_after))
     return HTTPException(
-        status.HTTP_503_SERVICE_UNAVAILABLE,
-        detail=detail,
-        headers={"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)},
+        status.HTTP_503_SERVICE_UNAVAILABLE, detail=detail, headers={"Retry-After": str(seconds)}
     )
 
 
@@ -245,10 +294,12 @@ class LookupLimits:
     """This process's bounds: lookups at once, Jira lookups against the pool, and remembered 404s.
 
     Process-wide on purpose: the api-server serves sync routes from a thread pool, and each lookup
-    holds one of its threads until the store and Jira have answered.
+    holds one of its threads until the store and Jira have answered. `clock` (seconds, monotonic)
+    decides when a remembered 404 expires.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self._lock = threading.Lock()
         self._lookups = 0
         self._jira_lookups = 0
@@ -284,7 +335,7 @@ class LookupLimits:
             expires = self._not_found.get(key)
             if expires is None:
                 return False
-            if expires > time.monotonic():
+            if expires > self._clock():
                 return True
             del self._not_found[key]
             return False
@@ -294,7 +345,7 @@ class LookupLimits:
         if seconds == 0:
             return
         with self._lock:
-            self._not_found[key] = time.monotonic() + seconds
+            self._not_found[key] = self._clock() + seconds
             self._not_found.move_to_end(key)
             while len(self._not_found) > NOT_FOUND_CACHE_ENTRIES:
                 self._not_found.popitem(last=False)
@@ -340,7 +391,8 @@ def _stored_ticket(key: str) -> dict[str, Any] | None:
         return None
 
 
-def _from_store(ticket: dict[str, Any]) -> TicketDetails:
+def _answer(ticket: dict[str, Any], *, fetched_at: datetime, source: str) -> TicketDetails:
+    """The answer from a ticket record (a store row, or `ticket_details` of Jira's issue: same names)."""
     return TicketDetails(
         key=ticket["key"],
         assigned_to=ticket["assignee_email"],
@@ -348,9 +400,70 @@ def _from_store(ticket: dict[str, Any]) -> TicketDetails:
         summary=ticket["summary"],
         status=ticket["status"],
         updated_at=ticket["updated_at"],
-        fetched_at=ticket["fetched_at"],
-        source="store",
+        fetched_at=fetched_at,
+        source=source,
     )
+
+
+def _from_store(ticket: dict[str, Any]) -> TicketDetails:
+    return _answer(ticket, fetched_at=ticket["fetched_at"], source="store")
+
+
+def _unusable_answer(key: str) -> HTTPException:
+    return HTTPException(status.HTTP_502_BAD_GATEWAY, detail=f"Jira's answer for {key} was unusable")
+
+
+def details_from_jira(key: str, issue: Any) -> TicketDetails:
+    """Jira's issue as the channel's answer; 502 when the answer is not an issue the channel can show.
+
+    Jira's JSON is outside our control: any shape, type or text the answer cannot be built (or sent
+    as UTF-8 JSON) from is Jira's failure, not the channel's.
+    """
+    try:
+        answer = _answer(ticket_details(issue), fetched_at=datetime.now(UTC), source="jira")
+        answer.model_dump_json()  # a lone surrogate in a text would only fail once the route returns
+    except (KeyError, TypeError, AttributeError, ValueError, OverflowError) as exc:
+        log.error("Jira's answer for %s is unusable (%s)", key, type(exc).__name__)
+        raise _unusable_answer(key) from None
+    if not is_issue_key(answer.key):
+        log.error("Jira answered %s with no issue key", key)
+        raise _unusable_answer(key)
+    return answer
+
+
+def _jira_failure(key: str, exc: Exception) -> HTTPException:
+    """The answer for a failed Jira lookup: 504 on a timeout, 503 when Jira asks to wait, 502 otherwise."""
+    if isinstance(exc, JiraUnavailable) and exc.timed_out:
+        log.warning("Jira timed out for %s: %s", key, exc)
+        return HTTPException(
+            status.HTTP_504_GATEWAY_TIMEOUT,
+            detail=f"Jira did not answer in time and the store has no fresh copy of {key}; try again later",
+        )
+    if isinstance(exc, JiraUnavailable) and exc.status in (429, 503):
+        log.warning("Jira is busy for %s: %s", key, exc)
+        return _busy(
+            f"Jira is busy (HTTP {exc.status}) and the store has no fresh copy of {key}; try again later",
+            exc.retry_after,
+        )
+    if isinstance(exc, JiraUnavailable):
+        log.warning("Jira failed for %s: %s", key, exc)
+        said = f"answered HTTP {exc.status}" if exc.status else "could not be reached"
+        return HTTPException(
+            status.HTTP_502_BAD_GATEWAY,
+            detail=f"Jira {said} and the store has no fresh copy of {key}; try again later",
+        )
+    if isinstance(exc, JiraRequestError):
+        log.error("Jira refused the lookup of %s: %s", key, exc)
+        return HTTPException(
+            status.HTTP_502_BAD_GATEWAY,
+            detail=f"Jira refused the sync account's request for {key} (HTTP {exc.status})",
+        )
+    if isinstance(exc, JiraError):
+        log.error("Jira lookup of %s failed: %s", key, exc)
+        return _unusable_answer(key)
+    # Whatever else the HTTP stack raises; its text could name URLs, so only its type is logged.
+    log.error("Jira lookup of %s failed unexpectedly: %s", key, type(exc).__name__)
+    return HTTPException(status.HTTP_502_BAD_GATEWAY, detail=f"Jira could not be asked for {key}")
 
 
 def _from_jira(key: str) -> TicketDetails:
@@ -360,46 +473,32 @@ def _from_jira(key: str) -> TicketDetails:
     limits.enter_jira()
     try:
         with hook:
-            issue = hook.get_conn().get_issue(key)
+            try:
+                client = hook.get_conn()
+            except (AirflowNotFoundException, ValueError) as exc:
+                # A missing or incomplete jira_default connection: the message names it, no secret.
+                log.error("Cannot ask Jira for %s: %s: %s", key, type(exc).__name__, exc)
+                raise HTTPException(
+                    status.HTTP_503_SERVICE_UNAVAILABLE,
+                    detail="The server's Jira connection is not usable; ask an Airflow administrator",
+                ) from None
+            issue = client.get_issue(key)
+    except HTTPException:
+        raise
     except JiraNotFound:
         limits.remember_missing(key)
         raise _not_found(key) from None
-    except JiraUnavailable as exc:
-        log.warning("Jira is unavailable for %s: %s", key, exc)
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            detail=f"Jira cannot be reached and the store has no fresh copy of {key}; try again later",
-        ) from None
-    except JiraRequestError as exc:
-        log.error("Jira refused the lookup of %s: %s", key, exc)
-        raise HTTPException(
-            status.HTTP_502_BAD_GATEWAY,
-            detail=f"Jira refused the sync account's request for {key} (HTTP {exc.status})",
-        ) from None
-    except JiraError as exc:
-        log.error("Jira lookup of %s failed: %s", key, exc)
-        raise HTTPException(
-            status.HTTP_502_BAD_GATEWAY, detail=f"Jira's answer for {key} was unusable"
-        ) from None
-    except (AirflowNotFoundException, ValueError) as exc:
-        # A missing or incomplete jira_default connection: the message names the connection, no secret.
-        log.error("Cannot ask Jira for %s: %s: %s", key, type(exc).__name__, exc)
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE,
-            detail="The server's Jira connection is not usable; ask an Airflow administrator",
-        ) from None
+    except Exception as exc:
+        raise _jira_failure(key, exc) from None
     finally:
         limits.leave_jira()
-    details = ticket_details(issue)
-    return TicketDetails(
-        key=details["key"],
-        assigned_to=details["assignee_email"],
-        progress_info=details["progress"],
-        summary=details["summary"],
-        status=details["status"],
-        updated_at=details["updated_at"],
-        fetched_at=datetime.now(UTC),
-        source="jira",
+    return details_from_jira(key, issue)
+
+
+def _not_synced(projects: frozenset[str]) -> HTTPException:
+    return HTTPException(
+        status.HTTP_403_FORBIDDEN,
+        detail=f"This channel answers only for the synced projects ({', '.join(sorted(projects))})",
     )
 
 
@@ -411,10 +510,17 @@ def lookup_ticket(key: str) -> TicketDetails:
     """
     projects = allowed_projects()
     if projects is not None and key.partition("-")[0] not in projects:
-        raise HTTPException(
-            status.HTTP_403_FORBIDDEN,
-            detail=f"This channel answers only for the synced projects ({', '.join(sorted(projects))})",
-        )
+        raise _not_synced(projects)
+    answer = _lookup(key)
+    # Checked again on the key that came back: Jira answers an old key with the issue under its new
+    # one, so PUB-1 moved to SECRET-9 would otherwise show SECRET-9 through a PUB-only channel.
+    if projects is not None and answer.key.partition("-")[0] not in projects:
+        log.info("%s is now %s, outside the synced projects; answering 403", key, answer.key)
+        raise _not_synced(projects)
+    return answer
+
+
+def _lookup(key: str) -> TicketDetails:
     max_age = store_max_age()
     limits.enter_lookup()
     try:
@@ -433,7 +539,61 @@ def lookup_ticket(key: str) -> TicketDetails:
         limits.leave_lookup()
 
 
-_ERROR = {"content": {"application/json": {"example": {"detail": "..."}}}}
+class Problem(BaseModel):
+    """Every error answer but 422: what went wrong, in words for the caller."""
+
+    detail: str
+
+
+class BodyProblem(BaseModel):
+    """One thing wrong with the request body."""
+
+    type: str
+    loc: list[str | int]
+    msg: str
+
+
+class InvalidRequest(BaseModel):
+    """422: what is wrong with the body, one entry per problem."""
+
+    detail: list[BodyProblem]
+
+
+class ErrorAnswer(BaseModel):
+    """An error answer of a route whose 422 may be a sentence or a list of problems."""
+
+    detail: str | list[BodyProblem]
+
+
+def _retry_after(description: str) -> dict[str, Any]:
+    return {"Retry-After": {"description": description, "schema": {"type": "integer"}}}
+
+
+# The error answers the route can give, declared so that its OpenAPI document is the whole truth
+# (tests/test_openapi_fuzz.py holds the running server to it).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {
+        "model": Problem,
+        "description": "No valid Airflow access token",
+        "headers": {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}},
+    },
+    403: {
+        "model": Problem,
+        "description": "The user may not read the jira_inbox DAG, or the issue's project is not synced "
+        "(checked on the key asked for and on the key the issue has now)",
+    },
+    404: {"model": Problem, "description": "Jira has no such issue, or the sync account may not see it"},
+    413: {"model": Problem, "description": f"The body is larger than {MAX_BODY_BYTES} bytes"},
+    422: {"model": InvalidRequest, "description": 'The body is not JSON of the form {"key": "PROJECT-123"}'},
+    502: {"model": Problem, "description": "Jira failed, refused the sync account, or answered nonsense"},
+    503: {
+        "model": Problem,
+        "description": "Jira is rate-limiting or busy (429/503) and the store has no fresh copy, the "
+        "channel is busy, or the server's Jira connection is not usable",
+        "headers": _retry_after("Seconds to wait before asking again (absent for an unusable connection)"),
+    },
+    504: {"model": Problem, "description": "Jira did not answer in time and the store has no fresh copy"},
+}
 
 app = FastAPI(
     title="jira-mail-sync",
@@ -451,19 +611,7 @@ app = FastAPI(
     "/ticket",
     dependencies=[Depends(require_airflow_user)],
     response_model=TicketDetails,
-    responses={
-        401: {"description": "No valid Airflow access token", **_ERROR},
-        403: {
-            "description": "The user may not read the jira_inbox DAG, or the key's project is not synced",
-            **_ERROR,
-        },
-        404: {"description": "Jira has no such issue", **_ERROR},
-        502: {"description": "Jira refused the sync account", **_ERROR},
-        503: {
-            "description": "Jira cannot be reached and the store has no fresh copy, or the channel is busy",
-            **_ERROR,
-        },
-    },
+    responses=ERROR_RESPONSES,
     openapi_extra={
         "requestBody": {
             "required": True,

@@ -38,7 +38,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from include.imap_wire import check_mailbox
+from include.imap_wire import MAX_UID, check_mailbox
 from include.names import IMAP_CONN_ID, INBOX_DAG_ID, SWEEP_DAG_ID
 from include.sync_status import (
     as_json,
@@ -51,7 +51,14 @@ from include.sync_status import (
 )
 from jira_mail_sync.hooks.imap import ImapInboxHook
 from jira_mail_sync.hooks.ticket_store import TicketStoreHook
-from jira_mail_sync.rest_api import CONFIG_SECTION, _bearer, require_dag_access, user_from_token
+from jira_mail_sync.rest_api import (
+    CONFIG_SECTION,
+    ErrorAnswer,
+    Problem,
+    _bearer,
+    require_dag_access,
+    user_from_token,
+)
 
 if TYPE_CHECKING:
     from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
@@ -317,7 +324,14 @@ def _mailbox_param(mailbox: str) -> str:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail=str(exc)) from None
 
 
-@router.get("/status", responses={401: {"description": "No valid token"}, 403: {"description": "No rights"}})
+@router.get(
+    "/status",
+    responses={
+        401: {"model": Problem, "description": "No valid token"},
+        403: {"model": Problem, "description": "No rights"},
+        422: {"model": ErrorAnswer, "description": "The mailbox is not a valid name"},
+    },
+)
 def get_status(_user: Reader, mailbox: str = DEFAULT_MAILBOX) -> JSONResponse:
     """The sync's state as JSON: inbox backlog, held-back mail, sweep progress, store, Jira usage."""
     return JSONResponse(as_json(collect_status(_mailbox_param(mailbox))))
@@ -400,7 +414,7 @@ class ReleaseRequest(BaseModel):
     """Which held-back mail to hand back to jira_inbox: UIDs of one mailbox (its current UIDVALIDITY)."""
 
     mailbox: str = Field(default=DEFAULT_MAILBOX, max_length=200)
-    uids: list[Annotated[int, Field(gt=0, lt=2**32)]] = Field(min_length=1, max_length=MAX_RELEASE_UIDS)
+    uids: list[Annotated[int, Field(ge=1, le=MAX_UID)]] = Field(min_length=1, max_length=MAX_RELEASE_UIDS)
 
 
 def _same_origin(request: Request) -> bool:

@@ -14,7 +14,13 @@ from imapclient import IMAPClient
 from imapclient.exceptions import LoginError
 
 from include.imap_inbox import Inbox
-from include.imap_oauth import ImapAuth, ImapAuthError, ImapAuthUnavailable, imap_auth_from_connection
+from include.imap_oauth import (
+    ImapAuth,
+    ImapAuthError,
+    ImapAuthUnavailable,
+    imap_auth_from_connection,
+    insecure_transport_allowed,
+)
 from include.imap_wire import connect
 from include.names import IMAP_CONN_ID
 from include.sender_auth import SenderAuthPolicy
@@ -64,6 +70,11 @@ def _server_answer(exc: LoginError, *secrets: str | None) -> str:
     return text
 
 
+def _use_ssl(extra: dict[str, Any]) -> bool:
+    """The extra `use_ssl` as the provider reads it: on unless set to something false."""
+    return bool(extra.get("use_ssl", True))
+
+
 def _close(client: IMAPClient) -> None:
     with contextlib.suppress(Exception):
         client.shutdown()
@@ -80,7 +91,9 @@ class ImapInboxHook(ImapHook):
     """ImapHook whose client cannot hang a task, logs in per `auth_type`, and reads mail only via Inbox.
 
     The connection fields are the provider's (host, port, login, password; extras `use_ssl`,
-    default true, and `ssl_context`, "default" or "none"), plus the extra `auth_type`:
+    default true, and `ssl_context`, "default" or "none"), plus the extra `allow_insecure_transport`
+    (default false: a password or token goes out only over TLS with a verified certificate) and the
+    extra `auth_type`:
 
     - `password` (default): IMAP LOGIN with the login and password;
     - `xoauth2` / `oauthbearer`: SASL with an OAuth 2.0 access token from the token source the
@@ -110,19 +123,33 @@ class ImapInboxHook(ImapHook):
         return connect(
             conn.host or "",
             conn.port,
-            use_ssl=bool(extra.get("use_ssl", True)),
+            use_ssl=_use_ssl(extra),
             ssl_context=ssl_context_setting(extra),
             timeout=self.timeout,
         )
 
     def login_settings(self, conn) -> ImapAuth:
-        """How this connection logs in (validated; no network). ImapLoginError names a wrong extra."""
+        """How this connection logs in (validated; no network). ImapLoginError names a wrong extra.
+
+        Also refuses, before any connection or token request, a transport that would expose the
+        password or token (include/imap_oauth.py, `insecure_transport_allowed`).
+        """
+        extra = conn.extra_dejson
         try:
-            return imap_auth_from_connection(
-                conn.login, conn.password, conn.extra_dejson, timeout=self.timeout
+            auth = imap_auth_from_connection(conn.login, conn.password, extra, timeout=self.timeout)
+            insecure = insecure_transport_allowed(
+                extra, use_ssl=_use_ssl(extra), ssl_context=ssl_context_setting(extra)
             )
         except ImapAuthError as exc:
             raise ImapLoginError(f"IMAP connection {self.imap_conn_id!r}: {exc}") from None
+        if insecure:
+            self.log.warning(
+                "IMAP connection %r sends its login to %s without verified TLS, as its extra "
+                "allow_insecure_transport says; use that only for test servers",
+                self.imap_conn_id,
+                conn.host,
+            )
+        return auth
 
     def sender_auth(self) -> SenderAuthPolicy:
         """How mail from this mailbox is authenticated beyond its From (extras `sender_auth`,

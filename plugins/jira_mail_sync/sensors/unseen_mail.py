@@ -10,6 +10,7 @@ from typing import Any
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.exceptions import AirflowSkipException
 
+from include.imap_wire import MAX_UID
 from include.mail_ledger import held_uids, release
 from include.names import IMAP_CONN_ID, STORE_CONN_ID
 from jira_mail_sync.hooks.imap import ImapInboxHook
@@ -28,13 +29,15 @@ def _from_template(value: Any, name: str) -> Any:
 
 
 def release_request(release_uids: Any, release_all: Any) -> tuple[list[int], bool]:
-    """The UIDs and the flag a manual run asked to release, checked: positive integers, a boolean."""
+    """The UIDs and the flag a manual run asked to release, checked: UIDs 1..MAX_UID, a boolean."""
     uids = _from_template(release_uids, "release_uids") or []
     everything = _from_template(release_all, "release_all") or False
     if not isinstance(uids, list) or not all(
-        isinstance(uid, int) and not isinstance(uid, bool) and uid > 0 for uid in uids
+        isinstance(uid, int) and not isinstance(uid, bool) and 1 <= uid <= MAX_UID for uid in uids
     ):
-        raise ValueError(f"release_uids must be a list of positive integers (IMAP UIDs), got {uids!r}")
+        raise ValueError(
+            f"release_uids must be a list of positive integers up to {MAX_UID} (IMAP UIDs), got {uids!r}"
+        )
     if not isinstance(everything, bool):
         raise ValueError(f"release_all must be true or false, got {everything!r}")
     return uids, everything
