@@ -9,7 +9,7 @@ Routes (under the plugin's prefix, `/jira-mail-sync`):
   page, or JSON `{"mailbox": "INBOX", "uids": [..]}`): it triggers a `jira_inbox` run with the mail
   ledger's release params.
 
-Who may see what (plugin/jira_mail_sync/auth.py does the checks, with the auth manager's own calls):
+Who may see what (plugins/jira_mail_sync/auth.py does the checks, with the auth manager's own calls):
 the page and the JSON need the right to read `jira_inbox` and `jira_sweep`. That shows the counts.
 What a held-back mail said (sender, subject, Message-ID, ticket keys, the reason naming the sender)
 also needs `can_read` on jira_inbox's task logs or XCom, where the same text already is; without it

@@ -61,20 +61,9 @@ def start_api_server(
         "AIRFLOW__API__PORT": str(port),
         **(settings or {}),
     }
+    arguments = ["api-server", "--host", LOOPBACK, "--port", str(port), "-w", "1", *options]
     process = spawn(
-        [
-            sys.executable,
-            "-m",
-            "airflow",
-            "api-server",
-            "--host",
-            LOOPBACK,
-            "--port",
-            str(port),
-            "-w",
-            "1",
-            *options,
-        ],
+        [sys.executable, "-m", "airflow", *arguments],
         log_path,
         env=env,
         cwd=cwd,
