@@ -15,7 +15,7 @@ What a held-back mail said (sender, subject, Message-ID, ticket keys, the reason
 also needs `can_read` on jira_inbox's task logs or XCom, where the same text already is; without it
 the ledger shows counts only. Each DAG's run figures need read on its DAG runs. Releasing needs the
 right to trigger `jira_inbox` runs. Form posts are also refused when they come from another site
-(Origin check, `_same_origin`), on top of the cookie's SameSite=Lax. The page may be framed only by
+(Origin check, `same_origin`), on top of the cookie's SameSite=Lax. The page may be framed only by
 its own origin (the Airflow UI): `Content-Security-Policy: frame-ancestors 'self'`.
 
 Which mailboxes: only those the DAGs read (`known_mailboxes`): `INBOX` of `imap_default`, the one the
@@ -150,7 +150,7 @@ def known_mailboxes() -> tuple[str, ...]:
     return tuple(dict.fromkeys(name for name in names if name))
 
 
-def _mailbox_param(mailbox: str) -> str:
+def checked_mailbox(mailbox: str) -> str:
     """`mailbox` if the DAGs read it: 422 for a name IMAP cannot carry, 404 for one no DAG reads."""
     try:
         mailbox = check_mailbox(mailbox)
@@ -437,7 +437,7 @@ def collect_status(mailbox: str, visibility: Visibility) -> dict[str, Any]:
 
 def _figures_for(user: BaseUser, mailbox: str) -> dict[str, Any]:
     """The figures `user` may see, in a worker thread: IMAP, the store and the metadata DB block."""
-    return collect_status(_mailbox_param(mailbox), Visibility.of(user))
+    return collect_status(checked_mailbox(mailbox), Visibility.of(user))
 
 
 @router.get(
@@ -589,10 +589,17 @@ def _this_sites_origins(request: Request) -> set[str]:
     return origins
 
 
-def _same_origin(request: Request) -> bool:
-    origin = request.headers.get("origin") or request.headers.get("referer")
-    if not origin or origin == "null":
-        return origin is None
+def same_origin(request: Request) -> bool:
+    """Whether a release comes from this Airflow's own page; a client that sends neither header passes.
+
+    A browser sends Origin (or at least Referer) with every form post, so an empty, opaque ("null")
+    or foreign one is refused; API clients with a bearer token send neither.
+    """
+    origin = request.headers.get("origin")
+    if origin is None:
+        origin = request.headers.get("referer")
+    if origin is None:
+        return True
     parts = urlsplit(origin)
     return f"{parts.scheme}://{parts.netloc}" in _this_sites_origins(request)
 
@@ -656,12 +663,12 @@ async def release_mail(request: Request, user: SessionUser) -> Any:
     """Hand rejected or quarantined mail back to jira_inbox: triggers a run with `release_uids`."""
     _as_figure_reader(user)
     require_dag_access(user, (INBOX_DAG_ID,), method="POST", run=True)
-    if not _same_origin(request):
+    if not same_origin(request):
         raise HTTPException(
             status.HTTP_403_FORBIDDEN, detail="A release must come from this Airflow's own page"
         )
     release, from_form = await _release_request(request)
-    await run_in_threadpool(_mailbox_param, release.mailbox)
+    await run_in_threadpool(checked_mailbox, release.mailbox)
     run_id = await run_in_threadpool(trigger_release, release, user)
     if from_form:
         return RedirectResponse(
