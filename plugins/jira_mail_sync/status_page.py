@@ -299,11 +299,9 @@ def _mailbox_figures(mailbox: str) -> dict[str, Any]:
 
 
 def inbox_mode() -> str:
-    """`poll` or `idle` where the idle schedule is installed; this page never fails over the setting."""
-    try:
-        from jira_mail_sync.inbox_schedule import inbox_mode as configured_mode
-    except ImportError:
-        return "poll"  # this version of jira_inbox only polls
+    """`poll` or `idle`, as configured; this page never fails over the setting."""
+    from jira_mail_sync.inbox_schedule import inbox_mode as configured_mode
+
     try:
         return configured_mode()
     except ValueError:
