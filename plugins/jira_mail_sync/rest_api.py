@@ -13,7 +13,7 @@ Why this module checks tokens itself: the api-server mounts a plugin's `fastapi_
 sub-application. Airflow's authentication is a dependency of its own routers (/api/v2, /ui), not a
 middleware, so nothing in front of a plugin app asks for a token (seen on 3.3.2). Left alone, this
 endpoint would hand Jira data, read with the sync account's API token, to anyone who can reach the
-api-server. So every route here depends on `require_airflow_user`, which hands the bearer token to the
+api-server. So every route here depends on `auth.inbox_reader`, which hands the bearer token to the
 configured auth manager's `get_user_from_token`, the same call Airflow's own routes make. Signature,
 audience, issuer, expiry, leeway, JWKS keys and revoked (logged-out) tokens therefore follow the
 `[api_auth]` settings, and this module never decodes a JWT itself.
@@ -56,23 +56,20 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 from airflow.sdk.exceptions import AirflowNotFoundException
 from fastapi import Depends, FastAPI, HTTPException, Request, status
 from fastapi.exceptions import RequestValidationError
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from include.jira_cloud import JiraError, JiraNotFound, JiraRequestError, JiraUnavailable, ticket_details
 from include.jira_rules import ISSUE_KEY_PATTERN, is_issue_key, is_project_key
 from include.names import CONFIG_SECTION, JIRA_API_POOL
 from include.ticket_store import get_ticket
+from jira_mail_sync.auth import inbox_reader
 from jira_mail_sync.hooks.jira_cloud import JiraCloudHook
 from jira_mail_sync.hooks.ticket_store import TicketStoreHook
-
-if TYPE_CHECKING:
-    from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +97,6 @@ MAX_BODY_BYTES = 4096
 # Matched with re.search, as JSON Schema validators in Python do, so the schema and the check agree.
 REQUEST_KEY_PATTERN = "^ *" + ISSUE_KEY_PATTERN.replace("A-Z", "A-Za-z") + " *$"
 _REQUEST_KEY = re.compile(REQUEST_KEY_PATTERN)
-
-_TOKEN_HINT = "send an Airflow access token from POST /auth/token as 'Authorization: Bearer <token>'"
 
 
 class TicketRequest(BaseModel):
@@ -134,60 +129,6 @@ class TicketDetails(BaseModel):
     updated_at: datetime | None = Field(description="When the issue last changed in Jira")
     fetched_at: datetime = Field(description="When this copy was read from Jira")
     source: Literal["store", "jira"]
-
-
-_bearer = HTTPBearer(auto_error=False, description="An Airflow access token from POST /auth/token")
-
-
-def _unauthorized(detail: str, *, invalid_token: bool) -> HTTPException:
-    # RFC 6750: a request without credentials gets a bare challenge, a rejected token an error code.
-    challenge = 'Bearer error="invalid_token"' if invalid_token else "Bearer"
-    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail=detail, headers={"WWW-Authenticate": challenge})
-
-
-async def user_from_token(token: str | None) -> BaseUser:
-    """The Airflow user a valid access token stands for; 401 for a missing, bad, expired or revoked one."""
-    from airflow.api_fastapi.app import get_auth_manager
-    from jwt import ExpiredSignatureError, InvalidTokenError
-
-    if not token:
-        raise _unauthorized(f"Not authenticated: {_TOKEN_HINT}", invalid_token=False)
-    try:
-        return await get_auth_manager().get_user_from_token(token)
-    except ExpiredSignatureError:
-        raise _unauthorized(f"The access token has expired: {_TOKEN_HINT}", invalid_token=True) from None
-    except InvalidTokenError:
-        raise _unauthorized(f"The access token is not valid: {_TOKEN_HINT}", invalid_token=True) from None
-
-
-def require_dag_access(
-    user: BaseUser, dag_ids: tuple[str, ...], *, method: str = "GET", run: bool = False
-) -> None:
-    """403 unless the auth manager lets `user` do `method` on each DAG (on its runs, with `run`)."""
-    from airflow.api_fastapi.app import get_auth_manager
-    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
-
-    auth_manager = get_auth_manager()
-    entity = DagAccessEntity.RUN if run else None
-    for dag_id in dag_ids:
-        if not auth_manager.is_authorized_dag(
-            method=method, access_entity=entity, details=DagDetails(id=dag_id), user=user
-        ):
-            action = "trigger" if run and method == "POST" else "read"
-            raise HTTPException(
-                status.HTTP_403_FORBIDDEN, detail=f"This user may not {action} the {dag_id} DAG"
-            )
-
-
-async def require_airflow_user(
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> BaseUser:
-    """The Airflow user a valid bearer token stands for; 401 for anything else."""
-    user = await user_from_token(credentials.credentials if credentials else None)
-    # Being logged in is not enough: the answer is what jira_inbox stores, so the user must be allowed
-    # to read that DAG, as Airflow's own routes would require.
-    require_dag_access(user, ("jira_inbox",))
-    return user
 
 
 def _too_large() -> HTTPException:
@@ -565,7 +506,7 @@ class ErrorAnswer(BaseModel):
     detail: str | list[BodyProblem]
 
 
-def _retry_after(description: str) -> dict[str, Any]:
+def retry_after_header(description: str) -> dict[str, Any]:
     return {"Retry-After": {"description": description, "schema": {"type": "integer"}}}
 
 
@@ -590,7 +531,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         "model": Problem,
         "description": "Jira is rate-limiting or busy (429/503) and the store has no fresh copy, the "
         "channel is busy, or the server's Jira connection is not usable",
-        "headers": _retry_after("Seconds to wait before asking again (absent for an unusable connection)"),
+        "headers": retry_after_header(
+            "Seconds to wait before asking again (absent for an unusable connection)"
+        ),
     },
     504: {"model": Problem, "description": "Jira did not answer in time and the store has no fresh copy"},
 }
@@ -609,7 +552,7 @@ app = FastAPI(
 
 @app.post(
     "/ticket",
-    dependencies=[Depends(require_airflow_user)],
+    dependencies=[Depends(inbox_reader)],
     response_model=TicketDetails,
     responses=ERROR_RESPONSES,
     openapi_extra={

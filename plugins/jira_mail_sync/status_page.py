@@ -9,37 +9,46 @@ Routes (under the plugin's prefix, `/jira-mail-sync`):
   page, or JSON `{"mailbox": "INBOX", "uids": [..]}`): it triggers a `jira_inbox` run with the mail
   ledger's release params.
 
-Who may see it: plugin apps sit outside Airflow's authentication (see rest_api), so every route checks
-the caller itself, with the same auth manager calls as Airflow's own routes. The credential is a bearer
-token or, when the page is opened from the UI, the UI's own session cookie (`_token`, which the
-browser sends to the iframe because it is served from the same api-server): no second login. Reading
-needs the right to read `jira_inbox` and `jira_sweep`; releasing needs the right to trigger
-`jira_inbox` runs. Form posts are also refused when they come from another site (Origin check), on
-top of the cookie's SameSite=Lax.
+Who may see what (plugins/jira_mail_sync/auth.py does the checks, with the auth manager's own calls):
+the page and the JSON need the right to read `jira_inbox` and `jira_sweep`. That shows the counts.
+What a held-back mail said (sender, subject, Message-ID, ticket keys, the reason naming the sender)
+also needs `can_read` on jira_inbox's task logs or XCom, where the same text already is; without it
+the ledger shows counts only. Each DAG's run figures need read on its DAG runs. Releasing needs the
+right to trigger `jira_inbox` runs. Form posts are also refused when they come from another site
+(Origin check, `same_origin`), on top of the cookie's SameSite=Lax. The page may be framed only by
+its own origin (the Airflow UI): `Content-Security-Policy: frame-ancestors 'self'`.
+
+Which mailboxes: only those the DAGs read (`known_mailboxes`): `INBOX` of `imap_default`, the one the
+idle watcher listens to, and the default of jira_inbox's `mailbox` param as the deployed DAG has it
+(its serialized copy in the metadata database). Any other `?mailbox=` answers 404 before an IMAP
+session is opened, so readers cannot make the sync account log in at will.
 
 Cost: the store figures are a handful of indexed or single-scan queries (bench/status_page.py); the
 mailbox figures need an IMAP login and are cached for `[jira_mail_sync] status_mailbox_cache_seconds`
-(default 30) per mailbox, so viewers do not open an IMAP connection each.
+(default 30) per mailbox, so viewers do not open an IMAP connection each. One reader at a time
+refreshes a mailbox; the others wait at most MAILBOX_WAIT_SECONDS and then get 503 with Retry-After,
+so a slow IMAP server never queues api-server threads (which Airflow's own routes share) behind it.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import parse_qs, quote, urlsplit
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
-from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from include.imap_wire import MAX_UID, check_mailbox
-from include.names import IMAP_CONN_ID, INBOX_DAG_ID, SWEEP_DAG_ID
+from include.names import CONFIG_SECTION, IMAP_CONN_ID, INBOX_DAG_ID, SWEEP_DAG_ID
 from include.sync_status import (
     as_json,
     held_uids,
@@ -49,15 +58,21 @@ from include.sync_status import (
     sweep_watermark,
     ticket_figures,
 )
+from jira_mail_sync.auth import (
+    Credentials,
+    SessionUser,
+    may_access_dag,
+    may_read_any,
+    require_dag_access,
+    session_user,
+)
 from jira_mail_sync.hooks.imap import ImapInboxHook
 from jira_mail_sync.hooks.ticket_store import TicketStoreHook
 from jira_mail_sync.rest_api import (
-    CONFIG_SECTION,
+    DEFAULT_STORE_CONNECT_TIMEOUT_SECONDS,
     ErrorAnswer,
     Problem,
-    _bearer,
-    require_dag_access,
-    user_from_token,
+    retry_after_header,
 )
 
 if TYPE_CHECKING:
@@ -70,11 +85,23 @@ CACHE_OPTION = "status_mailbox_cache_seconds"
 DEFAULT_CACHE_SECONDS = 30.0
 DEFAULT_MAILBOX = "INBOX"
 MAX_RELEASE_UIDS = 1000
-MAX_CACHED_MAILBOXES = 16
 LEDGER_ROWS_SHOWN = 100
 PENDING_RUNS_SHOWN = 20
 TEMPLATES = Path(__file__).parent / "templates"
 READ_DAGS = (INBOX_DAG_ID, SWEEP_DAG_ID)
+# A viewer waits this long for another viewer's refresh of the same mailbox, then gets 503.
+MAILBOX_WAIT_SECONDS = 2.0
+MAILBOX_BUSY_RETRY_AFTER_SECONDS = 5
+# The page's IMAP session gets less time than a DAG's: a person is waiting, and the page says it failed.
+PAGE_IMAP_TIMEOUT_SECONDS = 10.0
+# Where a held-back mail's own words are already readable in Airflow: its task logs and its XCom.
+MAIL_DETAIL_ENTITIES = ("TASK_LOGS", "XCOM")
+# The page's release runs are named so; `released=` is shown only when it has exactly this shape.
+RELEASE_RUN_PREFIX = "release__"
+RELEASE_RUN_TIME_FORMAT = "%Y%m%dT%H%M%S%f"
+RELEASE_RUN_ID = re.compile(re.escape(RELEASE_RUN_PREFIX) + r"\d{8}T\d{12}")
+# The page may appear only inside Airflow's own UI (same origin), never framed by another site.
+SECURITY_HEADERS = {"Content-Security-Policy": "frame-ancestors 'self'"}
 
 router = APIRouter()
 
@@ -82,26 +109,65 @@ router = APIRouter()
 # ------------------------------------------------------------------------------------------- who asks
 
 
-def _credential(request: Request, credentials: HTTPAuthorizationCredentials | None) -> str | None:
-    from airflow.api_fastapi.auth.managers.base_auth_manager import COOKIE_NAME_JWT_TOKEN
-
-    # An explicit bearer token wins over the ambient session cookie, as in Airflow's own routes.
-    if credentials is not None:
-        return credentials.credentials
-    return request.cookies.get(COOKIE_NAME_JWT_TOKEN)
-
-
-async def status_reader(
-    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> BaseUser:
-    """A user who may read both DAGs: 401 without a valid token or session, 403 without the rights."""
-    user = await user_from_token(_credential(request, credentials))
+def _as_figure_reader(user: BaseUser) -> BaseUser:
+    """403 unless `user` may read both DAGs: the least the page and the JSON show (the counts)."""
     require_dag_access(user, READ_DAGS)
     return user
 
 
-# Any, not BaseUser: FastAPI resolves these annotations at runtime, and BaseUser is imported for typing only.
-Reader = Annotated[Any, Depends(status_reader)]
+class Visibility(BaseModel):
+    """What of the figures this user may see beyond the counts."""
+
+    mail_details: bool
+    runs: dict[str, bool]
+
+    @classmethod
+    def of(cls, user: BaseUser) -> Visibility:
+        return cls(
+            mail_details=may_read_any(user, INBOX_DAG_ID, MAIL_DETAIL_ENTITIES),
+            runs={dag_id: may_access_dag(user, dag_id, entity="RUN") for dag_id in READ_DAGS},
+        )
+
+
+# ------------------------------------------------------------------------------------- the mailboxes
+
+
+def _inbox_dag_mailbox() -> str | None:
+    """The default of jira_inbox's `mailbox` param as deployed; None before the DAG is serialized."""
+    from airflow.models.serialized_dag import SerializedDagModel
+    from airflow.utils.session import create_session
+
+    try:
+        with create_session() as session:
+            dag = SerializedDagModel.get_dag(INBOX_DAG_ID, session=session)
+        mailbox = dag.params["mailbox"] if dag is not None and "mailbox" in dag.params else None
+    except Exception as exc:  # the metadata database is the api-server's own: rare, and INBOX still works
+        log.warning("Status page: could not read jira_inbox's mailbox param (%s)", type(exc).__name__)
+        return None
+    return mailbox if isinstance(mailbox, str) else None
+
+
+def known_mailboxes() -> tuple[str, ...]:
+    """The mailboxes the DAGs read, the only ones the page opens (see the module's docstring)."""
+    from jira_mail_sync.inbox_schedule import WATCHED_MAILBOX
+
+    names = [DEFAULT_MAILBOX, WATCHED_MAILBOX, _inbox_dag_mailbox()]
+    return tuple(dict.fromkeys(name for name in names if name))
+
+
+def checked_mailbox(mailbox: str) -> str:
+    """`mailbox` if the DAGs read it: 422 for a name IMAP cannot carry, 404 for one no DAG reads."""
+    try:
+        mailbox = check_mailbox(mailbox)
+    except ValueError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail=str(exc)) from None
+    known = known_mailboxes()
+    if mailbox not in known:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            detail=f"The DAGs read no mailbox of that name; this page shows {', '.join(known)}",
+        )
+    return mailbox
 
 
 # ------------------------------------------------------------------------------------- mailbox cache
@@ -126,49 +192,82 @@ def cache_seconds() -> float:
     return seconds
 
 
+class MailboxBusy(Exception):
+    """Another reader is refreshing this mailbox and did not finish within MAILBOX_WAIT_SECONDS."""
+
+
 class MailboxCache:
     """The mailbox figures per (connection, mailbox), kept `cache_seconds()`; one IMAP login refreshes them.
 
+    One lock per mailbox, taken with a bounded wait: concurrent viewers share one login instead of
+    each making one, and none waits longer than `wait_seconds` behind a slow server (MailboxBusy).
     A failed look-up is cached too, so an unreachable server is not asked again by every viewer.
-    `logins` counts the IMAP sessions opened, for tests and the benchmark.
+    `clock` gives monotonic seconds (tests pass their own); `logins` counts the IMAP sessions opened.
     """
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wait_seconds: float = MAILBOX_WAIT_SECONDS,
+        imap_timeout: float = PAGE_IMAP_TIMEOUT_SECONDS,
+    ) -> None:
+        self._clock = clock
+        self._wait_seconds = wait_seconds
+        self._imap_timeout = imap_timeout
+        self._guard = threading.Lock()
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._entries: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
         self.logins = 0
 
     def clear(self) -> None:
-        with self._lock:
+        with self._guard:
             self._entries.clear()
 
-    def get(self, conn_id: str, mailbox: str) -> dict[str, Any]:
-        key = (conn_id, mailbox)
-        # One lock for look-up and refresh: concurrent viewers wait for one login instead of each making one.
-        with self._lock:
+    def _fresh(self, key: tuple[str, str]) -> dict[str, Any] | None:
+        with self._guard:
             cached = self._entries.get(key)
-            if cached is not None and time.monotonic() - cached[0] < cache_seconds():
-                return cached[1]
-            figures = self._read(conn_id, mailbox)
-            if len(self._entries) >= MAX_CACHED_MAILBOXES:
-                # Readers choose the mailbox name: keep the cache bounded, dropping the oldest figures.
-                del self._entries[min(self._entries, key=lambda k: self._entries[k][0])]
-            self._entries[key] = (time.monotonic(), figures)
+        if cached is not None and self._clock() - cached[0] < cache_seconds():
+            return cached[1]
+        return None
+
+    def get(self, conn_id: str, mailbox: str) -> dict[str, Any]:
+        """The figures of `mailbox` (one the DAGs read: the callers check), fresh or from the cache."""
+        key = (conn_id, mailbox)
+        with self._guard:
+            lock = self._locks.setdefault(key, threading.Lock())
+        figures = self._fresh(key)
+        if figures is not None:
             return figures
+        if not lock.acquire(timeout=self._wait_seconds):
+            raise MailboxBusy(mailbox)
+        try:
+            # Whoever held the lock may have just refreshed the figures.
+            figures = self._fresh(key)
+            if figures is None:
+                figures = self._read(conn_id, mailbox)
+                with self._guard:
+                    self._entries[key] = (self._clock(), figures)
+            return figures
+        finally:
+            lock.release()
 
     def _read(self, conn_id: str, mailbox: str) -> dict[str, Any]:
         now = datetime.now(UTC)
-        self.logins += 1
+        with self._guard:
+            self.logins += 1
+
+        def held(uidvalidity: int, uids: list[int]) -> set[int]:
+            # The store is opened only once the mailbox has answered, and with a connect timeout.
+            with TicketStoreHook(connect_timeout=DEFAULT_STORE_CONNECT_TIMEOUT_SECONDS).connect() as (
+                conn,
+                dialect,
+            ):
+                return held_uids(conn, dialect, mailbox=mailbox, uidvalidity=uidvalidity, uids=uids, now=now)
+
         try:
-            with TicketStoreHook().connect() as (conn, dialect):
-
-                def held(uidvalidity: int, uids: list[int]) -> set[int]:
-                    return held_uids(
-                        conn, dialect, mailbox=mailbox, uidvalidity=uidvalidity, uids=uids, now=now
-                    )
-
-                with ImapInboxHook(conn_id).inbox(mailbox) as inbox:
-                    figures = inbox_figures(inbox, now=now, held=held)
+            with ImapInboxHook(conn_id, timeout=self._imap_timeout).inbox(mailbox) as inbox:
+                figures = inbox_figures(inbox, now=now, held=held)
         except Exception as exc:
             # The reason goes to the server log; the page says only what failed (no host, login or secret).
             log.warning(
@@ -190,15 +289,24 @@ class MailboxCache:
 mailbox_cache = MailboxCache()
 
 
+def _mailbox_figures(mailbox: str) -> dict[str, Any]:
+    try:
+        return mailbox_cache.get(IMAP_CONN_ID, mailbox)
+    except MailboxBusy:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail=f"The mailbox {mailbox} is being read for another viewer; try again shortly",
+            headers={"Retry-After": str(MAILBOX_BUSY_RETRY_AFTER_SECONDS), **SECURITY_HEADERS},
+        ) from None
+
+
 # ------------------------------------------------------------------------------------ Airflow's side
 
 
 def inbox_mode() -> str:
-    """`poll` or `idle` where the idle schedule is installed; this page never fails over the setting."""
-    try:
-        from jira_mail_sync.inbox_schedule import inbox_mode as configured_mode
-    except ImportError:
-        return "poll"  # this version of jira_inbox only polls
+    """`poll` or `idle`, as configured; this page never fails over the setting."""
+    from jira_mail_sync.inbox_schedule import inbox_mode as configured_mode
+
     try:
         return configured_mode()
     except ValueError:
@@ -220,36 +328,43 @@ def _run(dag_run: Any) -> dict[str, Any]:
     }
 
 
-def run_figures() -> dict[str, Any]:
-    """The latest run of each DAG, and the sweep runs still queued or running (backfills included)."""
+def run_figures(visible: dict[str, bool]) -> dict[str, Any]:
+    """The latest run of each DAG, and the sweep runs still queued or running (backfills included).
+
+    Only for the DAGs in `visible` that map to True (the user may read their runs); None for the others.
+    """
     from airflow.models.dagrun import DagRun
     from airflow.utils.session import create_session
     from airflow.utils.state import DagRunState
     from sqlalchemy import func, select
 
     pending_states = (DagRunState.QUEUED, DagRunState.RUNNING)
+    latest: dict[str, Any] = dict.fromkeys(READ_DAGS)
+    pending: list[dict[str, Any]] | None = None
+    pending_count: int | None = None
+    if not any(visible.values()):
+        return {"latest": latest, "pending": pending, "pending_count": pending_count}
     with create_session() as session:
-        latest = {}
         for dag_id in READ_DAGS:
+            if not visible.get(dag_id):
+                continue
             dag_run = session.scalars(
                 select(DagRun).where(DagRun.dag_id == dag_id).order_by(DagRun.run_after.desc()).limit(1)
             ).first()
             latest[dag_id] = _run(dag_run) if dag_run is not None else None
-        pending_query = select(DagRun).where(DagRun.dag_id == SWEEP_DAG_ID, DagRun.state.in_(pending_states))
-        pending = [
-            _run(dag_run)
-            for dag_run in session.scalars(
-                pending_query.order_by(DagRun.data_interval_start.asc().nulls_last()).limit(
-                    PENDING_RUNS_SHOWN
+        if visible.get(SWEEP_DAG_ID):
+            where = (DagRun.dag_id == SWEEP_DAG_ID, DagRun.state.in_(pending_states))
+            pending = [
+                _run(dag_run)
+                for dag_run in session.scalars(
+                    select(DagRun)
+                    .where(*where)
+                    .order_by(DagRun.data_interval_start.asc().nulls_last())
+                    .limit(PENDING_RUNS_SHOWN)
                 )
-            )
-        ]
-        pending_count = session.scalar(
-            select(func.count())
-            .select_from(DagRun)
-            .where(DagRun.dag_id == SWEEP_DAG_ID, DagRun.state.in_(pending_states))
-        )
-    return {"latest": latest, "pending": pending, "pending_count": int(pending_count or 0)}
+            ]
+            pending_count = int(session.scalar(select(func.count()).select_from(DagRun).where(*where)) or 0)
+    return {"latest": latest, "pending": pending, "pending_count": pending_count}
 
 
 # ---------------------------------------------------------------------------------------- the figures
@@ -257,7 +372,10 @@ def run_figures() -> dict[str, Any]:
 
 def _store_figures(now: datetime) -> dict[str, Any]:
     try:
-        with TicketStoreHook().connect() as (conn, dialect):
+        with TicketStoreHook(connect_timeout=DEFAULT_STORE_CONNECT_TIMEOUT_SECONDS).connect() as (
+            conn,
+            dialect,
+        ):
             return {
                 "tickets": ticket_figures(conn, dialect, now=now),
                 "watermark": sweep_watermark(conn, dialect),
@@ -270,32 +388,35 @@ def _store_figures(now: datetime) -> dict[str, Any]:
         return {"error": f"The store could not be read ({type(exc).__name__}); see the api-server log"}
 
 
-def collect_status(mailbox: str = DEFAULT_MAILBOX) -> dict[str, Any]:
-    """Every figure of the page, as plain data (datetimes included)."""
+def _ledger(ledger: dict[str, Any] | None, *, mail_details: bool) -> dict[str, Any]:
+    # Without the right to read jira_inbox's logs or XCom, what a mail said stays hidden: the senders,
+    # subjects and reasons are often not Jira mail at all, and only the counts are the sync's state.
+    return {
+        "available": ledger is not None,
+        "details_shown": mail_details,
+        "rejected": ledger["rejected"] if ledger else None,
+        "quarantined": ledger["quarantined"] if ledger else None,
+        "failed": ledger["failed"] if ledger else None,
+        "settled": ledger["settled"] if ledger else None,
+        "entries": ledger["entries"] if ledger and mail_details else [],
+    }
+
+
+def collect_status(mailbox: str, visibility: Visibility) -> dict[str, Any]:
+    """Every figure of the page the user may see, as plain data (datetimes included)."""
     now = datetime.now(UTC)
+    inbox = _mailbox_figures(mailbox)
     store = _store_figures(now)
-    runs = run_figures()
-    store_error = store["error"]
-    ledger = store.get("ledger")
+    runs = run_figures(visibility.runs)
     watermark = store.get("watermark")
     tickets = store.get("tickets") or {}
     jira = store.get("jira") or {}
     return {
         "generated_at": now,
-        "store_error": store_error,
-        "inbox": {
-            **mailbox_cache.get(IMAP_CONN_ID, mailbox),
-            "mode": inbox_mode(),
-            "last_run": runs["latest"][INBOX_DAG_ID],
-        },
-        "ledger": {
-            "available": ledger is not None,
-            "rejected": ledger["rejected"] if ledger else None,
-            "quarantined": ledger["quarantined"] if ledger else None,
-            "failed": ledger["failed"] if ledger else None,
-            "settled": ledger["settled"] if ledger else None,
-            "entries": ledger["entries"] if ledger else [],
-        },
+        "store_error": store["error"],
+        "runs_shown": visibility.runs,
+        "inbox": {**inbox, "mode": inbox_mode(), "last_run": runs["latest"][INBOX_DAG_ID]},
+        "ledger": _ledger(store.get("ledger"), mail_details=visibility.mail_details),
         "sweep": {
             "watermark": watermark,
             "behind_seconds": (now - watermark).total_seconds() if watermark else None,
@@ -317,11 +438,9 @@ def collect_status(mailbox: str = DEFAULT_MAILBOX) -> dict[str, Any]:
     }
 
 
-def _mailbox_param(mailbox: str) -> str:
-    try:
-        return check_mailbox(mailbox)
-    except ValueError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail=str(exc)) from None
+def _figures_for(user: BaseUser, mailbox: str) -> dict[str, Any]:
+    """The figures `user` may see, in a worker thread: IMAP, the store and the metadata DB block."""
+    return collect_status(checked_mailbox(mailbox), Visibility.of(user))
 
 
 @router.get(
@@ -329,15 +448,30 @@ def _mailbox_param(mailbox: str) -> str:
     responses={
         401: {"model": Problem, "description": "No valid token"},
         403: {"model": Problem, "description": "No rights"},
+        404: {"model": Problem, "description": "The DAGs read no such mailbox"},
         422: {"model": ErrorAnswer, "description": "The mailbox is not a valid name"},
+        503: {
+            "model": Problem,
+            "description": "The mailbox is being read for another viewer",
+            "headers": retry_after_header("Seconds to wait before asking again"),
+        },
     },
 )
-def get_status(_user: Reader, mailbox: str = DEFAULT_MAILBOX) -> JSONResponse:
+async def get_status(user: SessionUser, mailbox: str = DEFAULT_MAILBOX) -> JSONResponse:
     """The sync's state as JSON: inbox backlog, held-back mail, sweep progress, store, Jira usage."""
-    return JSONResponse(as_json(collect_status(_mailbox_param(mailbox))))
+    _as_figure_reader(user)
+    figures = await run_in_threadpool(_figures_for, user, mailbox)
+    return JSONResponse(as_json(figures), headers=SECURITY_HEADERS)
 
 
 # ------------------------------------------------------------------------------------------ the page
+
+
+def base_path() -> str:
+    """The path of Airflow's `[api] base_url` without a trailing slash: "" or, say, "/airflow"."""
+    from airflow.configuration import conf
+
+    return urlsplit(conf.get("api", "base_url", fallback="") or "").path.rstrip("/")
 
 
 def _templates() -> Any:
@@ -374,37 +508,53 @@ def _age(seconds: float | None) -> str:
 
 
 def _login_url(request: Request) -> str:
-    return f"/auth/login?next={quote(str(request.url), safe='')}"
+    return f"{base_path()}/auth/login?next={quote(str(request.url), safe='')}"
+
+
+def _refused(request: Request, exc: HTTPException) -> HTMLResponse:
+    page = (
+        _templates()
+        .get_template("refused.html")
+        .render(status_code=exc.status_code, detail=exc.detail, login_url=_login_url(request))
+    )
+    headers = {**(exc.headers or {}), **SECURITY_HEADERS}
+    return HTMLResponse(page, status_code=exc.status_code, headers=headers)
+
+
+def shown_release(released: str | None) -> str | None:
+    """`released` if it is a run id the page's own release redirect gives, else None (never reflected)."""
+    return released if released is not None and RELEASE_RUN_ID.fullmatch(released) else None
 
 
 @router.get("/status/page", response_class=HTMLResponse, include_in_schema=False)
 async def get_status_page(
     request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    credentials: Credentials,
     mailbox: str = DEFAULT_MAILBOX,
     released: str | None = None,
 ) -> HTMLResponse:
     """The page itself; without a session it says so (and links to the login) instead of showing anything."""
-    template = _templates()
     try:
-        user = await status_reader(request, credentials)
+        user = _as_figure_reader(await session_user(request, credentials))
+        # Blocking I/O (IMAP, the store, the metadata database) stays off the api-server's event loop.
+        figures = await run_in_threadpool(_figures_for, user, mailbox)
     except HTTPException as exc:
-        page = template.get_template("refused.html").render(
-            status_code=exc.status_code, detail=exc.detail, login_url=_login_url(request)
+        return _refused(request, exc)
+    may_release = may_access_dag(user, INBOX_DAG_ID, entity="RUN", method="POST")
+    page = (
+        _templates()
+        .get_template("status_page.html")
+        .render(
+            title=PAGE_NAME,
+            s=figures,
+            may_release=may_release,
+            released=shown_release(released),
+            mailbox=figures["inbox"]["mailbox"],
+            base=base_path(),
         )
-        return HTMLResponse(page, status_code=exc.status_code, headers=exc.headers)
-    # Blocking I/O (IMAP, the store, the metadata database) stays off the api-server's event loop.
-    figures = await run_in_threadpool(collect_status, _mailbox_param(mailbox))
-    try:
-        require_dag_access(user, (INBOX_DAG_ID,), method="POST", run=True)
-        may_release = True
-    except HTTPException:
-        may_release = False
-    page = template.get_template("status_page.html").render(
-        title=PAGE_NAME, s=figures, may_release=may_release, released=released, mailbox=mailbox
     )
     # The page shows live figures: never from a cache.
-    return HTMLResponse(page, headers={"Cache-Control": "no-store"})
+    return HTMLResponse(page, headers={"Cache-Control": "no-store", **SECURITY_HEADERS})
 
 
 # ------------------------------------------------------------------------------------------- release
@@ -417,12 +567,53 @@ class ReleaseRequest(BaseModel):
     uids: list[Annotated[int, Field(ge=1, le=MAX_UID)]] = Field(min_length=1, max_length=MAX_RELEASE_UIDS)
 
 
-def _same_origin(request: Request) -> bool:
-    origin = request.headers.get("origin") or request.headers.get("referer")
-    if not origin or origin == "null":
-        return origin is None
+def _first(value: str | None) -> str | None:
+    """The first of a proxy header's comma-separated values (the proxy nearest the browser), or None."""
+    if not value:
+        return None
+    return value.split(",")[0].strip() or None
+
+
+def _this_sites_origins(request: Request) -> set[str]:
+    """The origins a browser shows for this Airflow: where a form post of its own page comes from.
+
+    - the request's own, as the api-server sees it: with `airflow api-server --proxy-headers` (uvicorn's
+      `proxy_headers`, trusting the proxies in FORWARDED_ALLOW_IPS) its scheme is X-Forwarded-Proto's;
+    - when the api-server did apply X-Forwarded-Proto (its scheme is that header's value), the proxy is
+      trusted, and its X-Forwarded-Host names the host the browser used (uvicorn does not read that one);
+    - `[api] base_url`'s, the public address Airflow is configured with (a proxy without headers).
+    A cross-site form cannot set X-Forwarded-* itself, so these never admit another site's post.
+    """
+    from airflow.configuration import conf
+
+    scheme = request.url.scheme
+    origins = {f"{scheme}://{request.url.netloc}"}
+    forwarded_host = _first(request.headers.get("x-forwarded-host"))
+    if forwarded_host and _first(request.headers.get("x-forwarded-proto")) == scheme:
+        origins.add(f"{scheme}://{forwarded_host}")
+    base = urlsplit(conf.get("api", "base_url", fallback="") or "")
+    if base.scheme and base.netloc:
+        origins.add(f"{base.scheme}://{base.netloc}")
+    return origins
+
+
+def same_origin(request: Request) -> bool:
+    """Whether a release comes from this Airflow's own page; a client that sends neither header passes.
+
+    A browser sends Origin (or at least Referer) with every form post, so an empty, opaque ("null")
+    or foreign one is refused; API clients with a bearer token send neither.
+    """
+    origin = request.headers.get("origin")
+    if origin is None:
+        origin = request.headers.get("referer")
+    if origin is None:
+        return True
     parts = urlsplit(origin)
-    return f"{parts.scheme}://{parts.netloc}" == f"{request.url.scheme}://{request.url.netloc}"
+    return f"{parts.scheme}://{parts.netloc}" in _this_sites_origins(request)
+
+
+def release_run_id(now: datetime) -> str:
+    return f"{RELEASE_RUN_PREFIX}{now.strftime(RELEASE_RUN_TIME_FORMAT)}"
 
 
 def trigger_release(release: ReleaseRequest, user: BaseUser) -> str:
@@ -430,13 +621,12 @@ def trigger_release(release: ReleaseRequest, user: BaseUser) -> str:
     from airflow.api.common.trigger_dag import trigger_dag
     from airflow.utils.types import DagRunTriggeredByType
 
-    now = datetime.now(UTC)
     uids = sorted(set(release.uids))
     dag_run = trigger_dag(
         INBOX_DAG_ID,
         triggered_by=DagRunTriggeredByType.UI,
         triggering_user_name=user.get_name(),
-        run_id=f"release__{now:%Y%m%dT%H%M%S%f}",
+        run_id=release_run_id(datetime.now(UTC)),
         conf={"mailbox": release.mailbox, "release_uids": uids, "release_all": False},
         note=f"Released {len(uids)} held-back mail(s) from the {PAGE_NAME} page",
     )
@@ -473,18 +663,20 @@ async def _release_request(request: Request) -> tuple[ReleaseRequest, bool]:
     responses={
         401: {"description": "No valid token or session"},
         403: {"description": "The user may not trigger jira_inbox, or the form came from another site"},
+        404: {"description": "The DAGs read no such mailbox"},
         422: {"description": "No or malformed UIDs"},
     },
 )
-async def release_mail(request: Request, user: Reader) -> Any:
+async def release_mail(request: Request, user: SessionUser) -> Any:
     """Hand rejected or quarantined mail back to jira_inbox: triggers a run with `release_uids`."""
+    _as_figure_reader(user)
     require_dag_access(user, (INBOX_DAG_ID,), method="POST", run=True)
-    if not _same_origin(request):
+    if not same_origin(request):
         raise HTTPException(
             status.HTTP_403_FORBIDDEN, detail="A release must come from this Airflow's own page"
         )
     release, from_form = await _release_request(request)
-    _mailbox_param(release.mailbox)
+    await run_in_threadpool(checked_mailbox, release.mailbox)
     run_id = await run_in_threadpool(trigger_release, release, user)
     if from_form:
         return RedirectResponse(

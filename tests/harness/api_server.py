@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import requests
@@ -42,10 +42,12 @@ def start_api_server(
     cwd: Path,
     users: str = "admin:admin",
     settings: Mapping[str, str] | None = None,
+    options: Sequence[str] = (),
 ) -> subprocess.Popen[bytes]:
     """One api-server worker on loopback with the simple auth manager's `users`; healthy when returned.
 
-    The session's environment (its metadata database, tests/conftest.py) plus `settings`.
+    The session's environment (its metadata database, tests/conftest.py) plus `settings` (which may
+    name another auth manager), and `options` for the command line (`--proxy-headers`, say).
     """
     env = {
         **os.environ,
@@ -59,8 +61,9 @@ def start_api_server(
         "AIRFLOW__API__PORT": str(port),
         **(settings or {}),
     }
+    arguments = ["api-server", "--host", LOOPBACK, "--port", str(port), "-w", "1", *options]
     process = spawn(
-        [sys.executable, "-m", "airflow", "api-server", "--host", LOOPBACK, "--port", str(port), "-w", "1"],
+        [sys.executable, "-m", "airflow", *arguments],
         log_path,
         env=env,
         cwd=cwd,
