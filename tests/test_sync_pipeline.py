@@ -9,7 +9,7 @@ from jira_mail_sync.mapping import MAX_MAP_LENGTH, MAX_MAPPED_FETCHES, batch_key
 
 from devkit.mail_factory import jira_notification
 from include.imap_inbox import Inbox
-from include.jira_rules import BULK_FETCH_LIMIT
+from include.jira_rules import BULK_FETCH_LIMIT_ANY_FIELDS
 from include.sync_pipeline import PEEK_CHUNK, extract_keys, settle, settled_uids
 
 
@@ -23,15 +23,18 @@ def test_batches_cover_every_key_once_and_stay_far_below_max_map_length(count):
         assert batches == []
         return
     if len(batches) == 1:
-        assert count <= BULK_FETCH_LIMIT
+        assert count <= BULK_FETCH_LIMIT_ANY_FIELDS
         return
     size = len(batches[0])
     # Every batch but the last is full, the size is a multiple of the bulk limit, and it is the
     # smallest such size that fits in MAX_MAPPED_FETCHES instances.
-    assert size % BULK_FETCH_LIMIT == 0
+    assert size % BULK_FETCH_LIMIT_ANY_FIELDS == 0
     assert all(len(batch) == size for batch in batches[:-1]) and 1 <= len(batches[-1]) <= size
     assert len(batches) == -(-count // size)
-    assert size == BULK_FETCH_LIMIT or -(-count // (size - BULK_FETCH_LIMIT)) > MAX_MAPPED_FETCHES
+    assert (
+        size == BULK_FETCH_LIMIT_ANY_FIELDS
+        or -(-count // (size - BULK_FETCH_LIMIT_ANY_FIELDS)) > MAX_MAPPED_FETCHES
+    )
 
 
 def test_duplicate_keys_are_fetched_once():

@@ -60,7 +60,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from include.jira_cloud import JiraError, JiraNotFound, JiraRequestError, JiraUnavailable, ticket_details
-from include.jira_rules import is_issue_key, is_project_key
+from include.jira_rules import is_issue_key, is_project_key, normalise_key
 from include.names import CONFIG_SECTION, JIRA_API_POOL
 from include.ticket_store import get_ticket
 from jira_mail_sync.hooks.jira_cloud import JiraCloudHook
@@ -100,7 +100,7 @@ class TicketRequest(BaseModel):
     @field_validator("key")
     @classmethod
     def _issue_key(cls, value: str) -> str:
-        key = value.strip().upper()
+        key = normalise_key(value)
         # The shared key rule, so that any key the inbox or the sweep can store is one this answers.
         if not is_issue_key(key):
             raise ValueError("not a Jira issue key: expected PROJECT-123")
