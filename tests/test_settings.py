@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from dataclasses import fields
 from pathlib import Path
 
@@ -141,3 +144,32 @@ def test_good_settings_import_both_dag_files(monkeypatch):
 
     assert bag.import_errors == {}
     assert bag.dags["jira_inbox"].timetable.expression == "* * * * *"
+
+
+def _import_plugin_with(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Import the plugin module in a fresh interpreter, as the api-server's plugin manager does."""
+    probe = (
+        "import jira_mail_sync_plugin as p; "
+        "print(len(p.JiraMailSyncPlugin.fastapi_apps), len(p.JiraMailSyncPlugin.external_views))"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", probe],
+        env={**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'plugins'}", **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+
+
+def test_the_api_server_mounts_neither_app_nor_page_over_a_bad_setting_and_logs_why():
+    bad = _import_plugin_with({env_variable("rest_max_concurrent_lookups"): "many"})
+    # Airflow's logging writes to stdout too: the probe's answer is the last line.
+    assert bad.stdout.splitlines()[-1].split() == ["0", "0"]
+    assert (
+        "not serving the ticket lookup or the Jira sync page: [jira_mail_sync] rest_max_concurrent_lookups "
+        "(AIRFLOW__JIRA_MAIL_SYNC__REST_MAX_CONCURRENT_LOOKUPS) must be a whole number >= 1, got 'many'"
+    ) in bad.stdout + bad.stderr
+
+    good = _import_plugin_with({env_variable("rest_max_concurrent_lookups"): "2"})
+    assert good.stdout.splitlines()[-1].split() == ["1", "1"]

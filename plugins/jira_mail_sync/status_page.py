@@ -51,7 +51,8 @@ from include.sync_status import (
 )
 from jira_mail_sync.hooks.imap import ImapInboxHook
 from jira_mail_sync.hooks.ticket_store import TicketStoreHook
-from jira_mail_sync.rest_api import CONFIG_SECTION, _bearer, require_dag_access, user_from_token
+from jira_mail_sync.rest_api import _bearer, require_dag_access, user_from_token
+from jira_mail_sync.settings import SettingError, read_settings
 
 if TYPE_CHECKING:
     from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
@@ -59,8 +60,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PAGE_NAME = "Jira sync"
-CACHE_OPTION = "status_mailbox_cache_seconds"
-DEFAULT_CACHE_SECONDS = 30.0
 DEFAULT_MAILBOX = "INBOX"
 MAX_RELEASE_UIDS = 1000
 MAX_CACHED_MAILBOXES = 16
@@ -101,22 +100,8 @@ Reader = Annotated[Any, Depends(status_reader)]
 
 
 def cache_seconds() -> float:
-    from airflow.configuration import conf
-
-    raw = conf.get(CONFIG_SECTION, CACHE_OPTION, fallback=str(DEFAULT_CACHE_SECONDS))
-    try:
-        seconds = float(str(raw).strip())
-    except ValueError:
-        seconds = -1.0
-    if not seconds >= 0:
-        log.error(
-            "[%s] %s must be a number of seconds >= 0; using %s",
-            CONFIG_SECTION,
-            CACHE_OPTION,
-            DEFAULT_CACHE_SECONDS,
-        )
-        return DEFAULT_CACHE_SECONDS
-    return seconds
+    """`[jira_mail_sync] status_mailbox_cache_seconds` (jira_mail_sync/settings.py)."""
+    return read_settings().status_mailbox_cache_seconds
 
 
 class MailboxCache:
@@ -187,14 +172,10 @@ mailbox_cache = MailboxCache()
 
 
 def inbox_mode() -> str:
-    """`poll` or `idle` where the idle schedule is installed; this page never fails over the setting."""
+    """`idle` or `poll`, as jira_inbox is scheduled; a bad setting is shown, not raised."""
     try:
-        from jira_mail_sync.inbox_schedule import inbox_mode as configured_mode
-    except ImportError:
-        return "poll"  # this version of jira_inbox only polls
-    try:
-        return configured_mode()
-    except ValueError:
+        return read_settings().inbox_mode
+    except SettingError:
         return "unknown (the setting is invalid: see the DAG's import error)"
 
 
