@@ -22,6 +22,9 @@ from include.imap_wire import (
     uid_set_chunks,
 )
 
+# The parser's limits: a peek fetches exactly what the parser would read.
+from include.jira_mail.parser import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HEADER_BYTES
+
 __all__ = [
     "DEFAULT_TIMEOUT_S",
     "QUARANTINED_KEYWORD",
@@ -210,8 +213,8 @@ class Inbox:
         self,
         uids: Sequence[int],
         *,
-        max_header_bytes: int = 64 * 1024,
-        max_body_bytes: int = 256 * 1024,
+        max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> list[PeekedMessage]:
         """The header and body start of each UID (ascending), without setting \\Seen.
 

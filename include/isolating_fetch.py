@@ -161,9 +161,7 @@ def fetch_isolating(
     except JiraError as exc:
         batch_error = exc
     if batch_error is not None:
-        try:
-            client.myself()
-        except JiraError:
+        if not client.answers_this_account():
             log.warning("Jira does not answer this account; nothing is blamed on the batch's keys")
             raise batch_error from None
         log.warning(

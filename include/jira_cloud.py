@@ -445,6 +445,18 @@ class JiraCloudClient:
         """The account the token belongs to (GET /rest/api/3/myself)."""
         return self._json("GET /rest/api/3/myself", self._api.get_current_user)
 
+    def answers_this_account(self) -> bool:
+        """Whether Jira is up for this account (one GET /rest/api/3/myself, with the client's retries).
+
+        Asked after a failure, before blaming the keys of a request: when Jira does not answer the
+        account at all, the fault is Jira's or the connection's, not the keys'.
+        """
+        try:
+            self.myself()
+        except JiraError:
+            return False
+        return True
+
     def account_time_zone(self) -> str:
         """The account's profile time zone, in which Jira reads zone-less JQL datetimes (cached)."""
         if self._time_zone is None:

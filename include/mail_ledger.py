@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from include.jira_mail.parser import MAX_MESSAGE_ID_CHARS
 from include.names import MAIL_LEDGER_TABLE
 from include.store_db import (
     as_utc_datetime,
@@ -191,7 +192,7 @@ def _rows(
             mailbox,
             uidvalidity,
             uid,
-            bounded_text(entry.get("message_id"), 998),  # RFC 5322's line limit bounds a Message-ID
+            bounded_text(entry.get("message_id"), MAX_MESSAGE_ID_CHARS),
             bounded_text(entry.get("sender"), SENDER_MAX),
             bounded_text(entry.get("subject"), SUBJECT_MAX),
             _keys_json(entry.get("keys")),

@@ -15,8 +15,9 @@ from typing import Any
 
 from include.imap_inbox import REJECTED_KEYWORD, ImapError, Inbox, PeekedMessage
 from include.isolating_fetch import error_text, fetch_isolating
-from include.jira_cloud import JiraCloudClient, JiraError, JiraRequestError, JiraUnavailable, ticket_details
+from include.jira_cloud import JiraCloudClient, JiraRequestError, JiraUnavailable, ticket_details
 from include.jira_mail import HEADERS_TOO_LARGE, ParsedMail, parse_message
+from include.jira_mail.parser import MAX_MESSAGE_ID_CHARS
 from include.mail_ledger import SENDER_MAX, SUBJECT_MAX, bounded_text
 from include.names import CHANGE_FEED_MAX_KEYS
 from include.sender_auth import UNAUTHENTICATED_SENDER, SenderAuthPolicy
@@ -29,8 +30,6 @@ log = logging.getLogger(__name__)
 # body prefix, so one FETCH covers at most this many messages: at most ~160 MiB however hostile the
 # mail, ~10 MiB for typical Jira mail. A run of up to 500 messages costs one FETCH.
 PEEK_CHUNK = 500
-# What a message's ledger row keeps about it is bounded here already, since it travels in an XCom.
-_MESSAGE_ID_MAX = 320
 
 
 @dataclass
@@ -50,7 +49,8 @@ class Extraction:
 def _about(uid: int, parsed: Any) -> dict[str, Any]:
     return {
         "uid": uid,
-        "message_id": bounded_text(parsed.message_id, _MESSAGE_ID_MAX),
+        # Bounded here already, since it travels in an XCom to the ledger's writer.
+        "message_id": bounded_text(parsed.message_id, MAX_MESSAGE_ID_CHARS),
         "sender": bounded_text(parsed.sender, SENDER_MAX),
         "subject": bounded_text(parsed.subject, SUBJECT_MAX),
     }
@@ -202,9 +202,7 @@ def fetch_batch(
         except JiraUnavailable as exc:
             # As in the isolation: the key is blamed only while Jira answers this account, else the
             # task fails and Airflow retries it. Either way nothing is marked gone.
-            try:
-                client.myself()
-            except JiraError:
+            if not client.answers_this_account():
                 raise exc from None
             result["failed"][old_key] = error_text(exc)
             continue

@@ -12,12 +12,11 @@ from include.imap_inbox import REJECTED_KEYWORD, Inbox
 from include.mail_ledger import record_failures, record_rejected, record_settled
 from include.names import MAIL_LEDGER_TABLE, TICKET_TABLE
 from include.store_db import table_exists
-from include.sweep_progress import advance_watermark
+from include.sweep_progress import advance_watermark, get_watermark
 from include.sync_status import (
     held_uids,
     inbox_figures,
     ledger_figures,
-    sweep_watermark,
     ticket_figures,
 )
 from include.ticket_store import ensure_table, mark_gone, upsert_tickets
@@ -76,7 +75,7 @@ def test_an_empty_store_reads_as_empty_and_no_table_is_created(store_backend):
         "changed_last_hour": 0,
         "deleted": None,
     }
-    assert sweep_watermark(conn, dialect) is None
+    assert get_watermark(conn, dialect) is None
     assert ledger_figures(conn, dialect) == {
         "rejected": 0,
         "failed": 0,
@@ -92,7 +91,7 @@ def test_an_empty_store_reads_as_empty_and_no_table_is_created(store_backend):
 def test_the_watermark_is_the_sweeps(store_backend):
     conn, dialect = store_backend.connect(), store_backend.dialect
     advance_watermark(conn, dialect, NOW - timedelta(minutes=15))
-    assert sweep_watermark(conn, dialect) == NOW - timedelta(minutes=15)
+    assert get_watermark(conn, dialect) == NOW - timedelta(minutes=15)
 
 
 def test_ledger_counts_every_state_and_lists_only_held_back_mail_newest_first(store_backend):

@@ -40,13 +40,13 @@ from starlette.concurrency import run_in_threadpool
 
 from include.imap_wire import check_mailbox
 from include.names import IMAP_CONN_ID, INBOX_DAG_ID, SWEEP_DAG_ID
+from include.sweep_progress import get_watermark
 from include.sync_status import (
     as_json,
     held_uids,
     inbox_figures,
     jira_figures,
     ledger_figures,
-    sweep_watermark,
     ticket_figures,
 )
 from jira_mail_sync.hooks.imap import ImapInboxHook
@@ -234,7 +234,7 @@ def _store_figures(now: datetime) -> dict[str, Any]:
         with TicketStoreHook().connect() as (conn, dialect):
             return {
                 "tickets": ticket_figures(conn, dialect, now=now),
-                "watermark": sweep_watermark(conn, dialect),
+                "watermark": get_watermark(conn, dialect),
                 "ledger": ledger_figures(conn, dialect, limit=LEDGER_ROWS_SHOWN),
                 "jira": jira_figures(conn, dialect, now=now),
                 "error": None,
