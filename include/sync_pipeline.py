@@ -332,12 +332,6 @@ def read_change_events(extras: Iterable[Mapping[str, Any] | None]) -> ChangeFeed
     return ChangeFeed(list(keys), count, truncated, sources, windows)
 
 
-def settled_uids(messages: Iterable[Mapping[str, Any]], handled_keys: Iterable[str]) -> list[int]:
-    """The messages all of whose keys were stored or confirmed not found: only these may be marked seen."""
-    handled = set(handled_keys)
-    return sorted(int(m["uid"]) for m in messages if set(m["keys"]) <= handled)
-
-
 @dataclass
 class Settlement:
     """What becomes of each accepted message once the run's fetches and the store are done."""

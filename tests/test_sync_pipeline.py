@@ -10,7 +10,7 @@ from jira_mail_sync.mapping import MAX_MAP_LENGTH, MAX_MAPPED_FETCHES, batch_key
 from devkit.mail_factory import jira_notification
 from include.imap_inbox import Inbox
 from include.jira_rules import BULK_FETCH_LIMIT_ANY_FIELDS
-from include.sync_pipeline import PEEK_CHUNK, extract_keys, settle, settled_uids
+from include.sync_pipeline import PEEK_CHUNK, extract_keys, settle
 
 
 # No deadline: building 120,000 keys takes 0.1-0.4 s depending on the machine's load.
@@ -51,8 +51,10 @@ def test_batch_label_names_the_keys():
 
 def test_only_messages_whose_keys_were_all_handled_are_settled():
     messages = [{"uid": 1, "keys": ["A-1"]}, {"uid": 2, "keys": ["A-1", "A-2"]}, {"uid": 3, "keys": ["A-3"]}]
-    assert settled_uids(messages, ["A-1", "A-3"]) == [1, 3]
-    assert settled_uids(messages, []) == []
+    plan = settle(messages, {"stored": ["A-1"], "not_found": ["A-3"]})
+    assert [message["uid"] for message in plan.settled] == [1, 3]
+    assert [message["uid"] for message in plan.unfinished] == [2]
+    assert settle(messages, {}).settled == []
 
 
 def test_settlement_sorts_messages_by_what_happened_to_their_keys():
