@@ -1,8 +1,8 @@
 """What goes on the IMAP wire for the inbox: TLS sessions with per-socket timeouts, UID sets, keywords.
 
 The protocol itself (command syntax, FETCH/SELECT response parsing, mailbox-name encoding, SASL)
-is IMAPClient's. We chose it over our own imaplib FETCH tokenizer because the inbox needs what
-IMAPClient already does and imaplib does not: robust FETCH parsing (any item order, literals or
+is IMAPClient's, not a hand-written imaplib FETCH tokenizer, because the inbox needs what IMAPClient
+does and imaplib does not: robust FETCH parsing (any item order, literals or
 quoted strings), PERMANENTFLAGS from SELECT (servers such as Exchange refuse custom keywords),
 STORE answers checked (imaplib returns NO instead of raising), XOAUTH2/OAUTHBEARER login and IDLE.
 It also takes a socket timeout per connection, so nothing here touches the process-wide default.

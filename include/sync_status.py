@@ -34,7 +34,11 @@ OLDEST_PROBE = 50
 
 
 def ticket_figures(conn: Any, dialect: str, *, now: datetime) -> dict[str, Any]:
-    """Tickets by source, rows written in the last hour, and deleted rows where the store records them."""
+    """Tickets by source, rows fetched from Jira in the last hour, and deleted rows where recorded.
+
+    `changed_last_hour` counts `fetched_at`: a row is fetched again whenever its mail or a sweep names it,
+    so this is fetch activity, not the number of tickets Jira changed.
+    """
     check_dialect(dialect)
     if not table_exists(conn, dialect, TICKET_TABLE):
         return {"total": 0, "by_source": {}, "changed_last_hour": 0, "deleted": None}
@@ -77,7 +81,7 @@ def ledger_figures(conn: Any, dialect: str, *, limit: int = 100) -> dict[str, An
     }
 
 
-def held_uids(
+def uids_held_back(
     conn: Any,
     dialect: str,
     *,

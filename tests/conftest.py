@@ -45,3 +45,46 @@ pytest_plugins = [
     "tests.harness.oauth",
     "tests.harness.courier",
 ]
+
+# The fixtures that start or need a real service (a server process, a loopback stand-in, a migrated
+# Airflow metadata database). A test that uses none of them, directly or through other fixtures, and
+# runs no DAG (the `airflow` marker) is a `unit` test: `make test-fast` runs only those.
+SERVICE_FIXTURES = frozenset(
+    {
+        "airflow_db",
+        "airflow_cli",
+        "inbox_env",
+        "load_dag",
+        "run_dag",
+        "start_api_server",
+        "courier",
+        "courier_account",
+        "keywordless_courier",
+        "dovecot",
+        "private_dovecot",
+        "imap_account",
+        "imap_conn_env",
+        "jira_standin_server",
+        "jira_standin",
+        "jira_conn_env",
+        "oauth_standin_server",
+        "oauth_standin",
+        "oauth_dovecot",
+        "oauth_imap_account",
+        "postgres_server",
+        "postgres_db",
+        "store_backend",
+        "store_conn_env",
+        "store",
+        "stored_ticket",
+    }
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    import pytest
+
+    for item in items:
+        needs_service = SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        if not needs_service and not item.get_closest_marker("airflow") and not item.get_closest_marker("ui"):
+            item.add_marker(pytest.mark.unit)

@@ -21,12 +21,10 @@ def _settings_from(values: dict[str, str]) -> Settings:
     return read_settings(lambda _section, name, fallback=None: values.get(name, fallback))
 
 
-@pytest.mark.unit
 def test_every_option_has_one_field_of_the_same_name():
     assert [field.name for field in fields(Settings)] == list(OPTION)
 
 
-@pytest.mark.unit
 def test_unset_options_take_their_documented_defaults():
     assert _settings_from({}) == Settings(
         inbox_mode="idle",
@@ -40,7 +38,6 @@ def test_unset_options_take_their_documented_defaults():
     )
 
 
-@pytest.mark.unit
 def test_values_are_parsed_with_blanks_and_case_forgiven():
     parsed = _settings_from(
         {
@@ -58,7 +55,6 @@ def test_values_are_parsed_with_blanks_and_case_forgiven():
     assert parsed.status_mailbox_cache_seconds == 2.5
 
 
-@pytest.mark.unit
 @pytest.mark.parametrize(
     ("name", "raw", "allowed"),
     [
@@ -80,7 +76,6 @@ def test_a_bad_value_is_refused_naming_the_option_its_variable_and_what_it_allow
     assert str(raised.value) == expected
 
 
-@pytest.mark.unit
 def test_a_bad_extra_field_says_which_field_id_is_wrong():
     with pytest.raises(SettingError) as raised:
         _settings_from({"extra_fields": "Story Points"})
@@ -89,7 +84,6 @@ def test_a_bad_extra_field_says_which_field_id_is_wrong():
     assert "'Story' is not a Jira field id" in message
 
 
-@pytest.mark.unit
 @settings(derandomize=True, max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(name=st.sampled_from(list(OPTION)), raw=st.text(max_size=60))
 def test_any_text_is_either_a_value_or_a_setting_error(name, raw):
@@ -108,7 +102,6 @@ def _readme_settings_table() -> list[list[str]]:
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in table[2:]]
 
 
-@pytest.mark.unit
 def test_the_readme_settings_table_is_the_settings_module():
     def readme_default(option):
         return f"`{option.default}`" if option.default else "(empty)"

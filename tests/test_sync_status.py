@@ -14,10 +14,10 @@ from include.names import MAIL_LEDGER_TABLE, TICKET_TABLE
 from include.store_db import table_exists
 from include.sweep_progress import advance_watermark, get_watermark
 from include.sync_status import (
-    held_uids,
     inbox_figures,
     ledger_figures,
     ticket_figures,
+    uids_held_back,
 )
 from include.ticket_store import ensure_table, mark_gone, upsert_tickets
 from tests.harness.tickets import stored_ticket
@@ -83,7 +83,7 @@ def test_an_empty_store_reads_as_empty_and_no_table_is_created(store_backend):
         "settled": 0,
         "entries": [],
     }
-    assert held_uids(conn, dialect, mailbox="INBOX", uidvalidity=1, uids=[1, 2], now=NOW) == set()
+    assert uids_held_back(conn, dialect, mailbox="INBOX", uidvalidity=1, uids=[1, 2], now=NOW) == set()
     assert not table_exists(conn, dialect, TICKET_TABLE)
     assert not table_exists(conn, dialect, MAIL_LEDGER_TABLE)
 
@@ -153,10 +153,11 @@ def test_ledger_counts_every_state_and_lists_only_held_back_mail_newest_first(st
     )
     assert quarantined["ticket_keys"] == ["ABC-2"]
     # Failed mail is held back while it waits for its next try (5 minutes after the first failure).
-    assert held_uids(conn, dialect, **box, uids=[1, 2, 3, 4, 9], now=NOW) == {1, 2, 3}
-    assert held_uids(conn, dialect, **box, uids=[1, 2, 3, 4, 9], now=NOW + timedelta(minutes=5)) == {1, 2}
+    assert uids_held_back(conn, dialect, **box, uids=[1, 2, 3, 4, 9], now=NOW) == {1, 2, 3}
+    later = NOW + timedelta(minutes=5)
+    assert uids_held_back(conn, dialect, **box, uids=[1, 2, 3, 4, 9], now=later) == {1, 2}
     # Another UIDVALIDITY is another mailbox generation: its UIDs name other messages.
-    assert held_uids(conn, dialect, mailbox="INBOX", uidvalidity=8, uids=[1, 2], now=NOW) == set()
+    assert uids_held_back(conn, dialect, mailbox="INBOX", uidvalidity=8, uids=[1, 2], now=NOW) == set()
 
 
 def _append_at(session: imaplib.IMAP4, raw: bytes, arrived: datetime, flags: str | None = None) -> None:

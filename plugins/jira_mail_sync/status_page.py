@@ -43,11 +43,11 @@ from include.names import IMAP_CONN_ID, INBOX_DAG_ID, SWEEP_DAG_ID
 from include.sweep_progress import get_watermark
 from include.sync_status import (
     as_json,
-    held_uids,
     inbox_figures,
     jira_figures,
     ledger_figures,
     ticket_figures,
+    uids_held_back,
 )
 from jira_mail_sync.hooks.imap import ImapInboxHook
 from jira_mail_sync.hooks.ticket_store import TicketStoreHook
@@ -141,7 +141,7 @@ class MailboxCache:
             with TicketStoreHook().connect() as (conn, dialect):
 
                 def held(uidvalidity: int, uids: list[int]) -> set[int]:
-                    return held_uids(
+                    return uids_held_back(
                         conn, dialect, mailbox=mailbox, uidvalidity=uidvalidity, uids=uids, now=now
                     )
 
