@@ -47,8 +47,9 @@ pytest_plugins = [
 ]
 
 # The fixtures that start or need a real service (a server process, a loopback stand-in, a migrated
-# Airflow metadata database). A test that uses none of them, directly or through other fixtures, and
-# runs no DAG (the `airflow` marker) is a `unit` test: `make test-fast` runs only those.
+# Airflow metadata database). A test that uses none of them, directly or through other fixtures,
+# runs no DAG (the `airflow` marker) and starts nothing itself (the `service` marker) is a `unit`
+# test: `make test-fast` runs only those.
 SERVICE_FIXTURES = frozenset(
     {
         "airflow_db",
@@ -77,6 +78,7 @@ SERVICE_FIXTURES = frozenset(
         "store_conn_env",
         "store",
         "stored_ticket",
+        "stack_dovecot",
     }
 )
 
@@ -86,5 +88,7 @@ def pytest_collection_modifyitems(config, items):
 
     for item in items:
         needs_service = SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ()))
-        if not needs_service and not item.get_closest_marker("airflow") and not item.get_closest_marker("ui"):
+        if not needs_service and not any(
+            item.get_closest_marker(name) for name in ("airflow", "service", "ui")
+        ):
             item.add_marker(pytest.mark.unit)

@@ -159,6 +159,7 @@ def test_the_airflow_connection_and_a_second_login(courier: CourierServer, accou
     other.close()
 
 
+@pytest.mark.service
 def test_with_keywords_enabled_the_same_store_succeeds() -> None:
     """IMAP_KEYWORDS is what makes the difference: with it on, Courier takes `\\*` and keywords."""
     with _start(keywords=True) as server:
@@ -177,6 +178,7 @@ def _program(pid: int) -> str:
     return re.sub(r".*/", "", argv0)
 
 
+@pytest.mark.service
 def test_stop_ends_every_process_and_removes_the_directory() -> None:
     server = _start()
     account = server.account

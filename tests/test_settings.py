@@ -155,6 +155,7 @@ def _import_plugin_with(env: dict[str, str]) -> subprocess.CompletedProcess[str]
     )
 
 
+@pytest.mark.service
 def test_the_api_server_mounts_neither_app_nor_page_over_a_bad_setting_and_logs_why():
     bad = _import_plugin_with({env_variable("rest_max_concurrent_lookups"): "many"})
     # Airflow's logging writes to stdout too: the probe's answer is the last line.
