@@ -16,7 +16,6 @@ from include.imap_wire import (
     adopt_imaplib,
     check_keyword,
     check_mailbox,
-    compact_uid_set,
     normalize_uids,
     uid_list_chunks,
     uid_set_chunks,
@@ -33,7 +32,6 @@ __all__ = [
     "Inbox",
     "PeekedMessage",
     "UidValidityChanged",
-    "compact_uid_set",
 ]
 
 log = logging.getLogger(__name__)

@@ -108,14 +108,6 @@ def _uid_ranges(sorted_uids: list[int]) -> list[str]:
     return ranges
 
 
-def compact_uid_set(uids: Iterable[int]) -> str:
-    """The shortest IMAP sequence set for `uids`, e.g. [1, 2, 3, 4, 5, 7, 9, 10] -> "1:5,7,9:10"."""
-    normalized = normalize_uids(uids)
-    if not normalized:
-        raise ValueError("an IMAP UID set cannot be empty")
-    return ",".join(_uid_ranges(normalized))
-
-
 def _chunks(parts: list[str], max_chars: int) -> list[list[str]]:
     chunks: list[list[str]] = []
     current: list[str] = []

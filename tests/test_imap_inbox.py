@@ -6,6 +6,7 @@ import imaplib
 import re
 import socket
 import ssl
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,9 +18,8 @@ from include.imap_inbox import (
     Inbox,
     PeekedMessage,
     UidValidityChanged,
-    compact_uid_set,
 )
-from include.imap_wire import connect, ssl_context_named
+from include.imap_wire import connect, ssl_context_named, uid_set_chunks
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "jira-emails"
 # RFC 7162 §4: clients should keep command lines under 8192 octets.
@@ -310,7 +310,8 @@ def test_huge_sparse_uid_sets_are_split_into_commands_under_8_kb(imap_account):
 
     commands = client.commands_since(start)
     # Splitting may not degrade into many small commands: at most one per 4 KB of UID set.
-    most_commands = -(-len(compact_uid_set(existing + gone)) // 4096)
+    (whole_set,) = uid_set_chunks(existing + gone, max_chars=sys.maxsize)
+    most_commands = -(-len(whole_set) // 4096)
     assert [message.uid for message in peeked] == existing
     assert len(stored) == len(existing) + len(gone)
     assert all(len(line) + 2 < COMMAND_LINE_LIMIT for line in client.sent_lines[start:])
@@ -368,14 +369,18 @@ def test_opening_a_missing_mailbox_raises_imap_error_naming_it(imap_account):
         ([4294967295], "4294967295"),
     ],
 )
-def test_compact_uid_set_uses_ranges(uids, expected):
-    assert compact_uid_set(uids) == expected
+def test_uid_sets_use_ranges(uids, expected):
+    assert uid_set_chunks(uids, max_chars=sys.maxsize) == [expected]
 
 
-@pytest.mark.parametrize("uids", [[], [0], [-3], [2**32], [True], ["5"], [1.0]])
-def test_compact_uid_set_rejects_what_is_not_a_uid(uids):
+@pytest.mark.parametrize("uids", [[0], [-3], [2**32], [True], ["5"], [1.0]])
+def test_uid_sets_refuse_what_is_not_a_uid(uids):
     with pytest.raises(ValueError):
-        compact_uid_set(uids)
+        uid_set_chunks(uids)
+
+
+def test_no_uids_make_no_uid_set():
+    assert uid_set_chunks([]) == []
 
 
 def test_select_tells_whether_the_server_keeps_custom_keywords(imap_account):
