@@ -20,6 +20,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from devkit.imap_account import adopt_imaplib
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "plugins")]
 
@@ -80,7 +82,7 @@ def run_ours(account: dict, jira: dict, store_path: str, per_request: int | None
     started = time.perf_counter()
     # wait_for_unseen_mail: the ledger's held UIDs, then one SEARCH
     imap = _connect(account)
-    inbox = Inbox(imap)
+    inbox = Inbox(adopt_imaplib(imap))
     uidvalidity = inbox.open(readonly=True)
     ledger = CountingConnection(_store(store_path))
     held = held_uids(ledger, "sqlite", mailbox="INBOX", uidvalidity=uidvalidity, now=datetime.now(UTC))
@@ -88,7 +90,7 @@ def run_ours(account: dict, jira: dict, store_path: str, per_request: int | None
     imap.logout()
     # extract_ticket_keys
     imap = _connect(account)
-    inbox = Inbox(imap)
+    inbox = Inbox(adopt_imaplib(imap))
     inbox.open(readonly=True)
     extraction = extract_keys(
         inbox, uids, uidvalidity=uidvalidity, trusted_senders=TRUSTED, jira_url=f"https://{SITE}"
@@ -119,7 +121,11 @@ def run_ours(account: dict, jira: dict, store_path: str, per_request: int | None
     imap = _connect(account)
     plan = settle(extraction.messages, stored)
     uids = [m["uid"] for m in plan.settled]
-    marked = Inbox(imap).mark_seen(uids, expected_uidvalidity=extraction.uidvalidity) if uids else []
+    marked = (
+        Inbox(adopt_imaplib(imap)).mark_seen(uids, expected_uidvalidity=extraction.uidvalidity)
+        if uids
+        else []
+    )
     imap.logout()
     where = {"mailbox": "INBOX", "uidvalidity": uidvalidity, "now": datetime.now(UTC)}
     record_settled(ledger, "sqlite", entries=plan.settled, **where)

@@ -6,9 +6,34 @@ import contextlib
 import imaplib
 import re
 
+from imapclient import IMAPClient
+
+from include.imap_wire import DEFAULT_TIMEOUT_S
+
 _APPENDUID = re.compile(rb"\[APPENDUID (\d+) (\d+)\]")
 _FETCH_UID = re.compile(rb"\bUID (\d+)")
 _FETCH_FLAGS = re.compile(rb"\bFLAGS \(([^)]*)\)")
+
+
+class _AdoptedSession(IMAPClient):
+    """An IMAPClient over an imaplib session someone else opened (and usually logged in)."""
+
+    def __init__(self, imap: imaplib.IMAP4, timeout: float) -> None:
+        self._adopted = imap
+        super().__init__(imap.host, port=imap.port, ssl=isinstance(imap, imaplib.IMAP4_SSL), timeout=timeout)
+
+    def _create_IMAP4(self) -> imaplib.IMAP4:  # noqa: N802 (IMAPClient's name)
+        return self._adopted
+
+
+def adopt_imaplib(imap: imaplib.IMAP4, *, timeout: float = DEFAULT_TIMEOUT_S) -> IMAPClient:
+    """Drive an already open imaplib session (a test account's, a recording client) through IMAPClient.
+
+    A socket that already has a timeout keeps it; one without gets `timeout`.
+    """
+    sock = getattr(imap, "sock", None)
+    current = sock.gettimeout() if sock is not None else None
+    return _AdoptedSession(imap, current if current is not None else timeout)
 
 
 def ok(response: tuple[str, list], what: str) -> list:

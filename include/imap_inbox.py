@@ -13,7 +13,6 @@ from imapclient import IMAPClient
 
 from include.imap_wire import (
     DEFAULT_TIMEOUT_S,
-    adopt_imaplib,
     check_keyword,
     check_mailbox,
     normalize_uids,
@@ -95,21 +94,16 @@ def _flags(values: Any) -> tuple[str, ...]:
 class Inbox:
     """One mailbox on a logged-in IMAP session. Reads never set \\Seen; writes re-check UIDVALIDITY first.
 
-    `client` is an IMAPClient (see include.imap_wire.connect) or an already logged-in imaplib
-    session, which is adopted. `command_count` counts the IMAP commands this Inbox sent, including
-    the one CAPABILITY query per session that IMAPClient needs (for LITERAL+, UNSELECT, IDLE, ...)
-    when the server did not volunteer its capabilities after login.
+    `client` is a logged-in IMAPClient (see include.imap_wire.connect). `command_count` counts the
+    IMAP commands this Inbox sent, including the one CAPABILITY query per session that IMAPClient
+    needs (for LITERAL+, UNSELECT, IDLE, ...) when the server did not volunteer its capabilities.
     """
 
     def __init__(
         self,
-        client: IMAPClient | imaplib.IMAP4,
+        client: IMAPClient,
         mailbox: str = "INBOX",
-        *,
-        timeout: float = DEFAULT_TIMEOUT_S,
     ) -> None:
-        if isinstance(client, imaplib.IMAP4):
-            client = adopt_imaplib(client, timeout=timeout)
         self.client: IMAPClient = client
         self.mailbox = check_mailbox(mailbox)
         self.command_count = 0

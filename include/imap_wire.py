@@ -10,7 +10,6 @@ It also takes a socket timeout per connection, so nothing here touches the proce
 
 from __future__ import annotations
 
-import imaplib
 import re
 import ssl
 from collections.abc import Iterable
@@ -63,27 +62,6 @@ def connect(
         ssl_context=context if use_ssl else None,
         timeout=timeout,
     )
-
-
-class _AdoptedSession(IMAPClient):
-    """An IMAPClient over an imaplib session someone else opened (and usually logged in)."""
-
-    def __init__(self, imap: imaplib.IMAP4, timeout: float) -> None:
-        self._adopted = imap
-        super().__init__(imap.host, port=imap.port, ssl=isinstance(imap, imaplib.IMAP4_SSL), timeout=timeout)
-
-    def _create_IMAP4(self) -> imaplib.IMAP4:  # noqa: N802 (IMAPClient's name)
-        return self._adopted
-
-
-def adopt_imaplib(imap: imaplib.IMAP4, *, timeout: float = DEFAULT_TIMEOUT_S) -> IMAPClient:
-    """Drive an already open imaplib session through IMAPClient (test harnesses, benchmarks).
-
-    A socket that already has a timeout keeps it; one without gets `timeout`.
-    """
-    sock = getattr(imap, "sock", None)
-    current = sock.gettimeout() if sock is not None else None
-    return _AdoptedSession(imap, current if current is not None else timeout)
 
 
 def normalize_uids(uids: Iterable[int]) -> list[int]:

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jira_mail_sync.mapping import MAX_MAP_LENGTH, MAX_MAPPED_FETCHES, batch_keys, describe_batch
 
+from devkit.imap_account import adopt_imaplib
 from devkit.mail_factory import jira_notification
 from include.imap_inbox import Inbox
 from include.jira_rules import BULK_FETCH_LIMIT_ANY_FIELDS
@@ -92,7 +93,7 @@ def test_a_burst_larger_than_one_peek_chunk_is_read_whole_and_left_unseen(imap_a
         imap_account.drop(jira_notification(f"OPS-{n % 50 + 1}", site=site))
     client = imap_account.connect()
     try:
-        inbox = Inbox(client)
+        inbox = Inbox(adopt_imaplib(client))
         uidvalidity = inbox.open()
         uids = inbox.unseen_uids(limit=total)
         extraction = extract_keys(

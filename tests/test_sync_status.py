@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from devkit.imap_account import adopt_imaplib
 from devkit.mail_factory import jira_notification
 from include.imap_inbox import REJECTED_KEYWORD, Inbox
 from include.mail_ledger import record_failures, record_rejected, record_settled
@@ -181,7 +182,7 @@ def test_inbox_counts_waiting_mail_and_the_age_of_the_oldest_without_reading_it(
         asked.append((uidvalidity, sorted(uids)))
         return {held_uid}
 
-    with Inbox(imap_account.connect()) as inbox:
+    with Inbox(adopt_imaplib(imap_account.connect())) as inbox:
         figures = inbox_figures(inbox, now=NOW, held=held)
 
     assert figures["unseen"] == 3
@@ -191,6 +192,6 @@ def test_inbox_counts_waiting_mail_and_the_age_of_the_oldest_without_reading_it(
 
 
 def test_an_empty_inbox_has_no_oldest_mail(imap_account):
-    with Inbox(imap_account.connect()) as inbox:
+    with Inbox(adopt_imaplib(imap_account.connect())) as inbox:
         figures = inbox_figures(inbox, now=NOW)
     assert (figures["unseen"], figures["oldest_unseen_age_seconds"]) == (0, None)
