@@ -6,7 +6,7 @@ UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.synced
 LINT_PATHS := dags plugins include devkit tests tests_distributed bench scripts
 
-.PHONY: venv system-deps test test-distributed test-ui fuzz lint bench demo demo-stop lock clean
+.PHONY: venv system-deps test test-fast test-distributed test-ui fuzz lint bench demo demo-stop lock clean
 
 # .venv/ is created from the hash-pinned lock; it is re-synced whenever the lock changes.
 $(STAMP): requirements.txt requirements-bootstrap.txt
@@ -24,6 +24,11 @@ system-deps:
 # database) is started by pytest session fixtures on free loopback ports and stopped after.
 test: venv system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Only the tests that need no service, no metadata database and no DAG run (the `unit` marker,
+# which tests/conftest.py sets on every test that uses none of the service fixtures).
+test-fast: venv
+	$(PY) -m pytest -m unit $(PYTEST_ARGS)
 
 # The compose topology (CeleryExecutor: PostgreSQL, Redis, api-server, scheduler, dag-processor,
 # triggerer, two Celery workers) run natively on loopback; see docs/distributed.md.

@@ -21,6 +21,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from devkit.imap_account import adopt_imaplib
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "plugins")]
 
@@ -82,7 +84,7 @@ def run_ours(account: dict, jira: dict, store_path: str, per_request: int | None
     started = time.perf_counter()
     # wait_for_unseen_mail: the ledger's held UIDs, then one SEARCH
     imap = _connect(account)
-    inbox = Inbox(imap)
+    inbox = Inbox(adopt_imaplib(imap))
     uidvalidity = inbox.open(readonly=True)
     ledger_conn = CountingConnection(_store(store_path))
     ledger = Ledger(ledger_conn, "sqlite")
@@ -91,7 +93,7 @@ def run_ours(account: dict, jira: dict, store_path: str, per_request: int | None
     imap.logout()
     # extract_ticket_keys
     imap = _connect(account)
-    inbox = Inbox(imap)
+    inbox = Inbox(adopt_imaplib(imap))
     inbox.open(readonly=True)
     taken = take_mail(
         inbox,
@@ -120,7 +122,7 @@ def run_ours(account: dict, jira: dict, store_path: str, per_request: int | None
     conn.close()
     # mark_mail_seen: the marking and the run's ledger writes
     imap = _connect(account)
-    settled = settle_mail(Inbox(imap), ledger, taken, stored)
+    settled = settle_mail(Inbox(adopt_imaplib(imap)), ledger, taken, stored)
     imap.logout()
     ledger_statements = ledger_conn.count()
     ledger_conn.close()

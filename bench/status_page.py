@@ -45,8 +45,8 @@ from include.imap_inbox import Inbox
 from include.imap_wire import connect as imap_connect
 from include.mail_ledger import record_failures, record_rejected, record_settled
 from include.names import IMAP_CONN_ID, STORE_CONN_ID
-from include.sweep_progress import advance_watermark
-from include.sync_status import inbox_figures, jira_figures, ledger_figures, sweep_watermark, ticket_figures
+from include.sweep_progress import advance_watermark, get_watermark
+from include.sync_status import inbox_figures, jira_figures, ledger_figures, ticket_figures
 from include.ticket_store import ensure_table, upsert_tickets
 
 TICKETS = 100_000
@@ -137,7 +137,7 @@ def _store_reads(conn: Any, dialect: str) -> dict[str, float]:
         "mail ledger: counts by state + 100 held-back rows": _median_ms(
             lambda: ledger_figures(conn, dialect)
         ),
-        "sweep watermark": _median_ms(lambda: sweep_watermark(conn, dialect)),
+        "sweep watermark": _median_ms(lambda: get_watermark(conn, dialect)),
         "Jira requests in the last hour, last 429": _median_ms(lambda: jira_figures(conn, dialect, now=NOW)),
     }
 

@@ -160,12 +160,12 @@ def main() -> None:
             # Jira's 1000-issue rule was used (its limit set back to 100 for this run only: the planner's
             # batches and the client's requests both follow it), then the automatic size (1000 here).
             results = {}
-            large = jira_rules.BULK_FETCH_LIMIT_LARGE
-            jira_rules.BULK_FETCH_LIMIT_LARGE = jira_rules.BULK_FETCH_LIMIT
+            large = jira_rules.BULK_FETCH_LIMIT_PLAIN_FIELDS
+            jira_rules.BULK_FETCH_LIMIT_PLAIN_FIELDS = jira_rules.BULK_FETCH_LIMIT_ANY_FIELDS
             try:
                 results[100] = _sweep(sweep_dag, jira, conf, store_path)
             finally:
-                jira_rules.BULK_FETCH_LIMIT_LARGE = large
+                jira_rules.BULK_FETCH_LIMIT_PLAIN_FIELDS = large
             store_path.unlink()
             results[1000] = _sweep(sweep_dag, jira, conf, store_path)
             print(results, flush=True)

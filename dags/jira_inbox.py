@@ -40,16 +40,20 @@ from airflow.sdk import Param, dag
 from jira_mail_sync.inbox_schedule import inbox_schedule
 from jira_mail_sync.inbox_tasks import extract_ticket_keys, mark_mail_seen, report_unsettled_mail
 from jira_mail_sync.sensors.unseen_mail import UnseenJiraMailSensor
+from jira_mail_sync.settings import read_settings
 from jira_mail_sync.ticket_tasks import fetch_tickets, store_tickets
 
 from include.imap_wire import MAX_UID
 from include.mail_ledger import DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_DELAY, MAX_RETRY_DELAY
 
+# Every [jira_mail_sync] option, parsed now: a bad value is this file's import error in the UI.
+SETTINGS = read_settings()
+
 
 @dag(
     dag_id=Path(__file__).stem,
     doc_md=__doc__,
-    schedule=inbox_schedule(),
+    schedule=inbox_schedule(SETTINGS.inbox_mode),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,

@@ -31,10 +31,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from airflow.sdk import CronDataIntervalTimetable, Param, dag
+from jira_mail_sync.settings import read_settings
 from jira_mail_sync.sweep_tasks import list_changed_keys, plan_sweep, record_sweep_progress
 from jira_mail_sync.ticket_tasks import fetch_tickets, store_tickets
 
 from include.jira_rules import PROJECT_KEY_PATTERN
+
+# Every [jira_mail_sync] option, parsed now: a bad value is this file's import error in the UI.
+read_settings()
 
 
 @dag(

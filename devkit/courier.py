@@ -51,6 +51,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from devkit.imap_account import HelperSessionAccount, ok
 from devkit.processes import LOOPBACK, STOP_TIMEOUT_S, free_port, log_tail, proc_stat, terminate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,9 +121,6 @@ exec "$cache/usr/sbin/couriertcpd" -address=127.0.0.1 -maxprocs="$maxprocs" -max
 """
 
 _LOGIN_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_APPENDUID = re.compile(rb"\[APPENDUID (\d+) (\d+)\]")
-_FETCH_UID = re.compile(rb"\bUID (\d+)")
-_FETCH_FLAGS = re.compile(rb"\bFLAGS \(([^)]*)\)")
 
 
 class CourierStartError(RuntimeError):
@@ -172,15 +170,8 @@ class NoDelayIMAP4(imaplib.IMAP4):
         return sock
 
 
-def _ok(response: tuple[str, list], what: str) -> list:
-    typ, data = response
-    if typ != "OK":
-        raise AssertionError(f"{what} answered {typ}: {data!r}")
-    return data
-
-
 @dataclass
-class CourierAccount:
+class CourierAccount(HelperSessionAccount):
     """One userdb login on a CourierServer, with helpers to seed and inspect its mail."""
 
     host: str
@@ -203,47 +194,13 @@ class CourierAccount:
         """A logged-in plain-IMAP client (TCP_NODELAY by default), logged out by `close()`."""
         client = client_class(self.host, self.port, timeout=timeout)
         try:
-            _ok(client.login(self.login, self.password), f"LOGIN {self.login}")
+            ok(client.login(self.login, self.password), f"LOGIN {self.login}")
         except BaseException:
             with contextlib.suppress(Exception):
                 client.shutdown()
             raise
         self._sessions.append(client)
         return client
-
-    def _helper_session(self) -> imaplib.IMAP4:
-        if self._helper is None:
-            self._helper = self.connect()
-        return self._helper
-
-    def append(self, raw: bytes, flags: str = "", mailbox: str = "INBOX") -> int:
-        """IMAP APPEND one message (flags like "\\Seen"); returns its UID from APPENDUID."""
-        data = _ok(self._helper_session().append(mailbox, flags or None, None, raw), f"APPEND {mailbox}")
-        match = _APPENDUID.search(data[-1] or b"")
-        if match is None:
-            raise AssertionError(f"APPEND answered without APPENDUID: {data!r}")
-        return int(match.group(2))
-
-    def flags_by_uid(self, mailbox: str = "INBOX") -> dict[int, set[str]]:
-        """Every message's flags by UID, read with EXAMINE (\\Recent left out)."""
-        session = self._helper_session()
-        exists = int(_ok(session.select(mailbox, readonly=True), f"EXAMINE {mailbox}")[0] or 0)
-        try:
-            if exists == 0:
-                return {}
-            result: dict[int, set[str]] = {}
-            for item in _ok(session.uid("FETCH", "1:*", "(FLAGS)"), "UID FETCH FLAGS"):
-                line = item[0] if isinstance(item, tuple) else item
-                if not line:
-                    continue
-                uid_match, flags_match = _FETCH_UID.search(line), _FETCH_FLAGS.search(line)
-                if uid_match and flags_match:
-                    result[int(uid_match.group(1))] = set(flags_match.group(1).decode().split()) - {
-                        "\\Recent"
-                    }
-            return result
-        finally:
-            session.unselect()
 
     def airflow_conn(self) -> dict[str, object]:
         """The JSON form of an Airflow `imap` connection to this account (plain IMAP on loopback)."""
@@ -259,11 +216,7 @@ class CourierAccount:
 
     def close(self) -> None:
         """Log out every session this object opened (the account and its mail stay)."""
-        for session in self._sessions:
-            with contextlib.suppress(Exception):
-                session.logout()
-        self._sessions.clear()
-        self._helper = None
+        self._log_out_sessions()
 
 
 @dataclass

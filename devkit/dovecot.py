@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from devkit.imap_account import HelperSessionAccount
 from devkit.processes import LOOPBACK, free_port, log_tail, spawn, stop_process_group
 
 DOVECOT_BINARY = "/usr/sbin/dovecot"
@@ -37,10 +38,7 @@ START_TIMEOUT_S = 10.0
 CLIENT_TIMEOUT_S = 30.0
 OAUTH2_ARGS_NAME = "dovecot-oauth2.conf.ext"
 
-_APPENDUID = re.compile(rb"\[APPENDUID (\d+) (\d+)\]")
 _STATUS_UIDVALIDITY = re.compile(rb"UIDVALIDITY (\d+)")
-_FETCH_UID = re.compile(rb"\bUID (\d+)")
-_FETCH_FLAGS = re.compile(rb"\bFLAGS \(([^)]*)\)")
 
 
 class DovecotStartError(RuntimeError):
@@ -452,7 +450,7 @@ def start_dovecot(
 
 
 @dataclass
-class ImapAccount:
+class ImapAccount(HelperSessionAccount):
     """One fresh mailbox user on the session's Dovecot, with helpers to seed and inspect its mail."""
 
     host: str
@@ -488,22 +486,6 @@ class ImapAccount:
         client.login(self.user, self.password)
         self._sessions.append(client)
         return client
-
-    def _helper_session(self) -> imaplib.IMAP4:
-        if self._helper is None:
-            self._helper = self.connect()
-        return self._helper
-
-    def append(self, raw: bytes, flags: str = "", mailbox: str = "INBOX") -> int:
-        """IMAP APPEND one message (flags like "\\Seen $JiraRejected"); returns its UID (UIDPLUS)."""
-        session = self._helper_session()
-        typ, data = session.append(mailbox, flags or None, None, raw)
-        if typ != "OK":
-            raise AssertionError(f"APPEND to {mailbox} failed: {data!r}")
-        match = _APPENDUID.search(data[-1] or b"")
-        if match is None:
-            raise AssertionError(f"APPEND answered without APPENDUID: {data!r}")
-        return int(match.group(2))
 
     def drop(self, raw: bytes, n: int = 1) -> list[Path]:
         """Deliver `n` copies straight into Maildir/new, as a local delivery agent would (fast seeding).
@@ -542,13 +524,6 @@ class ImapAccount:
             self._sessions.remove(self._helper)
             self._helper = None
 
-    def _examine(self, mailbox: str) -> tuple[imaplib.IMAP4, int]:
-        session = self._helper_session()
-        typ, data = session.select(mailbox, readonly=True)
-        if typ != "OK":
-            raise AssertionError(f"EXAMINE {mailbox} failed: {data!r}")
-        return session, int(data[0] or 0)
-
     def uidvalidity(self, mailbox: str = "INBOX") -> int:
         """The mailbox's current UIDVALIDITY (STATUS, so nothing gets selected)."""
         session = self._helper_session()
@@ -559,31 +534,6 @@ class ImapAccount:
         if match is None:
             raise AssertionError(f"STATUS {mailbox} answered without UIDVALIDITY: {data!r}")
         return int(match.group(1))
-
-    def flags_by_uid(self, mailbox: str = "INBOX") -> dict[int, set[str]]:
-        """Every message's flags and keywords by UID, read without changing them.
-
-        \\Recent is left out: it belongs to whichever session saw the message first, not to the message.
-        """
-        session, exists = self._examine(mailbox)
-        try:
-            if exists == 0:
-                return {}
-            typ, data = session.uid("FETCH", "1:*", "(FLAGS)")
-            if typ != "OK":
-                raise AssertionError(f"UID FETCH FLAGS failed: {data!r}")
-            result: dict[int, set[str]] = {}
-            for item in data:
-                line = item[0] if isinstance(item, tuple) else item
-                if not line:
-                    continue
-                uid_match, flags_match = _FETCH_UID.search(line), _FETCH_FLAGS.search(line)
-                if uid_match and flags_match:
-                    flags = set(flags_match.group(1).decode().split()) - {"\\Recent"}
-                    result[int(uid_match.group(1))] = flags
-            return result
-        finally:
-            session.unselect()
 
     def unseen_count(self, mailbox: str = "INBOX") -> int:
         """How many messages lack \\Seen (keywords such as $JiraRejected do not matter here)."""
@@ -698,11 +648,7 @@ class ImapAccount:
 
     def close(self) -> None:
         """Log out every session this object opened and retire the user and its mail."""
-        for session in self._sessions:
-            with contextlib.suppress(Exception):
-                session.logout()
-        self._sessions.clear()
-        self._helper = None
+        self._log_out_sessions()
         with contextlib.suppress(FileNotFoundError):
             (self._server.users_dir / self.user).unlink()
         shutil.rmtree(self.maildir.parent, ignore_errors=True)

@@ -125,7 +125,7 @@ class IdleSession:
 
     def __init__(self, client: IMAPClient, mailbox: str, *, timeout: float) -> None:
         self.client = client
-        self.inbox = Inbox(client, mailbox, timeout=timeout)
+        self.inbox = Inbox(client, mailbox)
         self.idling = False
         self.opened_at = time.monotonic()
 

@@ -13,14 +13,15 @@ from imapclient import IMAPClient
 
 from include.imap_wire import (
     DEFAULT_TIMEOUT_S,
-    adopt_imaplib,
     check_keyword,
     check_mailbox,
-    compact_uid_set,
     normalize_uids,
     uid_list_chunks,
     uid_set_chunks,
 )
+
+# The parser's limits: a peek fetches exactly what the parser would read.
+from include.jira_mail.parser import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HEADER_BYTES
 
 __all__ = [
     "DEFAULT_TIMEOUT_S",
@@ -30,7 +31,6 @@ __all__ = [
     "Inbox",
     "PeekedMessage",
     "UidValidityChanged",
-    "compact_uid_set",
 ]
 
 log = logging.getLogger(__name__)
@@ -94,21 +94,16 @@ def _flags(values: Any) -> tuple[str, ...]:
 class Inbox:
     """One mailbox on a logged-in IMAP session. Reads never set \\Seen; writes re-check UIDVALIDITY first.
 
-    `client` is an IMAPClient (see include.imap_wire.connect) or an already logged-in imaplib
-    session, which is adopted. `command_count` counts the IMAP commands this Inbox sent, including
-    the one CAPABILITY query per session that IMAPClient needs (for LITERAL+, UNSELECT, IDLE, ...)
-    when the server did not volunteer its capabilities after login.
+    `client` is a logged-in IMAPClient (see include.imap_wire.connect). `command_count` counts the
+    IMAP commands this Inbox sent, including the one CAPABILITY query per session that IMAPClient
+    needs (for LITERAL+, UNSELECT, IDLE, ...) when the server did not volunteer its capabilities.
     """
 
     def __init__(
         self,
-        client: IMAPClient | imaplib.IMAP4,
+        client: IMAPClient,
         mailbox: str = "INBOX",
-        *,
-        timeout: float = DEFAULT_TIMEOUT_S,
     ) -> None:
-        if isinstance(client, imaplib.IMAP4):
-            client = adopt_imaplib(client, timeout=timeout)
         self.client: IMAPClient = client
         self.mailbox = check_mailbox(mailbox)
         self.command_count = 0
@@ -210,8 +205,8 @@ class Inbox:
         self,
         uids: Sequence[int],
         *,
-        max_header_bytes: int = 64 * 1024,
-        max_body_bytes: int = 256 * 1024,
+        max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> list[PeekedMessage]:
         """The header and body start of each UID (ascending), without setting \\Seen.
 

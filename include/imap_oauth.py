@@ -167,6 +167,8 @@ class TokenSource:
         self._token: str | None = None
         self._renew_at = 0.0
         self.fetches = 0
+        # Seconds on a clock that never goes back; swappable, so expiry can be tested without waiting.
+        self.clock: Callable[[], float] = time.monotonic
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.description}>"
@@ -177,8 +179,8 @@ class TokenSource:
     def access_token(self) -> str:
         """A valid access token: the cached one, or a new one when it is near its expiry."""
         with self._lock:
-            if self._token is None or time.monotonic() >= self._renew_at:
-                started = time.monotonic()
+            if self._token is None or self.clock() >= self._renew_at:
+                started = self.clock()
                 token, lifetime = self._fetch()
                 self.fetches += 1
                 margin = min(EXPIRY_MARGIN_S, max(lifetime, 0.0) * EXPIRY_MARGIN_FRACTION)
@@ -412,39 +414,6 @@ def _google_error(what: str, flow: str, error: str | None, description: str | No
             f"{what} refused the refresh token ({detail}): it is expired or revoked; authorize again"
         )
     return ImapAuthError(f"{what} refused the token request ({detail})")
-
-
-def xoauth2_string(user: str, token: str) -> str:
-    """SASL XOAUTH2 initial response (Google's and Microsoft's format; IMAPClient.oauth2_login sends it)."""
-    return f"user={user}\x01auth=Bearer {token}\x01\x01"
-
-
-def oauthbearer_string(user: str, token: str, host: str | None = None, port: int | None = None) -> str:
-    """RFC 7628 §3.1 OAUTHBEARER initial response; IMAPClient.oauthbearer_login sends it without host/port."""
-    authzid = user.replace("=", "=3D").replace(",", "=2C")  # RFC 5801 saslname
-    pairs = ([f"host={host}"] if host else []) + ([f"port={port}"] if port else [])
-    return f"n,a={authzid},\x01" + "".join(f"{p}\x01" for p in pairs) + f"auth=Bearer {token}\x01\x01"
-
-
-def sasl_responder(mechanism: str, user: str, token: str, **hostport: Any) -> Callable[[bytes], bytes]:
-    """An imaplib `authenticate()` callback: the initial response, then an empty reply to an error challenge.
-
-    XOAUTH2 and OAUTHBEARER servers answer a refused token with a JSON challenge that the client must
-    acknowledge with an empty response (RFC 7628 §3.2.3) before the tagged NO.
-    """
-    first = (
-        xoauth2_string(user, token) if mechanism == "XOAUTH2" else oauthbearer_string(user, token, **hostport)
-    )
-    sent = False
-
-    def respond(_challenge: bytes) -> bytes:
-        nonlocal sent
-        if sent:
-            return b""
-        sent = True
-        return first.encode()
-
-    return respond
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """What goes on the IMAP wire for the inbox: TLS sessions with per-socket timeouts, UID sets, keywords.
 
 The protocol itself (command syntax, FETCH/SELECT response parsing, mailbox-name encoding, SASL)
-is IMAPClient's. We chose it over our own imaplib FETCH tokenizer because the inbox needs what
-IMAPClient already does and imaplib does not: robust FETCH parsing (any item order, literals or
+is IMAPClient's, not a hand-written imaplib FETCH tokenizer, because the inbox needs what IMAPClient
+does and imaplib does not: robust FETCH parsing (any item order, literals or
 quoted strings), PERMANENTFLAGS from SELECT (servers such as Exchange refuse custom keywords),
 STORE answers checked (imaplib returns NO instead of raising), XOAUTH2/OAUTHBEARER login and IDLE.
 It also takes a socket timeout per connection, so nothing here touches the process-wide default.
@@ -10,7 +10,6 @@ It also takes a socket timeout per connection, so nothing here touches the proce
 
 from __future__ import annotations
 
-import imaplib
 import re
 import ssl
 from collections.abc import Iterable
@@ -65,27 +64,6 @@ def connect(
     )
 
 
-class _AdoptedSession(IMAPClient):
-    """An IMAPClient over an imaplib session someone else opened (and usually logged in)."""
-
-    def __init__(self, imap: imaplib.IMAP4, timeout: float) -> None:
-        self._adopted = imap
-        super().__init__(imap.host, port=imap.port, ssl=isinstance(imap, imaplib.IMAP4_SSL), timeout=timeout)
-
-    def _create_IMAP4(self) -> imaplib.IMAP4:  # noqa: N802 (IMAPClient's name)
-        return self._adopted
-
-
-def adopt_imaplib(imap: imaplib.IMAP4, *, timeout: float = DEFAULT_TIMEOUT_S) -> IMAPClient:
-    """Drive an already open imaplib session through IMAPClient (test harnesses, benchmarks).
-
-    A socket that already has a timeout keeps it; one without gets `timeout`.
-    """
-    sock = getattr(imap, "sock", None)
-    current = sock.gettimeout() if sock is not None else None
-    return _AdoptedSession(imap, current if current is not None else timeout)
-
-
 def normalize_uids(uids: Iterable[int]) -> list[int]:
     """The distinct UIDs, ascending; ValueError for anything that is not an integer 1..2**32-1."""
     result: set[int] = set()
@@ -106,14 +84,6 @@ def _uid_ranges(sorted_uids: list[int]) -> list[str]:
         previous = uid
     ranges.append(f"{start}:{previous}" if previous != start else str(start))
     return ranges
-
-
-def compact_uid_set(uids: Iterable[int]) -> str:
-    """The shortest IMAP sequence set for `uids`, e.g. [1, 2, 3, 4, 5, 7, 9, 10] -> "1:5,7,9:10"."""
-    normalized = normalize_uids(uids)
-    if not normalized:
-        raise ValueError("an IMAP UID set cannot be empty")
-    return ",".join(_uid_ranges(normalized))
 
 
 def _chunks(parts: list[str], max_chars: int) -> list[list[str]]:

@@ -22,10 +22,10 @@ from typing import Any
 
 from include.imap_inbox import QUARANTINED_KEYWORD, REJECTED_KEYWORD, ImapError, Inbox, PeekedMessage
 from include.jira_mail import HEADERS_TOO_LARGE, ParsedMail, parse_message
+from include.jira_mail.parser import MAX_MESSAGE_ID_CHARS
 from include.mail_ledger import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_RETRY_DELAY,
-    MESSAGE_ID_MAX,
     SENDER_MAX,
     SUBJECT_MAX,
     bounded_text,
@@ -196,7 +196,7 @@ def take_mail(
 def _about(parsed: ParsedMail) -> dict[str, str | None]:
     # Bounded and storable here already: these travel in an XCom and reach logs and the UI.
     return {
-        "message_id": bounded_text(parsed.message_id, MESSAGE_ID_MAX),
+        "message_id": bounded_text(parsed.message_id, MAX_MESSAGE_ID_CHARS),
         "sender": bounded_text(parsed.sender, SENDER_MAX),
         "subject": bounded_text(parsed.subject, SUBJECT_MAX),
     }

@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from include.jira_cloud import JiraCloudClient, JiraError, ticket_details
+from include.jira_rules import normalise_key
 from include.ticket_fields import TICKET_FIELDS
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,7 @@ def fetch_isolating(
     requests sent for the batch, retries and the probe included}.
     Raises the batch's error when Jira does not answer this account at all.
     """
-    wanted = list(dict.fromkeys(str(key).strip().upper() for key in keys))
+    wanted = list(dict.fromkeys(normalise_key(key) for key in keys))
     isolation = _Isolation(client, validate, 1 + split_budget(len(wanted)), fields, extra_fields, per_request)
     sent_before = client.request_count
     if not wanted:
@@ -160,9 +161,7 @@ def fetch_isolating(
     except JiraError as exc:
         batch_error = exc
     if batch_error is not None:
-        try:
-            client.myself()
-        except JiraError:
+        if not client.answers_this_account():
             log.warning("Jira does not answer this account; nothing is blamed on the batch's keys")
             raise batch_error from None
         log.warning(

@@ -32,11 +32,12 @@ from atlassian.jira import JiraCloud
 
 from include.api_usage import Throttle, Usage
 from include.jira_rules import (
-    BULK_FETCH_LIMIT,
-    BULK_FETCH_LIMIT_LARGE,
+    BULK_FETCH_LIMIT_ANY_FIELDS,
+    BULK_FETCH_LIMIT_PLAIN_FIELDS,
     SEARCH_PAGE_LIMIT_KEYS_ONLY,
     bulk_fetch_limit,
     is_issue_key,
+    normalise_key,
 )
 from include.ticket_fields import TICKET_FIELDS, extra_values
 
@@ -467,6 +468,18 @@ class JiraCloudClient:
         """The account the token belongs to (GET /rest/api/3/myself)."""
         return self._json("GET /rest/api/3/myself", self._api.get_current_user)
 
+    def answers_this_account(self) -> bool:
+        """Whether Jira is up for this account (one GET /rest/api/3/myself, with the client's retries).
+
+        Asked after a failure, before blaming the keys of a request: when Jira does not answer the
+        account at all, the fault is Jira's or the connection's, not the keys'.
+        """
+        try:
+            self.myself()
+        except JiraError:
+            return False
+        return True
+
     def account_time_zone(self) -> str:
         """The account's profile time zone, in which Jira reads zone-less JQL datetimes (cached)."""
         if self._time_zone is None:
@@ -478,7 +491,7 @@ class JiraCloudClient:
 
     def get_issue(self, key: str, fields: Sequence[str] = TICKET_FIELDS) -> dict[str, Any]:
         """One issue (GET /rest/api/3/issue/{key}); raises JiraNotFound when Jira does not show it."""
-        normalised = str(key).strip().upper()
+        normalised = normalise_key(key)
         if not is_issue_key(normalised):
             # Not a key Jira could have; asking would only put arbitrary text into the URL path.
             raise JiraNotFound(normalised)
@@ -522,27 +535,31 @@ class JiraCloudClient:
         de-duplicated. A malformed key is reported as not found without asking Jira. An issue moved to
         another project comes back under its new key, so its old key is reported as not found.
         """
-        wanted = list(dict.fromkeys(str(key).strip().upper() for key in keys))
+        wanted = list(dict.fromkeys(normalise_key(key) for key in keys))
         valid = [key for key in wanted if is_issue_key(key)]
-        size = min(bulk_fetch_limit(fields), per_request or BULK_FETCH_LIMIT_LARGE, BULK_FETCH_LIMIT_LARGE)
+        size = min(
+            bulk_fetch_limit(fields),
+            per_request or BULK_FETCH_LIMIT_PLAIN_FIELDS,
+            BULK_FETCH_LIMIT_PLAIN_FIELDS,
+        )
         issues: list[dict[str, Any]] = []
         requests_before = self.request_count
         start = 0
         while start < len(valid):
             if self.bulk_limit_refused:
-                size = min(size, BULK_FETCH_LIMIT)
+                size = min(size, BULK_FETCH_LIMIT_ANY_FIELDS)
             chunk = valid[start : start + max(size, 1)]
             try:
                 issues.extend(self._bulk_request(chunk, fields))
             except JiraRequestError as exc:
-                if exc.status != 400 or len(chunk) <= BULK_FETCH_LIMIT:
+                if exc.status != 400 or len(chunk) <= BULK_FETCH_LIMIT_ANY_FIELDS:
                     raise
                 logger.warning(
                     "Jira at %s refused a bulk fetch of %d issues (%s); asking for %d at a time from now on",
                     self.where,
                     len(chunk),
                     "; ".join(exc.error_messages) or "HTTP 400",
-                    BULK_FETCH_LIMIT,
+                    BULK_FETCH_LIMIT_ANY_FIELDS,
                 )
                 with _cloud_ids_lock:
                     _small_bulk_sites.add(self.site_url)
@@ -583,9 +600,9 @@ class JiraCloudClient:
             try:
                 issue = self.get_issue(key, fields)
             except JiraNotFound:
-                gone.append(str(key).strip().upper())
+                gone.append(normalise_key(key))
                 continue
-            moved[str(key).strip().upper()] = issue
+            moved[normalise_key(key)] = issue
         return MissingKeys(gone=gone, moved=moved)
 
     def search_keys(

@@ -18,11 +18,12 @@ ISSUE_KEY_PATTERN = rf"{PROJECT_KEY_PATTERN}-{ISSUE_NUMBER_PATTERN}"
 PROJECT_KEY = re.compile(PROJECT_KEY_PATTERN)
 ISSUE_KEY = re.compile(ISSUE_KEY_PATTERN)
 
-# POST /rest/api/3/issue/bulkfetch takes at most BULK_FETCH_LIMIT keys, and up to BULK_FETCH_LIMIT_LARGE
-# when `fields` names at most BULK_FETCH_LARGE_MAX_FIELDS fields explicitly, none of them multi-valued,
-# and `expand` asks for none of BULK_FETCH_HEAVY_EXPANDS; a larger request than allowed answers 400.
-BULK_FETCH_LIMIT = 100
-BULK_FETCH_LIMIT_LARGE = 1000
+# POST /rest/api/3/issue/bulkfetch takes at most BULK_FETCH_LIMIT_ANY_FIELDS keys whatever the fields,
+# and up to BULK_FETCH_LIMIT_PLAIN_FIELDS when `fields` names at most BULK_FETCH_LARGE_MAX_FIELDS fields
+# explicitly, none of them multi-valued, and `expand` asks for none of BULK_FETCH_HEAVY_EXPANDS; a
+# larger request than allowed answers 400.
+BULK_FETCH_LIMIT_ANY_FIELDS = 100
+BULK_FETCH_LIMIT_PLAIN_FIELDS = 1000
 BULK_FETCH_LARGE_MAX_FIELDS = 100
 BULK_FETCH_HEAVY_EXPANDS = frozenset(
     {"changelog", "editmeta", "operations", "renderedFields", "transitions", "versionedRepresentations"}
@@ -52,6 +53,11 @@ def is_issue_key(value: object) -> bool:
     return isinstance(value, str) and ISSUE_KEY.fullmatch(value) is not None
 
 
+def normalise_key(value: object) -> str:
+    """A key as Jira writes it, surrounding blanks dropped and upper-cased: " abc-1" -> "ABC-1"."""
+    return str(value).strip().upper()
+
+
 def is_project_key(value: object) -> bool:
     """True for a string that is exactly one Jira project key, e.g. "ABC"."""
     return isinstance(value, str) and PROJECT_KEY.fullmatch(value) is not None
@@ -70,5 +76,5 @@ def bulk_fetch_limit(
     explicit = bool(names) and not any(not name or name[0] in "*-" for name in names)
     listed = MULTI_VALUED_SYSTEM_FIELDS | set(multi_valued)
     if explicit and len(set(names)) <= BULK_FETCH_LARGE_MAX_FIELDS and not heavy and not listed & set(names):
-        return BULK_FETCH_LIMIT_LARGE
-    return BULK_FETCH_LIMIT
+        return BULK_FETCH_LIMIT_PLAIN_FIELDS
+    return BULK_FETCH_LIMIT_ANY_FIELDS

@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from include.imap_wire import MAX_UID
+from include.jira_mail.parser import MAX_MESSAGE_ID_CHARS
 from include.names import MAIL_LEDGER_TABLE
 from include.store_db import (
     as_utc_datetime,
@@ -49,8 +50,6 @@ RELEASABLE_STATES = HELD_STATES
 SUBJECT_MAX = 200
 # An address is at most 254 characters (RFC 5321); with a display name, a From stays within this.
 SENDER_MAX = 320
-# RFC 5322's line limit bounds a Message-ID.
-MESSAGE_ID_MAX = 998
 REASON_MAX = 500
 DEFAULT_MAX_ATTEMPTS = 5
 DEFAULT_RETRY_DELAY = timedelta(minutes=5)
@@ -206,7 +205,7 @@ def _rows(
             mailbox,
             uidvalidity,
             uid,
-            bounded_text(entry.get("message_id"), MESSAGE_ID_MAX),
+            bounded_text(entry.get("message_id"), MAX_MESSAGE_ID_CHARS),
             bounded_text(entry.get("sender"), SENDER_MAX),
             bounded_text(entry.get("subject"), SUBJECT_MAX),
             _keys_json(entry.get("keys")),

@@ -76,20 +76,24 @@ def _exists(cursor: Any, dialect: str, table: str) -> bool:
     return bool(found)
 
 
-def table_columns(conn: Any, dialect: str, table: str) -> set[str]:
-    """The names of a table's columns (empty when the table is missing); a read, no DDL rights needed."""
+def columns_query(dialect: str, table: str) -> tuple[str, tuple[str]]:
+    """The query (and its parameters) listing a table's column names: no rows when the table is missing.
+
+    Apart from table_columns, so a caller holding a schema lock can run it on the locked cursor.
+    """
     check_dialect(dialect)
     if dialect == "sqlite":
-        rows = read(conn, dialect, "SELECT name FROM pragma_table_info(?)", (table,))
-    else:
-        rows = read(
-            conn,
-            dialect,
-            "SELECT attname FROM pg_catalog.pg_attribute "
-            "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped",
-            (table,),
-        )
-    return {str(name) for (name,) in rows}
+        return "SELECT name FROM pragma_table_info(?)", (table,)
+    return (
+        "SELECT attname FROM pg_catalog.pg_attribute "
+        "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped",
+        (table,),
+    )
+
+
+def table_columns(conn: Any, dialect: str, table: str) -> set[str]:
+    """The names of a table's columns (empty when the table is missing); a read, no DDL rights needed."""
+    return {str(name) for (name,) in read(conn, dialect, *columns_query(dialect, table))}
 
 
 def _schema_lock_id(table: str) -> int:

@@ -11,6 +11,7 @@ from include.store_db import (
     create_missing,
     placeholder,
     read,
+    table_exists,
     timestamp_param,
     transaction,
 )
@@ -47,8 +48,14 @@ def _value(moment: datetime, dialect: str) -> Any:
 
 
 def get_watermark(conn: Any, dialect: str, scope: str = SCHEDULED_SCOPE) -> datetime | None:
-    """The end of the contiguous span the sweep has stored, or None before its first recorded run."""
-    ensure_table(conn, dialect)
+    """The end of the contiguous span the sweep has stored, or None before its first recorded run.
+
+    A reader never creates the table (the status page reads with a read-only role too): no table
+    means no run recorded yet.
+    """
+    check_dialect(dialect)
+    if not table_exists(conn, dialect, TABLE):
+        return None
     rows = read(
         conn, dialect, f"SELECT reached_at FROM {TABLE} WHERE scope = {placeholder(dialect)}", (scope,)
     )

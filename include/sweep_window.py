@@ -111,11 +111,6 @@ def parse_iso_instant(text: str, *, name: str) -> datetime:
     return _as_plain_utc(parsed, name)
 
 
-def window_contains(window: SweepWindow, instant: datetime) -> bool:
-    """Whether an update instant belongs to this run's own interval (the lookback is not counted)."""
-    return window.start <= _as_plain_utc(instant, "instant") < window.end
-
-
 def _account_zone(account_tz: str) -> ZoneInfo:
     if not isinstance(account_tz, str) or not account_tz.strip():
         raise ValueError(f"account time zone must be an IANA zone name, got {account_tz!r}")

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from include.isolating_fetch import error_text, fetch_isolating
-from include.jira_cloud import JiraCloudClient, JiraError, JiraRequestError, JiraUnavailable, ticket_details
+from include.jira_cloud import JiraCloudClient, JiraRequestError, JiraUnavailable, ticket_details
 from include.names import CHANGE_FEED_MAX_KEYS
 from include.ticket_fields import TICKET_FIELDS
 from include.ticket_store import check_ticket, ensure_table, mark_gone, upsert_tickets
@@ -51,9 +51,7 @@ def fetch_batch(
         except JiraUnavailable as exc:
             # As in the isolation: the key is blamed only while Jira answers this account, else the
             # task fails and Airflow retries it. Either way nothing is marked gone.
-            try:
-                client.myself()
-            except JiraError:
+            if not client.answers_this_account():
                 raise exc from None
             result["failed"][old_key] = error_text(exc)
             continue

@@ -18,7 +18,6 @@ from include.imap_inbox import Inbox
 from include.mail_ledger import count_by_state, excluded_uids, list_entries
 from include.names import MAIL_LEDGER_TABLE, TICKET_TABLE
 from include.store_db import (
-    as_utc_datetime,
     check_dialect,
     placeholder,
     read,
@@ -26,8 +25,6 @@ from include.store_db import (
     table_exists,
     timestamp_param,
 )
-from include.sweep_progress import SCHEDULED_SCOPE
-from include.sweep_progress import TABLE as WATERMARK_TABLE
 
 # The mail ledger states the page lists: mail that needs a person (failed mail is retried by itself).
 LISTED_STATES = ("rejected", "quarantined")
@@ -37,7 +34,11 @@ OLDEST_PROBE = 50
 
 
 def ticket_figures(conn: Any, dialect: str, *, now: datetime) -> dict[str, Any]:
-    """Tickets by source, rows written in the last hour, and deleted rows where the store records them."""
+    """Tickets by source, rows fetched from Jira in the last hour, and deleted rows where recorded.
+
+    `changed_last_hour` counts `fetched_at`: a row is fetched again whenever its mail or a sweep names it,
+    so this is fetch activity, not the number of tickets Jira changed.
+    """
     check_dialect(dialect)
     if not table_exists(conn, dialect, TICKET_TABLE):
         return {"total": 0, "by_source": {}, "changed_last_hour": 0, "deleted": None}
@@ -62,20 +63,6 @@ def ticket_figures(conn: Any, dialect: str, *, now: datetime) -> dict[str, Any]:
     }
 
 
-def sweep_watermark(conn: Any, dialect: str) -> datetime | None:
-    """The end of the span the scheduled sweep has stored without a gap; None before its first run."""
-    check_dialect(dialect)
-    if not table_exists(conn, dialect, WATERMARK_TABLE):
-        return None
-    rows = read(
-        conn,
-        dialect,
-        f"SELECT reached_at FROM {WATERMARK_TABLE} WHERE scope = {placeholder(dialect)}",
-        (SCHEDULED_SCOPE,),
-    )
-    return as_utc_datetime(rows[0][0]) if rows else None
-
-
 def jira_figures(conn: Any, dialect: str, *, now: datetime) -> dict[str, Any]:
     usage = usage_since(conn, dialect, now - RECENT)
     return {
@@ -94,7 +81,7 @@ def ledger_figures(conn: Any, dialect: str, *, limit: int = 100) -> dict[str, An
     }
 
 
-def held_uids(
+def uids_held_back(
     conn: Any,
     dialect: str,
     *,

@@ -21,6 +21,7 @@ from include.names import TICKET_TABLE
 from include.store_db import (
     as_utc_datetime,
     check_dialect,
+    columns_query,
     create_missing,
     placeholder,
     read,
@@ -243,23 +244,16 @@ def ensure_table(conn: Any, dialect: str) -> None:
     if not missing:
         return
     with schema_change(conn, dialect, TABLE) as cursor:
-        missing &= _columns_in(cursor, dialect)
+        missing &= _v2_columns_missing(cursor, dialect)
         statements = upgrade_statements(dialect, missing)
         for statement in statements:
             cursor.execute(statement)
     log.warning("Upgraded table %s in place: added column(s) %s", TABLE, ", ".join(sorted(missing)))
 
 
-def _columns_in(cursor: Any, dialect: str) -> set[str]:
+def _v2_columns_missing(cursor: Any, dialect: str) -> set[str]:
     """Inside the schema lock: the v2 columns still missing (another process may have added them)."""
-    if dialect == "sqlite":
-        cursor.execute("SELECT name FROM pragma_table_info(?)", (TABLE,))
-    else:
-        cursor.execute(
-            "SELECT attname FROM pg_catalog.pg_attribute "
-            "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped",
-            (TABLE,),
-        )
+    cursor.execute(*columns_query(dialect, TABLE))
     return set(V2_COLUMNS[dialect]) - {str(name) for (name,) in cursor.fetchall()}
 
 

@@ -45,3 +45,50 @@ pytest_plugins = [
     "tests.harness.oauth",
     "tests.harness.courier",
 ]
+
+# The fixtures that start or need a real service (a server process, a loopback stand-in, a migrated
+# Airflow metadata database). A test that uses none of them, directly or through other fixtures,
+# runs no DAG (the `airflow` marker) and starts nothing itself (the `service` marker) is a `unit`
+# test: `make test-fast` runs only those.
+SERVICE_FIXTURES = frozenset(
+    {
+        "airflow_db",
+        "airflow_cli",
+        "inbox_env",
+        "load_dag",
+        "run_dag",
+        "start_api_server",
+        "courier",
+        "courier_account",
+        "keywordless_courier",
+        "dovecot",
+        "private_dovecot",
+        "imap_account",
+        "imap_conn_env",
+        "jira_standin_server",
+        "jira_standin",
+        "jira_conn_env",
+        "oauth_standin_server",
+        "oauth_standin",
+        "oauth_dovecot",
+        "oauth_imap_account",
+        "postgres_server",
+        "postgres_db",
+        "store_backend",
+        "store_conn_env",
+        "store",
+        "stored_ticket",
+        "stack_dovecot",
+    }
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    import pytest
+
+    for item in items:
+        needs_service = SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        if not needs_service and not any(
+            item.get_closest_marker(name) for name in ("airflow", "service", "ui")
+        ):
+            item.add_marker(pytest.mark.unit)

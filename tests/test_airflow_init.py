@@ -25,6 +25,7 @@ from tests.stack_files import (
 _POOLS_SET = re.compile(r"airflow pools set (\S+) (\d+)")
 
 
+@pytest.mark.service
 def test_airflow_init_creates_every_pool_the_dags_use():
     from airflow.dag_processing.dagbag import DagBag
 

@@ -87,11 +87,11 @@ def test_every_airflow_setting_names_a_real_option_of_the_locked_airflow():
     for section, body in get_provider_info()["config"].items():
         options.setdefault(section, set()).update(body["options"])
     # The project's own section: the options its code reads.
-    from jira_mail_sync.inbox_schedule import INBOX_MODE_OPTION
+    from jira_mail_sync.settings import OPTIONS
 
-    from include.names import CONFIG_SECTION, EXTRA_FIELDS_OPTION
+    from include.names import CONFIG_SECTION
 
-    options[CONFIG_SECTION] = {INBOX_MODE_OPTION, EXTRA_FIELDS_OPTION}
+    options[CONFIG_SECTION] = {option.name for option in OPTIONS}
     checked = 0
     for name in AIRFLOW_SERVICES:
         for key in environment_of(services()[name]):

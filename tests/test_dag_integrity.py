@@ -170,6 +170,7 @@ def test_fetch_is_mapped_and_labelled_with_its_keys(dagbag):
         assert isinstance(fetch, MappedOperator)
 
 
+@pytest.mark.service
 def test_parsing_the_dags_opens_no_socket_and_no_database():
     """Import both DAG files in a fresh interpreter where any socket connect or DB connect raises."""
     probe = textwrap.dedent(

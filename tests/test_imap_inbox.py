@@ -6,10 +6,12 @@ import imaplib
 import re
 import socket
 import ssl
+import sys
 from pathlib import Path
 
 import pytest
 
+from devkit.imap_account import adopt_imaplib
 from include.imap_inbox import (
     DEFAULT_TIMEOUT_S,
     REJECTED_KEYWORD,
@@ -17,9 +19,8 @@ from include.imap_inbox import (
     Inbox,
     PeekedMessage,
     UidValidityChanged,
-    compact_uid_set,
 )
-from include.imap_wire import connect, ssl_context_named
+from include.imap_wire import connect, ssl_context_named, uid_set_chunks
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "jira-emails"
 # RFC 7162 §4: clients should keep command lines under 8192 octets.
@@ -63,7 +64,7 @@ def _as_imap_bytes(raw: bytes) -> bytes:
 def test_peek_returns_the_messages_and_leaves_them_unseen(imap_account, readonly):
     raws = [_mail(f"[JIRA] (ABC-{n}) ticket {n}") for n in range(1, 4)]
     uids = [imap_account.append(raw) for raw in raws]
-    inbox = Inbox(imap_account.connect())
+    inbox = Inbox(adopt_imaplib(imap_account.connect()))
 
     # Only a read-write SELECT lets a plain BODY[] fetch set \Seen; both must leave it alone.
     inbox.open(readonly=readonly)
@@ -83,7 +84,7 @@ def test_unseen_uids_excludes_seen_and_rejected_messages(imap_account):
     imap_account.append(_mail("rejected"), flags=REJECTED_KEYWORD)
     imap_account.append(_mail("seen and rejected"), flags=f"\\Seen {REJECTED_KEYWORD}")
     later = imap_account.append(_mail("later plain"))
-    inbox = Inbox(imap_account.connect())
+    inbox = Inbox(adopt_imaplib(imap_account.connect()))
 
     assert inbox.unseen_uids(limit=100) == [plain, later]
     assert inbox.unseen_uids(limit=100, exclude_keyword=None) == [plain, plain + 2, later]
@@ -92,7 +93,7 @@ def test_unseen_uids_excludes_seen_and_rejected_messages(imap_account):
 def test_unseen_uids_is_one_search_command(imap_account):
     imap_account.drop(_mail("bulk"), n=200)
     client = _recording_client(imap_account)
-    inbox = Inbox(client)
+    inbox = Inbox(adopt_imaplib(client))
     inbox.open()
     start = len(client.sent_lines)
 
@@ -108,7 +109,7 @@ def test_limit_takes_the_oldest_unseen_messages(imap_account):
         (imap_account.append(_mail(f"m{n}"), flags="\\Seen" if n in (1, 3) else ""), n) for n in range(8)
     ]
     unseen_in_order = [uid for uid, n in appended if n not in (1, 3)]
-    inbox = Inbox(imap_account.connect())
+    inbox = Inbox(adopt_imaplib(imap_account.connect()))
 
     assert inbox.unseen_uids(limit=3) == unseen_in_order[:3]
     assert inbox.unseen_uids(limit=0) == []
@@ -117,7 +118,7 @@ def test_limit_takes_the_oldest_unseen_messages(imap_account):
 def test_mark_seen_sets_seen_only_on_the_given_uids_in_one_store(imap_account):
     imap_account.drop(_mail("bulk"), n=60)
     client = _recording_client(imap_account)
-    inbox = Inbox(client)
+    inbox = Inbox(adopt_imaplib(client))
     uidvalidity = inbox.open()
     unseen = inbox.unseen_uids(limit=60)
     chosen = unseen[::3]
@@ -135,7 +136,7 @@ def test_mark_seen_sets_seen_only_on_the_given_uids_in_one_store(imap_account):
 
 def test_add_keyword_hides_messages_from_unseen_uids_without_marking_them_seen(imap_account):
     uids = [imap_account.append(_mail(f"m{n}")) for n in range(3)]
-    inbox = Inbox(imap_account.connect())
+    inbox = Inbox(adopt_imaplib(imap_account.connect()))
     uidvalidity = inbox.open()
 
     inbox.add_keyword([uids[1]], REJECTED_KEYWORD, expected_uidvalidity=uidvalidity)
@@ -145,14 +146,14 @@ def test_add_keyword_hides_messages_from_unseen_uids_without_marking_them_seen(i
 
 
 def test_marking_an_empty_uid_list_sends_nothing(imap_account):
-    inbox = Inbox(imap_account.connect())
+    inbox = Inbox(adopt_imaplib(imap_account.connect()))
     assert inbox.mark_seen([], expected_uidvalidity=1) == []
     assert inbox.command_count == 0
 
 
 def test_bad_keyword_is_refused_before_any_command(imap_account):
     uid = imap_account.append(_mail("m"))
-    inbox = Inbox(imap_account.connect())
+    inbox = Inbox(adopt_imaplib(imap_account.connect()))
     uidvalidity = inbox.open()
     opened = inbox.command_count
     with pytest.raises(ValueError, match="keyword"):
@@ -165,13 +166,13 @@ def test_bad_keyword_is_refused_before_any_command(imap_account):
 
 def test_recreated_inbox_raises_uidvalidity_changed_and_marks_nothing(imap_account):
     uids = [imap_account.append(_mail(f"m{n}")) for n in range(3)]
-    reader = Inbox(imap_account.connect())
+    reader = Inbox(adopt_imaplib(imap_account.connect()))
     old_uidvalidity = reader.open()
     peeked_uids = reader.unseen_uids(limit=10)
     reader.close()
 
     new_uidvalidity = imap_account.recreate_mailbox("INBOX")
-    marker = Inbox(imap_account.connect())
+    marker = Inbox(adopt_imaplib(imap_account.connect()))
     with pytest.raises(UidValidityChanged) as raised:
         marker.mark_seen(peeked_uids, expected_uidvalidity=old_uidvalidity)
 
@@ -185,7 +186,7 @@ def test_mailbox_recreated_under_an_open_session_raises_for_both_flag_operations
     assert imap_account.connect().create("Jira")[0] == "OK"
     for n in range(2):
         imap_account.append(_mail(f"m{n}"), mailbox="Jira")
-    inbox = Inbox(imap_account.connect(), "Jira")
+    inbox = Inbox(adopt_imaplib(imap_account.connect()), "Jira")
     old_uidvalidity = inbox.open()
     uids = inbox.unseen_uids(limit=10)
 
@@ -203,7 +204,7 @@ def test_peek_bounds_the_body_of_a_25_mb_message(imap_account):
     line = b"A" * 1022 + b"\r\n"
     raw = header + line * (25 * 1024)
     imap_account.drop(raw)
-    inbox = Inbox(imap_account.connect())
+    inbox = Inbox(adopt_imaplib(imap_account.connect()))
 
     (message,) = inbox.peek(inbox.unseen_uids(limit=1), max_body_bytes=256 * 1024)
     (small,) = inbox.peek([message.uid], max_header_bytes=64 * 1024, max_body_bytes=1000)
@@ -218,7 +219,7 @@ def test_an_oversized_header_is_cut_at_a_line_and_never_joined_to_the_body(imap_
     fields = b"".join(b"X-Filler-%05d: %s\r\n" % (n, b"f" * 60) for n in range(2000))
     raw = b"Subject: [JIRA] (HDR-1) long header\r\n" + fields + b"\r\nthe body\r\n"
     imap_account.drop(raw)
-    inbox = Inbox(imap_account.connect())
+    inbox = Inbox(adopt_imaplib(imap_account.connect()))
 
     (message,) = inbox.peek(inbox.unseen_uids(limit=1), max_header_bytes=4096)
 
@@ -237,7 +238,7 @@ def test_header_complete_says_exactly_whether_the_header_fit(imap_account, extra
     raw = head + b"f" * (limit + extra - len(head) - 4) + b"\r\n\r\nthe body\r\n"
     assert raw.index(b"\r\n\r\n") + 4 == limit + extra
     imap_account.append(raw)
-    inbox = Inbox(imap_account.connect())
+    inbox = Inbox(adopt_imaplib(imap_account.connect()))
 
     (message,) = inbox.peek(inbox.unseen_uids(limit=1), max_header_bytes=limit)
 
@@ -255,7 +256,7 @@ def test_8bit_and_broken_messages_come_back_as_the_exact_bytes(imap_account):
     uids = [imap_account.append(raw) for raw in samples]
     lf_only = b"Subject: bare LF line endings\n\nline one\nline two\n"
     imap_account.drop(lf_only)
-    inbox = Inbox(imap_account.connect())
+    inbox = Inbox(adopt_imaplib(imap_account.connect()))
 
     peeked = inbox.peek(inbox.unseen_uids(limit=10))
 
@@ -269,7 +270,7 @@ def test_real_jira_mails_are_peeked_byte_for_byte(imap_account):
     assert raws, f"no .eml fixtures in {FIXTURES}"
     for raw in raws:
         imap_account.drop(raw)
-    inbox = Inbox(imap_account.connect())
+    inbox = Inbox(adopt_imaplib(imap_account.connect()))
 
     peeked = inbox.peek(inbox.unseen_uids(limit=len(raws)))
 
@@ -281,7 +282,7 @@ def test_peek_works_over_imaps_with_certificate_verification(imap_account):
     uid = imap_account.append(_mail("[JIRA] (TLS-1) over TLS"))
     client = imap_account.connect(ssl=True)
     assert isinstance(client, imaplib.IMAP4_SSL)
-    inbox = Inbox(client)
+    inbox = Inbox(adopt_imaplib(client))
 
     assert inbox.peek(inbox.unseen_uids(limit=5)) == [
         PeekedMessage(
@@ -301,7 +302,7 @@ def test_huge_sparse_uid_sets_are_split_into_commands_under_8_kb(imap_account):
     # Thousands of UIDs that no longer exist (expunged long ago) make the set long and sparse.
     gone = list(range(1_000_001, 1_000_001 + 2 * 3000, 2))
     client = _recording_client(imap_account)
-    inbox = Inbox(client)
+    inbox = Inbox(adopt_imaplib(client))
     uidvalidity = inbox.open()
     start = len(client.sent_lines)
 
@@ -310,7 +311,8 @@ def test_huge_sparse_uid_sets_are_split_into_commands_under_8_kb(imap_account):
 
     commands = client.commands_since(start)
     # Splitting may not degrade into many small commands: at most one per 4 KB of UID set.
-    most_commands = -(-len(compact_uid_set(existing + gone)) // 4096)
+    (whole_set,) = uid_set_chunks(existing + gone, max_chars=sys.maxsize)
+    most_commands = -(-len(whole_set) // 4096)
     assert [message.uid for message in peeked] == existing
     assert len(stored) == len(existing) + len(gone)
     assert all(len(line) + 2 < COMMAND_LINE_LIMIT for line in client.sent_lines[start:])
@@ -321,7 +323,7 @@ def test_huge_sparse_uid_sets_are_split_into_commands_under_8_kb(imap_account):
 
 def test_peek_leaves_out_uids_that_no_longer_exist(imap_account):
     uids = [imap_account.append(_mail(f"m{n}")) for n in range(2)]
-    inbox = Inbox(imap_account.connect())
+    inbox = Inbox(adopt_imaplib(imap_account.connect()))
     assert [message.uid for message in inbox.peek([uids[1], 999, uids[0]])] == uids
     assert inbox.peek([]) == []
 
@@ -333,7 +335,7 @@ def test_close_never_expunges_deleted_messages(imap_account):
     other.uid("STORE", str(deleted), "+FLAGS.SILENT", "(\\Deleted)")
     other.unselect()
     client = _recording_client(imap_account)
-    inbox = Inbox(client)
+    inbox = Inbox(adopt_imaplib(client))
     inbox.mark_seen([keep], expected_uidvalidity=inbox.open())
     start = len(client.sent_lines)
 
@@ -344,17 +346,17 @@ def test_close_never_expunges_deleted_messages(imap_account):
     assert set(imap_account.flags_by_uid()) == {keep, deleted}
 
 
-def test_inbox_gives_a_client_without_timeout_a_socket_timeout(imap_account):
+def test_an_adopted_client_without_timeout_gets_a_socket_timeout(imap_account):
     client = imap_account.connect(timeout=None)
     assert client.sock.gettimeout() is None
 
-    Inbox(client)
+    adopt_imaplib(client)
 
     assert client.sock.gettimeout() == DEFAULT_TIMEOUT_S
 
 
 def test_opening_a_missing_mailbox_raises_imap_error_naming_it(imap_account):
-    inbox = Inbox(imap_account.connect(), "Does Not Exist")
+    inbox = Inbox(adopt_imaplib(imap_account.connect()), "Does Not Exist")
     with pytest.raises(ImapError, match="Does Not Exist"):
         inbox.open()
 
@@ -368,18 +370,22 @@ def test_opening_a_missing_mailbox_raises_imap_error_naming_it(imap_account):
         ([4294967295], "4294967295"),
     ],
 )
-def test_compact_uid_set_uses_ranges(uids, expected):
-    assert compact_uid_set(uids) == expected
+def test_uid_sets_use_ranges(uids, expected):
+    assert uid_set_chunks(uids, max_chars=sys.maxsize) == [expected]
 
 
-@pytest.mark.parametrize("uids", [[], [0], [-3], [2**32], [True], ["5"], [1.0]])
-def test_compact_uid_set_rejects_what_is_not_a_uid(uids):
+@pytest.mark.parametrize("uids", [[0], [-3], [2**32], [True], ["5"], [1.0]])
+def test_uid_sets_refuse_what_is_not_a_uid(uids):
     with pytest.raises(ValueError):
-        compact_uid_set(uids)
+        uid_set_chunks(uids)
+
+
+def test_no_uids_make_no_uid_set():
+    assert uid_set_chunks([]) == []
 
 
 def test_select_tells_whether_the_server_keeps_custom_keywords(imap_account):
-    inbox = Inbox(imap_account.connect())
+    inbox = Inbox(adopt_imaplib(imap_account.connect()))
 
     inbox.open(readonly=True)
     assert inbox.keywords_allowed is None  # EXAMINE answers PERMANENTFLAGS () on Dovecot
@@ -391,7 +397,7 @@ def test_select_tells_whether_the_server_keeps_custom_keywords(imap_account):
 
 def test_a_store_the_server_answers_no_raises_and_sets_nothing(imap_account):
     uid = imap_account.append(_mail("m"))
-    inbox = Inbox(imap_account.connect())
+    inbox = Inbox(adopt_imaplib(imap_account.connect()))
     uidvalidity = inbox.open()
 
     # Dovecot refuses keywords longer than mail_max_keyword_length (50) with NO [CANNOT].

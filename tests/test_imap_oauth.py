@@ -7,7 +7,6 @@ import imaplib
 import json
 import logging
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -29,8 +28,9 @@ from devkit.oauth_standin import (
     start_oauth_standin,
 )
 from devkit.processes import free_port
+from devkit.sasl import oauthbearer_string, sasl_responder, xoauth2_string
 from include import imap_oauth
-from include.imap_oauth import ImapAuthError, imap_auth_from_connection, sasl_responder
+from include.imap_oauth import ImapAuthError, imap_auth_from_connection
 
 SECRET = "S3cr3t-DO-NOT-LEAK-" + uuid.uuid4().hex
 MAILBOX = "jira-inbox@example.com"
@@ -111,12 +111,28 @@ def test_client_secret_post_sends_the_secret_in_the_body(standin, tls):
     assert (request.client_auth, request.scope, request.status) == ("body", None, 200)
 
 
+class SteppedClock:
+    """A clock that moves only when told: expiry is tested at exact instants, with no sleep."""
+
+    def __init__(self, start: float = 1_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def test_token_is_renewed_shortly_before_it_expires(standin, tls):
     standin.register_client("app-1", SECRET, MAILBOX, lifetime_s=2)
     auth = connect(tls, MAILBOX, SECRET, generic_extra(standin))
+    auth.source.clock = clock = SteppedClock()
     first = auth.access_token()
+    clock.advance(1.75)  # before 2 s minus the 10% margin: still the cached token
     assert auth.access_token() == first
-    time.sleep(1.85)  # past 2 s minus the 10% margin, before the token really expires
+    assert standin.count(GENERIC_TOKEN) == 1
+    clock.advance(0.1)  # past the margin, before the token really expires
     second = auth.access_token()
     assert second != first
     assert standin.count(GENERIC_TOKEN) == 2
@@ -538,11 +554,11 @@ def test_a_missing_login_says_it_must_be_the_mailbox():
 
 
 def test_sasl_initial_responses_have_the_documented_shape():
-    assert imap_oauth.xoauth2_string("a@b.c", "tok") == "user=a@b.c\x01auth=Bearer tok\x01\x01"
+    assert xoauth2_string("a@b.c", "tok") == "user=a@b.c\x01auth=Bearer tok\x01\x01"
     # Byte for byte what IMAPClient 4.1.0's oauthbearer_login sends (no host/port).
-    assert imap_oauth.oauthbearer_string("a=b,c@d", "tok") == "n,a=a=3Db=2Cc@d,\x01auth=Bearer tok\x01\x01"
+    assert oauthbearer_string("a=b,c@d", "tok") == "n,a=a=3Db=2Cc@d,\x01auth=Bearer tok\x01\x01"
     assert (
-        imap_oauth.oauthbearer_string("a@b.c", "tok", host="imap.b.c", port=993)
+        oauthbearer_string("a@b.c", "tok", host="imap.b.c", port=993)
         == "n,a=a@b.c,\x01host=imap.b.c\x01port=993\x01auth=Bearer tok\x01\x01"
     )
     respond = sasl_responder("XOAUTH2", "a@b.c", "tok")
@@ -613,7 +629,8 @@ def test_google_refusal_names_scope_and_delegation(standin, tls):
 # --- the introspection endpoint and real Dovecot with its oauth2 passdb ------------------------------
 
 
-def test_introspection_honours_expiry_revocation_and_refused_users(standin, tls):
+def test_introspection_honours_expiry_revocation_and_refused_users(standin, tls, monkeypatch):
+    monkeypatch.setattr(standin, "clock", clock := SteppedClock())
     standin.register_client("app-1", SECRET, MAILBOX, lifetime_s=1)
     standin.register_client("app-2", SECRET, "other@example.com")
     short = connect(tls, MAILBOX, SECRET, generic_extra(standin)).access_token()
@@ -628,9 +645,11 @@ def test_introspection_honours_expiry_revocation_and_refused_users(standin, tls)
     standin.allow_user("other@example.com")
     standin.revoke_token(other)
     assert introspect(standin, other) == {"active": False}
-    time.sleep(1.1)
+    clock.advance(0.99)
+    assert introspect(standin, short)["active"] is True
+    clock.advance(0.01)  # the 1 s lifetime is over
     assert introspect(standin, short) == {"active": False}
-    assert standin.count(INTROSPECT) == 5
+    assert standin.count(INTROSPECT) == 6
 
 
 @pytest.fixture
@@ -670,12 +689,18 @@ def test_dovecot_accepts_a_token_from_the_standin(oauth_account, oauth_standin, 
     assert oauth_account.connect().state == "AUTH"
 
 
-def test_dovecot_refuses_an_expired_token_and_a_run_renews_it(oauth_account, oauth_standin, oauth_tls):
+def test_dovecot_refuses_an_expired_token_and_a_run_renews_it(
+    oauth_account, oauth_standin, oauth_tls, monkeypatch
+):
+    # One clock for the stand-in (which Dovecot asks) and the client: both see the lifetime end.
+    clock = SteppedClock()
+    monkeypatch.setattr(oauth_standin, "clock", clock)
     extra = generic_extra(oauth_standin, client_id=f"app-{oauth_account.user}")
     auth = connect(oauth_tls, oauth_account.user, SECRET, extra)
+    auth.source.clock = clock
     first = auth.access_token()
     imap_login(oauth_account, "XOAUTH2", oauth_account.user, first).logout()
-    time.sleep(2.05)  # the stand-in's 2 s lifetime is over
+    clock.advance(2.0)  # the stand-in's 2 s lifetime is over
     with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
         imap_login(oauth_account, "XOAUTH2", oauth_account.user, first)
     client = auth.authenticate(

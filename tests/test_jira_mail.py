@@ -634,8 +634,13 @@ def test_header_block_just_under_the_limit_is_read():
     assert parse(make_mail(extra_headers=padding)).keys == ("ABC-12",)
 
 
-def test_default_limits_are_the_documented_ones():
-    assert (DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_KEYS) == (256 * 1024, 64 * 1024, 20)
+def test_a_key_past_the_body_limit_is_not_read():
+    def body_with_a_link_after(padding_bytes: int) -> str:
+        lines = ("x" * 75 + "\n") * (padding_bytes // 76)
+        return lines + "https://acme.atlassian.net/browse/KK-1\n"
+
+    assert "KK-1" in parse(make_mail(body=body_with_a_link_after(DEFAULT_MAX_BODY_BYTES - 2000))).keys
+    assert "KK-1" not in parse(make_mail(body=body_with_a_link_after(DEFAULT_MAX_BODY_BYTES + 2000))).keys
 
 
 # --- broken input ----------------------------------------------------------------------------------

@@ -923,6 +923,7 @@ def _read_line(stream, deadline: float) -> str:
     raise AssertionError("the stand-in process printed nothing before the deadline")
 
 
+@pytest.mark.service
 def test_module_runs_a_demo_site_until_sigterm(tmp_path):
     anchor = "2026-11-27T10:00:00+00:00"
     token = "cli-demo-token-1"

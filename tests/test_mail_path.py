@@ -11,6 +11,7 @@ import dns.resolver
 import pytest
 
 from devkit.dkim_signer import DkimSigner
+from devkit.imap_account import adopt_imaplib
 from devkit.mail_factory import jira_notification
 from include.imap_inbox import REJECTED_KEYWORD, Inbox
 from include.inbox_run import UNSTORABLE_METADATA, Ledger, MailBudget, take_mail
@@ -72,7 +73,7 @@ def test_a_defect_in_the_address_still_rejects_the_mail(from_value, reason):
 def _take(imap_account, ledger, **options):
     client = imap_account.connect()
     try:
-        inbox = Inbox(client)
+        inbox = Inbox(adopt_imaplib(client))
         uidvalidity = inbox.open(readonly=True)
         uids = inbox.unseen_uids(limit=1000, exclude_keyword=None)
         return take_mail(

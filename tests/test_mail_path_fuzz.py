@@ -22,6 +22,7 @@ from airflow.sdk.bases.xcom import BaseXCom
 from airflow.sdk.execution_time.comms import SetXCom, _RequestFrame
 from jira_mail_sync.xcom_shapes import TakenMailXcom, settled_mail_xcom
 
+from devkit.imap_account import adopt_imaplib
 from devkit.mail_factory import jira_notification
 from include.imap_inbox import Inbox
 from include.inbox_run import Ledger, MailBudget, settle_mail, take_mail
@@ -173,7 +174,7 @@ def test_every_sensed_hostile_mail_ends_in_exactly_one_recorded_state(imap_accou
     counts = {"rejected": 0, "accepted": 0}
     client = imap_account.connect()
     try:
-        inbox = Inbox(client)
+        inbox = Inbox(adopt_imaplib(client))
         for start in range(0, CASES, ROUND):
             for raw in hostile_mails(rng, min(ROUND, CASES - start), bases):
                 imap_account.drop(raw)

@@ -703,35 +703,6 @@ def test_unreadable_store_falls_back_to_jira(server: RestServer) -> None:
     assert "jira_ticket" in server.log_tail(), "the store failure should be logged"
 
 
-@pytest.mark.parametrize(
-    ("setting", "expected"),
-    [
-        pytest.param(None, timedelta(minutes=5), id="unset-means-5-minutes"),
-        pytest.param("0", timedelta(0), id="zero-always-asks-jira"),
-        pytest.param(" 45 ", timedelta(seconds=45), id="seconds"),
-        pytest.param("-1", None, id="negative"),
-        pytest.param("5m", None, id="not-a-number"),
-    ],
-)
-def test_store_max_age_setting(monkeypatch: pytest.MonkeyPatch, setting: str | None, expected) -> None:
-    from fastapi import HTTPException
-    from jira_mail_sync.rest_api import store_max_age
-
-    variable = "AIRFLOW__JIRA_MAIL_SYNC__STORE_MAX_AGE_SECONDS"
-    if setting is None:
-        monkeypatch.delenv(variable, raising=False)
-    else:
-        monkeypatch.setenv(variable, setting)
-
-    if expected is None:
-        with pytest.raises(HTTPException) as raised:
-            store_max_age()
-        assert raised.value.status_code == 500
-        assert "store_max_age_seconds" in raised.value.detail
-    else:
-        assert store_max_age() == expected
-
-
 def test_server_log_never_shows_a_token(server: RestServer) -> None:
     # Last in this module, so the log also holds every earlier test's requests.
     for token in (

@@ -8,7 +8,7 @@ import pytest
 from jira_mail_sync.mapping import MAX_MAPPED_FETCHES, batch_keys
 
 from include.jira_cloud import JiraCloudClient, JiraUnavailable
-from include.jira_rules import BULK_FETCH_LIMIT, BULK_FETCH_LIMIT_LARGE, bulk_fetch_limit
+from include.jira_rules import BULK_FETCH_LIMIT_ANY_FIELDS, BULK_FETCH_LIMIT_PLAIN_FIELDS, bulk_fetch_limit
 from include.sync_pipeline import change_event, fetch_batch, read_change_events, store_batches
 from include.ticket_fields import TICKET_FIELDS, FieldPlan, parse_extra_fields, plan_fields
 from include.ticket_store import count_tickets, get_ticket
@@ -133,7 +133,7 @@ def test_an_extra_custom_field_reaches_the_store(jira_standin, client, store):
 
     sync(client, store, ["ABC-1"], extra=plan.extra)
 
-    assert plan.bulk_size == BULK_FETCH_LIMIT_LARGE
+    assert plan.bulk_size == BULK_FETCH_LIMIT_PLAIN_FIELDS
     assert get_ticket(conn, dialect, "ABC-1")["fields"] == {"customfield_10016": 8.0, "duedate": None}
 
 
@@ -158,11 +158,11 @@ def test_default_fields_allow_1000_and_a_multi_valued_extra_field_switches_to_10
     jira_standin.add_custom_field("customfield_10020", "Teams", "multi-option")
     catalogue = client.fields_catalogue()
 
-    assert FieldPlan().bulk_size == BULK_FETCH_LIMIT_LARGE
+    assert FieldPlan().bulk_size == BULK_FETCH_LIMIT_PLAIN_FIELDS
     multi = plan_fields(("customfield_10020",), catalogue)
-    assert (multi.multi_valued, multi.bulk_size) == (("customfield_10020",), BULK_FETCH_LIMIT)
-    assert plan_fields(("labels",), catalogue).bulk_size == BULK_FETCH_LIMIT
-    assert plan_fields(("duedate",), catalogue).bulk_size == BULK_FETCH_LIMIT_LARGE
+    assert (multi.multi_valued, multi.bulk_size) == (("customfield_10020",), BULK_FETCH_LIMIT_ANY_FIELDS)
+    assert plan_fields(("labels",), catalogue).bulk_size == BULK_FETCH_LIMIT_ANY_FIELDS
+    assert plan_fields(("duedate",), catalogue).bulk_size == BULK_FETCH_LIMIT_PLAIN_FIELDS
 
 
 def test_an_unknown_extra_field_is_refused_with_a_hint_when_a_name_was_given(jira_standin, client):

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from include.store_db import table_exists
 from include.sweep_progress import TABLE, advance_watermark, get_watermark
 
 T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
@@ -18,8 +19,9 @@ def conn(store_backend):
     connection.close()
 
 
-def test_no_watermark_before_the_first_recorded_run(conn):
+def test_reading_before_the_first_recorded_run_finds_none_and_creates_no_table(conn):
     assert get_watermark(*conn) is None
+    assert not table_exists(*conn, TABLE)
 
 
 def test_the_watermark_moves_forward_and_never_back(conn):

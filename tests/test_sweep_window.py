@@ -23,7 +23,6 @@ from include.sweep_window import (
     parse_iso_instant,
     validate_jql_filter,
     validate_projects,
-    window_contains,
 )
 
 MINUTE = timedelta(minutes=1)
@@ -594,18 +593,6 @@ def test_window_from_airflow_pendulum_interval_is_plain_utc() -> None:
     assert window.start == datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
     assert window.start.tzinfo is UTC
     assert window.lookback == timedelta(minutes=DEFAULT_LOOKBACK_MINUTES)
-
-
-def test_window_contains_its_start_but_not_its_end_nor_the_lookback() -> None:
-    window = make_window(TEN_AM, TEN_FIFTEEN)
-    assert window_contains(window, window.start)
-    assert window_contains(window, window.end - MICROSECOND)
-    assert window_contains(window, datetime(2026, 11, 27, 21, 5, tzinfo=ZoneInfo("Australia/Sydney")))
-    assert not window_contains(window, window.end)
-    assert not window_contains(window, window.start - MICROSECOND)
-    assert not window_contains(window, window.query_start)
-    with pytest.raises(ValueError, match="timezone-aware"):
-        window_contains(window, datetime(2026, 11, 27, 10, 5))
 
 
 def _lister(updates: list[datetime], limit: int, calls: list[datetime]):

@@ -7,18 +7,18 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from devkit.imap_account import adopt_imaplib
 from devkit.mail_factory import jira_notification
 from include.imap_inbox import REJECTED_KEYWORD, Inbox
 from include.mail_ledger import record_failures, record_rejected, record_settled
 from include.names import MAIL_LEDGER_TABLE, TICKET_TABLE
 from include.store_db import table_exists
-from include.sweep_progress import advance_watermark
+from include.sweep_progress import advance_watermark, get_watermark
 from include.sync_status import (
-    held_uids,
     inbox_figures,
     ledger_figures,
-    sweep_watermark,
     ticket_figures,
+    uids_held_back,
 )
 from include.ticket_store import ensure_table, mark_gone, upsert_tickets
 from tests.harness.tickets import stored_ticket
@@ -76,7 +76,7 @@ def test_an_empty_store_reads_as_empty_and_no_table_is_created(store_backend):
         "changed_last_hour": 0,
         "deleted": None,
     }
-    assert sweep_watermark(conn, dialect) is None
+    assert get_watermark(conn, dialect) is None
     assert ledger_figures(conn, dialect) == {
         "rejected": 0,
         "failed": 0,
@@ -84,7 +84,7 @@ def test_an_empty_store_reads_as_empty_and_no_table_is_created(store_backend):
         "settled": 0,
         "entries": [],
     }
-    assert held_uids(conn, dialect, mailbox="INBOX", uidvalidity=1, uids=[1, 2], now=NOW) == set()
+    assert uids_held_back(conn, dialect, mailbox="INBOX", uidvalidity=1, uids=[1, 2], now=NOW) == set()
     assert not table_exists(conn, dialect, TICKET_TABLE)
     assert not table_exists(conn, dialect, MAIL_LEDGER_TABLE)
 
@@ -92,7 +92,7 @@ def test_an_empty_store_reads_as_empty_and_no_table_is_created(store_backend):
 def test_the_watermark_is_the_sweeps(store_backend):
     conn, dialect = store_backend.connect(), store_backend.dialect
     advance_watermark(conn, dialect, NOW - timedelta(minutes=15))
-    assert sweep_watermark(conn, dialect) == NOW - timedelta(minutes=15)
+    assert get_watermark(conn, dialect) == NOW - timedelta(minutes=15)
 
 
 def test_ledger_counts_every_state_and_lists_only_held_back_mail_newest_first(store_backend):
@@ -154,10 +154,11 @@ def test_ledger_counts_every_state_and_lists_only_held_back_mail_newest_first(st
     )
     assert quarantined["ticket_keys"] == ["ABC-2"]
     # Failed mail is held back while it waits for its next try (5 minutes after the first failure).
-    assert held_uids(conn, dialect, **box, uids=[1, 2, 3, 4, 9], now=NOW) == {1, 2, 3}
-    assert held_uids(conn, dialect, **box, uids=[1, 2, 3, 4, 9], now=NOW + timedelta(minutes=5)) == {1, 2}
+    assert uids_held_back(conn, dialect, **box, uids=[1, 2, 3, 4, 9], now=NOW) == {1, 2, 3}
+    later = NOW + timedelta(minutes=5)
+    assert uids_held_back(conn, dialect, **box, uids=[1, 2, 3, 4, 9], now=later) == {1, 2}
     # Another UIDVALIDITY is another mailbox generation: its UIDs name other messages.
-    assert held_uids(conn, dialect, mailbox="INBOX", uidvalidity=8, uids=[1, 2], now=NOW) == set()
+    assert uids_held_back(conn, dialect, mailbox="INBOX", uidvalidity=8, uids=[1, 2], now=NOW) == set()
 
 
 def _append_at(session: imaplib.IMAP4, raw: bytes, arrived: datetime, flags: str | None = None) -> None:
@@ -181,7 +182,7 @@ def test_inbox_counts_waiting_mail_and_the_age_of_the_oldest_without_reading_it(
         asked.append((uidvalidity, sorted(uids)))
         return {held_uid}
 
-    with Inbox(imap_account.connect()) as inbox:
+    with Inbox(adopt_imaplib(imap_account.connect())) as inbox:
         figures = inbox_figures(inbox, now=NOW, held=held)
 
     assert figures["unseen"] == 3
@@ -191,6 +192,6 @@ def test_inbox_counts_waiting_mail_and_the_age_of_the_oldest_without_reading_it(
 
 
 def test_an_empty_inbox_has_no_oldest_mail(imap_account):
-    with Inbox(imap_account.connect()) as inbox:
+    with Inbox(adopt_imaplib(imap_account.connect())) as inbox:
         figures = inbox_figures(inbox, now=NOW)
     assert (figures["unseen"], figures["oldest_unseen_age_seconds"]) == (0, None)

@@ -29,7 +29,7 @@ from urllib.parse import quote, urlsplit
 import pytest
 
 from devkit.unavailable import service_unavailable
-from include.jira_rules import BULK_FETCH_LIMIT_LARGE, ISSUE_KEY_PATTERN
+from include.jira_rules import BULK_FETCH_LIMIT_PLAIN_FIELDS, ISSUE_KEY_PATTERN
 from include.mail_ledger import DEFAULT_MAX_ATTEMPTS, record_failures
 
 pytestmark = [pytest.mark.ui, pytest.mark.timeout(900)]
@@ -369,7 +369,7 @@ def test_sweep_batches_are_labelled_with_their_first_and_last_key(
     # One mapped fetch per bulk request of up to 1000 issues (the demo fetches no multi-valued field).
     total = sum(len(batch) for batch in batches)
     assert total >= 300, f"the initial load should take the demo site's 300 tickets, got {total}"
-    assert len(batches) == -(-total // BULK_FETCH_LIMIT_LARGE), [len(batch) for batch in batches]
+    assert len(batches) == -(-total // BULK_FETCH_LIMIT_PLAIN_FIELDS), [len(batch) for batch in batches]
     labels = _mapped_labels(api, "jira_sweep", run_id)
     for batch, label in zip(batches, labels, strict=True):
         assert label.startswith(batch[0]) and batch[-1] in label and f"({len(batch)} keys)" in label, (

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from devkit.airflow_env import CELERY_WORKER_PRELOAD, SCHEDULER_IDLE_SLEEP_S
 from tests.stack_files import REPO, environment_of, services
 
@@ -33,6 +35,7 @@ def _product(modules: set[str]) -> set[str]:
     return {m for m in modules if m.split(".", 1)[0] in PRODUCT_PACKAGES}
 
 
+@pytest.mark.service
 def test_the_preload_imports_every_product_module_a_dag_file_imports():
     parsed = _modules_after(
         f"""
@@ -48,6 +51,7 @@ def test_the_preload_imports_every_product_module_a_dag_file_imports():
     assert "airflow.dag_processing.dagbag" in preloaded
 
 
+@pytest.mark.service
 def test_the_preload_opens_no_connection():
     # Imported in the Celery worker before any task: it must not need a connection or a database.
     modules = _modules_after(

@@ -30,7 +30,7 @@ from devkit.mail_factory import jira_notification
 from devkit.postgres import PostgresServer
 from devkit.processes import LOOPBACK, log_tail
 from devkit.unavailable import service_unavailable
-from include.jira_rules import BULK_FETCH_LIMIT
+from include.jira_rules import BULK_FETCH_LIMIT_ANY_FIELDS
 from include.names import (
     CONFIG_SECTION,
     EXTRA_FIELDS_OPTION,
@@ -443,7 +443,7 @@ def test_sweep_stores_exactly_the_window_with_source_sweep(scenario: Scenario) -
         "SELECT count(*) FROM task_instance WHERE dag_id = %s AND run_id = %s AND task_id = 'fetch_tickets'",
         ("jira_sweep", scenario.run_ids["jira_sweep"]),
     )[0][0]
-    assert fetches == -(-len(SWEEP_KEYS) // BULK_FETCH_LIMIT)
+    assert fetches == -(-len(SWEEP_KEYS) // BULK_FETCH_LIMIT_ANY_FIELDS)
 
 
 def test_task_instances_ran_on_both_celery_workers(scenario: Scenario) -> None:
@@ -483,7 +483,7 @@ def test_jira_pool_caps_concurrent_jira_requests_across_workers(scenario: Scenar
     scenario.measurements["peak pooled task instances running"] = peak_tasks
     assert peak_tasks <= settings.jira_pool_slots
     bulk_fetches = scenario.jira.request_count(BULKFETCH_PATH, method="POST")
-    expected_fetches = sum(-(-n // BULK_FETCH_LIMIT) for n in (len(INBOX_KEYS), len(SWEEP_KEYS)))
+    expected_fetches = sum(-(-n // BULK_FETCH_LIMIT_ANY_FIELDS) for n in (len(INBOX_KEYS), len(SWEEP_KEYS)))
     # Not exact: a scheduled jira_inbox run may have taken part of the mail, with fetches of its own.
     assert bulk_fetches >= expected_fetches
     peak_bulk = scenario.jira.max_in_flight(BULKFETCH_PATH)

@@ -22,11 +22,12 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from include.jira_rules import (
-    BULK_FETCH_LIMIT,
+    BULK_FETCH_LIMIT_ANY_FIELDS,
     SEARCH_PAGE_LIMIT_KEYS_ONLY,
     SEARCH_PAGE_LIMIT_WITH_FIELDS,
     bulk_fetch_limit,
     is_project_key,
+    normalise_key,
 )
 
 from .jql import JqlContext, JqlError, compile_jql, issue_key_parts
@@ -504,7 +505,7 @@ class JiraStandin:
         if kind not in KEY_FAULTS:
             raise ValueError(f"a key fault is one of {KEY_FAULTS}, got {kind!r}")
         with self._lock:
-            self._key_faults[str(key).strip().upper()] = kind
+            self._key_faults[normalise_key(key)] = kind
 
     def bulk_fetch_requests(self) -> list[tuple[tuple[str, ...], int]]:
         """Each bulk fetch answered: the keys it named (upper-cased, as sent) and its HTTP status."""
@@ -543,7 +544,7 @@ class JiraStandin:
 
     def add_project(self, key: str, name: str | None = None) -> dict[str, Any]:
         """Create a project (add_issue does so implicitly); JQL naming an unknown project is a 400."""
-        project_key = str(key).strip().upper()
+        project_key = normalise_key(key)
         if not is_project_key(project_key):
             raise ValueError(f"invalid project key {key!r}: an upper-case letter, then 1-9 letters/digits/_")
         with self._lock:
@@ -587,7 +588,7 @@ class JiraStandin:
         `updated` defaults to now; `created` to `updated`. Times are kept to the millisecond.
         `assignee_hidden_email` hides the assignee's e-mail as a profile privacy setting does.
         """
-        issue_key = str(key).strip().upper()
+        issue_key = normalise_key(key)
         parts = issue_key_parts(issue_key)
         if parts is None:
             raise ValueError(f"invalid issue key {key!r}: expected PROJECT-123")
@@ -647,7 +648,7 @@ class JiraStandin:
         if unknown:
             raise TypeError(f"update_issue() got unknown field(s): {', '.join(sorted(unknown))}")
         with self._lock:
-            current = self._issues.get(str(key).strip().upper())
+            current = self._issues.get(normalise_key(key))
             if current is None:
                 raise KeyError(f"no issue {key!r}")
             values = {
@@ -666,7 +667,7 @@ class JiraStandin:
     def remove_issue(self, key: str) -> None:
         """Delete an issue: its keys, current and former, answer 404 from now on."""
         with self._lock:
-            issue = self._issues.pop(str(key).strip().upper(), None)
+            issue = self._issues.pop(normalise_key(key), None)
             if issue is None:
                 raise KeyError(f"no issue {key!r}")
             del self._ids[issue.id]
@@ -679,7 +680,7 @@ class JiraStandin:
         Hidden, it is answered exactly as a deleted one: 404 on GET, left out of bulk fetch and search.
         """
         with self._lock:
-            issue = self._issues.get(str(key).strip().upper())
+            issue = self._issues.get(normalise_key(key))
             if issue is None:
                 raise KeyError(f"no issue {key!r}")
             (self._hidden.add if hidden else self._hidden.discard)(issue.id)
@@ -689,13 +690,13 @@ class JiraStandin:
 
         The old key keeps answering (bulk fetch and GET return the issue under its new key).
         """
-        new = str(new_key).strip().upper()
+        new = normalise_key(new_key)
         parts = issue_key_parts(new)
         if parts is None:
             raise ValueError(f"invalid issue key {new_key!r}: expected PROJECT-123")
         self.add_project(parts[0])
         with self._lock:
-            current = self._issues.get(str(key).strip().upper())
+            current = self._issues.get(normalise_key(key))
             if current is None:
                 raise KeyError(f"no issue {key!r}")
             if new in self._issues or new in self._former_keys:
@@ -754,7 +755,7 @@ class JiraStandin:
     def issue(self, key: str) -> dict[str, Any] | None:
         """The issue as GET /rest/api/3/issue/{key} would return it, or None."""
         with self._lock:
-            issue = self._issues.get(str(key).strip().upper())
+            issue = self._issues.get(normalise_key(key))
             if issue is None:
                 return None
             return self._issue_json(issue, set(ISSUE_FIELDS), "3", self._base_url(), self._time_zone)
@@ -1052,7 +1053,7 @@ class JiraStandin:
             limit = (
                 bulk_fetch_limit(raw_fields, multi_valued=self._multi_valued_custom(), expand=expand)
                 if self._large_bulk_fetch
-                else BULK_FETCH_LIMIT
+                else BULK_FETCH_LIMIT_ANY_FIELDS
             )
             fields = _selected_fields(tokens, self._custom_fields)
         if len(wanted) > limit:
@@ -1060,7 +1061,7 @@ class JiraStandin:
                 f"The number of issue IDs or keys requested ({len(wanted)}) exceeds the maximum of {limit}."
             )
         with self._lock:
-            named = tuple(str(item).strip().upper() for item in wanted)
+            named = tuple(normalise_key(item) for item in wanted)
             faults = {self._key_faults[key] for key in named if key in self._key_faults}
             if "server_error" in faults:
                 self._bulk_requests.append((named, 500))

@@ -25,6 +25,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -152,6 +153,8 @@ class OAuthStandin:
         self._log: list[RequestRecord] = []
         self.default_lifetime_s = DEFAULT_LIFETIME_S
         self.tenants: set[str] = set()
+        # When tokens expire; tests swap in a clock they advance, instead of sleeping past a lifetime.
+        self.clock: Callable[[], float] = time.time
 
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(str(certfile), str(keyfile))
@@ -312,7 +315,7 @@ class OAuthStandin:
         lifetime = lifetime_s if lifetime_s is not None else self.default_lifetime_s
         token = secrets.token_urlsafe(32)
         with self._lock:
-            self._tokens[token] = _Token(username, client_id, scope, time.time() + lifetime)
+            self._tokens[token] = _Token(username, client_id, scope, self.clock() + lifetime)
         # RFC 6749 §5.1
         return {"access_token": token, "token_type": "Bearer", "expires_in": lifetime}
 
@@ -527,7 +530,7 @@ class OAuthStandin:
                 token in self._revoked_tokens or record.username in self._refused_users
             )
         info["username"] = record.username if record else None
-        if record is None or refused or record.expires_at <= time.time():
+        if record is None or refused or record.expires_at <= self.clock():
             info["error"] = "inactive"
             return {"active": False}
         return {

@@ -38,6 +38,7 @@ DEFAULT_MAX_HEADER_BYTES = 64 * 1024
 DEFAULT_MAX_KEYS = 20
 
 MAX_SUBJECT_CHARS = 512
+# RFC 5322's line limit bounds a Message-ID; the ledger keeps it to the same bound.
 MAX_MESSAGE_ID_CHARS = 998
 # RFC 5322's line limit; a From longer than that is not a notification sender worth parsing.
 MAX_FROM_CHARS = 998

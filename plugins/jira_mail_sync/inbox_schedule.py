@@ -1,12 +1,12 @@
 """When `jira_inbox` runs: woken by IMAP IDLE (plus a safety schedule), or polling every minute.
 
-One deployment setting chooses, read when the DAG file is parsed:
+One deployment setting chooses, read when the DAG file is parsed (jira_mail_sync/settings.py):
 `[jira_mail_sync] inbox_mode = idle | poll` (environment: AIRFLOW__JIRA_MAIL_SYNC__INBOX_MODE).
 
 - `idle` (the default): the DAG is scheduled by an asset whose watcher runs ImapIdleTrigger in the
   triggerer, or by a cron every 10 minutes, whichever comes first. The cron catches whatever a lost
   connection missed, and is all that runs when no triggerer is running.
-- `poll`: today's every-minute cron, and nothing in the triggerer.
+- `poll`: a cron every minute, and nothing in the triggerer.
 
 Why `idle` is the default although a DAG file cannot know whether a triggerer runs: parsing must
 not query the metadata database, and the triggerer's heartbeat says nothing about the next minute
@@ -17,31 +17,16 @@ every 10 minutes, instead of every minute). Deployments without a triggerer set 
 
 from __future__ import annotations
 
-from airflow.providers.common.compat.sdk import conf
 from airflow.sdk import Asset, AssetOrTimeSchedule, AssetWatcher, CronTriggerTimetable
 
-from include.names import CONFIG_SECTION, IMAP_CONN_ID
+from include.names import IMAP_CONN_ID
+from jira_mail_sync.settings import read_settings
 from jira_mail_sync.triggers.imap_idle import ImapIdleTrigger
 
-INBOX_MODE_OPTION = "inbox_mode"
-INBOX_MODES = ("idle", "poll")
-DEFAULT_INBOX_MODE = "idle"
 POLL_CRON = "* * * * *"
 SAFETY_CRON = "*/10 * * * *"
 WATCHED_MAILBOX = "INBOX"
 UNSEEN_MAIL_ASSET = "jira_unseen_mail"
-
-
-def inbox_mode() -> str:
-    """The configured mode; ValueError (the DAG's import error) names the setting and its values."""
-    raw = conf.get(CONFIG_SECTION, INBOX_MODE_OPTION, fallback=DEFAULT_INBOX_MODE)
-    mode = str(raw).strip().lower()
-    if mode not in INBOX_MODES:
-        raise ValueError(
-            f"[{CONFIG_SECTION}] {INBOX_MODE_OPTION} (AIRFLOW__{CONFIG_SECTION.upper()}__"
-            f"{INBOX_MODE_OPTION.upper()}) must be one of {', '.join(INBOX_MODES)}, got {raw!r}"
-        )
-    return mode
 
 
 def unseen_mail_asset(imap_conn_id: str = IMAP_CONN_ID, mailbox: str = WATCHED_MAILBOX) -> Asset:
@@ -60,7 +45,7 @@ def unseen_mail_asset(imap_conn_id: str = IMAP_CONN_ID, mailbox: str = WATCHED_M
 
 def inbox_schedule(mode: str | None = None) -> AssetOrTimeSchedule | str:
     """The `schedule` of jira_inbox for `mode` (default: the configured one)."""
-    mode = mode or inbox_mode()
+    mode = mode or read_settings().inbox_mode
     if mode == "poll":
         return POLL_CRON
     return AssetOrTimeSchedule(

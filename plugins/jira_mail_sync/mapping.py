@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from include.jira_rules import BULK_FETCH_LIMIT, BULK_FETCH_LIMIT_LARGE
+from include.jira_rules import BULK_FETCH_LIMIT_ANY_FIELDS, BULK_FETCH_LIMIT_PLAIN_FIELDS
 
 # Airflow's default [core] max_map_length; batches are sized so that a run never comes near it.
 MAX_MAP_LENGTH = 1024
@@ -12,7 +12,10 @@ MAX_MAPPED_FETCHES = 500
 
 
 def batch_keys(
-    keys: Sequence[str], *, per_request: int = BULK_FETCH_LIMIT, max_batches: int = MAX_MAPPED_FETCHES
+    keys: Sequence[str],
+    *,
+    per_request: int = BULK_FETCH_LIMIT_ANY_FIELDS,
+    max_batches: int = MAX_MAPPED_FETCHES,
 ) -> list[list[str]]:
     """Split keys into batches for mapped fetch instances: `per_request` keys each (one bulk request:
     1000, or 100 when the fields do not allow more), growing in steps of that only when it would need
@@ -20,9 +23,10 @@ def batch_keys(
     a sweep finds."""
     if max_batches < 1 or max_batches > MAX_MAP_LENGTH:
         raise ValueError(f"max_batches must be in 1..{MAX_MAP_LENGTH}, got {max_batches}")
-    if not BULK_FETCH_LIMIT <= per_request <= BULK_FETCH_LIMIT_LARGE:
+    if not BULK_FETCH_LIMIT_ANY_FIELDS <= per_request <= BULK_FETCH_LIMIT_PLAIN_FIELDS:
         raise ValueError(
-            f"per_request must be in {BULK_FETCH_LIMIT}..{BULK_FETCH_LIMIT_LARGE}, got {per_request}"
+            f"per_request must be in {BULK_FETCH_LIMIT_ANY_FIELDS}..{BULK_FETCH_LIMIT_PLAIN_FIELDS}, "
+            f"got {per_request}"
         )
     unique = list(dict.fromkeys(keys))
     if not unique:

@@ -18,17 +18,9 @@ configured auth manager's `get_user_from_token`, the same call Airflow's own rou
 audience, issuer, expiry, leeway, JWKS keys and revoked (logged-out) tokens therefore follow the
 `[api_auth]` settings, and this module never decodes a JWT itself.
 
-Settings (Airflow configuration, so airflow.cfg or the environment):
-
-- `[jira_mail_sync] store_max_age_seconds` (`AIRFLOW__JIRA_MAIL_SYNC__STORE_MAX_AGE_SECONDS`), default
-  300: how old a stored copy (its `fetched_at`) may be and still be served without asking Jira.
-- `rest_max_concurrent_lookups`, default 4: lookups served at once by one api-server process; one
-  more is answered 503 with `Retry-After` at once instead of holding an api-server thread.
-- `rest_store_connect_timeout_seconds`, default 5: the bound on opening a PostgreSQL store that
-  sets no `connect_timeout` of its own.
-- `rest_not_found_cache_seconds`, default 60: how long a 404 from Jira is remembered (0: never).
-- `rest_projects`, default empty (any): comma-separated project keys this channel answers for;
-  other keys get 403 without a store read or a Jira request.
+Settings: `store_max_age_seconds` and the `rest_*` options of `[jira_mail_sync]`, parsed by
+jira_mail_sync/settings.py (the README's settings table lists them). The plugin mounts this app only
+when they are valid.
 
 Jira calls stay inside the `jira_api` pool's budget: a pool is an Airflow scheduling idea that only
 task instances can hold, so a cache miss asks Jira only while the pool has more open slots than this
@@ -64,29 +56,21 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from include.jira_cloud import JiraError, JiraNotFound, JiraRequestError, JiraUnavailable, ticket_details
-from include.jira_rules import ISSUE_KEY_PATTERN, is_issue_key, is_project_key
-from include.names import CONFIG_SECTION, JIRA_API_POOL
+from include.jira_rules import ISSUE_KEY_PATTERN, is_issue_key, normalise_key
+from include.names import JIRA_API_POOL
 from include.ticket_store import get_ticket
 from jira_mail_sync.auth import inbox_reader
 from jira_mail_sync.hooks.jira_cloud import JiraCloudHook
 from jira_mail_sync.hooks.ticket_store import TicketStoreHook
+from jira_mail_sync.settings import read_settings
 
 log = logging.getLogger(__name__)
 
-STORE_MAX_AGE_OPTION = "store_max_age_seconds"
-DEFAULT_STORE_MAX_AGE_SECONDS = 300
 # A caller is waiting on the answer, so Jira gets far less time than the DAGs give it: one quick retry.
 JIRA_TIMEOUT_SECONDS = 10.0
 JIRA_MAX_RETRIES = 1
 JIRA_MAX_RETRY_WAIT_SECONDS = 2.0
 MAX_KEY_CHARS = 300
-MAX_CONCURRENT_OPTION = "rest_max_concurrent_lookups"
-DEFAULT_MAX_CONCURRENT_LOOKUPS = 4
-STORE_CONNECT_TIMEOUT_OPTION = "rest_store_connect_timeout_seconds"
-DEFAULT_STORE_CONNECT_TIMEOUT_SECONDS = 5
-NOT_FOUND_CACHE_OPTION = "rest_not_found_cache_seconds"
-DEFAULT_NOT_FOUND_CACHE_SECONDS = 60
-PROJECTS_OPTION = "rest_projects"
 # Enough for any real run of typos; a flood of made-up keys only pushes out the oldest.
 NOT_FOUND_CACHE_ENTRIES = 10_000
 BUSY_RETRY_AFTER_SECONDS = 2
@@ -109,7 +93,7 @@ class TicketRequest(BaseModel):
     @field_validator("key")
     @classmethod
     def _issue_key(cls, value: str) -> str:
-        key = value.strip().upper()
+        key = normalise_key(value)
         # The shared key rule, so that any key the inbox or the sweep can store is one this answers.
         if _REQUEST_KEY.search(value) is None or not is_issue_key(key):
             raise ValueError("not a Jira issue key: expected PROJECT-123")
@@ -185,43 +169,9 @@ async def ticket_request(request: Request) -> TicketRequest:
         ) from None
 
 
-def _whole_number_setting(option: str, default: int, *, minimum: int = 0) -> int:
-    """A `[jira_mail_sync]` whole-number setting, read on every request; 500 when it is not one."""
-    from airflow.configuration import conf
-
-    raw = conf.get(CONFIG_SECTION, option, fallback=str(default))
-    try:
-        value = int(str(raw).strip())
-    except ValueError:
-        value = minimum - 1
-    if value < minimum:
-        log.error("[%s] %s must be a whole number >= %s", CONFIG_SECTION, option, minimum)
-        raise HTTPException(
-            status.HTTP_500_INTERNAL_SERVER_ERROR,
-            detail=f"The server setting [{CONFIG_SECTION}] {option} is not a whole number >= {minimum}",
-        )
-    return value
-
-
 def store_max_age() -> timedelta:
-    """The configured `[jira_mail_sync] store_max_age_seconds`, read on every request."""
-    return timedelta(seconds=_whole_number_setting(STORE_MAX_AGE_OPTION, DEFAULT_STORE_MAX_AGE_SECONDS))
-
-
-def allowed_projects() -> frozenset[str] | None:
-    """`[jira_mail_sync] rest_projects` as project keys, or None when every project is allowed."""
-    from airflow.configuration import conf
-
-    raw = conf.get(CONFIG_SECTION, PROJECTS_OPTION, fallback="") or ""
-    projects = frozenset(part.strip().upper() for part in raw.split(",") if part.strip())
-    bad = sorted(project for project in projects if not is_project_key(project))
-    if bad:
-        log.error("[%s] %s holds what is no project key: %s", CONFIG_SECTION, PROJECTS_OPTION, bad)
-        raise HTTPException(
-            status.HTTP_500_INTERNAL_SERVER_ERROR,
-            detail=f"The server setting [{CONFIG_SECTION}] {PROJECTS_OPTION} is not a list of project keys",
-        )
-    return projects or None
+    """The configured `[jira_mail_sync] store_max_age_seconds` (jira_mail_sync/settings.py)."""
+    return timedelta(seconds=read_settings().store_max_age_seconds)
 
 
 def _busy(detail: str, retry_after: float | None = None) -> HTTPException:
@@ -247,7 +197,7 @@ class LookupLimits:
         self._not_found: OrderedDict[str, float] = OrderedDict()
 
     def enter_lookup(self) -> None:
-        limit = _whole_number_setting(MAX_CONCURRENT_OPTION, DEFAULT_MAX_CONCURRENT_LOOKUPS, minimum=1)
+        limit = read_settings().rest_max_concurrent_lookups
         with self._lock:
             if self._lookups >= limit:
                 raise _busy(f"The ticket channel is serving {limit} lookup(s) already; try again shortly")
@@ -282,7 +232,7 @@ class LookupLimits:
             return False
 
     def remember_missing(self, key: str) -> None:
-        seconds = _whole_number_setting(NOT_FOUND_CACHE_OPTION, DEFAULT_NOT_FOUND_CACHE_SECONDS)
+        seconds = read_settings().rest_not_found_cache_seconds
         if seconds == 0:
             return
         with self._lock:
@@ -317,9 +267,7 @@ def _not_found(key: str) -> HTTPException:
 
 
 def _stored_ticket(key: str) -> dict[str, Any] | None:
-    timeout = _whole_number_setting(
-        STORE_CONNECT_TIMEOUT_OPTION, DEFAULT_STORE_CONNECT_TIMEOUT_SECONDS, minimum=1
-    )
+    timeout = read_settings().rest_store_connect_timeout_seconds
     try:
         with TicketStoreHook(connect_timeout=timeout).connect() as (conn, dialect):
             return get_ticket(conn, dialect, key)
@@ -449,7 +397,7 @@ def lookup_ticket(key: str) -> TicketDetails:
     Jira's answer is not stored: the store's `source` allows only the DAGs ('inbox', 'sweep'), and a
     read-only channel cannot race their writes.
     """
-    projects = allowed_projects()
+    projects = read_settings().rest_projects
     if projects is not None and key.partition("-")[0] not in projects:
         raise _not_synced(projects)
     answer = _lookup(key)

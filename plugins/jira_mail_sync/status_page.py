@@ -48,15 +48,15 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from include.imap_wire import MAX_UID, check_mailbox
-from include.names import CONFIG_SECTION, IMAP_CONN_ID, INBOX_DAG_ID, SWEEP_DAG_ID
+from include.names import IMAP_CONN_ID, INBOX_DAG_ID, SWEEP_DAG_ID
+from include.sweep_progress import get_watermark
 from include.sync_status import (
     as_json,
-    held_uids,
     inbox_figures,
     jira_figures,
     ledger_figures,
-    sweep_watermark,
     ticket_figures,
+    uids_held_back,
 )
 from jira_mail_sync.auth import (
     Credentials,
@@ -68,12 +68,8 @@ from jira_mail_sync.auth import (
 )
 from jira_mail_sync.hooks.imap import ImapInboxHook
 from jira_mail_sync.hooks.ticket_store import TicketStoreHook
-from jira_mail_sync.rest_api import (
-    DEFAULT_STORE_CONNECT_TIMEOUT_SECONDS,
-    ErrorAnswer,
-    Problem,
-    retry_after_header,
-)
+from jira_mail_sync.rest_api import ErrorAnswer, Problem, retry_after_header
+from jira_mail_sync.settings import SettingError, read_settings
 
 if TYPE_CHECKING:
     from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
@@ -81,8 +77,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PAGE_NAME = "Jira sync"
-CACHE_OPTION = "status_mailbox_cache_seconds"
-DEFAULT_CACHE_SECONDS = 30.0
 DEFAULT_MAILBOX = "INBOX"
 MAX_RELEASE_UIDS = 1000
 LEDGER_ROWS_SHOWN = 100
@@ -174,22 +168,13 @@ def checked_mailbox(mailbox: str) -> str:
 
 
 def cache_seconds() -> float:
-    from airflow.configuration import conf
+    """`[jira_mail_sync] status_mailbox_cache_seconds` (jira_mail_sync/settings.py)."""
+    return read_settings().status_mailbox_cache_seconds
 
-    raw = conf.get(CONFIG_SECTION, CACHE_OPTION, fallback=str(DEFAULT_CACHE_SECONDS))
-    try:
-        seconds = float(str(raw).strip())
-    except ValueError:
-        seconds = -1.0
-    if not seconds >= 0:
-        log.error(
-            "[%s] %s must be a number of seconds >= 0; using %s",
-            CONFIG_SECTION,
-            CACHE_OPTION,
-            DEFAULT_CACHE_SECONDS,
-        )
-        return DEFAULT_CACHE_SECONDS
-    return seconds
+
+def _store_connect_timeout() -> int:
+    """`[jira_mail_sync] rest_store_connect_timeout_seconds`: the page opens the same store as the lookup."""
+    return read_settings().rest_store_connect_timeout_seconds
 
 
 class MailboxBusy(Exception):
@@ -259,11 +244,13 @@ class MailboxCache:
 
         def held(uidvalidity: int, uids: list[int]) -> set[int]:
             # The store is opened only once the mailbox has answered, and with a connect timeout.
-            with TicketStoreHook(connect_timeout=DEFAULT_STORE_CONNECT_TIMEOUT_SECONDS).connect() as (
+            with TicketStoreHook(connect_timeout=_store_connect_timeout()).connect() as (
                 conn,
                 dialect,
             ):
-                return held_uids(conn, dialect, mailbox=mailbox, uidvalidity=uidvalidity, uids=uids, now=now)
+                return uids_held_back(
+                    conn, dialect, mailbox=mailbox, uidvalidity=uidvalidity, uids=uids, now=now
+                )
 
         try:
             with ImapInboxHook(conn_id, timeout=self._imap_timeout).inbox(mailbox) as inbox:
@@ -304,12 +291,10 @@ def _mailbox_figures(mailbox: str) -> dict[str, Any]:
 
 
 def inbox_mode() -> str:
-    """`poll` or `idle`, as configured; this page never fails over the setting."""
-    from jira_mail_sync.inbox_schedule import inbox_mode as configured_mode
-
+    """`idle` or `poll`, as jira_inbox is scheduled; a bad setting is shown, not raised."""
     try:
-        return configured_mode()
-    except ValueError:
+        return read_settings().inbox_mode
+    except SettingError:
         return "unknown (the setting is invalid: see the DAG's import error)"
 
 
@@ -372,13 +357,13 @@ def run_figures(visible: dict[str, bool]) -> dict[str, Any]:
 
 def _store_figures(now: datetime) -> dict[str, Any]:
     try:
-        with TicketStoreHook(connect_timeout=DEFAULT_STORE_CONNECT_TIMEOUT_SECONDS).connect() as (
+        with TicketStoreHook(connect_timeout=_store_connect_timeout()).connect() as (
             conn,
             dialect,
         ):
             return {
                 "tickets": ticket_figures(conn, dialect, now=now),
-                "watermark": sweep_watermark(conn, dialect),
+                "watermark": get_watermark(conn, dialect),
                 "ledger": ledger_figures(conn, dialect, limit=LEDGER_ROWS_SHOWN),
                 "jira": jira_figures(conn, dialect, now=now),
                 "error": None,

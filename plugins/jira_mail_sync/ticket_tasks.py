@@ -8,18 +8,19 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from airflow.sdk import conf, get_current_context, task
+from airflow.sdk import get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from include.jira_cloud import JiraCloudClient
-from include.names import CONFIG_SECTION, EXTRA_FIELDS_OPTION, JIRA_API_POOL, JIRA_CONN_ID
+from include.names import CONFIG_SECTION, JIRA_API_POOL, JIRA_CONN_ID
 from include.sync_pipeline import change_event, fetch_batch, store_batches
-from include.ticket_fields import FieldPlan, parse_extra_fields, plan_fields
+from include.ticket_fields import FieldPlan, plan_fields
 from jira_mail_sync.assets import TICKET_ASSET
 from jira_mail_sync.hooks.jira_cloud import JiraCloudHook
 from jira_mail_sync.hooks.ticket_store import TicketStoreHook
 from jira_mail_sync.jira_usage import record_jira_usage
 from jira_mail_sync.mapping import batch_keys, describe_batch
+from jira_mail_sync.settings import SettingError, read_settings
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +37,15 @@ def jira_client(jira_conn_id: str = JIRA_CONN_ID) -> Iterator[JiraCloudClient]:
 
 
 def configured_extra_fields() -> tuple[str, ...]:
-    """The `[jira_mail_sync] extra_fields` setting as field ids; a malformed one fails the task at once."""
+    """The `[jira_mail_sync] extra_fields` setting as field ids.
+
+    The DAG files parse every setting at import, so a bad value is their import error; a worker whose
+    configuration differs from the DAG processor's fails the task at once, with the same message.
+    """
     try:
-        return parse_extra_fields(conf.get(CONFIG_SECTION, EXTRA_FIELDS_OPTION, fallback=""))
-    except ValueError as exc:
-        raise AirflowFailException(f"[{CONFIG_SECTION}] {exc}") from exc
+        return read_settings().extra_fields
+    except SettingError as exc:
+        raise AirflowFailException(str(exc)) from exc
 
 
 def planned_fields(client: JiraCloudClient | None = None) -> FieldPlan:

@@ -256,7 +256,7 @@ class ImapInboxHook(ImapHook):
     def inbox(self, mailbox: str = "INBOX") -> Iterator[Inbox]:
         """Log in, yield an Inbox on `mailbox`, and always close it and log out."""
         with self as hook:
-            inbox = Inbox(hook.mail_client, mailbox, timeout=self.timeout)
+            inbox = Inbox(hook.mail_client, mailbox)
             try:
                 yield inbox
             finally:
