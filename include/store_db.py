@@ -76,20 +76,25 @@ def _exists(cursor: Any, dialect: str, table: str) -> bool:
     return bool(found)
 
 
+def _columns_query(dialect: str) -> str:
+    if dialect == "sqlite":
+        return "SELECT name FROM pragma_table_info(?)"
+    return (
+        "SELECT attname FROM pg_catalog.pg_attribute "
+        "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped"
+    )
+
+
 def table_columns(conn: Any, dialect: str, table: str) -> set[str]:
     """The names of a table's columns (empty when the table is missing); a read, no DDL rights needed."""
     check_dialect(dialect)
-    if dialect == "sqlite":
-        rows = read(conn, dialect, "SELECT name FROM pragma_table_info(?)", (table,))
-    else:
-        rows = read(
-            conn,
-            dialect,
-            "SELECT attname FROM pg_catalog.pg_attribute "
-            "WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped",
-            (table,),
-        )
-    return {str(name) for (name,) in rows}
+    return {str(name) for (name,) in read(conn, dialect, _columns_query(dialect), (table,))}
+
+
+def table_columns_in(cursor: Any, dialect: str, table: str) -> set[str]:
+    """table_columns on an open cursor (inside schema_change, say, to look again under the lock)."""
+    cursor.execute(_columns_query(dialect), (table,))
+    return {str(name) for (name,) in cursor.fetchall()}
 
 
 def _schema_lock_id(table: str) -> int:

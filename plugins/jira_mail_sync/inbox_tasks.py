@@ -6,7 +6,7 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from airflow.sdk import get_current_context, task
+from airflow.sdk import conf, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from include.imap_inbox import QUARANTINED_KEYWORD, UidValidityChanged
@@ -14,11 +14,14 @@ from include.jira_mail import default_trusted_senders
 from include.mail_ledger import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_RETRY_DELAY,
+    RETENTION_OPTION,
     record_failures,
     record_rejected,
     record_settled,
+    retention_setting,
 )
-from include.names import JIRA_API_POOL
+from include.names import CONFIG_SECTION, JIRA_API_POOL
+from include.rejected_mail import set_rejected_aside
 from include.sync_pipeline import extract_keys, label, settle
 from jira_mail_sync.hooks.imap import ImapInboxHook
 from jira_mail_sync.hooks.jira_cloud import JiraCloudHook
@@ -45,7 +48,8 @@ def extract_ticket_keys(sensed_xcom: dict[str, Any]) -> list[list[str]]:
 
     It reads the connection and mailbox the sensor sensed (carried in its XCom), not the defaults.
     Rejected mail goes to the mail ledger (and gets the $JiraRejected label where the server keeps
-    keywords). Keys named only by retried mail are batched apart from fresh mail's keys.
+    keywords), then is moved to the `rejected_mailbox` extra's folder (include/rejected_mail.py).
+    Keys named only by retried mail are batched apart from fresh mail's keys.
 
     Returns the key batches (what fetch_tickets is mapped over: a mapped task can only expand a
     return value) and pushes the accepted messages under the XCom key `settlement` for mark_mail_seen.
@@ -58,6 +62,7 @@ def extract_ticket_keys(sensed_xcom: dict[str, Any]) -> list[list[str]]:
     sensed = SensedMail.from_xcom(sensed_xcom)
     imap_hook = ImapInboxHook(sensed.imap_conn_id)
     sender_auth = imap_hook.sender_auth()
+    rejected_mailbox = imap_hook.rejected_mailbox(sensed.mailbox)
     with imap_hook.inbox(sensed.mailbox) as inbox:
         if inbox.open(readonly=True) != sensed.uidvalidity:
             raise AirflowSkipException("UIDVALIDITY changed since sensing; the next run starts over")
@@ -71,17 +76,25 @@ def extract_ticket_keys(sensed_xcom: dict[str, Any]) -> list[list[str]]:
             sender_auth=sender_auth,
             retrying=sensed.retrying,
         )
-    if extraction.rejected and not dry_run:
-        # Before anything else can fail: rejected mail must leave the window even if the fetch breaks.
-        with TicketStoreHook().connect() as (conn, dialect):
-            record_rejected(
-                conn,
-                dialect,
-                mailbox=sensed.mailbox,
-                uidvalidity=sensed.uidvalidity,
-                entries=extraction.rejected,
-                now=datetime.now(UTC),
-            )
+        if extraction.rejected and not dry_run:
+            # Before anything else can fail: rejected mail must leave the window even if the fetch breaks.
+            with TicketStoreHook().connect() as (conn, dialect):
+                record_rejected(
+                    conn,
+                    dialect,
+                    mailbox=sensed.mailbox,
+                    uidvalidity=sensed.uidvalidity,
+                    entries=extraction.rejected,
+                    now=datetime.now(UTC),
+                )
+                set_rejected_aside(
+                    inbox,
+                    conn,
+                    dialect,
+                    uids=[r["uid"] for r in extraction.rejected],
+                    uidvalidity=sensed.uidvalidity,
+                    destination=rejected_mailbox,
+                )
     log.info(
         "%d message(s) accepted, %d rejected; %d distinct key(s)%s: %s",
         len(extraction.messages),
@@ -97,6 +110,11 @@ def extract_ticket_keys(sensed_xcom: dict[str, Any]) -> list[list[str]]:
     fresh = [key for key in extraction.keys if key not in retry_keys]
     # Keys that failed before get bulk requests of their own: they never hold back fresh mail's keys.
     return plan_batches(fresh, extraction.retry_keys)
+
+
+def ledger_retention() -> timedelta:
+    """`[jira_mail_sync] ledger_retention_days` (default 30): how long settled and rejected rows stay."""
+    return retention_setting(conf.get(CONFIG_SECTION, RETENTION_OPTION, fallback=None))
 
 
 def _ledger_settings(params: dict[str, Any]) -> tuple[int, timedelta]:
@@ -138,7 +156,7 @@ def mark_mail_seen(settlement: dict[str, Any], stored: dict[str, Any]) -> dict[s
         now = datetime.now(UTC)
         with TicketStoreHook().connect() as (conn, dialect):
             where = {"mailbox": mailbox, "uidvalidity": uidvalidity, "now": now}
-            record_settled(conn, dialect, entries=plan.settled, **where)
+            record_settled(conn, dialect, entries=plan.settled, retention=ledger_retention(), **where)
             outcome = record_failures(
                 conn,
                 dialect,
