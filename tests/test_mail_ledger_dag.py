@@ -105,11 +105,13 @@ def test_junk_ahead_of_good_mail_on_a_keywordless_server_never_blocks_it(
     assert runs[1].xcom("wait_for_unseen_mail")["uids"] == good
     assert runs[2].states["wait_for_unseen_mail"] == ["skipped"]
     assert stored_keys(store, good_keys) == set(good_keys)
-    flags = courier_account.flags_by_uid()
-    assert unseen(flags) == set(junk)
-    assert all(flags[uid] == set() for uid in junk)  # no label: Courier keeps no keywords
+    # Courier has no MOVE but UIDPLUS: the junk was copied out and expunged by UID.
+    assert unseen(courier_account.flags_by_uid()) == set()
+    moved = courier_account.flags_by_uid("INBOX.Jira.Rejected")
+    assert len(moved) == len(junk) and all(f == set() for f in moved.values())  # no label: no keywords
     entries = ledger(store)
     assert {uid: entries[uid]["state"] for uid in junk} == dict.fromkeys(junk, "rejected")
+    assert {entries[uid]["moved_uid"] for uid in junk} == set(moved)
     assert {uid: entries[uid]["state"] for uid in good} == dict.fromkeys(good, "settled")
     assert "untrusted" in entries[junk[0]]["reason"] or "sender" in entries[junk[0]]["reason"]
 

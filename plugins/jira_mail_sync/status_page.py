@@ -49,6 +49,7 @@ from include.sync_status import (
     sweep_watermark,
     ticket_figures,
 )
+from include.watch_state import read_refused_logins
 from jira_mail_sync.hooks.imap import ImapInboxHook
 from jira_mail_sync.hooks.ticket_store import TicketStoreHook
 from jira_mail_sync.rest_api import CONFIG_SECTION, _bearer, require_dag_access, user_from_token
@@ -152,8 +153,13 @@ class MailboxCache:
     def _read(self, conn_id: str, mailbox: str) -> dict[str, Any]:
         now = datetime.now(UTC)
         self.logins += 1
+        refused: list[dict[str, Any]] = []
         try:
             with TicketStoreHook().connect() as (conn, dialect):
+                # The IDLE watcher's refused logins, without the server's answer (it names host and login).
+                refused = [
+                    {k: v for k, v in r.items() if k != "detail"} for r in read_refused_logins(conn, dialect)
+                ]
 
                 def held(uidvalidity: int, uids: list[int]) -> set[int]:
                     return held_uids(
@@ -177,7 +183,7 @@ class MailboxCache:
                 "oldest_unseen_age_seconds": None,
                 "error": f"The mailbox could not be read ({type(exc).__name__}); see the api-server log",
             }
-        return {**figures, "checked_at": now}
+        return {**figures, "refused_logins": refused, "checked_at": now}
 
 
 mailbox_cache = MailboxCache()
