@@ -84,14 +84,45 @@ def rejected_mailbox_setting(extra: dict[str, Any], inbox: str = "INBOX") -> str
     return name
 
 
-def _uid_sequence(text: bytes) -> list[int]:
-    """The UIDs of a sequence set such as b"3:5,9", ascending within each range (RFC 4315's order)."""
+def _uid_sequence(text: bytes, most: int) -> list[int] | None:
+    """The UIDs of a sequence set such as b"3:5,9", ascending within each range (RFC 4315's order);
+    None when it names more than `most` UIDs (a server's "1:4294967295" is never expanded)."""
     uids: list[int] = []
     for part in text.split(b","):
         first, _, last = part.partition(b":")
-        low, high = int(first), int(last or first)
-        uids.extend(range(min(low, high), max(low, high) + 1))
+        if not first.isdigit() or not (last.isdigit() or not last):
+            return None
+        low, high = sorted((int(first), int(last or first)))
+        if len(uids) + high - low + 1 > most:
+            return None
+        uids.extend(range(low, high + 1))
     return uids
+
+
+def copyuid_mapping(texts: Sequence[bytes], moved: int) -> tuple[int | None, dict[int, int]]:
+    """The destination UIDVALIDITY and old-to-new UIDs of COPYUID answers (RFC 4315) for `moved`
+    messages. Server text: anything that does not parse, or names more UIDs than were moved, is
+    left out, so the worst a server can send costs at most `moved` entries."""
+    uidvalidity, mapping = None, {}
+    for text in texts:
+        match = _COPYUID.search(text)
+        if match is None:
+            continue
+        source, target = _uid_sequence(match.group(2), moved), _uid_sequence(match.group(3), moved)
+        if source is not None and target is not None and len(source) == len(target):
+            uidvalidity = int(match.group(1))
+            mapping.update(zip(source, target, strict=True))
+    return uidvalidity, mapping
+
+
+def esearch_counts(line: bytes) -> dict[bytes, int]:
+    """MIN, MAX and COUNT of an untagged ESEARCH answer: `(TAG "x") UID MIN a MAX b COUNT n`."""
+    tokens = line.split(b")", 1)[-1].split()
+    found: dict[bytes, int] = {}
+    for name, value in zip(tokens, tokens[1:], strict=False):
+        if name.upper() in (b"MIN", b"MAX", b"COUNT") and value.isdigit():
+            found[name.upper()] = int(value)
+    return found
 
 
 class UidValidityChanged(Exception):
@@ -266,12 +297,7 @@ class Inbox:
         if typ != "OK":
             raise ImapError(f"UID SEARCH RETURN in {self.mailbox!r} failed: {data!r}")
         lines = imap.untagged_responses.pop("ESEARCH", None) or [b""]
-        tokens = lines[-1].split(b")", 1)[-1].split()
-        found: dict[bytes, int] = {}
-        for name, value in zip(tokens, tokens[1:], strict=False):
-            if name.upper() in (b"MIN", b"MAX", b"COUNT") and value.isdigit():
-                found[name.upper()] = int(value)
-        return found
+        return esearch_counts(lines[-1])
 
     def unseen_summary(self, *, exclude_keyword: str | None = None) -> UnseenSummary:
         """How many messages are unseen (less those with `exclude_keyword`), and where their UIDs lie.
@@ -446,22 +472,13 @@ class Inbox:
             translated = prefix + translated
         return translated
 
-    def _copyuid(self, answer: Any) -> tuple[int | None, dict[int, int]]:
-        """The destination UIDVALIDITY and old-to-new UIDs of a COPYUID (RFC 4315) the server sent."""
+    def _copyuid(self, answer: Any, moved: int) -> tuple[int | None, dict[int, int]]:
+        """The COPYUID the server sent for the last COPY or MOVE: untagged (MOVE) or in the tagged OK."""
         texts = [*(self.client._imap.untagged_responses.pop("COPYUID", None) or [])]
         texts += [
             a for a in (answer if isinstance(answer, list | tuple) else [answer]) if isinstance(a, bytes)
         ]
-        uidvalidity, mapping = None, {}
-        for text in texts:
-            match = _COPYUID.search(text)
-            if match is None:
-                continue
-            source, target = _uid_sequence(match.group(2)), _uid_sequence(match.group(3))
-            if len(source) == len(target):
-                uidvalidity = int(match.group(1))
-                mapping.update(zip(source, target, strict=True))
-        return uidvalidity, mapping
+        return copyuid_mapping(texts, moved)
 
     def set_aside(self, uids: Sequence[int], destination: str, *, expected_uidvalidity: int) -> MovedMail:
         """Take `uids` out of the inbox's way: into `destination` (created if missing) by UID MOVE,
@@ -499,7 +516,7 @@ class Inbox:
                 answer = self._run("UID COPY", self.client.copy, uid_set, target)
                 self._run("UID STORE", self.client.add_flags, uid_set, ["\\Deleted"], silent=True)
                 self._run("UID EXPUNGE", self.client.uid_expunge, uid_set)
-            uidvalidity, mapping = self._copyuid(answer)
+            uidvalidity, mapping = self._copyuid(answer, len(normalized))
             target_uidvalidity = uidvalidity or target_uidvalidity
             new_uids.update(mapping)
         how = "moved" if "MOVE" in capabilities else "copied"

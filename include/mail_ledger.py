@@ -501,6 +501,19 @@ def excluded_uids(conn: Any, dialect: str, mailbox: str, uidvalidity: int, now: 
     return held_uids(conn, dialect, mailbox=mailbox, uidvalidity=uidvalidity, now=now)["excluded"]
 
 
+def _release_selection(
+    dialect: str, mailbox: str, uidvalidity: int, wanted: list[int], release_all: bool, condition: str
+) -> tuple[str, list[Any]]:
+    """The WHERE clause and parameters of a manual run's selection: `wanted` UIDs, or all."""
+    p = placeholder(dialect)
+    where = f"mailbox = {p} AND uidvalidity = {p} AND {condition}"
+    params: list[Any] = [mailbox, uidvalidity]
+    if not release_all:
+        where += f" AND uid IN ({', '.join(p for _ in wanted)})"
+        params += wanted
+    return where, params
+
+
 def release(
     conn: Any,
     dialect: str,
@@ -526,11 +539,9 @@ def release(
     states = ", ".join(f"'{s}'" for s in RELEASABLE_STATES)
     # Moved mail is no longer in the inbox: releasing its row would make the sensor wait for a UID
     # that is gone; see moved_away.
-    where = f"mailbox = {p} AND uidvalidity = {p} AND state IN ({states}) AND moved_to IS NULL"
-    params: list[Any] = [mailbox, uidvalidity]
-    if not release_all:
-        where += f" AND uid IN ({', '.join(p for _ in wanted)})"
-        params += wanted
+    where, params = _release_selection(
+        dialect, mailbox, uidvalidity, wanted, release_all, f"state IN ({states}) AND moved_to IS NULL"
+    )
     # The earlier state stays readable in the reason, for the audit.
     reason = (
         "'released by a manual run (was ' || state || COALESCE(': ' || substr(reason, 1, 400), '') || ')'"
@@ -560,12 +571,9 @@ def moved_away(
     wanted = sorted({_uid(u) for u in uids})
     if (not wanted and not release_all) or not table_exists(conn, dialect, TABLE):
         return []
-    p = placeholder(dialect)
-    where = f"mailbox = {p} AND uidvalidity = {p} AND moved_to IS NOT NULL"
-    params: list[Any] = [mailbox, uidvalidity]
-    if not release_all:
-        where += f" AND uid IN ({', '.join(p for _ in wanted)})"
-        params += wanted
+    where, params = _release_selection(
+        dialect, mailbox, uidvalidity, wanted, release_all, "moved_to IS NOT NULL"
+    )
     rows = read(
         conn,
         dialect,

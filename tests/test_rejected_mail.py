@@ -6,12 +6,16 @@ import sqlite3
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from include.imap_inbox import (
     DEFAULT_REJECTED_MAILBOX,
     ImapError,
     Inbox,
     UidValidityChanged,
+    copyuid_mapping,
+    esearch_counts,
     rejected_mailbox_setting,
 )
 from include.mail_ledger import list_entries, moved_away, record_rejected
@@ -171,3 +175,60 @@ def test_an_imap_refusal_is_an_imap_error(imap_account):
     bad = imap_account.append(_mail("spam"))
     with pytest.raises(ImapError):
         inbox.set_aside([bad], "Jira//Rejected", expected_uidvalidity=uidvalidity)
+
+
+# Server answers are input a stranger may control (a hostile or broken server): fuzzed, seeded.
+_SERVER_TEXT = st.one_of(
+    st.binary(max_size=200),
+    st.builds(
+        lambda v, a, b: b"%d %s %s" % (v, a, b),
+        st.integers(0, 2**40),
+        st.from_regex(rb"\A[0-9:,]{1,40}\Z"),
+        st.from_regex(rb"\A[0-9:,]{1,40}\Z"),
+    ),
+)
+
+
+@settings(max_examples=2000, derandomize=True, deadline=None)
+@given(texts=st.lists(_SERVER_TEXT, max_size=4), moved=st.integers(1, 50))
+def test_any_copyuid_answer_maps_at_most_the_moved_messages(texts, moved):
+    uidvalidity, mapping = copyuid_mapping(texts, moved)
+    assert len(mapping) <= moved * len(texts)
+    assert all(isinstance(k, int) and isinstance(v, int) for k, v in mapping.items())
+    assert (uidvalidity is None) <= (not mapping), "a mapping always comes with its UIDVALIDITY"
+
+
+def test_a_huge_copyuid_range_is_ignored_not_expanded():
+    assert copyuid_mapping([b"9 1:4294967295 1:4294967295"], 3) == (None, {})
+    assert copyuid_mapping([b"9 5:7 12,10:11"], 3) == (9, {5: 12, 6: 10, 7: 11})
+
+
+@settings(max_examples=2000, derandomize=True, deadline=None)
+@given(
+    line=st.one_of(
+        st.binary(max_size=300),
+        st.from_regex(rb"\A\(TAG \"A\d\"\) UID( (MIN|MAX|COUNT|ALL) \w{1,12}){0,5}\Z"),
+    )
+)
+def test_any_esearch_answer_reads_as_whole_numbers_or_nothing(line):
+    found = esearch_counts(line)
+    assert set(found) <= {b"MIN", b"MAX", b"COUNT"}
+    assert all(isinstance(v, int) and v >= 0 for v in found.values())
+
+
+def test_an_esearch_answer_gives_its_min_max_and_count():
+    assert esearch_counts(b'(TAG "A5") UID MIN 3 MAX 90 COUNT 7') == {b"MIN": 3, b"MAX": 90, b"COUNT": 7}
+    assert esearch_counts(b'(TAG "A5") UID') == {}
+
+
+@settings(max_examples=1000, derandomize=True, deadline=None)
+@given(
+    value=st.one_of(st.text(max_size=40), st.none(), st.integers(), st.lists(st.text(max_size=3), max_size=2))
+)
+def test_any_rejected_mailbox_extra_is_a_name_none_or_a_clear_error(value):
+    try:
+        name = rejected_mailbox_setting({"rejected_mailbox": value})
+    except ValueError as exc:
+        assert "rejected_mailbox must" in str(exc)
+    else:
+        assert name is None if value is None else name == value
