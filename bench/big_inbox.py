@@ -178,7 +178,8 @@ def main() -> None:
     )
     print(markdown)
     if not args.no_write:
-        print(f"written to {write_section('big_inbox', markdown)}")
+        name = "big_inbox" if args.messages == MESSAGES else f"big_inbox_{args.messages}"
+        print(f"written to {write_section(name, markdown)}")
 
 
 if __name__ == "__main__":

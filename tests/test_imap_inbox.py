@@ -518,3 +518,21 @@ def test_connect_verifies_the_certificate_unless_told_none(imap_account, monkeyp
     verified.logout()
     with pytest.raises(ValueError, match="ssl_context"):
         ssl_context_named("strict")
+
+
+def test_courier_without_esearch_is_summarised_by_status_and_searched_in_windows(
+    courier_account, monkeypatch
+):
+    monkeypatch.setattr(imap_inbox, "FIRST_WINDOW_MIN_UIDS", 2)
+    monkeypatch.setattr(imap_inbox, "SEARCH_WINDOW_UIDS", 2)
+    uids = [courier_account.append(_mail(f"m{n}")) for n in range(7)]
+    inbox = Inbox(courier_account.connect())
+    inbox.open()
+    assert "ESEARCH" not in inbox.capabilities
+
+    summary = inbox.unseen_summary()
+    found = inbox.unseen_uids(limit=4, exclude_keyword=None, held=lambda low, high: {uids[0]} & {low, high})
+
+    assert (summary.count, summary.lowest, summary.exact) == (7, 1, False)
+    assert summary.highest is not None and summary.highest >= uids[-1]
+    assert found == uids[1:5]
