@@ -170,9 +170,10 @@ def main() -> None:
             "",
             *table,
             "",
-            "The windowed search sends a constant number of commands (EXAMINE, one ESEARCH, then one window "
-            "search here: at most `MAX_SEARCH_WINDOWS` = 40 whatever the inbox holds) and reads the ledger "
-            "for the window only. The single search must fit every unseen UID in one line, which imaplib "
+            "The windowed search sends a bounded number of commands whatever the inbox holds: CAPABILITY "
+            "(once per session), EXAMINE, one ESEARCH, then window searches (two here: the first window, "
+            "1,024 UIDs, is mostly held mail; at most `MAX_SEARCH_WINDOWS` = 40), and reads the ledger "
+            "for each window only. The single search must fit every unseen UID in one line, which imaplib "
             "refuses past 1,000,000 bytes (about 160,000 UIDs counted from 1).",
         ]
     )
