@@ -34,6 +34,8 @@ from devkit.processes import LOOPBACK, free_port, log_tail, spawn, stop_process_
 DOVECOT_BINARY = "/usr/sbin/dovecot"
 # `openssl dhparam` takes minutes; Debian ships ready-made parameters.
 DH_PARAMS = Path("/usr/share/dovecot/dh.pem")
+# ext4 refuses a 65,001st hard link to one file (EMLINK).
+LINKS_PER_FILE = 60_000
 START_TIMEOUT_S = 10.0
 CLIENT_TIMEOUT_S = 30.0
 OAUTH2_ARGS_NAME = "dovecot-oauth2.conf.ext"
@@ -512,6 +514,23 @@ class ImapAccount(HelperSessionAccount):
             os.rename(staging, new_dir / name)
             paths.append(new_dir / name)
         return paths
+
+    def link_many(self, raw: bytes, n: int) -> None:
+        """Put `n` unseen copies of `raw` into Maildir/cur as hard links (huge inboxes in seconds).
+
+        Dovecot reads each file as its own message; files in cur/ with an empty `:2,` info are
+        unseen, and link names carry increasing numbers, so UIDs follow their order. ext4 allows
+        65,000 links per file, so a new source file is written every LINKS_PER_FILE links.
+        """
+        cur, tmp_dir = self.maildir / "cur", self.maildir / "tmp"
+        source = tmp_dir / "link-source"
+        for index in range(n):
+            if index % LINKS_PER_FILE == 0:
+                source = tmp_dir / f"link-source-{index}"
+                source.write_bytes(raw)
+                os.chown(source, self._server.mail_uid, self._server.mail_gid)
+            self._drop_clock_us = max(time.time_ns() // 1000, self._drop_clock_us + 1)
+            os.link(source, cur / f"{self._drop_clock_us}.M{index:07d}P{os.getpid()}.jms-links:2,")
 
     def reconnect(self) -> None:
         """Forget the helper session (after DovecotServer.restart): the next helper call logs in anew."""

@@ -6,12 +6,14 @@ Airflow trigger (plugins/jira_mail_sync/triggers/imap_idle.py) drives it from th
 event loop and never calls it on that loop.
 
 The watch is state-based rather than event-based: every wake-up (an untagged EXISTS, EXPUNGE or
-FETCH during IDLE, or a renewal) ends IDLE and runs the inbox's own `UID SEARCH UNSEEN UNKEYWORD
-$JiraRejected`, the search the DAG's sensor runs. An announcement is made only when that set of
-UIDs changed and is not empty, so
+FETCH during IDLE, or a renewal) ends IDLE and asks the inbox for its unseen summary (not
+`$JiraRejected`): one `UID SEARCH RETURN (MIN MAX COUNT)` (ESEARCH) or STATUS, whose answer stays
+a few bytes however much mail is unseen (Inbox.unseen_summary, the function the sensor and the
+status page use too). An announcement is made only when that summary (count, lowest and highest
+UID) changed and is not empty, so
 
 - mail that is unseen when the watch starts is announced once;
-- new mail is announced (its UID is new);
+- new mail is announced (the highest UID and the count change);
 - a run that settles part of a large backlog (max_messages) changes the set, so the rest is
   announced again and the next run takes it, instead of waiting for the safety schedule;
 - mail nobody can settle (rejected, failing) is never announced twice for the same state, so a
@@ -24,12 +26,11 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from imapclient import IMAPClient
 
-from include.imap_inbox import Inbox
+from include.imap_inbox import REJECTED_KEYWORD, Inbox, UnseenSummary
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,6 @@ HEALTHY_SESSION_S = 60.0
 CHANGE_RESPONSES = frozenset({b"EXISTS", b"EXPUNGE", b"FETCH", b"RECENT", b"VANISHED"})
 # An idle_check that returns nothing this long before its timeout did not time out (see _check).
 EARLY_S = 0.05
-# No limit on the UIDs the watch reads (the sensor applies max_messages itself).
-ALL_UIDS = 2**31
 
 
 class ConnectionLost(Exception):
@@ -62,30 +61,33 @@ class ConnectionLost(Exception):
 
 @dataclass
 class UnseenWatch:
-    """The unseen UIDs last announced for one mailbox, and the decision to announce again."""
+    """The unseen summary last announced for one mailbox, and the decision to announce again."""
 
     mailbox: str
     uidvalidity: int | None = None
-    announced: frozenset[int] = field(default_factory=frozenset)
+    announced: tuple[int, int | None, int | None] = (0, None, None)
 
-    def update(self, uidvalidity: int, unseen: Iterable[int]) -> dict[str, object] | None:
-        """The announcement (a JSON-able payload) if the unseen set changed and is not empty, else None."""
-        current = frozenset(unseen)
-        if uidvalidity != self.uidvalidity:
+    def update(self, summary: UnseenSummary) -> dict[str, object] | None:
+        """The announcement (a JSON-able payload) if the summary changed and mail is unseen, else None.
+
+        `new` is how many more messages are unseen than at the last announcement (never negative).
+        """
+        current = (summary.count, summary.lowest, summary.highest)
+        if summary.uidvalidity != self.uidvalidity:
             # A recreated mailbox: its UIDs name other messages, so nothing counts as announced.
-            self.uidvalidity, self.announced = uidvalidity, frozenset()
+            self.uidvalidity, self.announced = summary.uidvalidity, (0, None, None)
         if current == self.announced:
             return None
-        new = current - self.announced
+        previous = self.announced[0]
         self.announced = current
-        if not current:
+        if not summary.count:
             return None
         return {
             "mailbox": self.mailbox,
-            "uidvalidity": uidvalidity,
-            "unseen": len(current),
-            "new": len(new),
-            "highest_uid": max(current),
+            "uidvalidity": summary.uidvalidity,
+            "unseen": summary.count,
+            "new": max(summary.count - previous, 0),
+            "highest_uid": summary.highest,
         }
 
 
@@ -138,10 +140,10 @@ class IdleSession:
         self.inbox.open(readonly=True)
         return "IDLE" in (self.inbox.capabilities or frozenset())
 
-    def unseen(self) -> tuple[int, list[int]]:
-        """UIDVALIDITY and every unseen, not-rejected UID: the DAG's sensor search, without its limit."""
+    def unseen(self) -> UnseenSummary:
+        """The unseen, not-labelled-rejected mail in one short answer, however much there is."""
         assert self.inbox.uidvalidity is not None, "open() first"
-        return self.inbox.uidvalidity, self.inbox.unseen_uids(limit=ALL_UIDS)
+        return self.inbox.unseen_summary(exclude_keyword=REJECTED_KEYWORD)
 
     def start_idle(self) -> None:
         self.client.idle()

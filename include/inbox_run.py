@@ -25,6 +25,7 @@ from include.jira_mail import HEADERS_TOO_LARGE, ParsedMail, parse_message
 from include.jira_mail.parser import MAX_MESSAGE_ID_CHARS
 from include.mail_ledger import (
     DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_RETENTION,
     DEFAULT_RETRY_DELAY,
     SENDER_MAX,
     SUBJECT_MAX,
@@ -33,6 +34,7 @@ from include.mail_ledger import (
     record_rejected,
     record_settled,
 )
+from include.rejected_mail import set_rejected_aside
 from include.sender_auth import UNAUTHENTICATED_SENDER, SenderAuthPolicy
 
 log = logging.getLogger(__name__)
@@ -137,6 +139,7 @@ def take_mail(
     sender_auth: SenderAuthPolicy | None = None,
     retrying: Iterable[int] = (),
     budget: MailBudget | None = None,
+    rejected_mailbox: str | None = None,
     clock: Callable[[], float] = time.monotonic,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> TakenMail:
@@ -147,7 +150,8 @@ def take_mail(
     message is fetched (one at a time, at most the policy's size) for the messages that need it.
     No new mail is started after `budget.run`.
 
-    With `ledger` None (a dry run) nothing is recorded and nothing is labelled.
+    With `ledger` None (a dry run) nothing is recorded, labelled or moved. Recorded rejected mail
+    is moved to `rejected_mailbox` (None: left in place), see put_away_rejected.
     `retrying` are UIDs that failed in an earlier run; their keys go to `retry_keys` unless fresh
     mail names them too.
     """
@@ -157,7 +161,7 @@ def take_mail(
     fresh: dict[str, None] = {}
     again: dict[str, None] = {}
     run_deadline = clock() + budget.run
-    recorder = _RejectionRecorder(inbox, ledger, taken, clock, now)
+    recorder = _RejectionRecorder(inbox, ledger, taken, clock, now, rejected_mailbox)
     ordered = list(uids)
     for start in range(0, len(ordered), PEEK_CHUNK):
         if clock() >= run_deadline:
@@ -212,8 +216,10 @@ class _RejectionRecorder:
         taken: TakenMail,
         clock: Callable[[], float],
         now: Callable[[], datetime],
+        rejected_mailbox: str | None,
     ) -> None:
         self.inbox, self.ledger, self.taken, self.clock, self.now = inbox, ledger, taken, clock, now
+        self.rejected_mailbox = rejected_mailbox
         self.pending: list[RejectedMessage] = []
         self.last_flush = clock()
 
@@ -232,7 +238,13 @@ class _RejectionRecorder:
             pending = _record_rejections(self.ledger, *where, pending, self.now())
         self.taken.rejected.extend(pending)
         if self.ledger is not None:
-            put_away_rejected(self.inbox, [r.uid for r in pending], uidvalidity=self.taken.uidvalidity)
+            put_away_rejected(
+                self.inbox,
+                self.ledger,
+                [r.uid for r in pending],
+                uidvalidity=self.taken.uidvalidity,
+                rejected_mailbox=self.rejected_mailbox,
+            )
 
 
 def _record_rejections(
@@ -270,9 +282,16 @@ def _record_rejections(
     return recorded
 
 
-def put_away_rejected(inbox: Inbox, uids: Sequence[int], *, uidvalidity: int) -> list[int]:
-    """Where rejected mail, once recorded, is put away for a human: labelled $JiraRejected."""
-    return label(inbox, uids, REJECTED_KEYWORD, uidvalidity=uidvalidity)
+def put_away_rejected(
+    inbox: Inbox, ledger: Ledger, uids: Sequence[int], *, uidvalidity: int, rejected_mailbox: str | None
+) -> None:
+    """Where rejected mail, once recorded, is put away for a human: labelled $JiraRejected, then moved
+    to `rejected_mailbox` (None: left in place), its new place noted in the ledger (include.rejected_mail).
+    """
+    label(inbox, uids, REJECTED_KEYWORD, uidvalidity=uidvalidity)
+    set_rejected_aside(
+        inbox, ledger.conn, ledger.dialect, uids=uids, uidvalidity=uidvalidity, destination=rejected_mailbox
+    )
 
 
 def _judge(
@@ -405,6 +424,7 @@ def settle_mail(
     *,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     first_delay: timedelta = DEFAULT_RETRY_DELAY,
+    retention: timedelta = DEFAULT_RETENTION,
     now: datetime | None = None,
 ) -> SettledMail:
     """Set \\Seen, in one UID STORE, on the messages whose keys were all stored or confirmed not found.
@@ -427,7 +447,9 @@ def settle_mail(
     log.info("Marked %d message(s) seen", len(marked))
     where = {"mailbox": taken.mailbox, "uidvalidity": taken.uidvalidity, "now": now or datetime.now(UTC)}
     conn, dialect = ledger.conn, ledger.dialect
-    record_settled(conn, dialect, entries=[m.ledger_entry() for m in plan.settled], **where)
+    record_settled(
+        conn, dialect, entries=[m.ledger_entry() for m in plan.settled], retention=retention, **where
+    )
     outcome = record_failures(
         conn,
         dialect,

@@ -13,6 +13,16 @@ States:
 A manual run releases rejected, failed or quarantined mail (`release`): it becomes `failed` with no
 attempts and no waiting, so the next sensing takes it again.
 
+Rejected mail that was moved out of the inbox (include.imap_inbox.Inbox.set_aside) keeps its row,
+with where it went: `moved_to` (the server's mailbox name), `moved_uidvalidity` and `moved_uid` (from
+the server's COPYUID, where it sent one). Such a row is not released by a manual run: the message
+is no longer in the inbox, so a human moves it back (it is then new mail, with a new UID, and is
+read again); see `moved_away`.
+
+Settled and rejected rows are deleted `retention` after their last change (DEFAULT_RETENTION, or
+the `[jira_mail_sync] ledger_retention_days` option the inbox task passes), at most PRUNE_BATCH
+rows per run; failed and quarantined rows stay until mail is settled or a human acts.
+
 Every write takes a whole run's messages and costs a fixed number of statements (one `executemany`
 UPSERT per state, plus one SELECT for the attempt counts), never one per message. Rows under an
 earlier UIDVALIDITY are kept for audit and never match a UID of the recreated mailbox, because the
@@ -22,6 +32,7 @@ UIDVALIDITY is part of the key and of every query.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -36,10 +47,15 @@ from include.store_db import (
     create_missing,
     placeholder,
     read,
+    schema_change,
+    table_columns,
+    table_columns_in,
     table_exists,
     timestamp_param,
     transaction,
 )
+
+log = logging.getLogger(__name__)
 
 TABLE = MAIL_LEDGER_TABLE
 STATES = ("rejected", "failed", "quarantined", "settled")
@@ -55,9 +71,13 @@ DEFAULT_MAX_ATTEMPTS = 5
 DEFAULT_RETRY_DELAY = timedelta(minutes=5)
 # The doubling delay stops growing here, so a long Jira incident never parks mail for days.
 MAX_RETRY_DELAY = timedelta(hours=6)
-# Settled rows older than this are deleted by record_settled (one DELETE), so the table does not grow
-# with every mail ever read; rejected, failed and quarantined rows stay until a human acts.
-SETTLED_RETENTION = timedelta(days=30)
+# Settled and rejected rows older than this are deleted by record_settled (one DELETE), so the table
+# does not grow with every mail ever read; failed and quarantined rows stay until a human acts.
+DEFAULT_RETENTION = timedelta(days=30)
+PRUNED_STATES = ("settled", "rejected")
+# The most rows one run deletes: the first run after a long outage (or a spam flood) does not hold
+# locks on the whole table; later runs delete the rest.
+PRUNE_BATCH = 10_000
 
 _COLUMNS = (
     "mailbox",
@@ -74,6 +94,10 @@ _COLUMNS = (
     "first_seen_at",
     "updated_at",
 )
+# Where rejected mail went when it was moved out of the inbox; added in place to older tables.
+_LOCATION_COLUMNS = {"moved_to": "TEXT", "moved_uidvalidity": "BIGINT", "moved_uid": "BIGINT"}
+_LOCATION_DDL = ",\n    ".join(f"{name} {kind}" for name, kind in _LOCATION_COLUMNS.items())
+_LISTED = (*_COLUMNS, *_LOCATION_COLUMNS)
 _STATE_CHECK = "CHECK (state IN ('rejected', 'failed', 'quarantined', 'settled'))"
 
 _DDL = {
@@ -92,6 +116,7 @@ _DDL = {
     next_try_at TEXT,
     first_seen_at TEXT NOT NULL,
     updated_at TEXT NOT NULL,
+    {_LOCATION_DDL},
     PRIMARY KEY (mailbox, uidvalidity, uid)
 )""",
         f"CREATE INDEX IF NOT EXISTS {TABLE}_state_updated_idx ON {TABLE} (state, updated_at)",
@@ -111,6 +136,7 @@ _DDL = {
     next_try_at TIMESTAMPTZ,
     first_seen_at TIMESTAMPTZ NOT NULL,
     updated_at TIMESTAMPTZ NOT NULL,
+    {_LOCATION_DDL},
     PRIMARY KEY (mailbox, uidvalidity, uid)
 )""",
         f"CREATE INDEX IF NOT EXISTS {TABLE}_state_updated_idx ON {TABLE} (state, updated_at)",
@@ -119,9 +145,24 @@ _DDL = {
 
 
 def ensure_table(conn: Any, dialect: str) -> None:
-    """Create the ledger if it is missing (no DDL at all when it exists: DML rights suffice then)."""
+    """Create the ledger, or add the location columns to an older one, when needed.
+
+    One read (its column list) when it is up to date, so DML rights suffice then.
+    """
     check_dialect(dialect)
-    create_missing(conn, dialect, TABLE, _DDL[dialect])
+    columns = table_columns(conn, dialect, TABLE)
+    if not columns:
+        create_missing(conn, dialect, TABLE, _DDL[dialect])
+        return
+    if not set(_LOCATION_COLUMNS) - columns:
+        return
+    with schema_change(conn, dialect, TABLE) as cursor:
+        # Looked at again under the lock: another process may have added them meanwhile.
+        missing = set(_LOCATION_COLUMNS) - table_columns_in(cursor, dialect, TABLE)
+        for name in sorted(missing):
+            cursor.execute(f"ALTER TABLE {TABLE} ADD COLUMN {name} {_LOCATION_COLUMNS[name]}")
+    if missing:
+        log.warning("Upgraded table %s in place: added column(s) %s", TABLE, ", ".join(sorted(missing)))
 
 
 def _moment(value: datetime, dialect: str) -> Any:
@@ -347,11 +388,13 @@ def record_settled(
     uidvalidity: int,
     entries: Iterable[Mapping[str, Any]],
     now: datetime,
-    retention: timedelta = SETTLED_RETENTION,
+    retention: timedelta = DEFAULT_RETENTION,
 ) -> int:
-    """Record mail marked seen ({"uid", "keys", ...}) and drop settled rows older than `retention`.
+    """Record mail marked seen ({"uid", "keys", ...}) and drop settled and rejected rows older than
+    `retention` (at most PRUNE_BATCH of them).
 
-    Two statements: one executemany UPSERT and one DELETE (which the (state, updated_at) index serves).
+    Two statements: one executemany UPSERT and one bounded DELETE (the (state, updated_at) index
+    serves its inner SELECT).
     The attempt count stays, so the audit shows how many tries a message needed.
     """
     mailbox, uidvalidity = _mailbox_key(mailbox, uidvalidity)
@@ -366,37 +409,84 @@ def record_settled(
     with transaction(conn, dialect) as cursor:
         if rows:
             cursor.executemany(sql, rows)
+        pruned = ", ".join(f"'{state}'" for state in PRUNED_STATES)
         cursor.execute(
-            f"DELETE FROM {TABLE} WHERE state = 'settled' AND updated_at < {p}",
+            f"DELETE FROM {TABLE} WHERE (mailbox, uidvalidity, uid) IN ("
+            f"SELECT mailbox, uidvalidity, uid FROM {TABLE} WHERE state IN ({pruned}) AND updated_at < {p} "
+            f"ORDER BY updated_at LIMIT {PRUNE_BATCH})",
             (_moment(now - retention, dialect),),
         )
     return len(rows)
 
 
-def _held(conn: Any, dialect: str, mailbox: str, uidvalidity: int) -> list[tuple[int, str, Any]]:
+def record_moved(
+    conn: Any,
+    dialect: str,
+    *,
+    mailbox: str,
+    uidvalidity: int,
+    uids: Sequence[int],
+    moved_to: str,
+    moved_uidvalidity: int | None,
+    new_uids: Mapping[int, int],
+) -> int:
+    """Note where rejected mail went (`moved_to`, and each UID's new UID where the server said).
+
+    One executemany UPDATE; rows the ledger does not hold are left alone.
+    """
+    mailbox, uidvalidity = _mailbox_key(mailbox, uidvalidity)
+    wanted = sorted({_uid(u) for u in uids})
+    if not wanted:
+        return 0
+    ensure_table(conn, dialect)
+    p = placeholder(dialect)
+    rows = [(moved_to, moved_uidvalidity, new_uids.get(uid), mailbox, uidvalidity, uid) for uid in wanted]
+    _write(
+        conn,
+        dialect,
+        f"UPDATE {TABLE} SET moved_to = {p}, moved_uidvalidity = {p}, moved_uid = {p} "
+        f"WHERE mailbox = {p} AND uidvalidity = {p} AND uid = {p}",
+        rows,
+    )
+    return len(rows)
+
+
+def _held(
+    conn: Any, dialect: str, mailbox: str, uidvalidity: int, uid_range: tuple[int, int] | None
+) -> list[tuple[int, str, Any]]:
     mailbox, uidvalidity = _mailbox_key(mailbox, uidvalidity)
     ensure_table(conn, dialect)
     p = placeholder(dialect)
     states = ", ".join(f"'{s}'" for s in HELD_STATES)
+    where, params = "", ()
+    if uid_range is not None:
+        where, params = f" AND uid BETWEEN {p} AND {p}", (_uid(uid_range[0]), _uid(uid_range[1]))
     return read(
         conn,
         dialect,
         f"SELECT uid, state, next_try_at FROM {TABLE} "
-        f"WHERE mailbox = {p} AND uidvalidity = {p} AND state IN ({states})",
-        (mailbox, uidvalidity),
+        f"WHERE mailbox = {p} AND uidvalidity = {p} AND state IN ({states}){where}",
+        (mailbox, uidvalidity, *params),
     )
 
 
 def held_uids(
-    conn: Any, dialect: str, *, mailbox: str, uidvalidity: int, now: datetime
+    conn: Any,
+    dialect: str,
+    *,
+    mailbox: str,
+    uidvalidity: int,
+    now: datetime,
+    uid_range: tuple[int, int] | None = None,
 ) -> dict[str, set[int]]:
     """In one SELECT: {"excluded": UIDs the sensor leaves out, "retrying": failed UIDs due again now}.
 
     Excluded are rejected and quarantined mail and failed mail whose next try is still ahead.
+    `uid_range` (first, last) reads only the rows of that window of UIDs (the primary key serves it).
     """
     excluded: set[int] = set()
     retrying: set[int] = set()
-    for uid, state, next_try_at in _held(conn, dialect, mailbox, uidvalidity):
+    for uid, state, next_try_at in _held(conn, dialect, mailbox, uidvalidity, uid_range):
         if state == "failed" and (next_try_at is None or as_utc_datetime(next_try_at) <= now):
             retrying.add(int(uid))
         else:
@@ -407,6 +497,19 @@ def held_uids(
 def excluded_uids(conn: Any, dialect: str, mailbox: str, uidvalidity: int, now: datetime) -> set[int]:
     """UIDs the sensor leaves out before its max_messages cap: rejected, quarantined, failed and waiting."""
     return held_uids(conn, dialect, mailbox=mailbox, uidvalidity=uidvalidity, now=now)["excluded"]
+
+
+def _release_selection(
+    dialect: str, mailbox: str, uidvalidity: int, wanted: list[int], release_all: bool, condition: str
+) -> tuple[str, list[Any]]:
+    """The WHERE clause and parameters of a manual run's selection: `wanted` UIDs, or all."""
+    p = placeholder(dialect)
+    where = f"mailbox = {p} AND uidvalidity = {p} AND {condition}"
+    params: list[Any] = [mailbox, uidvalidity]
+    if not release_all:
+        where += f" AND uid IN ({', '.join(p for _ in wanted)})"
+        params += wanted
+    return where, params
 
 
 def release(
@@ -432,11 +535,11 @@ def release(
     ensure_table(conn, dialect)
     p = placeholder(dialect)
     states = ", ".join(f"'{s}'" for s in RELEASABLE_STATES)
-    where = f"mailbox = {p} AND uidvalidity = {p} AND state IN ({states})"
-    params: list[Any] = [mailbox, uidvalidity]
-    if not release_all:
-        where += f" AND uid IN ({', '.join(p for _ in wanted)})"
-        params += wanted
+    # Moved mail is no longer in the inbox: releasing its row would make the sensor wait for a UID
+    # that is gone; see moved_away.
+    where, params = _release_selection(
+        dialect, mailbox, uidvalidity, wanted, release_all, f"state IN ({states}) AND moved_to IS NULL"
+    )
     # The earlier state stays readable in the reason, for the audit.
     reason = (
         "'released by a manual run (was ' || state || COALESCE(': ' || substr(reason, 1, 400), '') || ')'"
@@ -449,6 +552,36 @@ def release(
         )
         released = sorted(int(row[0]) for row in cursor.fetchall())
     return released
+
+
+def moved_away(
+    conn: Any,
+    dialect: str,
+    *,
+    mailbox: str,
+    uidvalidity: int,
+    uids: Sequence[int] = (),
+    release_all: bool = False,
+) -> list[dict[str, Any]]:
+    """The rows among `uids` (or all, with release_all) whose mail was moved out of the inbox, as
+    {"uid", "moved_to", "moved_uid"}: what a manual release cannot put back. One SELECT; a reader."""
+    mailbox, uidvalidity = _mailbox_key(mailbox, uidvalidity)
+    wanted = sorted({_uid(u) for u in uids})
+    if (not wanted and not release_all) or not table_exists(conn, dialect, TABLE):
+        return []
+    where, params = _release_selection(
+        dialect, mailbox, uidvalidity, wanted, release_all, "moved_to IS NOT NULL"
+    )
+    rows = read(
+        conn,
+        dialect,
+        f"SELECT uid, moved_to, moved_uid FROM {TABLE} WHERE {where} ORDER BY uid",
+        tuple(params),
+    )
+    return [
+        {"uid": int(uid), "moved_to": moved_to, "moved_uid": None if new is None else int(new)}
+        for uid, moved_to, new in rows
+    ]
 
 
 def count_by_state(
@@ -487,23 +620,28 @@ def list_entries(
         raise ValueError(f"states must be a non-empty selection of {STATES}, got {list(states)!r}")
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 10_000:
         raise ValueError(f"limit must be an integer in 1..10000, got {limit!r}")
-    if not table_exists(conn, dialect, TABLE):
+    present = table_columns(conn, dialect, TABLE)
+    if not present:
         return []
+    # A table no writer has upgraded yet lacks the location columns: they read as None.
+    listed = [column for column in _LISTED if column in present]
     p = placeholder(dialect)
     rows = read(
         conn,
         dialect,
-        f"SELECT {', '.join(_COLUMNS)} FROM {TABLE} WHERE state IN ({', '.join(p for _ in states)}) "
+        f"SELECT {', '.join(listed)} FROM {TABLE} WHERE state IN ({', '.join(p for _ in states)}) "
         f"ORDER BY updated_at DESC, mailbox, uidvalidity, uid DESC LIMIT {limit}",
         tuple(states),
     )
     entries = []
     for row in rows:
-        entry = dict(zip(_COLUMNS, row, strict=True))
+        entry = dict.fromkeys(_LOCATION_COLUMNS) | dict(zip(listed, row, strict=True))
         entry["ticket_keys"] = json.loads(entry["ticket_keys"]) if entry["ticket_keys"] else None
         for column in ("next_try_at", "first_seen_at", "updated_at"):
             if entry[column] is not None:
                 entry[column] = as_utc_datetime(entry[column])
         entry["uidvalidity"], entry["uid"] = int(entry["uidvalidity"]), int(entry["uid"])
+        for column in ("moved_uidvalidity", "moved_uid"):
+            entry[column] = None if entry[column] is None else int(entry[column])
         entries.append(entry)
     return entries

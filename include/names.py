@@ -26,6 +26,8 @@ CHANGE_FEED_MAX_KEYS = 500
 
 # What became of each Jira mail (rejected, failed, quarantined, settled): include/mail_ledger.py.
 MAIL_LEDGER_TABLE = "jira_mail_ledger"
+# What the IMAP IDLE watcher tells the Jira sync page (refused logins), one row per watched mailbox.
+WATCH_STATE_TABLE = "jira_imap_watch"
 
 # How many requests each task made to Jira, and the last time Jira throttled one (include/api_usage.py).
 API_USAGE_TABLE = "jira_api_usage"

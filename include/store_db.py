@@ -96,6 +96,12 @@ def table_columns(conn: Any, dialect: str, table: str) -> set[str]:
     return {str(name) for (name,) in read(conn, dialect, *columns_query(dialect, table))}
 
 
+def table_columns_in(cursor: Any, dialect: str, table: str) -> set[str]:
+    """table_columns on an open cursor (inside schema_change, say, to look again under the lock)."""
+    cursor.execute(*columns_query(dialect, table))
+    return {str(name) for (name,) in cursor.fetchall()}
+
+
 def _schema_lock_id(table: str) -> int:
     # One advisory lock per table, the same in every process (Python's hash() is salted per process).
     return zlib.crc32(f"jira-mail-sync schema {table}".encode())

@@ -103,7 +103,8 @@ def uids_held_back(
 def inbox_figures(
     inbox: Inbox, *, now: datetime, held: Any = None, max_uids: int = 1_000_000
 ) -> dict[str, Any]:
-    """Unseen mail waiting for `jira_inbox` and the age of the oldest: one EXAMINE, one SEARCH, one FETCH.
+    """Unseen mail waiting for `jira_inbox` and the age of the oldest: one EXAMINE, one FETCH, and
+    Inbox.unseen_uids' windowed searches (which work past IMAP's one-line limit).
 
     `held(uidvalidity, uids)` names the UIDs the mail ledger holds back; they are not counted as waiting.
     Keywords count for nothing, as in the sensor: a mail labelled `$JiraRejected` that the ledger

@@ -21,12 +21,12 @@ from include.names import TICKET_TABLE
 from include.store_db import (
     as_utc_datetime,
     check_dialect,
-    columns_query,
     create_missing,
     placeholder,
     read,
     schema_change,
     table_columns,
+    table_columns_in,
     timestamp_param,
     transaction,
 )
@@ -253,8 +253,7 @@ def ensure_table(conn: Any, dialect: str) -> None:
 
 def _v2_columns_missing(cursor: Any, dialect: str) -> set[str]:
     """Inside the schema lock: the v2 columns still missing (another process may have added them)."""
-    cursor.execute(*columns_query(dialect, TABLE))
-    return set(V2_COLUMNS[dialect]) - {str(name) for (name,) in cursor.fetchall()}
+    return set(V2_COLUMNS[dialect]) - table_columns_in(cursor, dialect, TABLE)
 
 
 def table_exists(conn: Any, dialect: str) -> bool:

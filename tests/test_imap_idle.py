@@ -21,7 +21,9 @@ from devkit.dovecot import DovecotServer, ImapAccount
 from devkit.mail_factory import jira_notification
 from devkit.unavailable import service_unavailable
 from include.imap_idle import Backoff, ConnectionLost, IdleSession, UnseenWatch
+from include.imap_inbox import UnseenSummary
 from include.imap_wire import connect
+from include.watch_state import REFUSED_LOGIN_RETRY_S, RefusedLogins, read_refused_logins
 
 SITE = "acme.atlassian.net"
 
@@ -33,36 +35,44 @@ def _mail(key: str) -> bytes:
 # ------------------------------------------------------------------------------------------ the rules
 
 
+def _summary(uidvalidity: int, uids) -> UnseenSummary:
+    """What ESEARCH answers for these unseen UIDs."""
+    uids = sorted(uids)
+    return UnseenSummary(
+        uidvalidity, len(uids), uids[0] if uids else None, uids[-1] if uids else None, exact=True
+    )
+
+
 def test_unseen_mail_present_at_start_is_announced_once():
     watch = UnseenWatch("INBOX")
-    first = watch.update(7, [3, 1, 2])
+    first = watch.update(_summary(7, [3, 1, 2]))
     assert first == {"mailbox": "INBOX", "uidvalidity": 7, "unseen": 3, "new": 3, "highest_uid": 3}
-    assert watch.update(7, [1, 2, 3]) is None
-    assert watch.update(7, [2, 3, 1]) is None
+    assert watch.update(_summary(7, [1, 2, 3])) is None
+    assert watch.update(_summary(7, [2, 3, 1])) is None
 
 
 def test_an_empty_inbox_is_never_announced():
     watch = UnseenWatch("INBOX")
-    assert watch.update(7, []) is None
-    assert watch.update(7, [5]) is not None
-    assert watch.update(7, []) is None, "all mail settled: nothing to do"
+    assert watch.update(_summary(7, [])) is None
+    assert watch.update(_summary(7, [5])) is not None
+    assert watch.update(_summary(7, [])) is None, "all mail settled: nothing to do"
 
 
 def test_new_mail_and_a_partly_settled_backlog_are_announced_but_an_unchanged_state_never():
     watch = UnseenWatch("INBOX")
-    watch.update(7, range(1, 501))
+    watch.update(_summary(7, range(1, 501)))
     # A run settled the first 200 (max_messages): the rest must get a run of its own.
-    after_run = watch.update(7, range(201, 501))
+    after_run = watch.update(_summary(7, range(201, 501)))
     assert after_run is not None and after_run["unseen"] == 300 and after_run["new"] == 0
-    assert watch.update(7, range(201, 501)) is None
-    arrived = watch.update(7, [*range(201, 501), 501])
+    assert watch.update(_summary(7, range(201, 501))) is None
+    arrived = watch.update(_summary(7, [*range(201, 501), 501]))
     assert arrived is not None and arrived["new"] == 1 and arrived["highest_uid"] == 501
 
 
 def test_a_recreated_mailbox_counts_every_unseen_uid_as_new():
     watch = UnseenWatch("INBOX")
-    watch.update(7, [1, 2])
-    recreated = watch.update(8, [1, 2])
+    watch.update(_summary(7, [1, 2]))
+    recreated = watch.update(_summary(8, [1, 2]))
     assert recreated is not None and recreated["uidvalidity"] == 8 and recreated["new"] == 2
 
 
@@ -91,7 +101,7 @@ def test_dovecot_offers_idle_and_an_append_ends_the_wait(
     idle_session: IdleSession, imap_account: ImapAccount
 ):
     assert idle_session.open() is True
-    assert idle_session.unseen()[1] == []
+    assert idle_session.unseen().count == 0
     idle_session.start_idle()
     assert idle_session.wait(0.3) is False, "nothing changed, yet the wait said so"
     imap_account.append(_mail("IDL-1"))
@@ -99,7 +109,7 @@ def test_dovecot_offers_idle_and_an_append_ends_the_wait(
     assert idle_session.wait(10) is True
     assert time.monotonic() - began < 5
     idle_session.end_idle()
-    assert len(idle_session.unseen()[1]) == 1
+    assert idle_session.unseen().count == 1
 
 
 def test_abort_from_another_thread_ends_a_blocked_wait(idle_session: IdleSession):
@@ -317,33 +327,77 @@ def test_a_dovecot_restart_during_idle_is_survived_and_the_next_mail_still_fires
     assert after_restart < 10, f"{after_restart:.1f} s from the restart to the event"
 
 
-def test_wrong_credentials_log_one_line_per_attempt_with_a_growing_delay(
+class FakeTime:
+    """The trigger's clock and wait: a wait returns at once and moves the clock on by its length."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+        self.waits: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.now += seconds
+        await asyncio.sleep(0.05)  # really yield, so the test's loop runs between attempts
+
+
+@pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)
+def test_a_refused_login_is_tried_once_an_hour_logged_once_an_hour_and_shown_to_the_sync_page(
     imap_account: ImapAccount,
+    store_conn_env,
     monkeypatch: pytest.MonkeyPatch,
     capfd: pytest.CaptureFixture[str],
     caplog: pytest.LogCaptureFixture,
 ):
+    from jira_mail_sync.triggers import imap_idle as trigger_module
+
+    fake = FakeTime()
+    monkeypatch.setattr(trigger_module, "_clock", fake.clock)
+    monkeypatch.setattr(trigger_module, "_sleep", fake.sleep)
     wrong = "not-the-password-" + imap_account.user
     _use(monkeypatch, {**imap_account.airflow_conn(), "password": wrong})
+    started = fake.now
 
     async def scenario() -> None:
         async with running() as run:
-            # Attempts at 0, 2 and 6 s (delays 2, 4, 8 s): a tight loop would make hundreds.
-            await run.no_event_for(7.0)
+            await run.no_event_for(1.5)
+            shown = read_refused_logins(store_conn_env.connect(), "sqlite")
+            assert [(r["imap_conn_id"], r["mailbox"]) for r in shown] == [("imap_default", "INBOX")]
+            assert shown[0]["refused_since"].timestamp() == started
+            assert "refused the password login" in shown[0]["detail"] and wrong not in shown[0]["detail"]
+            _use(monkeypatch, imap_account.airflow_conn())  # the password is fixed
+            imap_account.append(b"Subject: [JIRA] (ABC-1) x\r\n\r\nbody\r\n")
+            await run.next_event(timeout=10.0)
+            assert read_refused_logins(store_conn_env.connect(), "sqlite") == []
 
     asyncio.run(scenario())
     logs = _captured(capfd, caplog)
     refusals = [line for line in logs.splitlines() if "refused the password login" in line]
-    assert len(refusals) == 3, "\n".join(refusals) or logs[-3000:]
-    assert [d for d in ("in 2 s", "in 4 s", "in 8 s") if any(d in line for line in refusals)] == [
-        "in 2 s",
-        "in 4 s",
-        "in 8 s",
-    ]
-    # One line each, no traceback of the error (pytest's closed capture streams may add "Logging
-    # error" noise from IMAPClient's own logger, which is not ours to judge).
+    tries = len([w for w in fake.waits if w == REFUSED_LOGIN_RETRY_S])
+    assert tries >= 3, fake.waits
+    assert set(fake.waits) == {REFUSED_LOGIN_RETRY_S}, "no other wait while logins are refused"
+    # Every try is an hour after the last, so each is logged once: one line per hour, no more.
+    assert len(refusals) == tries, "\n".join(refusals) or logs[-3000:]
+    assert all("trying again once an hour" in line for line in refusals)
+    assert "accepts the login" in logs
     assert "ImapLoginError" not in logs
     assert wrong not in logs
+
+
+def test_refused_logins_are_logged_at_most_once_an_hour_whatever_the_tries():
+    now = [0.0]
+    refusals = RefusedLogins(clock=lambda: now[0])
+    logged = []
+    for minute in range(0, 181, 10):
+        now[0] = minute * 60.0
+        logged.append(refusals.refused("refused") and minute)
+    assert [m for m in logged if m is not False] == [0, 60, 120, 180]
+    assert refusals.since == 0.0 and refusals.is_refused
+    assert refusals.next_try_at() == 180 * 60.0 + REFUSED_LOGIN_RETRY_S
+    assert refusals.accepted() is True and refusals.accepted() is False
+    assert not refusals.is_refused and refusals.refused("again") is True
 
 
 @pytest.mark.parametrize("auth_type", ["xoauth2", "oauthbearer"])

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from devkit.imap_account import adopt_imaplib
+from include import imap_inbox
 from include.imap_inbox import (
     DEFAULT_TIMEOUT_S,
     REJECTED_KEYWORD,
@@ -19,6 +20,7 @@ from include.imap_inbox import (
     Inbox,
     PeekedMessage,
     UidValidityChanged,
+    UnseenSummary,
 )
 from include.imap_wire import connect, ssl_context_named, uid_set_chunks
 
@@ -90,7 +92,7 @@ def test_unseen_uids_excludes_seen_and_rejected_messages(imap_account):
     assert inbox.unseen_uids(limit=100, exclude_keyword=None) == [plain, plain + 2, later]
 
 
-def test_unseen_uids_is_one_search_command(imap_account):
+def test_unseen_uids_is_one_esearch_and_one_windowed_search(imap_account):
     imap_account.drop(_mail("bulk"), n=200)
     client = _recording_client(imap_account)
     inbox = Inbox(adopt_imaplib(client))
@@ -100,8 +102,99 @@ def test_unseen_uids_is_one_search_command(imap_account):
     uids = inbox.unseen_uids(limit=150)
 
     assert len(uids) == 150
-    assert client.commands_since(start) == ["UID SEARCH"]
-    assert client.sent_lines[-1].endswith(f"UID SEARCH UNSEEN UNKEYWORD {REJECTED_KEYWORD}".encode())
+    assert client.commands_since(start) == ["UID SEARCH", "UID SEARCH"]
+    first, second = client.sent_lines[start:]
+    assert first.endswith(f"UID SEARCH RETURN (MIN MAX COUNT) UNSEEN UNKEYWORD {REJECTED_KEYWORD}".encode())
+    low, high = uids[0], uids[-1] + 50
+    assert second.endswith(f"UID SEARCH UNSEEN UNKEYWORD {REJECTED_KEYWORD} UID {low}:{high}".encode())
+
+
+def test_the_summary_counts_unseen_mail_and_names_its_lowest_and_highest_uid(imap_account):
+    imap_account.append(_mail("seen"), flags="\\Seen")
+    low = imap_account.append(_mail("a"))
+    imap_account.append(_mail("rejected"), flags=REJECTED_KEYWORD)
+    high = imap_account.append(_mail("b"))
+    imap_account.append(_mail("seen again"), flags="\\Seen")
+    inbox = Inbox(imap_account.connect())
+
+    summary = inbox.unseen_summary()
+    assert (summary.count, summary.lowest, summary.highest, summary.exact) == (3, low, high, True)
+    assert inbox.unseen_summary(exclude_keyword=REJECTED_KEYWORD).count == 2
+    assert summary.uidvalidity == imap_account.uidvalidity()
+
+
+def test_an_empty_inbox_is_summarised_as_nothing_unseen_in_one_command(imap_account):
+    imap_account.append(_mail("seen"), flags="\\Seen")
+    inbox = Inbox(imap_account.connect())
+    inbox.open()
+    before = inbox.command_count
+    assert inbox.unseen_summary() == UnseenSummary(imap_account.uidvalidity(), 0, None, None, exact=True)
+    assert inbox.command_count - before == 1
+    assert inbox.unseen_uids(limit=10) == []
+
+
+@pytest.mark.parametrize("esearch", [True, False], ids=["esearch", "status-and-windows-from-uid-1"])
+def test_windows_walk_past_held_and_seen_mail_to_the_oldest_free_unseen_mail(
+    imap_account, monkeypatch, esearch
+):
+    monkeypatch.setattr(imap_inbox, "FIRST_WINDOW_MIN_UIDS", 4)
+    monkeypatch.setattr(imap_inbox, "SEARCH_WINDOW_UIDS", 8)
+    uids = [imap_account.append(_mail(f"m{n}"), flags="\\Seen" if n < 10 else "") for n in range(40)]
+    unseen = uids[10:]
+    held = set(unseen[:12])
+    asked: list[tuple[int, int]] = []
+
+    def held_in(low: int, high: int) -> set[int]:
+        asked.append((low, high))
+        return {uid for uid in held if low <= uid <= high}
+
+    inbox = Inbox(imap_account.connect())
+    inbox.open()
+    if not esearch:
+        inbox.capabilities = inbox.capabilities - {"ESEARCH"}
+
+    found = inbox.unseen_uids(limit=3, exclude_keyword=None, held=held_in)
+
+    assert found == unseen[12:15]
+    # Each window is asked of the ledger once, and the windows follow each other without a gap.
+    assert all(a[1] + 1 == b[0] for a, b in zip(asked, asked[1:], strict=False))
+    assert asked[0][0] == (unseen[0] if esearch else 1)
+    assert all(high - low + 1 <= 8 for low, high in asked), "no window is wider than SEARCH_WINDOW_UIDS"
+
+
+def test_the_search_stops_after_its_window_budget_and_says_so(imap_account, monkeypatch, caplog):
+    monkeypatch.setattr(imap_inbox, "FIRST_WINDOW_MIN_UIDS", 2)
+    monkeypatch.setattr(imap_inbox, "SEARCH_WINDOW_UIDS", 2)
+    monkeypatch.setattr(imap_inbox, "MAX_SEARCH_WINDOWS", 3)
+    uids = [imap_account.append(_mail(f"m{n}")) for n in range(10)]
+    inbox = Inbox(imap_account.connect())
+    inbox.open()
+    before = inbox.command_count
+
+    found = inbox.unseen_uids(limit=1, exclude_keyword=None, held=lambda low, high: set(range(low, high + 1)))
+
+    assert found == []
+    assert inbox.command_count - before == 1 + 3, "one ESEARCH, then at most MAX_SEARCH_WINDOWS searches"
+    assert f"up to UID {uids[5]}" in caplog.text
+
+
+def test_more_unseen_mail_than_one_search_line_can_carry_is_still_sensed(imap_account):
+    # 160,000 unseen UIDs from 1 make a 1,008,895-byte `* SEARCH` line: imaplib refuses it.
+    total = 160_000
+    imap_account.link_many(_mail("[JIRA] (BIG-1) backlog"), total)
+    inbox = Inbox(imap_account.connect())
+    inbox.open()
+    with pytest.raises(imaplib.IMAP4.error, match="got more than 1000000 bytes"):
+        inbox.client.search(["UNSEEN"])
+    inbox = Inbox(imap_account.connect())
+    inbox.open()
+    before = inbox.command_count
+
+    found = inbox.unseen_uids(limit=200, exclude_keyword=None, held=lambda low, high: {1, 2})
+
+    assert found == list(range(3, 203))
+    assert inbox.command_count - before == 2
+    assert inbox.unseen_summary().count == total
 
 
 def test_limit_takes_the_oldest_unseen_messages(imap_account):
@@ -431,3 +524,21 @@ def test_connect_verifies_the_certificate_unless_told_none(imap_account, monkeyp
     verified.logout()
     with pytest.raises(ValueError, match="ssl_context"):
         ssl_context_named("strict")
+
+
+def test_courier_without_esearch_is_summarised_by_status_and_searched_in_windows(
+    courier_account, monkeypatch
+):
+    monkeypatch.setattr(imap_inbox, "FIRST_WINDOW_MIN_UIDS", 2)
+    monkeypatch.setattr(imap_inbox, "SEARCH_WINDOW_UIDS", 2)
+    uids = [courier_account.append(_mail(f"m{n}")) for n in range(7)]
+    inbox = Inbox(courier_account.connect())
+    inbox.open()
+    assert "ESEARCH" not in inbox.capabilities
+
+    summary = inbox.unseen_summary()
+    found = inbox.unseen_uids(limit=4, exclude_keyword=None, held=lambda low, high: {uids[0]} & {low, high})
+
+    assert (summary.count, summary.lowest, summary.exact) == (7, 1, False)
+    assert summary.highest is not None and summary.highest >= uids[-1]
+    assert found == uids[1:5]

@@ -212,7 +212,9 @@ def test_crash_between_store_and_mark_leaves_no_duplicates_after_rerun(inbox_env
 
 
 @pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)
-def test_spoofed_mail_makes_no_jira_request_and_is_labelled_and_kept(inbox_env, inbox_dag):
+def test_spoofed_mail_makes_no_jira_request_and_is_labelled_and_moved_to_the_rejected_mailbox(
+    inbox_env, inbox_dag
+):
     imap, jira, store = inbox_env
     jira.add_issue("ABC-9", summary="Target", updated=T0)
     spoofs = [
@@ -229,10 +231,11 @@ def test_spoofed_mail_makes_no_jira_request_and_is_labelled_and_kept(inbox_env, 
     assert result.state == "success", result.states
     assert jira.request_count("/rest/api/3/issue") == 0
     assert stored_count(store) == 0
-    flags = imap.flags_by_uid()
+    assert imap.flags_by_uid() == {}, "the rejected mail left the inbox"
+    flags = imap.flags_by_uid("Jira.Rejected")  # "Jira/Rejected" on Dovecot's Maildir++ layout
     assert len(flags) == 4
     assert all("$JiraRejected" in f and "\\Seen" not in f for f in flags.values())
-    # Labelled mail is not taken again: the next run finds nothing to do.
+    # Moved mail is not taken again: the next run finds nothing to do.
     assert run_dag(inbox_dag, conf=TRUSTED).states["wait_for_unseen_mail"] == ["skipped"]
 
 
@@ -332,8 +335,9 @@ def test_default_trust_is_the_jira_connection_host(inbox_env, inbox_dag):
 
     assert result.state == "success", result.states
     assert stored_count(store) == 1
-    flags = sorted(imap.flags_by_uid().items())
-    assert "\\Seen" in flags[0][1] and "$JiraRejected" in flags[1][1]
+    (kept,) = imap.flags_by_uid().values()
+    (rejected,) = imap.flags_by_uid("Jira.Rejected").values()
+    assert "\\Seen" in kept and "$JiraRejected" in rejected
 
 
 @pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)

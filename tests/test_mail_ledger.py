@@ -15,14 +15,16 @@ from include.mail_ledger import (
     excluded_uids,
     held_uids,
     list_entries,
+    moved_away,
     record_failures,
+    record_moved,
     record_rejected,
     record_settled,
     release,
     retry_delay,
 )
 from include.names import MAIL_LEDGER_TABLE
-from include.store_db import table_exists
+from include.store_db import table_columns, table_exists
 
 T0 = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
 BOX = {"mailbox": "INBOX", "uidvalidity": 1764662400}
@@ -196,12 +198,84 @@ def test_settling_a_retried_message_keeps_its_attempts_and_a_rerun_adds_no_rows(
     assert entry["reason"] is None and entry["next_try_at"] is None and entry["ticket_keys"] == ["OK-1"]
 
 
-def test_settled_rows_past_the_retention_are_dropped_and_held_rows_are_not(ledger):
+def test_settled_and_rejected_rows_past_the_retention_are_dropped_and_waiting_rows_are_not(ledger):
     record_settled(*ledger, **BOX, entries=[{"uid": 1, "keys": ["OK-1"]}], now=T0)
     record_rejected(*ledger, **BOX, entries=[{"uid": 2, "reason": "no ticket key"}], now=T0)
-    later = T0 + mail_ledger.SETTLED_RETENTION + MINUTE
+    record_failures(*ledger, **BOX, entries=[_failing(4)], now=T0)
+    record_failures(*ledger, **BOX, entries=[_failing(5)], now=T0, max_attempts=1)
+    later = T0 + mail_ledger.DEFAULT_RETENTION + MINUTE
     record_settled(*ledger, **BOX, entries=[{"uid": 3, "keys": ["OK-3"]}], now=later)
-    assert count_by_state(*ledger) == {"rejected": 1, "failed": 0, "quarantined": 0, "settled": 1}
+    assert count_by_state(*ledger) == {"rejected": 0, "failed": 1, "quarantined": 1, "settled": 1}
+    assert [e["uid"] for e in list_entries(*ledger, states=["settled"])] == [3]
+
+
+def test_rows_inside_the_retention_are_kept(ledger):
+    record_rejected(*ledger, **BOX, entries=[{"uid": 2, "reason": "no ticket key"}], now=T0)
+    just_inside = T0 + timedelta(days=7) - MINUTE
+    record_settled(*ledger, **BOX, entries=[], now=just_inside, retention=timedelta(days=7))
+    assert count_by_state(*ledger)["rejected"] == 1
+    record_settled(*ledger, **BOX, entries=[], now=just_inside + 2 * MINUTE, retention=timedelta(days=7))
+    assert count_by_state(*ledger)["rejected"] == 0
+
+
+def test_one_run_prunes_at_most_a_batch_of_rows_oldest_first(ledger, monkeypatch):
+    monkeypatch.setattr(mail_ledger, "PRUNE_BATCH", 3)
+    for uid in range(1, 8):
+        record_rejected(*ledger, **BOX, entries=[{"uid": uid, "reason": "r"}], now=T0 + uid * MINUTE)
+    later = T0 + mail_ledger.DEFAULT_RETENTION + timedelta(days=1)
+    record_settled(*ledger, **BOX, entries=[], now=later)
+    assert sorted(e["uid"] for e in list_entries(*ledger, states=["rejected"])) == [4, 5, 6, 7]
+    record_settled(*ledger, **BOX, entries=[], now=later)
+    assert sorted(e["uid"] for e in list_entries(*ledger, states=["rejected"])) == [7]
+
+
+def test_an_older_ledger_gets_the_location_columns_in_place_and_keeps_its_rows(ledger):
+    conn, dialect = ledger
+    old_ddl = mail_ledger._DDL[dialect][0].replace(f"{mail_ledger._LOCATION_DDL},", "")
+    cursor = conn.cursor()
+    cursor.execute(old_ddl)
+    cursor.execute(
+        f"INSERT INTO {TABLE} (mailbox, uidvalidity, uid, state, first_seen_at, updated_at) "
+        + ("VALUES ('INBOX', 1764662400, 9, 'rejected', '2026-12-02 09:00:00', '2026-12-02 09:00:00')"),
+    )
+    conn.commit()
+    assert "moved_to" not in table_columns(conn, dialect, TABLE)
+    (before,) = list_entries(conn, dialect, states=["rejected"])
+    assert before["moved_to"] is None, "a reader of an older table reads the location as unknown"
+    record_moved(
+        conn, dialect, **BOX, uids=[9], moved_to="Jira.Rejected", moved_uidvalidity=77, new_uids={9: 3}
+    )
+    assert {"moved_to", "moved_uidvalidity", "moved_uid"} <= table_columns(conn, dialect, TABLE)
+    (entry,) = list_entries(conn, dialect, states=["rejected"])
+    assert (entry["uid"], entry["moved_to"], entry["moved_uidvalidity"], entry["moved_uid"]) == (
+        9,
+        "Jira.Rejected",
+        77,
+        3,
+    )
+
+
+def test_moved_mail_keeps_its_row_with_its_new_place_and_is_not_released(ledger):
+    record_rejected(*ledger, **BOX, entries=[{"uid": u, "reason": "r"} for u in (1, 2, 3)], now=T0)
+    record_moved(
+        *ledger, **BOX, uids=[1, 2], moved_to="INBOX.Jira.Rejected", moved_uidvalidity=5, new_uids={1: 40}
+    )
+    assert moved_away(*ledger, **BOX, uids=[1, 2, 3]) == [
+        {"uid": 1, "moved_to": "INBOX.Jira.Rejected", "moved_uid": 40},
+        {"uid": 2, "moved_to": "INBOX.Jira.Rejected", "moved_uid": None},
+    ]
+    assert moved_away(*ledger, **BOX, release_all=True) == moved_away(*ledger, **BOX, uids=[1, 2])
+    assert release(*ledger, **BOX, now=T0, uids=[1, 2, 3]) == [3]
+    assert release(*ledger, **BOX, now=T0, release_all=True) == [3]
+    assert count_by_state(*ledger, **BOX) == {"rejected": 2, "failed": 1, "quarantined": 0, "settled": 0}
+
+
+def test_the_held_rows_can_be_read_for_one_window_of_uids(ledger):
+    record_rejected(*ledger, **BOX, entries=[{"uid": u, "reason": "r"} for u in (5, 50, 500)], now=T0)
+    record_failures(*ledger, **BOX, entries=[_failing(60)], now=T0, first_delay=timedelta(0))
+    assert held_uids(*ledger, **BOX, now=T0, uid_range=(10, 100)) == {"excluded": {50}, "retrying": {60}}
+    assert held_uids(*ledger, **BOX, now=T0, uid_range=(5, 5)) == {"excluded": {5}, "retrying": set()}
+    assert held_uids(*ledger, **BOX, now=T0)["excluded"] == {5, 50, 500}
 
 
 def test_counts_can_be_limited_to_one_mailbox_and_one_generation_of_it(ledger):
@@ -262,4 +336,10 @@ def test_a_whole_run_costs_a_fixed_number_of_statements(ledger):
         settled = [{"uid": u, "keys": ["OK-1"]} for u in uids]
         assert cost(record_settled, entries=settled) == 3
         assert cost(held_uids) == 2
+        assert cost(held_uids, uid_range=(1, 2**32 - 1)) == 2
+        counting.statements.clear()
+        record_moved(
+            counting, dialect, **BOX, uids=uids, moved_to="Jira.Rejected", moved_uidvalidity=1, new_uids={}
+        )
+        assert counting.count() == 2
     assert count_by_state(conn, dialect)["settled"] == 2010

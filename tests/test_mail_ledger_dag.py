@@ -105,11 +105,13 @@ def test_junk_ahead_of_good_mail_on_a_keywordless_server_never_blocks_it(
     assert runs[1].xcom("wait_for_unseen_mail")["uids"] == good
     assert runs[2].states["wait_for_unseen_mail"] == ["skipped"]
     assert stored_keys(store, good_keys) == set(good_keys)
-    flags = courier_account.flags_by_uid()
-    assert unseen(flags) == set(junk)
-    assert all(flags[uid] == set() for uid in junk)  # no label: Courier keeps no keywords
+    # Courier has no MOVE but UIDPLUS: the junk was copied out and expunged by UID.
+    assert unseen(courier_account.flags_by_uid()) == set()
+    moved = courier_account.flags_by_uid("INBOX.Jira.Rejected")
+    assert len(moved) == len(junk) and all(f == set() for f in moved.values())  # no label: no keywords
     entries = ledger(store)
     assert {uid: entries[uid]["state"] for uid in junk} == dict.fromkeys(junk, "rejected")
+    assert {entries[uid]["moved_uid"] for uid in junk} == set(moved)
     assert {uid: entries[uid]["state"] for uid in good} == dict.fromkeys(good, "settled")
     assert "untrusted" in entries[junk[0]]["reason"] or "sender" in entries[junk[0]]["reason"]
 
@@ -252,3 +254,34 @@ def test_a_failing_message_is_retried_quarantined_released_and_a_new_uidvalidity
             (renewed, late, "failed", 1),
         ]
     )
+
+
+def test_moved_rejected_mail_is_not_released_but_read_again_once_moved_back_by_hand(
+    jira_env, imap_account, monkeypatch, capfd
+):
+    jira, store = jira_env
+    monkeypatch.setenv("AIRFLOW_CONN_IMAP_DEFAULT", json.dumps(imap_account.airflow_conn()))
+    jira.add_issue("ABC-1", summary="Fine", updated=T0)
+    spam = imap_account.append(jira_notification("ABC-1", site=SITE, sender="jira@evil.example"))
+
+    rejected = run_dag(fresh_dag(), conf=TRUSTED)
+    assert rejected.state == "success", rejected.states
+    entry = ledger(store)[spam]
+    assert (entry["state"], entry["moved_to"]) == ("rejected", "Jira.Rejected")
+    (moved_uid,) = imap_account.flags_by_uid("Jira.Rejected")
+    assert entry["moved_uid"] == moved_uid and imap_account.flags_by_uid() == {}
+
+    asked = run_dag(fresh_dag(), conf=TRUSTED | {"release_uids": [spam]})
+    assert asked.states["wait_for_unseen_mail"] == ["skipped"], "nothing to take: the mail is elsewhere"
+    assert ledger(store)[spam]["state"] == "rejected"
+    logged = "".join(capfd.readouterr())  # the task log goes to stdout through structlog
+    assert f"uid {spam} was rejected and moved to Jira.Rejected (uid {moved_uid} there)" in logged
+
+    # A human moves it back: it is new mail with a new UID, read (and here rejected) again.
+    helper = imap_account.connect()
+    helper.select("Jira.Rejected")
+    assert helper.uid("MOVE", str(moved_uid), "INBOX")[0] == "OK"
+    (back,) = imap_account.flags_by_uid()
+    again = run_dag(fresh_dag(), conf=TRUSTED)
+    assert again.xcom("wait_for_unseen_mail")["uids"] == [back]
+    assert ledger(store)[back]["state"] == "rejected" and ledger(store)[back]["moved_to"] == "Jira.Rejected"

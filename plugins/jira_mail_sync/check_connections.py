@@ -63,7 +63,8 @@ def check_imap(
         with hook.inbox(mailbox) as inbox:
             uidvalidity = inbox.open(readonly=True)
             # Every unseen message, keyword or not: the mail ledger, not a label, decides what is held.
-            unseen = len(inbox.unseen_uids(limit=2**31, exclude_keyword=None))
+            # One short answer (ESEARCH COUNT or STATUS), however many: a full SEARCH breaks past ~160,000.
+            unseen = inbox.unseen_summary().count
     except (ImapLoginError, ImapLoginUnavailable) as exc:  # already worded as what to fix
         return False, str(exc)
     except (ImapError, OSError, ValueError, imaplib.IMAP4.error) as exc:

@@ -18,6 +18,7 @@ from include.names import JIRA_API_POOL
 from jira_mail_sync.hooks.imap import ImapInboxHook
 from jira_mail_sync.hooks.jira_cloud import JiraCloudHook
 from jira_mail_sync.hooks.ticket_store import TicketStoreHook
+from jira_mail_sync.settings import read_settings
 from jira_mail_sync.ticket_tasks import plan_batches
 from jira_mail_sync.xcom_shapes import SensedMail, TakenMailXcom, settled_mail_xcom
 
@@ -39,9 +40,10 @@ def extract_ticket_keys(sensed_xcom: dict[str, Any]) -> list[list[str]]:
     """Parse the unseen messages' headers and body prefix; record rejected mail and batch the keys.
 
     It reads the connection and mailbox the sensor sensed (carried in its XCom), not the defaults.
-    Rejected mail goes to the mail ledger as it is found (and gets the $JiraRejected label where the
-    server keeps keywords); mail the run's time budget does not reach waits for the next run (see
-    include.inbox_run.take_mail). Keys named only by retried mail are batched apart from fresh mail's.
+    Rejected mail goes to the mail ledger as it is found, gets the $JiraRejected label where the
+    server keeps keywords, and is moved to the `rejected_mailbox` extra's folder; mail the run's time
+    budget does not reach waits for the next run (see include.inbox_run.take_mail). Keys named only
+    by retried mail are batched apart from fresh mail's.
 
     Returns the key batches (what fetch_tickets is mapped over: a mapped task can only expand a
     return value) and pushes the accepted messages under the XCom key `settlement` for mark_mail_seen.
@@ -67,6 +69,7 @@ def extract_ticket_keys(sensed_xcom: dict[str, Any]) -> list[list[str]]:
             jira_url=site_url,
             sender_auth=imap_hook.sender_auth(),
             retrying=sensed.retrying,
+            rejected_mailbox=imap_hook.rejected_mailbox(sensed.mailbox),
         )
     log.info(
         "%d message(s) accepted, %d rejected; %d distinct key(s)%s: %s",
@@ -118,6 +121,7 @@ def mark_mail_seen(settlement: dict[str, Any], stored: dict[str, Any]) -> dict[s
                 stored,
                 max_attempts=max_attempts,
                 first_delay=first_delay,
+                retention=timedelta(days=read_settings().ledger_retention_days),
             )
         except UidValidityChanged as exc:
             raise AirflowSkipException(

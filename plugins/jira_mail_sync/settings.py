@@ -149,6 +149,14 @@ OPTIONS: tuple[Option, ...] = (
         _project_keys,
     ),
     Option(
+        "ledger_retention_days",
+        "30",
+        "a whole number >= 1",
+        "How long the mail ledger keeps the rows of settled and rejected mail after their last change; "
+        "failed and quarantined rows stay until the mail is settled or released.",
+        _whole_number(1),
+    ),
+    Option(
         "status_mailbox_cache_seconds",
         "30",
         "a number of seconds >= 0",
@@ -169,6 +177,7 @@ class Settings:
     rest_store_connect_timeout_seconds: int
     rest_not_found_cache_seconds: int
     rest_projects: frozenset[str] | None
+    ledger_retention_days: int
     status_mailbox_cache_seconds: float
 
 

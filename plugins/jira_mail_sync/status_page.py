@@ -58,6 +58,7 @@ from include.sync_status import (
     ticket_figures,
     uids_held_back,
 )
+from include.watch_state import read_refused_logins
 from jira_mail_sync.auth import (
     Credentials,
     SessionUser,
@@ -177,6 +178,18 @@ def _store_connect_timeout() -> int:
     return read_settings().rest_store_connect_timeout_seconds
 
 
+def _refused_logins() -> list[dict[str, Any]]:
+    """The IDLE watcher's refused logins, read whether or not IMAP answers this page; without the
+    server's answer text, which names host and login."""
+    try:
+        with TicketStoreHook(connect_timeout=_store_connect_timeout()).connect() as (conn, dialect):
+            rows = read_refused_logins(conn, dialect)
+    except Exception as exc:
+        log.warning("Status page: reading the IDLE watcher's state failed: %s", type(exc).__name__)
+        return []
+    return [{k: v for k, v in row.items() if k != "detail"} for row in rows]
+
+
 class MailboxBusy(Exception):
     """Another reader is refreshing this mailbox and did not finish within MAILBOX_WAIT_SECONDS."""
 
@@ -241,6 +254,7 @@ class MailboxCache:
         now = datetime.now(UTC)
         with self._guard:
             self.logins += 1
+        refused = _refused_logins()
 
         def held(uidvalidity: int, uids: list[int]) -> set[int]:
             # The store is opened only once the mailbox has answered, and with a connect timeout.
@@ -270,7 +284,7 @@ class MailboxCache:
                 "oldest_unseen_age_seconds": None,
                 "error": f"The mailbox could not be read ({type(exc).__name__}); see the api-server log",
             }
-        return {**figures, "checked_at": now}
+        return {**figures, "refused_logins": refused, "checked_at": now}
 
 
 mailbox_cache = MailboxCache()

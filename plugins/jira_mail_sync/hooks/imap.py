@@ -13,7 +13,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from imapclient import IMAPClient
 from imapclient.exceptions import LoginError
 
-from include.imap_inbox import Inbox
+from include.imap_inbox import Inbox, rejected_mailbox_setting
 from include.imap_oauth import (
     ImapAuth,
     ImapAuthError,
@@ -160,6 +160,15 @@ class ImapInboxHook(ImapHook):
         conn = self.get_connection(self.imap_conn_id)
         try:
             return SenderAuthPolicy.from_extras(conn.extra_dejson)
+        except ValueError as exc:
+            raise ImapLoginError(f"IMAP connection {self.imap_conn_id!r}: {exc}") from None
+
+    def rejected_mailbox(self, inbox: str = "INBOX") -> str | None:
+        """Where rejected mail of `inbox` is moved: the extra `rejected_mailbox` (default
+        "Jira/Rejected"; null leaves it in place). A wrong extra fails the task (ImapLoginError)."""
+        conn = self.get_connection(self.imap_conn_id)
+        try:
+            return rejected_mailbox_setting(conn.extra_dejson, inbox)
         except ValueError as exc:
             raise ImapLoginError(f"IMAP connection {self.imap_conn_id!r}: {exc}") from None
 

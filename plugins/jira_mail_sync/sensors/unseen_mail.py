@@ -11,7 +11,7 @@ from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.exceptions import AirflowSkipException
 
 from include.imap_wire import MAX_UID
-from include.mail_ledger import held_uids, release
+from include.mail_ledger import held_uids, moved_away, release
 from include.names import IMAP_CONN_ID, STORE_CONN_ID
 from jira_mail_sync.hooks.imap import ImapInboxHook
 from jira_mail_sync.hooks.ticket_store import TicketStoreHook
@@ -46,10 +46,14 @@ def release_request(release_uids: Any, release_all: Any) -> tuple[list[int], boo
 class UnseenJiraMailSensor(BaseSensorOperator):
     """Look for UNSEEN messages the mail ledger does not hold, oldest first, at most `max_messages`.
 
-    It runs one `UID SEARCH UNSEEN` and leaves out, before the `max_messages` cap, the UIDs the mail
-    ledger (include.mail_ledger, on `store_conn_id`) holds as rejected, quarantined or waiting for a
-    retry: nothing depends on IMAP keywords, which Exchange Online and keyword-less servers cannot
-    keep. A manual run's `release_uids` / `release_all` are applied first. It pushes
+    It searches the unseen mail in windows of UIDs (Inbox.unseen_uids: ESEARCH, then
+    `UID SEARCH UNSEEN UID a:b`, so any number of unseen messages works in a bounded number of
+    commands) and leaves out, before the `max_messages` cap, the UIDs the mail ledger
+    (include.mail_ledger, on `store_conn_id`) holds in each window as rejected, quarantined or
+    waiting for a retry: nothing depends on IMAP keywords, which Exchange Online and keyword-less
+    servers cannot keep. A manual run's `release_uids` / `release_all` are applied first;
+    rejected mail that was moved to the rejected mailbox is not released (it is no longer in the
+    inbox): the log says where it is, to be moved back by hand. It pushes
     `{"imap_conn_id", "mailbox", "uidvalidity", "uids", "retrying"}` (see xcom_shapes.SensedMail), so
     the tasks after it read and mark the mailbox it sensed. With `skip_when_empty` (the default) an
     empty inbox skips the run at once: the schedule (the IMAP IDLE watcher, or the every-minute cron
@@ -114,19 +118,52 @@ class UnseenJiraMailSensor(BaseSensorOperator):
                         released,
                         "" if release_all else f" (asked for {release_uids})",
                     )
-                held = held_uids(conn, dialect, mailbox=self.mailbox, uidvalidity=uidvalidity, now=now)
-            uids = inbox.unseen_uids(limit=limit, exclude_keyword=None, exclude_uids=held["excluded"])
+                    for entry in moved_away(
+                        conn,
+                        dialect,
+                        mailbox=self.mailbox,
+                        uidvalidity=uidvalidity,
+                        uids=release_uids,
+                        release_all=release_all,
+                    ):
+                        self.log.warning(
+                            "uid %s was rejected and moved to %s%s: it is not in %s any more, so it is "
+                            "not released; move it back to %s by hand and it is read again as new mail",
+                            entry["uid"],
+                            entry["moved_to"],
+                            "" if entry["moved_uid"] is None else f" (uid {entry['moved_uid']} there)",
+                            self.mailbox,
+                            self.mailbox,
+                        )
+                excluded: set[int] = set()
+                retrying: set[int] = set()
+
+                def held_in(low: int, high: int) -> set[int]:
+                    # The ledger is read for the window the search is looking at, not every held row.
+                    held = held_uids(
+                        conn,
+                        dialect,
+                        mailbox=self.mailbox,
+                        uidvalidity=uidvalidity,
+                        now=now,
+                        uid_range=(low, high),
+                    )
+                    excluded.update(held["excluded"])
+                    retrying.update(held["retrying"])
+                    return held["excluded"]
+
+                uids = inbox.unseen_uids(limit=limit, exclude_keyword=None, held=held_in)
         sensed = SensedMail(
             imap_conn_id=self.imap_conn_id,
             mailbox=self.mailbox,
             uidvalidity=uidvalidity,
             uids=uids,
-            retrying=sorted(held["retrying"].intersection(uids)),
+            retrying=sorted(retrying.intersection(uids)),
         )
-        if held["excluded"]:
+        if excluded:
             self.log.info(
                 "Leaving out %d message(s) the mail ledger holds (rejected, quarantined or waiting to retry)",
-                len(held["excluded"]),
+                len(excluded),
             )
         if not sensed.uids:
             if self.skip_when_empty:

@@ -33,18 +33,25 @@ from include.imap_idle import (
     IdleSession,
     UnseenWatch,
 )
-from include.names import IMAP_CONN_ID
-from jira_mail_sync.hooks.imap import DEFAULT_IMAP_TIMEOUT, ImapInboxHook
+from include.names import IMAP_CONN_ID, STORE_CONN_ID
+from include.watch_state import RefusedLogins, save_refused_login
+from jira_mail_sync.hooks.imap import DEFAULT_IMAP_TIMEOUT, ImapInboxHook, ImapLoginError
+from jira_mail_sync.hooks.ticket_store import TicketStoreHook
 
 _T = TypeVar("_T")
+# The clock and the wait between attempts, module-level so tests can drive time without sleeping.
+_clock = time.time
+_sleep = asyncio.sleep
 
 
 class ImapIdleTrigger(BaseEventTrigger):
     """Fires when the unseen, not-rejected mail of `mailbox` on `imap_conn_id` changes and is not empty.
 
     The payload is `{"mailbox", "uidvalidity", "unseen", "new", "highest_uid"}` (counts, not UIDs:
-    the run's sensor searches again). It never ends on its own: errors and server restarts are
-    logged in one line each and followed by a reconnection after a capped backoff. A server that
+    the run's sensor searches again; `new` is the growth of `unseen` since the last event). It
+    never ends on its own: errors and server restarts are logged in one line each and followed by a
+    reconnection after a capped backoff; a refused login is tried again once an hour (logged once
+    an hour, and shown on the Jira sync page through include/watch_state.py). A server that
     does not offer IDLE is searched every `poll_interval_s` instead, which is said once in the log.
     """
 
@@ -84,6 +91,7 @@ class ImapIdleTrigger(BaseEventTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         watch = UnseenWatch(self.mailbox)
         backoff = Backoff(max_s=self.max_backoff_s)
+        refusals = RefusedLogins(clock=_clock)
         loop = asyncio.get_running_loop()
         thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"imap-idle-{self.imap_conn_id}")
 
@@ -97,6 +105,9 @@ class ImapIdleTrigger(BaseEventTrigger):
                     conn = await BaseHook.aget_connection(self.imap_conn_id)
                     hook = ImapInboxHook(self.imap_conn_id, timeout=DEFAULT_IMAP_TIMEOUT)
                     client = await blocking(hook.log_in, conn)
+                    if refusals.accepted():
+                        self.log.info("The IMAP server accepts the login for %s again", self._where)
+                        await blocking(self._save_refusals, refusals)
                     session = IdleSession(client, self.mailbox, timeout=DEFAULT_IMAP_TIMEOUT)
                     has_idle = await blocking(session.open)
                     watching = self._idle(session, watch, blocking) if has_idle else None
@@ -116,6 +127,18 @@ class ImapIdleTrigger(BaseEventTrigger):
                                 payload["new"],
                             )
                             yield TriggerEvent(payload)
+                except ImapLoginError as exc:
+                    # Refused (wrong password, revoked grant): retrying soon cannot help and risks a
+                    # lockout, so one try and at most one log line an hour, and the sync page is told.
+                    if refusals.refused(_describe(exc)):
+                        self.log.error(
+                            "Watching %s stopped: %s; trying again once an hour (next in %.0f s)",
+                            self._where,
+                            _describe(exc),
+                            refusals.retry_s,
+                        )
+                    await blocking(self._save_refusals, refusals)
+                    await _sleep(refusals.retry_s)
                 except Exception as exc:  # noqa: BLE001 (any failure: report in one line, back off, reconnect)
                     if session is not None and time.monotonic() - session.opened_at >= HEALTHY_SESSION_S:
                         backoff.reset()
@@ -127,7 +150,7 @@ class ImapIdleTrigger(BaseEventTrigger):
                         session.abort()
                         await blocking(session.close)
                         session = None
-                    await asyncio.sleep(delay)
+                    await _sleep(delay)
         finally:
             # Cancelled (the watcher was removed, or the triggerer stops): wake the thread out of its
             # IDLE wait at once by shutting the socket, and let it finish on its own.
@@ -137,13 +160,23 @@ class ImapIdleTrigger(BaseEventTrigger):
                     thread.submit(session.close)
             thread.shutdown(wait=False, cancel_futures=False)
 
+    def _save_refusals(self, refusals: RefusedLogins) -> None:
+        """Tell the Jira sync page (through the store database); a store that cannot be reached only
+        costs the page this line, never the watch."""
+        try:
+            with TicketStoreHook(STORE_CONN_ID).connect() as (conn, dialect):
+                save_refused_login(
+                    conn, dialect, imap_conn_id=self.imap_conn_id, mailbox=self.mailbox, refusals=refusals
+                )
+        except Exception as exc:  # noqa: BLE001 (the page's view is secondary to the watch)
+            self.log.warning("Could not record the login state of %s for the sync page: %s", self._where, exc)
+
     async def _idle(
         self, session: IdleSession, watch: UnseenWatch, blocking: Callable[..., asyncio.Future[Any]]
     ) -> AsyncIterator[dict[str, object] | None]:
         """Search, IDLE until a change or the renewal time, DONE, search again: for ever."""
         while True:
-            uidvalidity, unseen = await blocking(session.unseen)
-            yield watch.update(uidvalidity, unseen)
+            yield watch.update(await blocking(session.unseen))
             await blocking(session.start_idle)
             renew_at = time.monotonic() + self.renew_idle_s
             while True:
@@ -161,9 +194,8 @@ class ImapIdleTrigger(BaseEventTrigger):
     ) -> AsyncIterator[dict[str, object] | None]:
         """For servers without IDLE: the same search every poll_interval_s (the wait is on the loop)."""
         while True:
-            uidvalidity, unseen = await blocking(session.unseen)
-            yield watch.update(uidvalidity, unseen)
-            await asyncio.sleep(self.poll_interval_s)
+            yield watch.update(await blocking(session.unseen))
+            await _sleep(self.poll_interval_s)
             await blocking(session.noop)
 
     def _say_no_idle(self, host: str | None) -> None:
