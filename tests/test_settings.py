@@ -34,6 +34,7 @@ def test_unset_options_take_their_documented_defaults():
         rest_store_connect_timeout_seconds=5,
         rest_not_found_cache_seconds=60,
         rest_projects=None,
+        ledger_retention_days=30,
         status_mailbox_cache_seconds=30.0,
     )
 

@@ -22,6 +22,7 @@ from typing import Any
 from airflow.providers.common.compat.sdk import conf
 
 from include.jira_rules import is_project_key, normalise_key
+from include.mail_ledger import DEFAULT_RETENTION
 from include.names import CONFIG_SECTION, EXTRA_FIELDS_OPTION
 from include.ticket_fields import MAX_EXTRA_FIELDS, parse_extra_fields
 
@@ -150,7 +151,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "ledger_retention_days",
-        "30",
+        str(DEFAULT_RETENTION.days),
         "a whole number >= 1",
         "How long the mail ledger keeps the rows of settled and rejected mail after their last change; "
         "failed and quarantined rows stay until the mail is settled or released.",
