@@ -54,6 +54,14 @@ def rejections(result) -> dict[int, str]:
     return {r["uid"]: r["reason"] for r in result.xcom("extract_ticket_keys", key="settlement")["rejected"]}
 
 
+def assert_set_aside(imap_account, uids):
+    """Rejected mail left the inbox for the rejected folder, labelled and still unseen there."""
+    assert not set(uids) & set(imap_account.flags_by_uid())
+    moved = imap_account.flags_by_uid("Jira.Rejected")  # "Jira/Rejected" on Dovecot's Maildir++ layout
+    assert len(moved) == len(uids)
+    assert all("$JiraRejected" in flags and "\\Seen" not in flags for flags in moved.values())
+
+
 def test_a_header_too_large_to_peek_is_rejected_and_no_jira_request_is_made_for_its_key(
     airflow_db, imap_account, jira_standin, jira_conn_env, store_backend, monkeypatch
 ):
@@ -80,8 +88,7 @@ def test_a_header_too_large_to_peek_is_rejected_and_no_jira_request_is_made_for_
     assert rejections(result) == dict.fromkeys(uids, "headers_too_large")
     assert jira_standin.request_count("/rest/api/3/issue") == 0
     assert stored_keys(store_backend, ["ABC-8", "ABC-9"]) == []
-    flags = imap_account.flags_by_uid()
-    assert all("$JiraRejected" in flags[uid] and "\\Seen" not in flags[uid] for uid in uids)
+    assert_set_aside(imap_account, uids)
 
 
 def test_authentication_results_of_the_receiving_server_decide_and_forged_ones_below_do_not(
@@ -140,7 +147,7 @@ def test_authentication_results_of_the_receiving_server_decide_and_forged_ones_b
     }
     flags = imap_account.flags_by_uid()
     assert all("\\Seen" in flags[uids[name]] for name in ("dkim pass", "dmarc pass", "quoted link"))
-    assert all("$JiraRejected" in flags[uid] and "\\Seen" not in flags[uid] for uid in reasons)
+    assert_set_aside(imap_account, reasons)
 
 
 def test_dkim_mode_verifies_the_whole_message_fetched_from_the_mailbox(

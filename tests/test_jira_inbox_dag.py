@@ -267,7 +267,11 @@ def test_a_utf7_surrogate_mail_ahead_of_good_mail_is_recorded_rejected_and_the_g
         conn.close()
     assert [(row["uid"], row["reason"]) for row in rejected] == [(1, "untrusted_sender: eve@evil.example")]
     assert rejected[0]["subject"] == "+2D0- (OPS-1) Something needs doing"
-    assert imap.unseen_count() == 1
+    # Recorded, then moved out of the inbox's way: the inbox holds no unseen mail, the folder holds it.
+    assert imap.unseen_count() == 0
+    moved = imap.flags_by_uid("Jira.Rejected")  # "Jira/Rejected" on Dovecot's Maildir++ layout
+    assert len(moved) == 1 and all("$JiraRejected" in f and "\\Seen" not in f for f in moved.values())
+    assert rejected[0]["moved_to"] == "Jira.Rejected"
 
 
 @pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)

@@ -27,7 +27,7 @@ from devkit.mail_factory import jira_notification
 from include.imap_inbox import Inbox
 from include.inbox_run import Ledger, MailBudget, settle_mail, take_mail
 from include.jira_mail import parse_message
-from include.mail_ledger import STATES, TABLE
+from include.mail_ledger import STATES, TABLE, list_entries
 from include.store_db import read
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "jira-emails"
@@ -192,6 +192,7 @@ def test_every_sensed_hostile_mail_ends_in_exactly_one_recorded_state(imap_accou
                 trusted_senders=trusted,
                 jira_url=None,
                 budget=MailBudget(run=3600),
+                rejected_mailbox="Jira/Rejected",
             )
             assert taken.left_for_next_run == []
             carried = TakenMailXcom.from_xcom(
@@ -216,6 +217,10 @@ def test_every_sensed_hostile_mail_ends_in_exactly_one_recorded_state(imap_accou
     assert len(sensed) == CASES
     assert set(states) == sensed
     assert all(len(found) == 1 and found[0] in STATES for found in states.values())
+    # Held mail does not pile up in the inbox: every rejected message was moved out of its way.
+    rejected = list_entries(conn, dialect, states=("rejected",), limit=10_000)
+    assert len(rejected) == counts["rejected"]
+    assert all(entry["moved_to"] == "Jira.Rejected" for entry in rejected)
     # The mix exercised both outcomes, not only rejections.
     assert counts["rejected"] > CASES // 10 and counts["accepted"] > CASES // 10, counts
     print(f"fuzz seed {SEED}: {CASES} cases on {dialect}: {counts}")
