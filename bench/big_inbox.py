@@ -4,9 +4,9 @@
 Run it with `.venv/bin/python -m bench.big_inbox` (`--messages N` for another size). It starts a real
 Dovecot, puts N unseen messages straight into the account's Maildir (hard links, not APPEND), holds
 1,000 of the oldest in a SQLite mail ledger, and times RUNS sensing runs of each kind on a fresh
-login: EXAMINE, the search, and the ledger reads, as the sensor does them (Inbox.unseen_uids with
-mail_ledger.held_uids per window). It counts the IMAP commands and the bytes the server sent, and
-writes the table into docs/benchmarks.md.
+login: EXAMINE, the search, and the ledger reads, as the sensor does them (inbox_run.sense_mail:
+Inbox.unseen_uids with mail_ledger.held_uids per window). It counts the IMAP commands and the bytes
+the server sent, and writes the table into docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ sys.path[:0] = [str(REPO), str(REPO / "plugins")]
 
 from bench.report import write_section  # noqa: E402
 from devkit.dovecot import start_dovecot  # noqa: E402
+from devkit.imap_account import adopt_imaplib  # noqa: E402
 from include.imap_inbox import Inbox  # noqa: E402
+from include.inbox_run import Ledger, sense_mail  # noqa: E402
 from include.mail_ledger import held_uids, record_rejected  # noqa: E402
 
 MESSAGES = 200_000
@@ -65,23 +67,14 @@ def _session(account) -> CountingIMAP4:
 
 
 def sense_windowed(client: CountingIMAP4, ledger: sqlite3.Connection) -> int:
-    """What UnseenJiraMailSensor.poke does after login: EXAMINE, windowed search, ledger per window."""
-    inbox = Inbox(client)
-    uidvalidity = inbox.open(readonly=True)
-    now = datetime.now(UTC)
-
-    def held_in(low: int, high: int) -> set[int]:
-        window = held_uids(
-            ledger, "sqlite", mailbox="INBOX", uidvalidity=uidvalidity, now=now, uid_range=(low, high)
-        )
-        return window["excluded"]
-
-    return len(inbox.unseen_uids(limit=LIMIT, exclude_keyword=None, held=held_in))
+    """What UnseenJiraMailSensor.poke does after login: include.inbox_run.sense_mail (EXAMINE, the
+    windowed search, the ledger per window)."""
+    return len(sense_mail(Inbox(adopt_imaplib(client)), Ledger(ledger, "sqlite"), limit=LIMIT).uids)
 
 
 def sense_single_search(client: CountingIMAP4, ledger: sqlite3.Connection) -> int:
     """What main's sensor sent: EXAMINE, every held row, one `UID SEARCH UNSEEN` answered in one line."""
-    inbox = Inbox(client)
+    inbox = Inbox(adopt_imaplib(client))
     uidvalidity = inbox.open(readonly=True)
     held = held_uids(ledger, "sqlite", mailbox="INBOX", uidvalidity=uidvalidity, now=datetime.now(UTC))
     found = inbox.client.search(["UNSEEN"])
@@ -126,7 +119,7 @@ def main() -> None:
         seeded_s = time.perf_counter() - started
         warm = _session(account)
         started = time.perf_counter()
-        uidvalidity = Inbox(warm).open(readonly=True)
+        uidvalidity = Inbox(adopt_imaplib(warm)).open(readonly=True)
         indexed_s = time.perf_counter() - started
         warm.logout()
         ledger = sqlite3.connect(":memory:")

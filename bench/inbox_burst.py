@@ -74,22 +74,19 @@ def run_ours(account: dict, jira: dict, store_path: str, per_request: int | None
 
     from devkit.counting_db import CountingConnection
     from include.imap_inbox import Inbox
-    from include.inbox_run import Ledger, settle_mail, take_mail
+    from include.inbox_run import Ledger, sense_mail, settle_mail, take_mail
     from include.jira_cloud import JiraCloudClient
-    from include.mail_ledger import held_uids
     from include.sync_pipeline import fetch_batch, store_batches
     from include.ticket_fields import FieldPlan
 
     client_kwargs = {"site_url": jira["url"], "email": jira["email"], "api_token": jira["api_token"]}
     started = time.perf_counter()
-    # wait_for_unseen_mail: the ledger's held UIDs, then one SEARCH
+    # wait_for_unseen_mail: the unseen UIDs less what the ledger holds, searched in windows
     imap = _connect(account)
-    inbox = Inbox(adopt_imaplib(imap))
-    uidvalidity = inbox.open(readonly=True)
     ledger_conn = CountingConnection(_store(store_path))
     ledger = Ledger(ledger_conn, "sqlite")
-    held = held_uids(ledger_conn, "sqlite", mailbox="INBOX", uidvalidity=uidvalidity, now=datetime.now(UTC))
-    uids = inbox.unseen_uids(limit=MESSAGES, exclude_keyword=None, exclude_uids=held["excluded"])
+    sensed = sense_mail(Inbox(adopt_imaplib(imap)), ledger, limit=MESSAGES)
+    uidvalidity, uids = sensed.uidvalidity, sensed.uids
     imap.logout()
     # extract_ticket_keys
     imap = _connect(account)
@@ -103,7 +100,7 @@ def run_ours(account: dict, jira: dict, store_path: str, per_request: int | None
         uidvalidity=uidvalidity,
         trusted_senders=TRUSTED,
         jira_url=f"https://{SITE}",
-        retrying=held["retrying"],
+        retrying=sensed.retrying,
     )
     imap.logout()
     size = per_request or FieldPlan().bulk_size

@@ -1,9 +1,10 @@
-"""The inbox's two steps over an IMAP inbox and the mail ledger: take unseen mail, then settle it.
+"""The inbox's steps over an IMAP inbox and the mail ledger: sense unseen mail, take it, settle it.
 
+`sense_mail` finds the unseen messages the ledger does not hold (after a manual run's release);
 `take_mail` peeks at the sensed messages (never setting \\Seen), parses them, and records each
 rejected one in the ledger as it goes; `settle_mail` marks the messages whose keys were all stored,
 and records the rest in the ledger. The jira_inbox tasks, the benchmark and the tests call exactly
-these two functions; the fetch and the store between them are include.sync_pipeline's, which the
+these three functions; the fetch and the store between them are include.sync_pipeline's, which the
 sweep shares.
 
 From the moment a UID is sensed, every message that still exists ends in one recorded state:
@@ -30,9 +31,12 @@ from include.mail_ledger import (
     SENDER_MAX,
     SUBJECT_MAX,
     bounded_text,
+    held_uids,
+    moved_away,
     record_failures,
     record_rejected,
     record_settled,
+    release,
 )
 from include.rejected_mail import set_rejected_aside
 from include.sender_auth import UNAUTHENTICATED_SENDER, SenderAuthPolicy
@@ -76,6 +80,71 @@ class Ledger:
 
     conn: Any
     dialect: str
+
+
+@dataclass
+class SensedUnseen:
+    """What sense_mail found: the unseen UIDs to take (oldest first) and what the ledger did."""
+
+    uidvalidity: int
+    uids: list[int] = field(default_factory=list)
+    # Of `uids`, the ones that failed in an earlier run and are due again.
+    retrying: list[int] = field(default_factory=list)
+    # How many unseen messages the ledger held back (rejected, quarantined, waiting for a retry).
+    held_back: int = 0
+    # What a manual run released, and the moved-away rejected mail it could not release
+    # ({"uid", "moved_to", "moved_uid"}: no longer in this mailbox, to be moved back by hand).
+    released: list[int] = field(default_factory=list)
+    not_releasable: list[dict[str, Any]] = field(default_factory=list)
+
+
+def sense_mail(
+    inbox: Inbox,
+    ledger: Ledger,
+    *,
+    limit: int,
+    release_uids: Sequence[int] = (),
+    release_all: bool = False,
+    dry_run: bool = False,
+    now: datetime | None = None,
+) -> SensedUnseen:
+    """Find the oldest `limit` unseen messages the mail ledger does not hold, after a manual
+    run's release.
+
+    The unseen mail is searched in windows of UIDs (Inbox.unseen_uids: ESEARCH, then
+    `UID SEARCH UNSEEN UID a:b`, so any number of unseen messages costs a bounded number of
+    commands), and the ledger is read for each window only. Nothing depends on IMAP keywords.
+    A dry run releases nothing.
+    """
+    now = now or datetime.now(UTC)
+    mailbox = inbox.mailbox
+    uidvalidity = inbox.open(readonly=True)
+    sensed = SensedUnseen(uidvalidity=uidvalidity)
+    conn, dialect = ledger.conn, ledger.dialect
+    if (release_uids or release_all) and not dry_run:
+        where = {
+            "mailbox": mailbox,
+            "uidvalidity": uidvalidity,
+            "uids": release_uids,
+            "release_all": release_all,
+        }
+        sensed.released = release(conn, dialect, now=now, **where)
+        sensed.not_releasable = moved_away(conn, dialect, **where)
+    excluded: set[int] = set()
+    retrying: set[int] = set()
+
+    def held_in(low: int, high: int) -> set[int]:
+        held = held_uids(
+            conn, dialect, mailbox=mailbox, uidvalidity=uidvalidity, now=now, uid_range=(low, high)
+        )
+        excluded.update(held["excluded"])
+        retrying.update(held["retrying"])
+        return held["excluded"]
+
+    sensed.uids = inbox.unseen_uids(limit=limit, exclude_keyword=None, held=held_in)
+    sensed.retrying = sorted(retrying.intersection(sensed.uids))
+    sensed.held_back = len(excluded)
+    return sensed
 
 
 @dataclass(frozen=True)

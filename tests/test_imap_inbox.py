@@ -115,7 +115,7 @@ def test_the_summary_counts_unseen_mail_and_names_its_lowest_and_highest_uid(ima
     imap_account.append(_mail("rejected"), flags=REJECTED_KEYWORD)
     high = imap_account.append(_mail("b"))
     imap_account.append(_mail("seen again"), flags="\\Seen")
-    inbox = Inbox(imap_account.connect())
+    inbox = Inbox(adopt_imaplib(imap_account.connect()))
 
     summary = inbox.unseen_summary()
     assert (summary.count, summary.lowest, summary.highest, summary.exact) == (3, low, high, True)
@@ -125,7 +125,7 @@ def test_the_summary_counts_unseen_mail_and_names_its_lowest_and_highest_uid(ima
 
 def test_an_empty_inbox_is_summarised_as_nothing_unseen_in_one_command(imap_account):
     imap_account.append(_mail("seen"), flags="\\Seen")
-    inbox = Inbox(imap_account.connect())
+    inbox = Inbox(adopt_imaplib(imap_account.connect()))
     inbox.open()
     before = inbox.command_count
     assert inbox.unseen_summary() == UnseenSummary(imap_account.uidvalidity(), 0, None, None, exact=True)
@@ -148,7 +148,7 @@ def test_windows_walk_past_held_and_seen_mail_to_the_oldest_free_unseen_mail(
         asked.append((low, high))
         return {uid for uid in held if low <= uid <= high}
 
-    inbox = Inbox(imap_account.connect())
+    inbox = Inbox(adopt_imaplib(imap_account.connect()))
     inbox.open()
     if not esearch:
         inbox.capabilities = inbox.capabilities - {"ESEARCH"}
@@ -167,7 +167,7 @@ def test_the_search_stops_after_its_window_budget_and_says_so(imap_account, monk
     monkeypatch.setattr(imap_inbox, "SEARCH_WINDOW_UIDS", 2)
     monkeypatch.setattr(imap_inbox, "MAX_SEARCH_WINDOWS", 3)
     uids = [imap_account.append(_mail(f"m{n}")) for n in range(10)]
-    inbox = Inbox(imap_account.connect())
+    inbox = Inbox(adopt_imaplib(imap_account.connect()))
     inbox.open()
     before = inbox.command_count
 
@@ -182,11 +182,11 @@ def test_more_unseen_mail_than_one_search_line_can_carry_is_still_sensed(imap_ac
     # 160,000 unseen UIDs from 1 make a 1,008,895-byte `* SEARCH` line: imaplib refuses it.
     total = 160_000
     imap_account.link_many(_mail("[JIRA] (BIG-1) backlog"), total)
-    inbox = Inbox(imap_account.connect())
+    inbox = Inbox(adopt_imaplib(imap_account.connect()))
     inbox.open()
     with pytest.raises(imaplib.IMAP4.error, match="got more than 1000000 bytes"):
         inbox.client.search(["UNSEEN"])
-    inbox = Inbox(imap_account.connect())
+    inbox = Inbox(adopt_imaplib(imap_account.connect()))
     inbox.open()
     before = inbox.command_count
 
@@ -532,7 +532,7 @@ def test_courier_without_esearch_is_summarised_by_status_and_searched_in_windows
     monkeypatch.setattr(imap_inbox, "FIRST_WINDOW_MIN_UIDS", 2)
     monkeypatch.setattr(imap_inbox, "SEARCH_WINDOW_UIDS", 2)
     uids = [courier_account.append(_mail(f"m{n}")) for n in range(7)]
-    inbox = Inbox(courier_account.connect())
+    inbox = Inbox(adopt_imaplib(courier_account.connect()))
     inbox.open()
     assert "ESEARCH" not in inbox.capabilities
 

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from devkit.imap_account import adopt_imaplib
 from include.imap_inbox import (
     DEFAULT_REJECTED_MAILBOX,
     ImapError,
@@ -43,7 +44,7 @@ def ledger():
 def test_dovecot_moves_rejected_mail_with_uid_move_and_says_where_it_went(imap_account):
     keep = imap_account.append(_mail("keep"))
     bad = [imap_account.append(_mail(f"spam {n}")) for n in range(3)]
-    inbox = Inbox(imap_account.connect())
+    inbox = Inbox(adopt_imaplib(imap_account.connect()))
     uidvalidity = inbox.open()
     before = inbox.command_count
 
@@ -64,7 +65,7 @@ def test_dovecot_moves_rejected_mail_with_uid_move_and_says_where_it_went(imap_a
 def test_mail_other_clients_marked_deleted_survives_the_move_without_move(imap_account):
     theirs = imap_account.append(_mail("someone else's, to be expunged later"), flags="\\Deleted")
     bad = imap_account.append(_mail("spam"))
-    inbox = Inbox(imap_account.connect())
+    inbox = Inbox(adopt_imaplib(imap_account.connect()))
     uidvalidity = inbox.open()
     inbox.capabilities = inbox.capabilities - {"MOVE"}
 
@@ -77,7 +78,7 @@ def test_mail_other_clients_marked_deleted_survives_the_move_without_move(imap_a
 
 def test_a_server_without_move_or_uidplus_gets_rejected_mail_marked_seen_in_place(imap_account):
     bad = imap_account.append(_mail("spam"))
-    inbox = Inbox(imap_account.connect())
+    inbox = Inbox(adopt_imaplib(imap_account.connect()))
     uidvalidity = inbox.open()
     inbox.capabilities = inbox.capabilities - {"MOVE", "UIDPLUS"}
 
@@ -89,7 +90,7 @@ def test_a_server_without_move_or_uidplus_gets_rejected_mail_marked_seen_in_plac
 
 def test_a_recreated_inbox_moves_nothing(imap_account):
     bad = imap_account.append(_mail("spam"))
-    inbox = Inbox(imap_account.connect())
+    inbox = Inbox(adopt_imaplib(imap_account.connect()))
     uidvalidity = inbox.open()
     with pytest.raises(UidValidityChanged):
         inbox.set_aside([bad], "Jira/Rejected", expected_uidvalidity=uidvalidity + 1)
@@ -99,7 +100,7 @@ def test_a_recreated_inbox_moves_nothing(imap_account):
 def test_courier_without_move_copies_with_uidplus_under_its_inbox_namespace(courier_account):
     keep = courier_account.append(_mail("keep"))
     bad = [courier_account.append(_mail(f"spam {n}")) for n in range(2)]
-    inbox = Inbox(courier_account.connect())
+    inbox = Inbox(adopt_imaplib(courier_account.connect()))
     uidvalidity = inbox.open()
     assert "MOVE" not in inbox.capabilities and "UIDPLUS" in inbox.capabilities
 
@@ -113,7 +114,7 @@ def test_courier_without_move_copies_with_uidplus_under_its_inbox_namespace(cour
 
 def test_the_ledger_keeps_the_rejected_row_with_its_new_place(imap_account, ledger):
     bad = imap_account.append(_mail("spam"))
-    inbox = Inbox(imap_account.connect())
+    inbox = Inbox(adopt_imaplib(imap_account.connect()))
     uidvalidity = inbox.open()
     record_rejected(*ledger, **BOX, uidvalidity=uidvalidity, entries=[{"uid": bad, "reason": "r"}], now=NOW)
 
@@ -135,7 +136,7 @@ def test_the_ledger_keeps_the_rejected_row_with_its_new_place(imap_account, ledg
 
 def test_moving_turned_off_or_refused_leaves_the_mail_and_its_row_as_they_were(imap_account, ledger):
     bad = imap_account.append(_mail("spam"))
-    inbox = Inbox(imap_account.connect())
+    inbox = Inbox(adopt_imaplib(imap_account.connect()))
     uidvalidity = inbox.open()
     record_rejected(*ledger, **BOX, uidvalidity=uidvalidity, entries=[{"uid": bad, "reason": "r"}], now=NOW)
 
@@ -170,7 +171,7 @@ def test_a_bad_rejected_mailbox_extra_is_refused_naming_it(value):
 
 
 def test_an_imap_refusal_is_an_imap_error(imap_account):
-    inbox = Inbox(imap_account.connect())
+    inbox = Inbox(adopt_imaplib(imap_account.connect()))
     uidvalidity = inbox.open()
     bad = imap_account.append(_mail("spam"))
     with pytest.raises(ImapError):

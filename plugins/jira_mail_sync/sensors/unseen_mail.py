@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow.sdk.exceptions import AirflowSkipException
 
 from include.imap_wire import MAX_UID
-from include.mail_ledger import held_uids, moved_away, release
+from include.inbox_run import Ledger, sense_mail
 from include.names import IMAP_CONN_ID, STORE_CONN_ID
 from jira_mail_sync.hooks.imap import ImapInboxHook
 from jira_mail_sync.hooks.ticket_store import TicketStoreHook
@@ -46,12 +45,12 @@ def release_request(release_uids: Any, release_all: Any) -> tuple[list[int], boo
 class UnseenJiraMailSensor(BaseSensorOperator):
     """Look for UNSEEN messages the mail ledger does not hold, oldest first, at most `max_messages`.
 
-    It searches the unseen mail in windows of UIDs (Inbox.unseen_uids: ESEARCH, then
+    The search is include.inbox_run.sense_mail's: windows of UIDs (ESEARCH, then
     `UID SEARCH UNSEEN UID a:b`, so any number of unseen messages works in a bounded number of
-    commands) and leaves out, before the `max_messages` cap, the UIDs the mail ledger
-    (include.mail_ledger, on `store_conn_id`) holds in each window as rejected, quarantined or
-    waiting for a retry: nothing depends on IMAP keywords, which Exchange Online and keyword-less
-    servers cannot keep. A manual run's `release_uids` / `release_all` are applied first;
+    commands), leaving out, before the `max_messages` cap, the UIDs the mail ledger (on
+    `store_conn_id`) holds in each window as rejected, quarantined or waiting for a retry: nothing
+    depends on IMAP keywords, which Exchange Online and keyword-less servers cannot keep. A manual
+    run's `release_uids` / `release_all` are applied first;
     rejected mail that was moved to the rejected mailbox is not released (it is no longer in the
     inbox): the log says where it is, to be moved back by hand. It pushes
     `{"imap_conn_id", "mailbox", "uidvalidity", "uids", "retrying"}` (see xcom_shapes.SensedMail), so
@@ -96,75 +95,49 @@ class UnseenJiraMailSensor(BaseSensorOperator):
             raise ValueError(f"max_messages must be at least 1, got {limit}")
         release_uids, release_all = release_request(self.release_uids, self.release_all)
         dry_run = bool(context["params"].get("dry_run"))
-        with ImapInboxHook(self.imap_conn_id).inbox(self.mailbox) as inbox:
-            uidvalidity = inbox.open(readonly=True)
-            now = datetime.now(UTC)
-            with TicketStoreHook(self.store_conn_id).connect() as (conn, dialect):
-                if (release_uids or release_all) and dry_run:
-                    self.log.info("Dry run: releasing nothing")
-                elif release_uids or release_all:
-                    released = release(
-                        conn,
-                        dialect,
-                        mailbox=self.mailbox,
-                        uidvalidity=uidvalidity,
-                        now=now,
-                        uids=release_uids,
-                        release_all=release_all,
-                    )
-                    self.log.info(
-                        "Released %d message(s) from the mail ledger for another try: uids %s%s",
-                        len(released),
-                        released,
-                        "" if release_all else f" (asked for {release_uids})",
-                    )
-                    for entry in moved_away(
-                        conn,
-                        dialect,
-                        mailbox=self.mailbox,
-                        uidvalidity=uidvalidity,
-                        uids=release_uids,
-                        release_all=release_all,
-                    ):
-                        self.log.warning(
-                            "uid %s was rejected and moved to %s%s: it is not in %s any more, so it is "
-                            "not released; move it back to %s by hand and it is read again as new mail",
-                            entry["uid"],
-                            entry["moved_to"],
-                            "" if entry["moved_uid"] is None else f" (uid {entry['moved_uid']} there)",
-                            self.mailbox,
-                            self.mailbox,
-                        )
-                excluded: set[int] = set()
-                retrying: set[int] = set()
-
-                def held_in(low: int, high: int) -> set[int]:
-                    # The ledger is read for the window the search is looking at, not every held row.
-                    held = held_uids(
-                        conn,
-                        dialect,
-                        mailbox=self.mailbox,
-                        uidvalidity=uidvalidity,
-                        now=now,
-                        uid_range=(low, high),
-                    )
-                    excluded.update(held["excluded"])
-                    retrying.update(held["retrying"])
-                    return held["excluded"]
-
-                uids = inbox.unseen_uids(limit=limit, exclude_keyword=None, held=held_in)
+        if (release_uids or release_all) and dry_run:
+            self.log.info("Dry run: releasing nothing")
+        with (
+            ImapInboxHook(self.imap_conn_id).inbox(self.mailbox) as inbox,
+            TicketStoreHook(self.store_conn_id).connect() as (conn, dialect),
+        ):
+            found = sense_mail(
+                inbox,
+                Ledger(conn, dialect),
+                limit=limit,
+                release_uids=release_uids,
+                release_all=release_all,
+                dry_run=dry_run,
+            )
+        if (release_uids or release_all) and not dry_run:
+            self.log.info(
+                "Released %d message(s) from the mail ledger for another try: uids %s%s",
+                len(found.released),
+                found.released,
+                "" if release_all else f" (asked for {release_uids})",
+            )
+        for entry in found.not_releasable:
+            self.log.warning(
+                "uid %s was rejected and moved to %s%s: it is not in %s any more, so it is "
+                "not released; move it back to %s by hand and it is read again as new mail",
+                entry["uid"],
+                entry["moved_to"],
+                "" if entry["moved_uid"] is None else f" (uid {entry['moved_uid']} there)",
+                self.mailbox,
+                self.mailbox,
+            )
+        if found.held_back:
+            self.log.info(
+                "Leaving out %d message(s) the mail ledger holds (rejected, quarantined or waiting to retry)",
+                found.held_back,
+            )
         sensed = SensedMail(
             imap_conn_id=self.imap_conn_id,
             mailbox=self.mailbox,
-            uidvalidity=uidvalidity,
-            uids=uids,
-            retrying=sorted(retrying.intersection(uids)),
+            uidvalidity=found.uidvalidity,
+            uids=found.uids,
+            retrying=found.retrying,
         )
-        if excluded:
-            self.log.info(
-                "Leaving out %d message(s) the mail ledger holds (rejected, quarantined or waiting to retry)",
-                len(excluded),
-            )
         if not sensed.uids:
             if self.skip_when_empty:
                 raise AirflowSkipException(f"No unseen Jira mail in {self.mailbox}")
