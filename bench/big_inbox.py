@@ -73,7 +73,7 @@ def sense_windowed(client: CountingIMAP4, ledger: sqlite3.Connection) -> int:
 
 
 def sense_single_search(client: CountingIMAP4, ledger: sqlite3.Connection) -> int:
-    """What main's sensor sent: EXAMINE, every held row, one `UID SEARCH UNSEEN` answered in one line."""
+    """What the sensor sent before (commit d967094): EXAMINE, every held row, one `UID SEARCH UNSEEN` answered in one line."""
     inbox = Inbox(adopt_imaplib(client))
     uidvalidity = inbox.open(readonly=True)
     held = held_uids(ledger, "sqlite", mailbox="INBOX", uidvalidity=uidvalidity, now=datetime.now(UTC))
@@ -133,10 +133,10 @@ def main() -> None:
         )
         rows = [
             (
-                "windowed: ESEARCH + `UID SEARCH UNSEEN UID a:b` (this branch)",
+                "windowed: ESEARCH + `UID SEARCH UNSEEN UID a:b` (the sensor, inbox_run.sense_mail)",
                 measure(sense_windowed, account, ledger),
             ),
-            ("one `UID SEARCH UNSEEN` (main)", measure(sense_single_search, account, ledger)),
+            ("one `UID SEARCH UNSEEN` (the sensor up to d967094)", measure(sense_single_search, account, ledger)),
         ]
     finally:
         server.stop()
