@@ -136,7 +136,10 @@ def main() -> None:
                 "windowed: ESEARCH + `UID SEARCH UNSEEN UID a:b` (the sensor, inbox_run.sense_mail)",
                 measure(sense_windowed, account, ledger),
             ),
-            ("one `UID SEARCH UNSEEN` (the sensor up to d967094)", measure(sense_single_search, account, ledger)),
+            (
+                "one `UID SEARCH UNSEEN` (the sensor up to d967094)",
+                measure(sense_single_search, account, ledger),
+            ),
         ]
     finally:
         server.stop()
