@@ -5,14 +5,16 @@ Jira mails a notification for every new or updated ticket. This DAG runs within 
 mail arriving (an IMAP IDLE watcher in the triggerer), and every 10 minutes in case a connection was
 lost; with `[jira_mail_sync] inbox_mode = poll` it runs every minute instead. Each run:
 
-1. **wait_for_unseen_mail** runs one IMAP `UID SEARCH UNSEEN` on `imap_default`, leaves out the
-   mail the **mail ledger** (`jira_mail_ledger` on `jira_store`) holds as rejected, quarantined or
-   waiting for a retry, and takes the oldest `max_messages` of the rest. An empty inbox skips the
-   run at once. A manual run's `release_uids` / `release_all` put held mail back into play first.
+1. **wait_for_unseen_mail** searches the unseen mail on `imap_default` in windows of UIDs (any
+   number of unseen messages costs a few IMAP commands), leaves out the mail the **mail ledger**
+   (`jira_mail_ledger` on `jira_store`) holds as rejected, quarantined or waiting for a retry, and
+   takes the oldest `max_messages` of the rest. An empty inbox skips the run at once. A manual run's
+   `release_uids` / `release_all` put held mail back into play first.
 2. **extract_ticket_keys** peeks at headers and a bounded body prefix (`BODY.PEEK`, nothing is
    marked seen), trusts only `trusted_senders` (default `jira@<host of jira_default>`), takes the
-   ticket keys, and records rejected mail in the ledger (labelled `$JiraRejected` for humans where
-   the server keeps keywords). Keys are de-duplicated; keys of retried mail get batches of their own.
+   ticket keys, and records rejected mail in the ledger as it goes, whatever its bytes, then moves
+   it to the `rejected_mailbox` folder (`Jira/Rejected`; labelled `$JiraRejected` where the server
+   keeps keywords). Keys are de-duplicated; keys of retried mail get batches of their own.
 3. **fetch_tickets** is mapped over batches of up to 1000 keys (100 when a chosen extra field is
    multi-valued): one Jira bulk fetch each, labelled with its keys in the UI. A key Jira leaves out
    is asked for on its own: a move to a new key is followed, a 404 confirms it gone. A batch that
