@@ -12,6 +12,10 @@ JIRA_API_POOL = "jira_api"
 
 TICKET_TABLE = "jira_ticket"
 
+# The site name of the single site configured by the plain connections (no dags/jira_sites.yaml):
+# what the `site` column of every table holds for it, so one-site stores need no migration of meaning.
+DEFAULT_SITE = "default"
+
 # The Airflow config section of this project's settings ([jira_mail_sync] in airflow.cfg, or
 # AIRFLOW__JIRA_MAIL_SYNC__<OPTION> in the environment).
 CONFIG_SECTION = "jira_mail_sync"
