@@ -30,6 +30,7 @@ from include.jira_rules import (
     normalise_key,
 )
 
+from .changelog import ChangelogBadRequest, ChangelogBook, edit_items, move_items
 from .jql import JqlContext, JqlError, compile_jql, issue_key_parts
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,9 @@ _FIELD_PATH = re.compile(_API + r"/field/?$")
 _BULKFETCH_PATH = re.compile(_API + r"/issue/bulkfetch/?$")
 _ISSUE_PATH = re.compile(_API + r"/issue/([^/]+)/?$")
 _SEARCH_JQL_PATH = re.compile(_API + r"/search/jql/?$")
+# Ticket history (#25): devkit/jira_standin/changelog.py serves these.
+_CHANGELOG_BULK_PATH = re.compile(_API + r"/changelog/bulkfetch/?$")
+_ISSUE_CHANGELOG_PATH = re.compile(_API + r"/issue/([^/]+)/changelog/?$")
 _REMOVED_SEARCH_PATH = re.compile(_API + r"/search/?$")
 _SEARCH_BODY_FIELDS = {
     "jql",
@@ -364,6 +368,8 @@ class JiraStandin:
             self._latency = 0.0
             self._time_zone = self._initial_time_zone
             self._scoped = self._initial_scoped
+            # Ticket history (#25): every edit and move appends a history here.
+            self._changelog = ChangelogBook(self._token_key)
 
     # ---------------------------------------------------------------------------------- lifecycle
 
@@ -640,6 +646,10 @@ class JiraStandin:
             )
             self._issues[issue_key] = issue
             self._ids[issue_id] = issue_key
+            if previous is not None:
+                self._changelog.record(
+                    issue_id, updated_at, self.email, edit_items(previous, issue, _display_name)
+                )
             return self._issue_json(issue, set(ISSUE_FIELDS), "3", self._base_url(), self._time_zone)
 
     def update_issue(self, key: str, **changes: Any) -> dict[str, Any]:
@@ -714,6 +724,7 @@ class JiraStandin:
             self._issues[new] = moved
             self._ids[moved.id] = new
             self._former_keys[current.key] = moved.id
+            self._changelog.record(moved.id, moved.updated, self.email, move_items(current, moved))
             return self._issue_json(moved, set(ISSUE_FIELDS), "3", self._base_url(), self._time_zone)
 
     def add_custom_field(self, field_id: str, name: str, kind: str = "number") -> dict[str, Any]:
@@ -937,6 +948,9 @@ class JiraStandin:
         match = _BULKFETCH_PATH.match(path)
         if match:
             return self._bulkfetch(body, self._version(match)) if method == "POST" else _Reply(405)
+        match = _CHANGELOG_BULK_PATH.match(path) or _ISSUE_CHANGELOG_PATH.match(path)
+        if match:
+            return self._changelog_route(method, match, params, body)
         match = _ISSUE_PATH.match(path)
         if match:
             if method != "GET":
@@ -952,6 +966,36 @@ class JiraStandin:
         if _REMOVED_SEARCH_PATH.match(path):
             return _error_reply(410, SEARCH_REMOVED_MESSAGE)
         return _error_reply(404, "null for uri: " + path)
+
+    def _changelog_route(
+        self, method: str, match: re.Match[str], params: dict[str, list[str]], body: bytes
+    ) -> _Reply:
+        """Ticket history (#25): the bulk changelog fetch and one issue's changelog pages."""
+        bulk = match.re is _CHANGELOG_BULK_PATH
+        if method != ("POST" if bulk else "GET"):
+            return _Reply(405)
+        version, base = self._version(match), self._base_url()
+        with self._lock:
+            zone = self._time_zone
+
+            def user(email: str) -> dict[str, Any]:
+                return self._user_json(email, False, base, zone)
+
+            def when(at: datetime) -> str:
+                return jira_timestamp(at, zone)
+
+            try:
+                if bulk:
+                    answer = self._changelog.bulkfetch(self._json_body(body), self._find, user, when)
+                else:
+                    issue = self._find(unquote(match.group(2)))
+                    if issue is None:
+                        return _error_reply(404, ISSUE_NOT_FOUND_MESSAGE)
+                    url = f"{base}/rest/api/{version}/issue/{issue.id}/changelog"
+                    answer = self._changelog.issue_changelog(issue, params, url, user, when)
+            except ChangelogBadRequest as exc:
+                return _error_reply(400, str(exc))
+        return _json_reply(200, answer)
 
     @staticmethod
     def _version(match: re.Match[str]) -> str:
