@@ -18,11 +18,13 @@ Three objects, created on first use (existing stores gain them in place; `jira_t
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from include.jira_rules import CHANGELOG_BULK_MAX_FIELDS
 from include.names import (
     DEFAULT_SITE,
     HISTORY_CURSOR_TABLE,
@@ -475,3 +477,75 @@ def status_intervals(
         }
         for issue_id, stay, status, entered, left, seconds in rows
     ]
+
+
+# ------------------------------------------------------------------------------- the fields setting
+
+# [jira_mail_sync] history_fields by default: what flow metrics need (time in status, reassignments,
+# re-prioritisation, resolution, sprint and version moves, relabelling, retyping, moves, renames).
+DEFAULT_HISTORY_FIELDS = (
+    "status",
+    "assignee",
+    "priority",
+    "resolution",
+    "sprint",
+    "fixVersions",
+    "labels",
+    "issuetype",
+    "project",
+    "summary",
+)
+_HISTORY_FIELD = re.compile(r"customfield_[1-9][0-9]{0,9}|[a-zA-Z][A-Za-z0-9]{1,49}")
+
+
+def parse_history_fields(text: str | None) -> tuple[str, ...]:
+    """The configured history field ids, in order, de-duplicated; at most 10 (the endpoint's limit)."""
+    if text is None or not str(text).strip():
+        return ()
+    ids: list[str] = []
+    for raw in re.split(r"[,\s]+", str(text).strip()):
+        if not raw:
+            continue
+        if not _HISTORY_FIELD.fullmatch(raw):
+            raise ValueError(
+                f"history_fields: {raw!r} is not a Jira field id (like status or customfield_10020)"
+            )
+        if raw not in ids:
+            ids.append(raw)
+    if len(ids) > CHANGELOG_BULK_MAX_FIELDS:
+        raise ValueError(
+            f"history_fields: {len(ids)} fields given, at most {CHANGELOG_BULK_MAX_FIELDS} are allowed "
+            "(Jira's changelog bulk fetch filters by at most 10)"
+        )
+    return tuple(ids)
+
+
+def resolve_history_fields(fields: Sequence[str], catalogue: Iterable[Mapping[str, Any]]) -> tuple[str, ...]:
+    """The field ids to ask the changelog for, checked against GET /rest/api/3/field.
+
+    A field id Jira lists is kept. Sprint has a different custom field id on every site
+    (customfield_10020 on many), so an entry Jira does not list as an id but that matches exactly one
+    field's name (`sprint` -> Sprint) is resolved to that field's id. Anything else raises ValueError.
+    """
+    known = {str(field.get("id")): field for field in catalogue if isinstance(field, Mapping)}
+    by_name: dict[str, list[str]] = {}
+    for field_id, field in known.items():
+        by_name.setdefault(str(field.get("name", "")).casefold(), []).append(field_id)
+    resolved: list[str] = []
+    unknown: list[str] = []
+    for field_id in fields:
+        if field_id in known:
+            chosen = field_id
+        elif len(by_name.get(field_id.casefold(), [])) == 1:
+            chosen = by_name[field_id.casefold()][0]
+        else:
+            unknown.append(field_id)
+            continue
+        if chosen not in resolved:
+            resolved.append(chosen)
+    if unknown:
+        raise ValueError(
+            f"history_fields: Jira has no field {', '.join(unknown)}, or this account cannot see it "
+            "(GET /rest/api/3/field lists the ids)"
+        )
+    return tuple(resolved)

@@ -140,6 +140,36 @@ _CUSTOM_TYPES = {
 }
 
 
+# Ticket history (#25): the rest of the default [jira_mail_sync] history_fields, as a new Cloud site
+# lists them (Sprint is a custom field, customfield_10020 on new sites; its schema as Jira gives it).
+_HISTORY_SYSTEM_FIELDS: tuple[dict[str, Any], ...] = (
+    {"id": "priority", "name": "Priority", "schema": {"type": "priority", "system": "priority"}},
+    {"id": "resolution", "name": "Resolution", "schema": {"type": "resolution", "system": "resolution"}},
+    {
+        "id": "fixVersions",
+        "name": "Fix versions",
+        "schema": {"type": "array", "items": "version", "system": "fixVersions"},
+    },
+    {"id": "issuetype", "name": "Issue Type", "schema": {"type": "issuetype", "system": "issuetype"}},
+)
+_SPRINT_FIELD = {
+    "id": "customfield_10020",
+    "key": "customfield_10020",
+    "name": "Sprint",
+    "custom": True,
+    "orderable": True,
+    "navigable": True,
+    "searchable": True,
+    "clauseNames": ["cf[10020]", "Sprint"],
+    "schema": {
+        "type": "array",
+        "items": "json",
+        "custom": "com.pyxis.greenhopper.jira:gh-sprint",
+        "customId": 10020,
+    },
+}
+
+
 class LoggedRequest(NamedTuple):
     """One API request the stand-in answered (admin requests under /_standin/ are not logged)."""
 
@@ -1012,6 +1042,8 @@ class JiraStandin:
     def _fields(self) -> _Reply:
         with self._lock:
             custom = [dict(field) for field in self._custom_fields.values()]
+        if _SPRINT_FIELD["id"] not in {field["id"] for field in custom}:
+            custom.insert(0, dict(_SPRINT_FIELD))  # ticket history (#25); a test may replace the id
         system = [
             {
                 **field,
@@ -1021,7 +1053,7 @@ class JiraStandin:
                 "searchable": True,
                 "clauseNames": [field["id"]],
             }
-            for field in _SYSTEM_FIELDS
+            for field in (*_SYSTEM_FIELDS, *_HISTORY_SYSTEM_FIELDS)
         ]
         return _json_reply(200, system + custom)
 
