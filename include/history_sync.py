@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from include.jira_cloud import JiraCloudClient
-from include.jira_rules import CHANGELOG_BULK_MAX_ISSUES
+from include.jira_rules import CHANGELOG_BULK_MAX_ISSUES, CHANGELOG_BULK_MAX_RESULTS
 from include.names import CHANGE_FEED_MAX_KEYS, DEFAULT_SITE
 from include.ticket_history import (
     changes_of,
@@ -77,7 +77,10 @@ def fetch_and_store_history(
     ensure_history_tables(conn, dialect)
     ids = [int(i) for i in issue_ids]
     updated = ticket_updated(conn, dialect, ids)
-    result = client.changelog_bulkfetch([str(i) for i in ids], list(field_ids))
+    # The largest page the endpoint allows: 1000 issues × 10 changes fit in one (Jira may send fewer).
+    result = client.changelog_bulkfetch(
+        [str(i) for i in ids], list(field_ids), max_results=CHANGELOG_BULK_MAX_RESULTS
+    )
     changes = [
         change
         for issue_id, histories in result.histories.items()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import re
+import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -549,3 +550,12 @@ def resolve_history_fields(fields: Sequence[str], catalogue: Iterable[Mapping[st
             "(GET /rest/api/3/field lists the ids)"
         )
     return tuple(resolved)
+
+
+def median_seconds_by_status(stays: Iterable[Mapping[str, Any]]) -> dict[str, float]:
+    """The median finished stay per status (rows of status_intervals); current stays do not count."""
+    durations: dict[str, list[float]] = {}
+    for stay in stays:
+        if stay.get("duration_seconds") is not None:
+            durations.setdefault(str(stay["status"]), []).append(float(stay["duration_seconds"]))
+    return {status: statistics.median(values) for status, values in sorted(durations.items())}

@@ -81,8 +81,11 @@ def test_store_tickets_updates_the_ticket_asset_and_the_example_consumer_is_sche
     assert example.is_paused_upon_creation is True
     assert set(example.tags) == {"jira", "example"}
     assert example.doc_md and example.doc_md.strip().startswith("###")
-    assert list(example.timetable.asset_condition.objects) == [TICKET_ASSET]
-    assert [(t.task_id, t.retries) for t in example.tasks] == [("read_changed_tickets", 2)]
+    assert list(example.timetable.asset_condition.objects) == [TICKET_ASSET, TICKET_CHANGE_ASSET]
+    assert sorted((t.task_id, t.retries) for t in example.tasks) == [
+        ("median_time_in_status", 2),
+        ("read_changed_tickets", 2),
+    ]
 
 
 @pytest.mark.parametrize("dag_id", sorted(EXPECTED_EDGES))

@@ -13,6 +13,7 @@ from include.ticket_history import (
     count_changes,
     ensure_history_tables,
     issues_needing_history,
+    median_seconds_by_status,
     parse_change_time,
     status_intervals,
     store_history,
@@ -195,3 +196,18 @@ def test_change_times_are_read_as_utc(raw, expected):
 def test_malformed_changelogs_are_refused_with_a_clear_error(issue_id, history, message):
     with pytest.raises(ValueError, match=message):
         changes_of(issue_id, [history])
+
+
+def test_the_median_time_in_status_counts_finished_stays_only(history_store):
+    conn, dialect = history_store
+    histories = [status_change(cid, at, old, new) for cid, at, old, new in FIXTURE]
+    store_history(conn, dialect, changes_of("10001", histories), synced={}, fields=FIELDS)
+    second = [
+        status_change(cid + 100, at + timedelta(hours=1), old, new) for cid, at, old, new in FIXTURE[:2]
+    ]
+    store_history(conn, dialect, changes_of("10002", second), synced={}, fields=FIELDS)
+
+    medians = median_seconds_by_status(status_intervals(conn, dialect))
+
+    # In Progress: 9000 and 86400 (10001) and 9000 (10002); In Review only for 10001 (10002's is current).
+    assert medians == {"In Progress": 9000.0, "In Review": 2730.25}
