@@ -160,3 +160,31 @@ def test_the_client_refuses_requests_jira_would_refuse_without_sending_them(jira
     with pytest.raises(ValueError, match="at most 10"):
         client.changelog_bulkfetch(["ABC-1"], [f"f{n}" for n in range(11)])
     assert jira_standin.request_count(BULK) == 0
+
+
+def test_a_moved_issue_keeps_one_stored_history_and_a_reread_adds_only_the_new_changes(
+    jira_standin, client, store
+):
+    from include.history_sync import fetch_and_store_history, plan_history_chunks
+    from include.jira_cloud import ticket_details
+    from include.ticket_store import upsert_tickets
+
+    conn, dialect = store
+    fields = ("status", "project", "key")
+    issue_id = with_status_changes(jira_standin, "ABC-1", 3)
+    upsert_tickets(
+        conn, dialect, [ticket_details(jira_standin.issue("ABC-1"))], source="sweep", fetched_at=T0
+    )
+    (chunk,) = plan_history_chunks(conn, dialect, [issue_id], fields)
+    first = fetch_and_store_history(client, conn, dialect, chunk, fields=fields, field_ids=fields)
+    assert plan_history_chunks(conn, dialect, [issue_id], fields) == []  # up to date: nothing to ask
+
+    jira_standin.move_issue("ABC-1", "XYZ-9")
+    moved = ticket_details(jira_standin.issue("XYZ-9")) | {"moved_from": ["ABC-1"]}
+    upsert_tickets(conn, dialect, [moved], source="sweep", fetched_at=T0 + timedelta(days=1))
+    (chunk,) = plan_history_chunks(conn, dialect, [issue_id], fields)
+    again = fetch_and_store_history(client, conn, dialect, chunk, fields=fields, field_ids=fields)
+
+    assert (first["inserted"], again["inserted"]) == (3, 2)  # the move: project and key
+    assert again["keys_with_new"] == ["XYZ-9"] and again["issues_with_new"] == [str(issue_id)]
+    assert count_changes(conn, dialect, issue_id) == 5
