@@ -141,7 +141,8 @@ _CUSTOM_TYPES = {
 
 
 # Ticket history (#25): the rest of the default [jira_mail_sync] history_fields, as a new Cloud site
-# lists them (Sprint is a custom field, customfield_10020 on new sites; its schema as Jira gives it).
+# lists them. Sprint is a custom field whose id differs per site (customfield_10020 on many); it is 10010
+# here because the tests use 10020 for a Teams field. Its schema as Jira gives it.
 _HISTORY_SYSTEM_FIELDS: tuple[dict[str, Any], ...] = (
     {"id": "priority", "name": "Priority", "schema": {"type": "priority", "system": "priority"}},
     {"id": "resolution", "name": "Resolution", "schema": {"type": "resolution", "system": "resolution"}},
@@ -153,19 +154,19 @@ _HISTORY_SYSTEM_FIELDS: tuple[dict[str, Any], ...] = (
     {"id": "issuetype", "name": "Issue Type", "schema": {"type": "issuetype", "system": "issuetype"}},
 )
 _SPRINT_FIELD = {
-    "id": "customfield_10020",
-    "key": "customfield_10020",
+    "id": "customfield_10010",
+    "key": "customfield_10010",
     "name": "Sprint",
     "custom": True,
     "orderable": True,
     "navigable": True,
     "searchable": True,
-    "clauseNames": ["cf[10020]", "Sprint"],
+    "clauseNames": ["cf[10010]", "Sprint"],
     "schema": {
         "type": "array",
         "items": "json",
         "custom": "com.pyxis.greenhopper.jira:gh-sprint",
-        "customId": 10020,
+        "customId": 10010,
     },
 }
 
