@@ -15,6 +15,8 @@ from include.ticket_history import (
     issues_needing_history,
     median_seconds_by_status,
     parse_change_time,
+    parse_history_fields,
+    resolve_history_fields,
     status_intervals,
     store_history,
 )
@@ -211,3 +213,31 @@ def test_the_median_time_in_status_counts_finished_stays_only(history_store):
 
     # In Progress: 9000 and 86400 (10001) and 9000 (10002); In Review only for 10001 (10002's is current).
     assert medians == {"In Progress": 9000.0, "In Review": 2730.25}
+
+
+CATALOGUE = [
+    {"id": "status", "name": "Status"},
+    {"id": "assignee", "name": "Assignee"},
+    {"id": "customfield_10020", "name": "Sprint"},
+    {"id": "customfield_10030", "name": "Team"},
+    {"id": "customfield_10031", "name": "Team"},
+]
+
+
+def test_history_fields_are_checked_against_jira_and_sprint_is_found_by_its_name():
+    assert resolve_history_fields(("status", "sprint", "assignee"), CATALOGUE) == (
+        "status",
+        "customfield_10020",
+        "assignee",
+    )
+    with pytest.raises(ValueError, match="Jira has no field priority, team"):
+        resolve_history_fields(("status", "priority", "team"), CATALOGUE)  # team: two fields of that name
+
+
+def test_the_history_fields_setting_allows_at_most_ten_field_ids():
+    assert parse_history_fields(" status, assignee ,status ") == ("status", "assignee")
+    assert parse_history_fields("") == ()
+    with pytest.raises(ValueError, match="at most 10"):
+        parse_history_fields(",".join(f"field{n}" for n in range(11)))
+    with pytest.raises(ValueError, match="not a Jira field id"):
+        parse_history_fields("status, fix-version")
