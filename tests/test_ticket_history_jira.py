@@ -188,3 +188,27 @@ def test_a_moved_issue_keeps_one_stored_history_and_a_reread_adds_only_the_new_c
     assert (first["inserted"], again["inserted"]) == (3, 2)  # the move: project and key
     assert again["keys_with_new"] == ["XYZ-9"] and again["issues_with_new"] == [str(issue_id)]
     assert count_changes(conn, dialect, issue_id) == 5
+
+
+def test_an_edit_through_the_admin_api_the_demo_uses_appends_a_history(jira_standin, api):
+    jira_standin.add_issue("ABC-1", summary="s", updated=T0)
+    admin = api.session.post(
+        f"{jira_standin.url}/_standin/issues",
+        json={
+            "key": "ABC-1",
+            "summary": "s",
+            "status": "Done",
+            "updated": (T0 + timedelta(hours=1)).isoformat(),
+        },
+        timeout=10,
+    )
+    assert admin.status_code == 200, admin.text
+
+    answer = api.post(BULK, {"issueIdsOrKeys": ["ABC-1"]}).json()
+
+    (log,) = answer["issueChangeLogs"]
+    (history,) = log["changeHistories"]
+    assert [(i["fieldId"], i["fromString"], i["toString"]) for i in history["items"]] == [
+        ("status", "To Do", "Done")
+    ]
+    assert history["created"] == "2026-11-02T10:00:00.000+0000"
