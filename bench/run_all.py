@@ -12,6 +12,7 @@ BENCHMARKS = [
     "bench.sweep_bench",
     "bench.status_page",
     "bench.idle_latency",
+    "bench.history_bench",
 ]
 
 if __name__ == "__main__":

@@ -28,6 +28,10 @@ lost; with `[jira_mail_sync] inbox_mode = poll` it runs every minute instead. Ea
    window while it waits; after `max_attempts` it is quarantined for a human.
 6. **report_unsettled_mail** fails the run when any message was left unseen, naming the messages,
    keys and errors, so nobody misses it.
+7. **plan_ticket_history**, **fetch_history** and **announce_history** run beside the marking (the mail
+   is safe once its tickets are stored, so history never delays it): the changelogs of the stored
+   tickets whose history is behind go into `jira_ticket_change`, 1000 issues per Jira request
+   (`[jira_mail_sync] history_fields`; skipped when it is empty).
 
 `dry_run` reports the keys it would fetch and touches nothing. Release held mail from the CLI:
 `airflow dags trigger jira_inbox --conf '{"release_uids": [812, 813]}'` (or `{"release_all": true}`).
@@ -39,6 +43,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from airflow.sdk import Param, dag
+from jira_mail_sync.history_tasks import ticket_history
 from jira_mail_sync.inbox_schedule import inbox_schedule
 from jira_mail_sync.inbox_tasks import extract_ticket_keys, mark_mail_seen, report_unsettled_mail
 from jira_mail_sync.sensors.unseen_mail import UnseenJiraMailSensor
@@ -169,6 +174,7 @@ def jira_inbox():
     )
     marked = mark_mail_seen(key_batches["settlement"], stored)
     report_unsettled_mail(marked)
+    ticket_history(fetched, stored, trigger_rule="none_skipped")
 
 
 jira_inbox()

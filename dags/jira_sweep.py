@@ -14,6 +14,11 @@ this DAG sweeps the run's data interval (a real interval, so backfills sweep his
    The lookback overlap never duplicates rows. The store's asset event names this window.
 4. **record_sweep_progress** moves the watermark (table `jira_sweep_watermark`) to the end this run
    reached, once everything before it is stored.
+5. **plan_ticket_history**, **fetch_history** and **announce_history** (beside the watermark, which
+   never waits for them) read the changelogs of the stored tickets whose history is behind, 1000 issues
+   per `POST /rest/api/3/changelog/bulkfetch`, into `jira_ticket_change` (fields:
+   `[jira_mail_sync] history_fields`; skipped when it is empty). A manual run with `history_backfill`
+   does so for every stored ticket.
 
 A scheduled run whose window starts after the watermark (the scheduler was down, runs failed, or a
 busy window was too large for one run: catchup is off) starts at the watermark instead, so no
@@ -31,6 +36,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from airflow.sdk import CronDataIntervalTimetable, Param, dag
+from jira_mail_sync.history_tasks import ticket_history
 from jira_mail_sync.settings import read_settings
 from jira_mail_sync.sweep_tasks import list_changed_keys, plan_sweep, record_sweep_progress
 from jira_mail_sync.ticket_tasks import fetch_tickets, store_tickets
@@ -107,6 +113,16 @@ read_settings()
             ),
             section="Filter",
         ),
+        "history_backfill": Param(
+            False,
+            type="boolean",
+            title="Backfill ticket history",
+            description=(
+                "Also read the change history of every stored ticket whose history is missing or behind "
+                "(1000 tickets per Jira request), not only of this window's tickets."
+            ),
+            section="Ticket history",
+        ),
     },
 )
 def jira_sweep():
@@ -115,6 +131,8 @@ def jira_sweep():
     fetched = fetch_tickets.expand(keys=batches)
     stored = store_tickets(fetched, source="sweep", return_keys=False, window=plan)
     record_sweep_progress(plan, batches["reached"], stored)
+    # Runs after an empty window too, so a backfill needs no changed ticket.
+    ticket_history(fetched, stored, trigger_rule="none_failed")
 
 
 jira_sweep()

@@ -16,6 +16,11 @@ Several events may be merged into one run of this DAG when stores come faster th
 **read_changed_tickets** reads those rows from `jira_ticket` (through `jira_store`) and logs them:
 replace it with what your system needs (push to a CRM, a warehouse, a chat channel, ...). When
 `keys_truncated` is set, read the rows by `fetched_at` over the window instead.
+
+It also runs on the `jira_ticket_change` asset, which **announce_history** updates when ticket history
+arrived (its extra names the `issue_ids` and `issue_keys` with new history). **median_time_in_status**
+then logs, from the view `jira_ticket_status_interval`, the median time those tickets spent in each
+status (finished stays only).
 """
 
 from __future__ import annotations
@@ -27,9 +32,11 @@ from typing import Any
 
 from airflow.sdk import dag, get_current_context, task
 from jira_mail_sync.assets import TICKET_ASSET
+from jira_mail_sync.history_tasks import TICKET_CHANGE_ASSET
 from jira_mail_sync.hooks.ticket_store import TicketStoreHook
 
 from include.sync_pipeline import read_change_events
+from include.ticket_history import median_seconds_by_status, status_intervals
 from include.ticket_store import get_ticket
 
 log = logging.getLogger(__name__)
@@ -38,7 +45,7 @@ log = logging.getLogger(__name__)
 @dag(
     dag_id=Path(__file__).stem,
     doc_md=__doc__,
-    schedule=[TICKET_ASSET],
+    schedule=TICKET_ASSET | TICKET_CHANGE_ASSET,
     start_date=datetime(2026, 1, 1),
     catchup=False,
     is_paused_upon_creation=True,
@@ -69,7 +76,19 @@ def jira_ticket_changes_example():
             "statuses": {key: None if row is None else row["status"] for key, row in rows.items()},
         }
 
+    @task
+    def median_time_in_status() -> dict[str, float]:
+        """Log the median time in each status of the tickets whose history just arrived."""
+        events = get_current_context()["triggering_asset_events"][TICKET_CHANGE_ASSET]
+        ids = sorted({int(i) for event in events for i in (event.extra or {}).get("issue_ids") or []})
+        with TicketStoreHook().connect() as (conn, dialect):
+            medians = median_seconds_by_status(status_intervals(conn, dialect, ids)) if ids else {}
+        for status, seconds in medians.items():
+            log.info("%s: median %.1f hours over %d ticket(s)", status, seconds / 3600, len(ids))
+        return medians
+
     read_changed_tickets()
+    median_time_in_status()
 
 
 jira_ticket_changes_example()

@@ -34,6 +34,10 @@ from include.api_usage import Throttle, Usage
 from include.jira_rules import (
     BULK_FETCH_LIMIT_ANY_FIELDS,
     BULK_FETCH_LIMIT_PLAIN_FIELDS,
+    CHANGELOG_BULK_DEFAULT_RESULTS,
+    CHANGELOG_BULK_MAX_FIELDS,
+    CHANGELOG_BULK_MAX_ISSUES,
+    CHANGELOG_BULK_MAX_RESULTS,
     SEARCH_PAGE_LIMIT_KEYS_ONLY,
     bulk_fetch_limit,
     is_issue_key,
@@ -110,6 +114,16 @@ class BulkFetchResult:
     issues: list[dict[str, Any]]
     not_found: list[str]
     requests: int = 0
+
+
+@dataclass(frozen=True)
+class ChangelogResult:
+    """What POST /rest/api/3/changelog/bulkfetch returned over all its pages."""
+
+    # issue id (Jira's decimal string) -> its changelog histories, oldest first, as Jira sent them
+    histories: dict[str, list[dict[str, Any]]]
+    requests: int
+    pages: int
 
 
 @dataclass(frozen=True)
@@ -637,6 +651,70 @@ class JiraCloudClient:
                 raise JiraError(f"Jira at {self.site_url} repeated a search page token; stopping the search")
             tokens.add(token)
         raise JiraError(f"Jira search at {self.site_url} did not finish within {max_pages} pages")
+
+    # ------------------------------------------------------------- changelogs (ticket history, #25)
+
+    def changelog_bulkfetch(
+        self,
+        issue_ids_or_keys: Sequence[str],
+        field_ids: Sequence[str] = (),
+        *,
+        max_results: int = CHANGELOG_BULK_DEFAULT_RESULTS,
+        max_pages: int = DEFAULT_MAX_PAGES,
+    ) -> ChangelogResult:
+        """Every changelog history of up to 1000 issues, for up to 10 field ids, following nextPageToken.
+
+        POST /rest/api/3/changelog/bulkfetch (BulkChangelogRequestBean: issueIdsOrKeys 1..1000,
+        fieldIds 0..10 unique, maxResults 1..10000, nextPageToken). Pages come oldest first; one issue's
+        histories may span pages and are joined. The request has no "since": it always reads whole
+        changelogs. Issues Jira does not show are left out. A repeated page token, or more than
+        `max_pages` pages, raises JiraError.
+        """
+        wanted = list(dict.fromkeys(str(item).strip() for item in issue_ids_or_keys))
+        if not 1 <= len(wanted) <= CHANGELOG_BULK_MAX_ISSUES or not all(wanted):
+            raise ValueError(
+                f"a changelog bulk fetch takes 1 to {CHANGELOG_BULK_MAX_ISSUES} issue ids or keys, "
+                f"got {len(wanted)}"
+            )
+        fields = list(dict.fromkeys(str(field) for field in field_ids))
+        if len(fields) > CHANGELOG_BULK_MAX_FIELDS:
+            raise ValueError(
+                f"a changelog bulk fetch filters by at most {CHANGELOG_BULK_MAX_FIELDS} field ids, "
+                f"got {len(fields)}"
+            )
+        if not 1 <= max_results <= CHANGELOG_BULK_MAX_RESULTS:
+            raise ValueError(f"max_results must be in 1..{CHANGELOG_BULK_MAX_RESULTS}, got {max_results}")
+        url = self._api.resource_url("changelog/bulkfetch", api_root="rest/api", api_version=3)
+        histories: dict[str, list[dict[str, Any]]] = {}
+        requests_before = self.request_count
+        tokens: set[str] = set()
+        token: str | None = None
+        for page in range(1, max_pages + 1):
+            payload: dict[str, Any] = {"issueIdsOrKeys": wanted, "maxResults": max_results}
+            if fields:
+                payload["fieldIds"] = fields
+            if token:
+                payload["nextPageToken"] = token
+            result = self._json(
+                f"POST /rest/api/3/changelog/bulkfetch ({len(wanted)} issues, page {page})",
+                lambda payload=payload: self._api.post(url, data=payload),
+            )
+            if not isinstance(result, dict):
+                raise JiraUnavailable(
+                    f"Jira at {self.where} answered a changelog bulk fetch without an object"
+                )
+            for entry in result.get("issueChangeLogs") or []:
+                issue_id = str(entry.get("issueId") or "")
+                if not issue_id:
+                    raise JiraError(f"Jira at {self.where} sent a changelog without its issueId")
+                histories.setdefault(issue_id, []).extend(entry.get("changeHistories") or [])
+            token = result.get("nextPageToken")
+            if not token:
+                return ChangelogResult(histories, self.request_count - requests_before, page)
+            if token in tokens:
+                raise JiraError(f"Jira at {self.where} repeated a changelog page token; stopping")
+            tokens.add(token)
+        raise JiraError(f"Jira changelog bulk fetch at {self.where} did not finish within {max_pages} pages")
 
 
 def parse_jira_datetime(text: str) -> datetime:

@@ -78,3 +78,13 @@ def bulk_fetch_limit(
     if explicit and len(set(names)) <= BULK_FETCH_LARGE_MAX_FIELDS and not heavy and not listed & set(names):
         return BULK_FETCH_LIMIT_PLAIN_FIELDS
     return BULK_FETCH_LIMIT_ANY_FIELDS
+
+
+# POST /rest/api/3/changelog/bulkfetch (BulkChangelogRequestBean in Jira's OpenAPI document):
+# issueIdsOrKeys 1..1000, fieldIds 0..10 (unique), maxResults 1..10000 (default 1000), nextPageToken.
+CHANGELOG_BULK_MAX_ISSUES = 1000
+CHANGELOG_BULK_MAX_FIELDS = 10
+CHANGELOG_BULK_MAX_RESULTS = 10000
+CHANGELOG_BULK_DEFAULT_RESULTS = 1000
+# GET /rest/api/3/issue/{issueIdOrKey}/changelog pages with startAt/maxResults (default 100).
+ISSUE_CHANGELOG_PAGE_DEFAULT = 100

@@ -39,3 +39,16 @@ API_USAGE_TABLE = "jira_api_usage"
 # The DAG ids (the DAG files are named after them); the status page checks a user's rights on them.
 INBOX_DAG_ID = "jira_inbox"
 SWEEP_DAG_ID = "jira_sweep"
+
+# ----------------------------------------------------------------------------- ticket history (#25)
+# Every change Jira's changelog records for the chosen fields, one row per changed field
+# (include/ticket_history.py), and the view of status stays built on it.
+TICKET_CHANGE_TABLE = "jira_ticket_change"
+STATUS_INTERVAL_VIEW = "jira_ticket_status_interval"
+# Per issue: the ticket `updated` up to which its history is stored (unchanged issues are not asked again).
+HISTORY_CURSOR_TABLE = "jira_ticket_history_cursor"
+# [jira_mail_sync] history_fields: the field ids whose changes are kept (empty: no history).
+HISTORY_FIELDS_OPTION = "history_fields"
+# The Asset fetch_history updates: its events name the issues that got new history rows.
+TICKET_CHANGE_ASSET_NAME = TICKET_CHANGE_TABLE
+TICKET_CHANGE_ASSET_URI = "jira-mail-sync://jira_store/jira_ticket_change"

@@ -12,8 +12,16 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Ticket history (#25): beside the marking and the watermark, never before them.
+HISTORY_EDGES = {
+    ("fetch_tickets", "plan_ticket_history"),
+    ("store_tickets", "plan_ticket_history"),
+    ("plan_ticket_history", "fetch_history"),
+    ("fetch_history", "announce_history"),
+}
 EXPECTED_EDGES = {
-    "jira_inbox": {
+    "jira_inbox": HISTORY_EDGES
+    | {
         ("wait_for_unseen_mail", "extract_ticket_keys"),
         ("extract_ticket_keys", "fetch_tickets"),
         ("extract_ticket_keys", "mark_mail_seen"),
@@ -21,7 +29,8 @@ EXPECTED_EDGES = {
         ("store_tickets", "mark_mail_seen"),
         ("mark_mail_seen", "report_unsettled_mail"),
     },
-    "jira_sweep": {
+    "jira_sweep": HISTORY_EDGES
+    | {
         ("plan_sweep", "list_changed_keys"),
         ("list_changed_keys", "fetch_tickets"),
         ("fetch_tickets", "store_tickets"),
@@ -42,7 +51,7 @@ EXPECTED_PARAMS = {
         "release_uids",
         "release_all",
     },
-    "jira_sweep": {"since", "until", "projects", "jql_filter", "lookback_minutes"},
+    "jira_sweep": {"since", "until", "projects", "jql_filter", "lookback_minutes", "history_backfill"},
 }
 
 
@@ -60,19 +69,23 @@ def test_every_dag_file_imports_without_errors(dagbag):
 
 def test_store_tickets_updates_the_ticket_asset_and_the_example_consumer_is_scheduled_on_it(dagbag):
     from jira_mail_sync.assets import TICKET_ASSET
+    from jira_mail_sync.history_tasks import TICKET_CHANGE_ASSET
 
     from include.names import TICKET_ASSET_URI
 
     assert TICKET_ASSET.uri == TICKET_ASSET_URI == "jira-mail-sync://jira_store/jira_ticket"
     for dag_id in EXPECTED_EDGES:
         outlets = {t.task_id: list(t.outlets) for t in dagbag.dags[dag_id].tasks if t.outlets}
-        assert outlets == {"store_tickets": [TICKET_ASSET]}
+        assert outlets == {"store_tickets": [TICKET_ASSET], "announce_history": [TICKET_CHANGE_ASSET]}
     example = dagbag.dags["jira_ticket_changes_example"]
     assert example.is_paused_upon_creation is True
     assert set(example.tags) == {"jira", "example"}
     assert example.doc_md and example.doc_md.strip().startswith("###")
-    assert list(example.timetable.asset_condition.objects) == [TICKET_ASSET]
-    assert [(t.task_id, t.retries) for t in example.tasks] == [("read_changed_tickets", 2)]
+    assert list(example.timetable.asset_condition.objects) == [TICKET_ASSET, TICKET_CHANGE_ASSET]
+    assert sorted((t.task_id, t.retries) for t in example.tasks) == [
+        ("median_time_in_status", 2),
+        ("read_changed_tickets", 2),
+    ]
 
 
 @pytest.mark.parametrize("dag_id", sorted(EXPECTED_EDGES))
@@ -208,8 +221,14 @@ def test_parsing_the_dags_opens_no_socket_and_no_database():
 def test_every_task_that_calls_jira_takes_a_jira_api_pool_slot(dagbag):
     calls_jira = {
         # extract_ticket_keys checks chosen extra fields against /rest/api/3/field.
-        "jira_inbox": {"extract_ticket_keys", "fetch_tickets"},
-        "jira_sweep": {"plan_sweep", "list_changed_keys", "fetch_tickets"},
+        "jira_inbox": {"extract_ticket_keys", "fetch_tickets", "plan_ticket_history", "fetch_history"},
+        "jira_sweep": {
+            "plan_sweep",
+            "list_changed_keys",
+            "fetch_tickets",
+            "plan_ticket_history",
+            "fetch_history",
+        },
     }
     from include.names import JIRA_API_POOL
 

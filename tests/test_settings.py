@@ -36,6 +36,18 @@ def test_unset_options_take_their_documented_defaults():
         rest_projects=None,
         ledger_retention_days=30,
         status_mailbox_cache_seconds=30.0,
+        history_fields=(
+            "status",
+            "assignee",
+            "priority",
+            "resolution",
+            "sprint",
+            "fixVersions",
+            "labels",
+            "issuetype",
+            "project",
+            "summary",
+        ),
     )
 
 

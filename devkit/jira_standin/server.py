@@ -30,6 +30,7 @@ from include.jira_rules import (
     normalise_key,
 )
 
+from .changelog import ChangelogBadRequest, ChangelogBook, edit_items, move_items
 from .jql import JqlContext, JqlError, compile_jql, issue_key_parts
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,9 @@ _FIELD_PATH = re.compile(_API + r"/field/?$")
 _BULKFETCH_PATH = re.compile(_API + r"/issue/bulkfetch/?$")
 _ISSUE_PATH = re.compile(_API + r"/issue/([^/]+)/?$")
 _SEARCH_JQL_PATH = re.compile(_API + r"/search/jql/?$")
+# Ticket history (#25): devkit/jira_standin/changelog.py serves these.
+_CHANGELOG_BULK_PATH = re.compile(_API + r"/changelog/bulkfetch/?$")
+_ISSUE_CHANGELOG_PATH = re.compile(_API + r"/issue/([^/]+)/changelog/?$")
 _REMOVED_SEARCH_PATH = re.compile(_API + r"/search/?$")
 _SEARCH_BODY_FIELDS = {
     "jql",
@@ -133,6 +137,37 @@ _CUSTOM_TYPES = {
         {"type": "array", "items": "option"},
         "com.atlassian.jira.plugin.system.customfieldtypes:multiselect",
     ),
+}
+
+
+# Ticket history (#25): the rest of the default [jira_mail_sync] history_fields, as a new Cloud site
+# lists them. Sprint is a custom field whose id differs per site (customfield_10020 on many); it is 10010
+# here because the tests use 10020 for a Teams field. Its schema as Jira gives it.
+_HISTORY_SYSTEM_FIELDS: tuple[dict[str, Any], ...] = (
+    {"id": "priority", "name": "Priority", "schema": {"type": "priority", "system": "priority"}},
+    {"id": "resolution", "name": "Resolution", "schema": {"type": "resolution", "system": "resolution"}},
+    {
+        "id": "fixVersions",
+        "name": "Fix versions",
+        "schema": {"type": "array", "items": "version", "system": "fixVersions"},
+    },
+    {"id": "issuetype", "name": "Issue Type", "schema": {"type": "issuetype", "system": "issuetype"}},
+)
+_SPRINT_FIELD = {
+    "id": "customfield_10010",
+    "key": "customfield_10010",
+    "name": "Sprint",
+    "custom": True,
+    "orderable": True,
+    "navigable": True,
+    "searchable": True,
+    "clauseNames": ["cf[10010]", "Sprint"],
+    "schema": {
+        "type": "array",
+        "items": "json",
+        "custom": "com.pyxis.greenhopper.jira:gh-sprint",
+        "customId": 10010,
+    },
 }
 
 
@@ -261,6 +296,9 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "JiraStandin/1.0"
     # An idle keep-alive connection gives its thread back after this many seconds.
     timeout = 60
+    # Headers and body go out as two writes; with Nagle's algorithm the second waits for the client's
+    # delayed ACK (about 40 ms on Linux loopback), which made every keep-alive request cost ~50 ms.
+    disable_nagle_algorithm = True
     server: _Server
 
     def version_string(self) -> str:
@@ -364,6 +402,8 @@ class JiraStandin:
             self._latency = 0.0
             self._time_zone = self._initial_time_zone
             self._scoped = self._initial_scoped
+            # Ticket history (#25): every edit and move appends a history here.
+            self._changelog = ChangelogBook(self._token_key)
 
     # ---------------------------------------------------------------------------------- lifecycle
 
@@ -640,6 +680,10 @@ class JiraStandin:
             )
             self._issues[issue_key] = issue
             self._ids[issue_id] = issue_key
+            if previous is not None:
+                self._changelog.record(
+                    issue_id, updated_at, self.email, edit_items(previous, issue, _display_name)
+                )
             return self._issue_json(issue, set(ISSUE_FIELDS), "3", self._base_url(), self._time_zone)
 
     def update_issue(self, key: str, **changes: Any) -> dict[str, Any]:
@@ -714,6 +758,7 @@ class JiraStandin:
             self._issues[new] = moved
             self._ids[moved.id] = new
             self._former_keys[current.key] = moved.id
+            self._changelog.record(moved.id, moved.updated, self.email, move_items(current, moved))
             return self._issue_json(moved, set(ISSUE_FIELDS), "3", self._base_url(), self._time_zone)
 
     def add_custom_field(self, field_id: str, name: str, kind: str = "number") -> dict[str, Any]:
@@ -937,6 +982,9 @@ class JiraStandin:
         match = _BULKFETCH_PATH.match(path)
         if match:
             return self._bulkfetch(body, self._version(match)) if method == "POST" else _Reply(405)
+        match = _CHANGELOG_BULK_PATH.match(path) or _ISSUE_CHANGELOG_PATH.match(path)
+        if match:
+            return self._changelog_route(method, match, params, body)
         match = _ISSUE_PATH.match(path)
         if match:
             if method != "GET":
@@ -953,6 +1001,36 @@ class JiraStandin:
             return _error_reply(410, SEARCH_REMOVED_MESSAGE)
         return _error_reply(404, "null for uri: " + path)
 
+    def _changelog_route(
+        self, method: str, match: re.Match[str], params: dict[str, list[str]], body: bytes
+    ) -> _Reply:
+        """Ticket history (#25): the bulk changelog fetch and one issue's changelog pages."""
+        bulk = match.re is _CHANGELOG_BULK_PATH
+        if method != ("POST" if bulk else "GET"):
+            return _Reply(405)
+        version, base = self._version(match), self._base_url()
+        with self._lock:
+            zone = self._time_zone
+
+            def user(email: str) -> dict[str, Any]:
+                return self._user_json(email, False, base, zone)
+
+            def when(at: datetime) -> str:
+                return jira_timestamp(at, zone)
+
+            try:
+                if bulk:
+                    answer = self._changelog.bulkfetch(self._json_body(body), self._find, user, when)
+                else:
+                    issue = self._find(unquote(match.group(2)))
+                    if issue is None:
+                        return _error_reply(404, ISSUE_NOT_FOUND_MESSAGE)
+                    url = f"{base}/rest/api/{version}/issue/{issue.id}/changelog"
+                    answer = self._changelog.issue_changelog(issue, params, url, user, when)
+            except ChangelogBadRequest as exc:
+                return _error_reply(400, str(exc))
+        return _json_reply(200, answer)
+
     @staticmethod
     def _version(match: re.Match[str]) -> str:
         return "2" if match.group(1) == "latest" else match.group(1)
@@ -968,6 +1046,8 @@ class JiraStandin:
     def _fields(self) -> _Reply:
         with self._lock:
             custom = [dict(field) for field in self._custom_fields.values()]
+        if _SPRINT_FIELD["id"] not in {field["id"] for field in custom}:
+            custom.insert(0, dict(_SPRINT_FIELD))  # ticket history (#25); a test may replace the id
         system = [
             {
                 **field,
@@ -977,7 +1057,7 @@ class JiraStandin:
                 "searchable": True,
                 "clauseNames": [field["id"]],
             }
-            for field in _SYSTEM_FIELDS
+            for field in (*_SYSTEM_FIELDS, *_HISTORY_SYSTEM_FIELDS)
         ]
         return _json_reply(200, system + custom)
 

@@ -23,8 +23,9 @@ from airflow.providers.common.compat.sdk import conf
 
 from include.jira_rules import is_project_key, normalise_key
 from include.mail_ledger import DEFAULT_RETENTION
-from include.names import CONFIG_SECTION, EXTRA_FIELDS_OPTION
+from include.names import CONFIG_SECTION, EXTRA_FIELDS_OPTION, HISTORY_FIELDS_OPTION
 from include.ticket_fields import MAX_EXTRA_FIELDS, parse_extra_fields
+from include.ticket_history import DEFAULT_HISTORY_FIELDS, parse_history_fields
 
 INBOX_MODES = ("idle", "poll")
 
@@ -164,6 +165,15 @@ OPTIONS: tuple[Option, ...] = (
         "How long the Jira sync page keeps the mailbox figures before it logs in to IMAP again.",
         _seconds,
     ),
+    # Ticket history (#25).
+    Option(
+        HISTORY_FIELDS_OPTION,
+        ",".join(DEFAULT_HISTORY_FIELDS),
+        "Jira field ids, comma-separated, at most 10 (empty: no history)",
+        "The fields whose every change is kept in jira_ticket_change (fetch_history, after store_tickets). "
+        "Checked against Jira's field list when history is fetched; sprint finds the site's Sprint field.",
+        parse_history_fields,
+    ),
 )
 
 
@@ -180,6 +190,7 @@ class Settings:
     rest_projects: frozenset[str] | None
     ledger_retention_days: int
     status_mailbox_cache_seconds: float
+    history_fields: tuple[str, ...]
 
 
 def parse_option(option: Option, raw: object) -> Any:
