@@ -452,6 +452,12 @@ class JiraStandin:
         with self._lock:
             self._scoped = bool(value)
 
+    def use_flavor(self, flavor: str, *, personal_access_token: str | None = None) -> None:
+        """Serve as Jira Cloud or Data Center from now on (until reset(); see datacenter.py)."""
+        with self._lock:
+            self.flavor = datacenter.check_flavor(flavor)
+            self.personal_access_token = personal_access_token
+
     def _base_url(self) -> str:
         base = self.url if self._server is not None else f"http://{self._host}:{self._port}"
         # Behind the gateway, Jira's `self` links point at the gateway too.
