@@ -121,7 +121,9 @@ mode, then in Data Center mode (personal access token, extra `flavor: datacenter
 
 Data Center lists keys 1000 a page (its `jira.search.views.default.max`) where Cloud gives 5000, so
 its listing takes about 20 pages against 4; each page carries `updated` beside the key, and from the
-second page on a `key not in (...)` of the keys already seen in the bound's minute.
+second page on a `key not in (...)` of the keys already seen in the bound's minute. Beside the
+searches, Cloud makes one `GET /myself` (the account's zone, in `plan_sweep`) and Data Center two
+(the listing task reads the zone again for its moving bound's literals).
 """
     from bench.report import write_section
 
