@@ -14,47 +14,21 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import time
-from datetime import timedelta
 from pathlib import Path
 
-from bench.sweep_bench import ISSUES, LATENCY_S, WINDOW_END, WINDOW_START, _set_up_airflow
-from devkit.airflow_env import REPO
-from include.names import JIRA_CONN_ID, TICKET_TABLE
+from bench.sweep_bench import ISSUES, LATENCY_S, _set_up_airflow, seed_sweep_issues, warmed_up_sweep
+from bench.sweep_bench import _sweep as timed_sweep
+from include.names import JIRA_CONN_ID
 
 PAT = "bench-personal-access-token"
 
 
 def _sweep(dag_factory, jira, conf: dict, store_path: Path) -> dict:
-    import sqlite3
-
-    from airflow.models.taskinstance import TaskInstance
-    from airflow.utils.session import create_session
-
+    """bench.sweep_bench's timed run, with the connection following the stand-in's flavour."""
     os.environ[f"AIRFLOW_CONN_{JIRA_CONN_ID.upper()}"] = json.dumps(jira.airflow_conn())
-    jira.clear_requests()
-    started = time.perf_counter()
-    run = dag_factory().test(run_conf=conf)
-    wall = time.perf_counter() - started
-    with create_session() as session:
-        fetches = (
-            session.query(TaskInstance)
-            .filter_by(dag_id="jira_sweep", run_id=run.run_id, task_id="fetch_tickets")
-            .count()
-        )
-    conn = sqlite3.connect(store_path)
-    rows = conn.execute(f"SELECT count(*) FROM {TICKET_TABLE} WHERE source = 'sweep'").fetchone()[0]
-    conn.close()
-    searches = [r for r in jira.requests if r.path in ("/rest/api/3/search/jql", "/rest/api/2/search")]
-    return {
-        "state": str(getattr(run.state, "value", run.state)),
-        "wall_s": wall,
-        "total": jira.request_count("/rest/api/"),
-        "searches": len(searches),
-        "bulk": jira.request_count("/rest/api/3/issue/bulkfetch"),
-        "fetches": fetches,
-        "rows": rows,
-    }
+    result = timed_sweep(dag_factory, jira, conf, store_path)
+    # Cloud lists by /search/jql; Data Center lists and fetches by /rest/api/2/search.
+    return result | {"searches": result["searches"] + jira.request_count("/rest/api/2/search")}
 
 
 def main() -> None:
@@ -63,31 +37,12 @@ def main() -> None:
     jira = JiraStandin(email="bench@example.com", api_token="bench-token", time_zone="Europe/Berlin").start()
     results: dict[str, dict] = {}
     try:
-        step = (WINDOW_END - WINDOW_START) / ISSUES
-        for n in range(ISSUES):
-            jira.add_issue(
-                f"SWP-{n + 1}",
-                summary=f"Swept ticket {n + 1}",
-                assignee_email=None if n % 5 == 0 else f"user{n % 40}@example.com",
-                progress=(n % 100, 100),
-                updated=WINDOW_START + step * n,
-            )
-        jira.latency = LATENCY_S
+        seed_sweep_issues(jira)
         with tempfile.TemporaryDirectory(prefix="jms-dc-sweep-bench-") as tmp_name:
             tmp = Path(tmp_name)
             store_path = tmp / "store.db"
             _set_up_airflow(tmp, jira, store_path)
-            from airflow.dag_processing.dagbag import DagBag
-
-            def sweep_dag():
-                return DagBag(dag_folder=str(REPO / "dags")).dags["jira_sweep"]
-
-            conf = {"since": WINDOW_START.isoformat(), "until": WINDOW_END.isoformat(), "lookback_minutes": 0}
-            empty = WINDOW_END + timedelta(days=1)
-            # A warm-up over an empty window first, so neither timed run pays the first run's start-up.
-            sweep_dag().test(
-                run_conf={"since": empty.isoformat(), "until": (empty + timedelta(hours=1)).isoformat()}
-            )
+            sweep_dag, conf = warmed_up_sweep()
             results["cloud"] = _sweep(sweep_dag, jira, conf, store_path)
             store_path.unlink()
             jira.use_flavor("datacenter", personal_access_token=PAT)
