@@ -78,7 +78,8 @@ Data Center lists keys 1000 a page (its `jira.search.views.default.max`) where C
 its listing takes about 20 pages against 4; each page carries `updated` beside the key, and from the
 second page on a `key not in (...)` of the keys already seen in the bound's minute. Beside the
 searches, Cloud makes one `GET /myself` (the account's zone, in `plan_sweep`) and Data Center two
-(the listing task reads the zone again for its moving bound's literals).
+(the listing task reads the zone again for its moving bound's literals). The machine is shared with other work:
+wall times moved by several seconds between reruns, so the request counts are the figure to compare.
 """
     from bench.report import write_section
 
