@@ -276,3 +276,21 @@ def test_an_empty_token_bucket_pauses_instead_of_drawing_429s(jira_dc_standin):
             client.get_issue("ABC-1")
     assert jira_dc_standin.dc.throttled == 0 and client.throttled_count == 0
     assert client.paced_seconds > 0.2
+
+
+def test_the_stand_in_validates_keys_like_data_center_unless_told_not_to(jira_dc_standin):
+    """Why the client sends validateQuery false: by default a key that does not exist fails the search."""
+    jira_dc_standin.add_issue("ABC-1", summary="one")
+    headers = {"Authorization": f"Bearer {DC_PERSONAL_ACCESS_TOKEN}"}
+    url = f"{jira_dc_standin.url}/rest/api/2/search"
+    strict = requests.get(url, params={"jql": "key in (ABC-1, ABC-404)"}, headers=headers, timeout=5)
+    lenient = requests.get(
+        url, params={"jql": "key in (ABC-1, ABC-404)", "validateQuery": "false"}, headers=headers, timeout=5
+    )
+    message = "An issue with key 'ABC-404' does not exist for field 'key'."
+    assert strict.status_code == 400 and strict.json()["errorMessages"] == [message]
+    answer = lenient.json()
+    assert [issue["key"] for issue in answer["issues"]] == ["ABC-1"] and answer["warningMessages"] == [
+        message
+    ]
+    assert (answer["startAt"], answer["maxResults"], answer["total"]) == (0, 50, 1)
