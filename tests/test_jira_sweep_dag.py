@@ -313,7 +313,7 @@ def test_a_manual_window_never_moves_the_watermark(sweep_env, sweep_dag):
 
 @pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)
 def test_a_key_jira_keeps_failing_on_stores_the_rest_but_fails_the_sweep_and_holds_the_watermark(
-    sweep_env, sweep_dag
+    sweep_env, sweep_dag, jira_flavor
 ):
     jira, store = sweep_env
     day = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)

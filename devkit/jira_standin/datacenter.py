@@ -12,7 +12,8 @@ REST/9.x, "api/2/search", "api/2/serverInfo", "api/2/myself"), not invented for 
 - users by `name`/`key` (no accountId), `emailAddress` only when visible;
 - the admin-set token bucket: `X-RateLimit-Limit/Remaining/Interval-Seconds/FillRate` on every answer,
   429 with `Retry-After` (whole seconds) when it is empty.
-A test may edit issues between search pages through `JiraStandin.between_pages` (called with the page
+A `server_error` key fault (server.KEY_FAULTS) makes every `key in (...)` search naming the key
+answer 500, as it does for Cloud's bulk fetch. A test may edit issues between search pages through `JiraStandin.between_pages` (called with the page
 number and the JQL after a page is computed, before it is sent).
 """
 
@@ -41,6 +42,7 @@ _API = r"^/rest/api/(2|latest)"
 _SERVER_INFO_PATH = re.compile(r"^/rest/api/(2|3|latest)/serverInfo/?$")
 _SEARCH_PATH = re.compile(_API + r"/search/?$")
 _NOT_ON_DC = re.compile(r"^/rest/api/(3/|(2|latest)/search/jql/?$|(2|latest)/issue/bulkfetch/?$)")
+_KEY_IN = re.compile(r"\bkey\s+in\s*\(([^)]*)\)", re.IGNORECASE)
 _SEARCH_BODY_FIELDS = {
     "jql",
     "startAt",
@@ -191,6 +193,10 @@ def _search(standin: JiraStandin, request: dict[str, Any]) -> _Reply:
             compiled = compile_jql(jql or "created is not empty", context)
         except JqlError as exc:
             return _error_reply(400, str(exc))
+        named = {key.strip().upper() for group in _KEY_IN.findall(jql) for key in group.split(",")}
+        if any(standin._key_faults.get(key) == "server_error" for key in named):
+            # The key fault of the poison tests: Data Center's fetch is a `key in (...)` search.
+            return _error_reply(500, "Internal server error")
         matched = compiled.select(i for i in standin._issues.values() if i.id not in standin._hidden)
         page = matched[start_at : start_at + max_results]
         fields = _selected_fields(tokens, standin._custom_fields) if tokens else set(ISSUE_FIELDS)

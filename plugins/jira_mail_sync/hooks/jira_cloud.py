@@ -1,4 +1,4 @@
-"""An Airflow hook that opens a Jira Cloud REST v3 client from a `jira` connection, lazily."""
+"""An Airflow hook that opens a Jira client from a `jira` connection, lazily: Cloud (REST v3) or Data Center."""
 
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ class JiraCloudHook(BaseHook):
     conn_name_attr = "jira_conn_id"
     default_conn_name = JIRA_CONN_ID
     conn_type = "jira"
-    hook_name = "Jira Cloud (REST v3)"
+    hook_name = "Jira Cloud (REST v3) or Data Center (REST v2)"
 
     def __init__(
         self,
