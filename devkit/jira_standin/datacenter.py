@@ -13,8 +13,9 @@ REST/9.x, "api/2/search", "api/2/serverInfo", "api/2/myself"), not invented for 
 - the admin-set token bucket: `X-RateLimit-Limit/Remaining/Interval-Seconds/FillRate` on every answer,
   429 with `Retry-After` (whole seconds) when it is empty.
 A `server_error` key fault (server.KEY_FAULTS) makes every `key in (...)` search naming the key
-answer 500, as it does for Cloud's bulk fetch. A test may edit issues between search pages through `JiraStandin.between_pages` (called with the page
-number and the JQL after a page is computed, before it is sent).
+answer 500, as it does for Cloud's bulk fetch. A test may edit issues between search pages through
+`JiraStandin.between_pages` (called with the page number and the JQL after a page is computed,
+before it is sent).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""An Airflow hook that opens a Jira client from a `jira` connection, lazily: Cloud (REST v3) or Data Center."""
+"""An Airflow hook that opens a Jira client (Cloud REST v3, or Data Center v2) from a `jira` connection."""
 
 from __future__ import annotations
 
