@@ -9,8 +9,9 @@ bounded wait, Retry-After, redaction and usage counting are the same code; what 
   offsets (see search_keys), so issues that change mid-sweep are neither skipped nor repeated;
 - fetch: `key in (...)` searches of up to the server's `maxResults` (jira.search.views.default.max,
   1000 unless the admin changed it; the answer's `maxResults` says, and the client adapts);
-- rate limits: Data Center's token bucket (`X-RateLimit-Remaining/Interval-Seconds/FillRate`): when
-  the bucket is empty the next request waits for one token instead of drawing a 429.
+- rate limits: Data Center's token bucket (`X-RateLimit-Remaining`, and the `Retry-After` it sends on
+  every answer): when the bucket is empty the next request waits for new tokens instead of drawing
+  a 429.
 
 Fields come as Data Center gives them: users carry `name`/`key` (and `emailAddress` when visible),
 description and comments are wiki text, not ADF.
@@ -33,6 +34,7 @@ from include.jira_cloud import (
     JiraCloudClient,
     JiraError,
     JiraRequestError,
+    _retry_after_seconds,
     parse_jira_datetime,
 )
 from include.jira_rules import is_issue_key, normalise_key
@@ -172,18 +174,26 @@ class JiraDataCenterClient(JiraCloudClient):
             self.paced_seconds += wait
 
     def _observe(self, response: requests.Response) -> None:
-        """Data Center's token bucket: FillRate tokens come back every Interval-Seconds; at 0, wait one."""
+        """Data Center's token bucket: when X-RateLimit-Remaining is 0, wait before the next request.
+
+        Data Center sends Retry-After on every answer (0 while tokens are left, else the seconds until
+        the next batch of FillRate tokens); without it, one token's share of the interval is waited.
+        """
         headers = response.headers
         try:
             remaining = int(headers["X-RateLimit-Remaining"])
-            interval = float(headers.get("X-RateLimit-Interval-Seconds") or 1)
-            fill_rate = float(headers.get("X-RateLimit-FillRate") or 0)
         except (KeyError, ValueError):
             return
-        if remaining > 0 or fill_rate <= 0 or interval <= 0:
+        if remaining > 0 or response.status_code == 429:  # a 429's Retry-After is _send's to honour
             return
+        wait = _retry_after_seconds(headers.get("Retry-After"))
+        if wait is None:
+            try:
+                wait = float(headers["X-RateLimit-Interval-Seconds"]) / float(headers["X-RateLimit-FillRate"])
+            except (KeyError, ValueError, ZeroDivisionError):
+                return
         # Never longer than the retry budget: a longer wait would look like a hang; a 429 then tells.
-        self._not_before = time.monotonic() + min(interval / fill_rate, self.max_retry_wait)
+        self._not_before = time.monotonic() + min(max(wait, 0.0), self.max_retry_wait)
 
     # ------------------------------------------------------------------------------------- search
 

@@ -269,13 +269,13 @@ def test_a_429_with_retry_after_is_waited_out(jira_dc_standin):
 
 def test_an_empty_token_bucket_pauses_instead_of_drawing_429s(jira_dc_standin):
     jira_dc_standin.add_issue("ABC-1", summary="one")
-    jira_dc_standin.dc.rate_limit = (2, 10.0, 1.0)  # 2 tokens, 10 back a second
-    jira_dc_standin.dc.tokens = 2
+    jira_dc_standin.dc.rate_limit = (3, 3.0, 1.0)  # at most 3 tokens, 3 more each second
+    jira_dc_standin.dc.tokens = 3
     with dc_client(jira_dc_standin) as client:
-        for _ in range(6):
+        for _ in range(5):
             client.get_issue("ABC-1")
     assert jira_dc_standin.dc.throttled == 0 and client.throttled_count == 0
-    assert client.paced_seconds > 0.2
+    assert client.paced_seconds > 0.1
 
 
 def test_the_stand_in_validates_keys_like_data_center_unless_told_not_to(jira_dc_standin):

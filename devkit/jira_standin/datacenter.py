@@ -10,8 +10,9 @@ REST/9.x, "api/2/search", "api/2/serverInfo", "api/2/myself"), not invented for 
 - there is no `/rest/api/3`, no `/search/jql` and no `/issue/bulkfetch`: 404;
 - personal access tokens as `Authorization: Bearer`, basic auth beside them;
 - users by `name`/`key` (no accountId), `emailAddress` only when visible;
-- the admin-set token bucket: `X-RateLimit-Limit/Remaining/Interval-Seconds/FillRate` on every answer,
-  429 with `Retry-After` (whole seconds) when it is empty.
+- the admin-set token bucket (confluence.atlassian.com/doc/_ratelimiting_httpheaders-992678779.html):
+  `X-RateLimit-Limit/Remaining/Interval-Seconds/FillRate` and `Retry-After` (0 while tokens are left,
+  else the seconds until the next batch of FillRate tokens) on every answer; 429 when it is empty.
 A `server_error` key fault (server.KEY_FAULTS) makes every `key in (...)` search naming the key
 answer 500, as it does for Cloud's bulk fetch. A test may edit issues between search pages through
 `JiraStandin.between_pages` (called with the page number and the JQL after a page is computed,
@@ -229,19 +230,24 @@ def take_token(standin: JiraStandin) -> tuple[_Reply | None, tuple[tuple[str, st
         return None, ()
     capacity, fill_rate, interval = state.rate_limit
     now = time.monotonic()
-    state.tokens = min(capacity, state.tokens + (now - state.refilled_at) * fill_rate / interval)
-    state.refilled_at = now
+    # Tokens come in batches: FillRate of them at the end of each whole interval, up to the Limit.
+    intervals = math.floor((now - state.refilled_at) / interval)
+    if intervals:
+        state.tokens = min(capacity, state.tokens + intervals * fill_rate)
+        state.refilled_at += intervals * interval
     limited = state.tokens < 1
     if not limited:
         state.tokens -= 1
+    # Retry-After is on every answer: 0 while tokens are left, else the whole seconds to the next batch.
+    wait = 0 if state.tokens >= 1 else math.ceil(state.refilled_at + interval - now)
     headers = (
         ("X-RateLimit-Limit", str(capacity)),
         ("X-RateLimit-Remaining", str(math.floor(state.tokens))),
         ("X-RateLimit-Interval-Seconds", format(interval, "g")),
         ("X-RateLimit-FillRate", format(fill_rate, "g")),
+        ("Retry-After", str(wait)),
     )
     if not limited:
         return None, headers
     state.throttled += 1
-    wait = math.ceil((1 - state.tokens) * interval / fill_rate)
-    return _error_reply(429, "Rate limit exceeded.", headers=(*headers, ("Retry-After", str(wait)))), headers
+    return _error_reply(429, "Rate limit exceeded.", headers=headers), headers
