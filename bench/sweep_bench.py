@@ -61,6 +61,37 @@ def make_task_memory_listener():
     return TaskMemoryListener()
 
 
+def seed_sweep_issues(jira) -> None:
+    """The stand-in's ISSUES issues, updated evenly over the window, then LATENCY_S on every request."""
+    step = (WINDOW_END - WINDOW_START) / ISSUES
+    for n in range(ISSUES):
+        jira.add_issue(
+            f"SWP-{n + 1}",
+            summary=f"Swept ticket {n + 1}",
+            assignee_email=None if n % 5 == 0 else f"user{n % 40}@example.com",
+            progress=(n % 100, 100),
+            updated=WINDOW_START + step * n,
+        )
+    jira.latency = LATENCY_S
+
+
+def warmed_up_sweep():
+    """A factory of fresh jira_sweep DAG objects and the window's conf, after one warm-up run over an
+    empty window (so no timed run pays the first run's start-up)."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    def sweep_dag():
+        return DagBag(dag_folder=str(REPO / "dags")).dags["jira_sweep"]
+
+    empty = WINDOW_END + timedelta(days=1)
+    sweep_dag().test(run_conf={"since": empty.isoformat(), "until": (empty + timedelta(hours=1)).isoformat()})
+    return sweep_dag, {
+        "since": WINDOW_START.isoformat(),
+        "until": WINDOW_END.isoformat(),
+        "lookback_minutes": 0,
+    }
+
+
 def _set_up_airflow(tmp: Path, jira, store_path: Path) -> None:
     home = tmp / "airflow-home"
     home.mkdir()
@@ -126,35 +157,17 @@ def main() -> None:
 
     jira = JiraStandin(email="bench@example.com", api_token="bench-token", time_zone="Europe/Berlin").start()
     try:
-        step = (WINDOW_END - WINDOW_START) / ISSUES
-        for n in range(ISSUES):
-            jira.add_issue(
-                f"SWP-{n + 1}",
-                summary=f"Swept ticket {n + 1}",
-                assignee_email=None if n % 5 == 0 else f"user{n % 40}@example.com",
-                progress=(n % 100, 100),
-                updated=WINDOW_START + step * n,
-            )
-        jira.latency = LATENCY_S
+        seed_sweep_issues(jira)
         with tempfile.TemporaryDirectory(prefix="jms-sweep-bench-") as tmp_name:
             tmp = Path(tmp_name)
             store_path = tmp / "store.db"
             _set_up_airflow(tmp, jira, store_path)
 
-            from airflow.dag_processing.dagbag import DagBag
             from airflow.sdk.listener import get_listener_manager
 
             import include.jira_rules as jira_rules
 
-            def sweep_dag():
-                return DagBag(dag_folder=str(REPO / "dags")).dags["jira_sweep"]
-
-            conf = {"since": WINDOW_START.isoformat(), "until": WINDOW_END.isoformat(), "lookback_minutes": 0}
-            # A warm-up over an empty window first, so neither timed run pays the first run's start-up.
-            empty = WINDOW_END + timedelta(days=1)
-            sweep_dag().test(
-                run_conf={"since": empty.isoformat(), "until": (empty + timedelta(hours=1)).isoformat()}
-            )
+            sweep_dag, conf = warmed_up_sweep()
 
             # Side by side in this one process, on the same 20,000 issues: bulk fetches of 100, as before
             # Jira's 1000-issue rule was used (its limit set back to 100 for this run only: the planner's

@@ -252,6 +252,9 @@ class JiraCloudClient:
     is discovered at `<site_url>/_edge/tenant_info` when not given); nothing is sent before the first call.
     """
 
+    # Which REST version the calls (and the request names in messages) use; Data Center's is 2.
+    api_version = "3"
+
     def __init__(
         self,
         site_url: str,
@@ -266,8 +269,7 @@ class JiraCloudClient:
         cloud_id: str | None = None,
         api_base_url: str = ATLASSIAN_API_BASE_URL,
     ) -> None:
-        if not email or not api_token:
-            raise ValueError("Jira needs the account e-mail and an API token")
+        self._check_credentials(email, api_token)
         if timeout <= 0 or max_retries < 0 or max_retry_wait < 0:
             raise ValueError("timeout must be positive; max_retries and max_retry_wait not negative")
         self.site_url = _normalise_site_url(site_url)
@@ -286,6 +288,11 @@ class JiraCloudClient:
         self._secret = api_token
         self._time_zone: str | None = None
         self._client: JiraCloud | None = None
+
+    @staticmethod
+    def _check_credentials(email: str, api_token: str) -> None:
+        if not email or not api_token:
+            raise ValueError("Jira needs the account e-mail and an API token")
 
     def __repr__(self) -> str:
         scoped = ", scoped_token=True" if self.scoped_token else ""
@@ -395,6 +402,7 @@ class JiraCloudClient:
             retry_after: float | None = None
             status: int | None = None
             timed_out = False
+            self._pace()
             try:
                 response = call()
             except (
@@ -406,6 +414,7 @@ class JiraCloudClient:
                 failure = "timed out" if timed_out else "could not be reached"
                 failure = f"{failure} ({type(exc).__name__})"
             else:
+                self._observe(response)
                 if response.status_code not in _TRANSIENT_STATUSES:
                     return response
                 status = response.status_code
@@ -435,6 +444,12 @@ class JiraCloudClient:
             )
             time.sleep(delay)
             waited += delay
+
+    def _pace(self) -> None:
+        """Called before each request; Data Center's client waits here when its rate limit is spent."""
+
+    def _observe(self, response: requests.Response) -> None:
+        """Called with each answer; Data Center's client reads its rate-limit headers here."""
 
     def usage(self, task: str) -> Usage:
         """What this client has asked of Jira so far, for include/api_usage."""
@@ -478,9 +493,16 @@ class JiraCloudClient:
 
     # ------------------------------------------------------------------------------------------ API
 
+    # The library names these two differently on its Cloud and Server classes; a subclass overrides them.
+    def _request_myself(self) -> requests.Response:
+        return self._api.get_current_user()
+
+    def _request_fields(self) -> requests.Response:
+        return self._api.get_fields()
+
     def myself(self) -> dict[str, Any]:
         """The account the token belongs to (GET /rest/api/3/myself)."""
-        return self._json("GET /rest/api/3/myself", self._api.get_current_user)
+        return self._json(f"GET /rest/api/{self.api_version}/myself", self._request_myself)
 
     def answers_this_account(self) -> bool:
         """Whether Jira is up for this account (one GET /rest/api/3/myself, with the client's retries).
@@ -509,7 +531,7 @@ class JiraCloudClient:
         if not is_issue_key(normalised):
             # Not a key Jira could have; asking would only put arbitrary text into the URL path.
             raise JiraNotFound(normalised)
-        what = f"GET /rest/api/3/issue/{normalised}"
+        what = f"GET /rest/api/{self.api_version}/issue/{normalised}"
         response = self._send(what, lambda: self._api.get_issue(normalised, fields=",".join(fields)))
         if response.status_code == 404:
             raise JiraNotFound(normalised)
@@ -527,9 +549,10 @@ class JiraCloudClient:
 
     def fields_catalogue(self) -> list[dict[str, Any]]:
         """Every field this account can see, system and custom (GET /rest/api/3/field)."""
-        answer = self._json("GET /rest/api/3/field", self._api.get_fields)
+        what = f"GET /rest/api/{self.api_version}/field"
+        answer = self._json(what, self._request_fields)
         if not isinstance(answer, list):
-            raise JiraUnavailable(f"Jira at {self.where} answered GET /rest/api/3/field without a list")
+            raise JiraUnavailable(f"Jira at {self.where} answered {what} without a list")
         return answer
 
     @property

@@ -141,6 +141,25 @@ def _existing_wall(wall: datetime, zone: ZoneInfo) -> datetime:
     return wall
 
 
+def _minute_at_or_before(instant: datetime, zone: ZoneInfo) -> datetime:
+    """The latest wall minute whose Jira reading is at or before `instant`."""
+    low = instant.astimezone(zone).replace(tzinfo=None, second=0, microsecond=0)
+    while _jira_reading(low, zone) > instant:  # only for historic offsets that are not whole minutes
+        low -= _MINUTE
+    # In a fold's second pass the floor reads a DST shift early; the fold's last first-pass minute is tighter.
+    while _jira_reading(low + _MINUTE, zone) <= instant:
+        low += _MINUTE
+    return low
+
+
+def jql_lower_bound(instant: datetime, account_tz: str) -> tuple[str, datetime]:
+    """The JQL literal L for ``updated >= L`` that loses nothing at or after `instant`, and the instant Jira
+    reads L as (at or before `instant`, by less than a minute except in a DST fold)."""
+    zone = _account_zone(account_tz)
+    low = _existing_wall(_minute_at_or_before(instant, zone), zone)
+    return _format_jql_datetime(low), _jira_reading(low, zone)
+
+
 def jql_datetime_bounds(window: SweepWindow, account_tz: str) -> tuple[str, str]:
     """The JQL literals LOW, HIGH for ``updated >= LOW AND updated < HIGH`` covering [query_start, end).
 
@@ -153,12 +172,7 @@ def jql_datetime_bounds(window: SweepWindow, account_tz: str) -> tuple[str, str]
     query_start = window.query_start
     end = window.end
 
-    low = query_start.astimezone(zone).replace(tzinfo=None, second=0, microsecond=0)
-    while _jira_reading(low, zone) > query_start:  # only for historic offsets that are not whole minutes
-        low -= _MINUTE
-    # In a fold's second pass the floor reads a DST shift early; the fold's last first-pass minute is tighter.
-    while _jira_reading(low + _MINUTE, zone) <= query_start:
-        low += _MINUTE
+    low = _minute_at_or_before(query_start, zone)
 
     end_wall = end.astimezone(zone).replace(tzinfo=None)
     high = end_wall.replace(second=0, microsecond=0)

@@ -71,6 +71,8 @@ SERVICE_FIXTURES = frozenset(
         "jira_standin_server",
         "jira_standin",
         "jira_conn_env",
+        "jira_dc_standin",
+        "jira_flavor",
         "oauth_standin_server",
         "oauth_standin",
         "oauth_dovecot",

@@ -55,7 +55,7 @@ def stored_count(store_backend):
         conn.close()
 
 
-def test_mail_in_row_out_then_mail_seen_and_a_rerun_changes_nothing(inbox_env, inbox_dag):
+def test_mail_in_row_out_then_mail_seen_and_a_rerun_changes_nothing(inbox_env, inbox_dag, jira_flavor):
     imap, jira, store = inbox_env
     jira.add_issue(
         "ABC-1",
@@ -116,7 +116,7 @@ def test_keys_are_deduplicated_batched_and_labelled_in_the_ui(inbox_env, inbox_d
 
 
 @pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)
-def test_key_unknown_to_jira_is_recorded_as_not_found_and_its_mail_settled(inbox_env, inbox_dag):
+def test_key_unknown_to_jira_is_recorded_as_not_found_and_its_mail_settled(inbox_env, inbox_dag, jira_flavor):
     imap, jira, store = inbox_env
     jira.add_issue("ABC-2", summary="Exists", updated=T0)
     imap.append(jira_notification("ABC-2", site=SITE))
@@ -127,6 +127,21 @@ def test_key_unknown_to_jira_is_recorded_as_not_found_and_its_mail_settled(inbox
     assert result.state == "success", result.states
     assert result.xcom("store_tickets")["not_found"] == ["ABC-404"]
     assert stored_count(store) == 1
+    assert imap.unseen_count() == 0
+
+
+@pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)
+def test_mail_about_a_moved_ticket_stores_it_under_its_new_key_and_settles(inbox_env, inbox_dag, jira_flavor):
+    imap, jira, store = inbox_env
+    jira.add_issue("OLD-7", summary="Moving", updated=T0)
+    jira.move_issue("OLD-7", "NEW-1")
+    imap.append(jira_notification("OLD-7", site=SITE))
+
+    result = run_dag(inbox_dag, conf=TRUSTED)
+
+    assert result.state == "success", result.states
+    assert stored_row(store, "NEW-1")["summary"] == "Moving" and stored_count(store) == 1
+    assert result.xcom("store_tickets")["not_found"] == []
     assert imap.unseen_count() == 0
 
 

@@ -41,11 +41,15 @@ def rows(store_backend) -> dict[str, tuple]:
         conn.close()
 
 
+# Where the sweep lists keys: Cloud's /search/jql, Data Center's /search (#24).
+SEARCH_PATHS = {"cloud": "/rest/api/3/search/jql", "datacenter": "/rest/api/2/search"}
+
+
 def manual(since: datetime, until: datetime, **extra) -> dict:
     return {"since": since.isoformat(), "until": until.isoformat(), **extra}
 
 
-def test_sweep_stores_exactly_the_tickets_updated_in_its_window(sweep_env, sweep_dag):
+def test_sweep_stores_exactly_the_tickets_updated_in_its_window(sweep_env, sweep_dag, jira_flavor):
     jira, store = sweep_env
     jira.set_time_zone("Australia/Sydney")
     jira.add_issue(
@@ -70,7 +74,9 @@ def test_sweep_stores_exactly_the_tickets_updated_in_its_window(sweep_env, sweep
     assert '"2026-11-27 21:00"' in plan["jql"]  # 10:00Z is 21:00 in Sydney (AEDT, +11)
 
 
-def test_backfill_of_several_intervals_equals_one_long_manual_sweep(sweep_env, sweep_dag, store_backend):
+def test_backfill_of_several_intervals_equals_one_long_manual_sweep(
+    sweep_env, sweep_dag, store_backend, jira_flavor
+):
     jira, store = sweep_env
     jira.set_time_zone("America/New_York")
     for n in range(60):
@@ -232,16 +238,17 @@ def test_paging_follows_next_page_token_to_is_last(sweep_env, sweep_dag):
 
 
 @pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)
-def test_rate_limit_retry_after_is_honoured(sweep_env, sweep_dag):
+def test_rate_limit_retry_after_is_honoured(sweep_env, sweep_dag, jira_flavor):
     jira, store = sweep_env
+    search = SEARCH_PATHS[jira_flavor]
     jira.add_issue("ABC-1", summary="s", updated=HOUR_START + timedelta(minutes=1))
-    jira.inject_fault(429, count=1, retry_after=2, path_prefix="/rest/api/3/search/jql")
+    jira.inject_fault(429, count=1, retry_after=2, path_prefix=search)
     started = time.monotonic()
     result = run_dag(sweep_dag, conf=manual(HOUR_START, HOUR_START + timedelta(minutes=15)))
     assert result.state == "success", result.states
     assert time.monotonic() - started >= 2
-    statuses = [r[3] for r in jira.requests if r[1].startswith("/rest/api/3/search/jql")]
-    assert statuses == [429, 200]
+    statuses = [r[3] for r in jira.requests if r[1] == search]
+    assert statuses[:2] == [429, 200]  # on Data Center the fetch searches too: a third 200
     assert set(rows(store)) == {"ABC-1"}
 
 
@@ -306,7 +313,7 @@ def test_a_manual_window_never_moves_the_watermark(sweep_env, sweep_dag):
 
 @pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)
 def test_a_key_jira_keeps_failing_on_stores_the_rest_but_fails_the_sweep_and_holds_the_watermark(
-    sweep_env, sweep_dag
+    sweep_env, sweep_dag, jira_flavor
 ):
     jira, store = sweep_env
     day = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
@@ -328,3 +335,65 @@ def test_a_key_jira_keeps_failing_on_stores_the_rest_but_fails_the_sweep_and_hol
     assert recovered.state == "success", recovered.states
     assert "OPS-4" in rows(store)
     assert recovered.xcom("record_sweep_progress") == (day + timedelta(minutes=45)).isoformat()
+
+
+@pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)
+@pytest.mark.parametrize(
+    ("zone", "start"),
+    [
+        # Sydney leaves DST at 03:00 local on 5 April 2026 (16:00Z on the 4th): 02:00-03:00 twice.
+        ("Australia/Sydney", datetime(2026, 4, 4, 15, 30, tzinfo=UTC)),
+        # New York enters DST at 02:00 local on 8 March 2026 (07:00Z): 02:00-03:00 never happens.
+        ("America/New_York", datetime(2026, 3, 8, 6, 30, tzinfo=UTC)),
+    ],
+)
+def test_a_window_across_a_dst_change_stores_exactly_its_tickets(
+    sweep_env, sweep_dag, jira_flavor, zone, start
+):
+    jira, store = sweep_env
+    jira.set_time_zone(zone)
+    end = start + timedelta(hours=1)
+    for minute in range(-20, 80, 5):
+        jira.add_issue(
+            f"DST-{minute + 21}", summary="t", updated=start + timedelta(minutes=minute, seconds=30)
+        )
+    inside = {f"DST-{m + 21}" for m in range(-20, 80, 5) if 0 <= m < 60}
+
+    result = run_dag(sweep_dag, conf=manual(start, end, lookback_minutes=0))
+
+    assert result.state == "success", result.states
+    stored = set(rows(store))
+    assert inside <= stored
+    # Sydney's fold widens the upper bound by up to the hour of the fold (a zone-less literal cannot
+    # name its second pass); New York's gap widens nothing.
+    limit = end + (timedelta(hours=1) if zone == "Australia/Sydney" else timedelta(0))
+    assert all(start <= start + timedelta(minutes=int(k.split("-")[1]) - 21) < limit for k in stored)
+
+
+@pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)
+def test_data_center_sweep_misses_nothing_while_tickets_change_between_pages(
+    jira_dc_standin, sweep_env, sweep_dag
+):
+    """Data Center pages by a moving bound on `updated` (include/jira_datacenter.py): tickets edited
+    between pages move to the end of the order and are listed once, and none is skipped."""
+    jira, store = sweep_env
+    jira.dc.search_max = 10  # jira.search.views.default.max set low by the admin: several pages
+    keys = [f"ABC-{n}" for n in range(1, 36)]
+    for index, key in enumerate(keys):
+        jira.add_issue(key, summary="before", updated=HOUR_START + timedelta(seconds=10 * index))
+    listing: list[int] = []
+
+    def edit(page: int, jql: str) -> None:
+        if "key in" in jql or page > 3:
+            return  # the fetch's searches, and later pages, are left alone
+        listing.append(page)
+        for key in (keys[page - 1], keys[page * 10 + 1]):  # one seen, one not yet seen
+            jira.update_issue(key, summary="edited", updated=HOUR_START + timedelta(minutes=14, seconds=page))
+
+    jira.between_pages = edit
+    result = run_dag(sweep_dag, conf=manual(HOUR_START, HOUR_START + timedelta(minutes=15)))
+
+    assert result.state == "success", result.states
+    stored = rows(store)
+    assert set(stored) == set(keys) and listing == [1, 2, 3]
+    assert sum(1 for row in stored.values() if row[0] == "edited") == 6

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 from zoneinfo import ZoneInfo
@@ -51,6 +52,10 @@ class JqlContext:
     now: datetime
     projects: Mapping[str, tuple[int, str]]  # upper-case key -> (id, name)
     statuses: Mapping[str, str]  # lower-case name -> id
+    # Issue keys as Jira resolves them in `key` clauses: current and former (moved) keys -> issue id.
+    # Given, a key it lacks is an error, or with `warnings` set (validateQuery=false) a warning there.
+    key_ids: Mapping[str, int] | None = None
+    warnings: list[str] | None = dataclass_field(default=None, compare=False)
 
 
 # ---------------------------------------------------------------------------------------------- tokens
@@ -442,7 +447,7 @@ def _status_clause(clause: Clause, context: JqlContext) -> Predicate:
     return _membership(clause.operator, wanted, lambda issue: issue.status_id)
 
 
-def _key_clause(clause: Clause) -> Predicate:
+def _key_clause(clause: Clause, context: JqlContext) -> Predicate:
     if clause.operator not in _EQUALITY:
         raise _unsupported_operator(clause.operator, clause.field)
     keys: set[str] = set()
@@ -452,7 +457,15 @@ def _key_clause(clause: Clause) -> Predicate:
         if text.isdigit():
             ids.add(int(text))
         elif _ISSUE_KEY.match(text.upper()):
-            keys.add(text.upper())
+            if context.key_ids is None:
+                keys.add(text.upper())
+            elif text.upper() in context.key_ids:
+                ids.add(context.key_ids[text.upper()])  # a former key finds the moved issue
+            else:
+                missing = f"An issue with key '{text.upper()}' does not exist for field '{clause.field}'."
+                if context.warnings is None:
+                    raise JqlError(missing)
+                context.warnings.append(missing)
         else:
             raise JqlError(f"The issue key '{value.text}' for field '{clause.field}' is invalid.")
     if clause.operator in ("=", "in"):
@@ -544,7 +557,7 @@ def _compile_node(node: Node, context: JqlContext) -> Predicate:
     if name == "status":
         return _status_clause(node, context)
     if name == "key":
-        return _key_clause(node)
+        return _key_clause(node, context)
     return _date_clause(node, name, context)
 
 

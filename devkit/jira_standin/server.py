@@ -30,6 +30,7 @@ from include.jira_rules import (
     normalise_key,
 )
 
+from . import datacenter
 from .changelog import ChangelogBadRequest, ChangelogBook, edit_items, move_items
 from .jql import JqlContext, JqlError, compile_jql, issue_key_parts
 
@@ -360,9 +361,13 @@ class JiraStandin:
         time_zone: str = "UTC",
         scoped_token: bool = False,
         cloud_id: str | None = None,
+        flavor: str = "cloud",
+        personal_access_token: str | None = None,
     ) -> None:
         if not email or not api_token:
             raise ValueError("the stand-in needs an account e-mail and an API token")
+        # Jira Data Center mode (devkit/jira_standin/datacenter.py): REST v2 search, PATs, no bulkfetch.
+        self._initial_flavor = (datacenter.check_flavor(flavor), personal_access_token)
         self.cloud_id = cloud_id or str(uuid.uuid4())
         self._initial_scoped = bool(scoped_token)
         self._request_base = threading.local()
@@ -404,6 +409,11 @@ class JiraStandin:
             self._scoped = self._initial_scoped
             # Ticket history (#25): every edit and move appends a history here.
             self._changelog = ChangelogBook(self._token_key)
+            # Data Center mode (datacenter.py); reset() restores the flavour given to the constructor.
+            self.flavor, self.personal_access_token = self._initial_flavor
+            self.dc = datacenter.DataCenterState()
+            self.between_pages: Callable[[int, str], None] | None = None
+            self.dc_search_pages = 0
 
     # ---------------------------------------------------------------------------------- lifecycle
 
@@ -462,6 +472,8 @@ class JiraStandin:
         }
         if scoped:
             conn["extra"] = {"scoped_token": True, "api_base_url": self.url}
+        if self.flavor == "datacenter" and self.personal_access_token:
+            conn.update(login="", password=self.personal_access_token, extra={"flavor": "datacenter"})
         return conn
 
     @property
@@ -479,6 +491,12 @@ class JiraStandin:
     def scoped_token(self, value: bool) -> None:
         with self._lock:
             self._scoped = bool(value)
+
+    def use_flavor(self, flavor: str, *, personal_access_token: str | None = None) -> None:
+        """Serve as Jira Cloud or Data Center from now on (until reset(); see datacenter.py)."""
+        with self._lock:
+            self.flavor = datacenter.check_flavor(flavor)
+            self.personal_access_token = personal_access_token
 
     def _base_url(self) -> str:
         base = self.url if self._server is not None else f"http://{self._host}:{self._port}"
@@ -813,6 +831,8 @@ class JiraStandin:
     # -------------------------------------------------------------------------------------- rendering
 
     def _user_json(self, email: str, hidden: bool, base: str, time_zone: str) -> dict[str, Any]:
+        if self.flavor == "datacenter":
+            return datacenter.user_json(email, hidden, base, time_zone, _display_name(email))
         account_id = _account_id(email)
         user: dict[str, Any] = {
             "self": f"{base}/rest/api/3/user?accountId={account_id}",
@@ -919,11 +939,16 @@ class JiraStandin:
         if not self._authorized(headers.get("Authorization")) or (self.scoped_token and not through_gateway):
             # A scoped token on the site URL gets the same 401 as a wrong one.
             return self._unauthorized()
+        with self._lock:
+            limited, limit_headers = datacenter.take_token(self)
+        if limited is not None:
+            return limited
         self._request_base.prefix = self.gateway_prefix if through_gateway else ""
         try:
-            return self._guarded(lambda: self._route(method, api_path, query, body))
+            reply = self._guarded(lambda: self._route(method, api_path, query, body))
         finally:
             self._request_base.prefix = ""
+        return dataclasses.replace(reply, headers=reply.headers + limit_headers) if limit_headers else reply
 
     def _guarded(self, handler: Callable[[], _Reply]) -> _Reply:
         try:
@@ -935,7 +960,11 @@ class JiraStandin:
             return _error_reply(500, "Internal server error")
 
     def _authorized(self, header: str | None) -> bool:
-        return header is not None and hmac.compare_digest(header.encode(), self._expected_auth.encode())
+        if header is None:
+            return False
+        if self.flavor == "datacenter" and self.personal_access_token and header.startswith("Bearer "):
+            return hmac.compare_digest(header.encode(), f"Bearer {self.personal_access_token}".encode())
+        return hmac.compare_digest(header.encode(), self._expected_auth.encode())
 
     @staticmethod
     def _unauthorized() -> _Reply:
@@ -973,6 +1002,9 @@ class JiraStandin:
         return _error_reply(fault.status, f"Injected fault: HTTP {fault.status}.")
 
     def _route(self, method: str, path: str, query: str, body: bytes) -> _Reply:
+        reply = datacenter.route(self, method, path, query, body)
+        if reply is not None:
+            return reply
         params = parse_qs(query, keep_blank_values=True)
         match = _MYSELF_PATH.match(path)
         if match:

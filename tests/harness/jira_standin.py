@@ -39,12 +39,15 @@ def jira_standin(jira_standin_server: JiraStandin) -> Iterator[JiraStandin]:
     test's site is the same URL.
     """
     from include.jira_cloud import forget_bulk_limits
+    from include.jira_datacenter import forget_flavors
 
     jira_standin_server.reset()
     forget_bulk_limits()
+    forget_flavors()
     yield jira_standin_server
     jira_standin_server.reset()
     forget_bulk_limits()
+    forget_flavors()
 
 
 @pytest.fixture
@@ -53,3 +56,26 @@ def jira_conn_env(jira_standin: JiraStandin, monkeypatch: pytest.MonkeyPatch) ->
     conn = jira_standin.airflow_conn()
     monkeypatch.setenv("AIRFLOW_CONN_JIRA_DEFAULT", json.dumps(conn))
     return conn
+
+
+# Jira Data Center (#24): the same session stand-in, switched to its Data Center mode for one test.
+DC_PERSONAL_ACCESS_TOKEN = "standin-pat-" + secrets.token_hex(12)
+
+
+@pytest.fixture
+def jira_dc_standin(jira_standin: JiraStandin) -> JiraStandin:
+    """The empty stand-in serving as Jira Data Center, with a personal access token (Bearer)."""
+    jira_standin.use_flavor("datacenter", personal_access_token=DC_PERSONAL_ACCESS_TOKEN)
+    return jira_standin
+
+
+@pytest.fixture(params=["cloud", "datacenter"])
+def jira_flavor(
+    request: pytest.FixtureRequest, jira_standin: JiraStandin, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """Run a test once against Jira Cloud and once against Data Center: the stand-in and the
+    jira_default connection (PAT, extra flavor) follow; either fixture order works."""
+    if request.param == "datacenter":
+        jira_standin.use_flavor("datacenter", personal_access_token=DC_PERSONAL_ACCESS_TOKEN)
+    monkeypatch.setenv("AIRFLOW_CONN_JIRA_DEFAULT", json.dumps(jira_standin.airflow_conn()))
+    return request.param

@@ -1,4 +1,4 @@
-"""An Airflow hook that opens a Jira Cloud REST v3 client from a `jira` connection, lazily."""
+"""An Airflow hook that opens a Jira client (Cloud REST v3, or Data Center v2) from a `jira` connection."""
 
 from __future__ import annotations
 
@@ -8,6 +8,14 @@ from urllib.parse import urlsplit
 from airflow.sdk import BaseHook
 
 from include.jira_cloud import ATLASSIAN_API_BASE_URL, JiraCloudClient, site_url_problem
+from include.jira_datacenter import (
+    FLAVOR_AUTO,
+    FLAVOR_CLOUD,
+    FLAVOR_DATACENTER,
+    JiraDataCenterClient,
+    check_flavor,
+    detect_flavor,
+)
 from include.names import JIRA_CONN_ID
 
 _TRUE_WORDS = {"true", "1", "yes", "on"}
@@ -72,6 +80,11 @@ class JiraCloudHook(BaseHook):
     provider's JiraHook, constructing this hook touches nothing: the client is built on the first
     get_conn(), so DAG parsing stays cheap.
 
+    The extra `flavor` picks the Jira: `cloud` (default), `datacenter` (Data Center or Server, REST v2,
+    include/jira_datacenter.py) or `auto` (GET /rest/api/2/serverInfo once per process). On Data
+    Center an empty login with a personal access token as password authenticates with Bearer; a
+    login and password use basic auth.
+
     Airflow resolves the conn type `jira` to the provider's JiraHook (a plugin cannot register a
     hook), so this class has no connection-form or Test-button methods: they would never be
     called. `python -m jira_mail_sync.check_connections` checks the connection instead.
@@ -80,7 +93,7 @@ class JiraCloudHook(BaseHook):
     conn_name_attr = "jira_conn_id"
     default_conn_name = JIRA_CONN_ID
     conn_type = "jira"
-    hook_name = "Jira Cloud (REST v3)"
+    hook_name = "Jira Cloud (REST v3) or Data Center (REST v2)"
 
     def __init__(
         self,
@@ -109,27 +122,61 @@ class JiraCloudHook(BaseHook):
     def get_conn(self) -> JiraCloudClient:
         if self._client is None:
             conn = self.get_connection(self.jira_conn_id)
-            if not conn.login or not conn.password:
-                raise ValueError(
-                    f"Jira connection {self.jira_conn_id!r} needs the account e-mail as login "
-                    "and an API token as password"
-                )
-            self._site_url = site_url_from_host(conn.host, conn.port)
             extra = conn.extra_dejson
-            self._client = JiraCloudClient(
-                self._site_url,
-                conn.login,
-                conn.password,
-                timeout=self.timeout,
-                max_retries=self.max_retries,
-                max_retry_wait=self.max_retry_wait,
-                verify=verify_option(extra),
-                scoped_token=flag_option(extra, "scoped_token"),
-                cloud_id=extra.get("cloud_id") or None,
-                api_base_url=extra.get("api_base_url") or ATLASSIAN_API_BASE_URL,
-            )
-            self.log.debug("Jira Cloud client for %s as %s", self._site_url, conn.login)
+            flavor = check_flavor(extra.get("flavor"))
+            self._site_url = site_url_from_host(conn.host, conn.port)
+            if flavor == FLAVOR_AUTO:
+                if not conn.password:
+                    raise ValueError(f"Jira connection {self.jira_conn_id!r} needs a password or token")
+                probe = self._datacenter_client(conn, extra)
+                flavor = detect_flavor(probe)
+                if flavor == FLAVOR_DATACENTER:
+                    self._client = probe
+                else:
+                    probe.close()
+            if flavor == FLAVOR_DATACENTER and self._client is None:
+                if not conn.password:
+                    raise ValueError(
+                        f"Jira connection {self.jira_conn_id!r} (flavor datacenter) needs a personal access "
+                        "token as password with login empty, or a user name as login and its password"
+                    )
+                if flag_option(extra, "scoped_token"):
+                    raise ValueError("the extra scoped_token is for Jira Cloud only, not flavor datacenter")
+                self._client = self._datacenter_client(conn, extra)
+            if flavor == FLAVOR_CLOUD:
+                self._client = self._cloud_client(conn, extra)
+            self.log.debug("Jira %s client for %s", flavor, self._site_url)
         return self._client
+
+    def _datacenter_client(self, conn: Any, extra: dict[str, Any]) -> JiraDataCenterClient:
+        return JiraDataCenterClient(
+            self.site_url,
+            conn.login or "",
+            conn.password,
+            timeout=self.timeout,
+            max_retries=self.max_retries,
+            max_retry_wait=self.max_retry_wait,
+            verify=verify_option(extra),
+        )
+
+    def _cloud_client(self, conn: Any, extra: dict[str, Any]) -> JiraCloudClient:
+        if not conn.login or not conn.password:
+            raise ValueError(
+                f"Jira connection {self.jira_conn_id!r} needs the account e-mail as login "
+                "and an API token as password (or the extra flavor: datacenter for Jira Data Center)"
+            )
+        return JiraCloudClient(
+            self.site_url,
+            conn.login,
+            conn.password,
+            timeout=self.timeout,
+            max_retries=self.max_retries,
+            max_retry_wait=self.max_retry_wait,
+            verify=verify_option(extra),
+            scoped_token=flag_option(extra, "scoped_token"),
+            cloud_id=extra.get("cloud_id") or None,
+            api_base_url=extra.get("api_base_url") or ATLASSIAN_API_BASE_URL,
+        )
 
     def close(self) -> None:
         if self._client is not None:
