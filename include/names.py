@@ -39,3 +39,7 @@ API_USAGE_TABLE = "jira_api_usage"
 # The DAG ids (the DAG files are named after them); the status page checks a user's rights on them.
 INBOX_DAG_ID = "jira_inbox"
 SWEEP_DAG_ID = "jira_sweep"
+
+# The census (include/census.py): its DAG, and the table keeping each project's last census.
+CENSUS_DAG_ID = "jira_census"
+CENSUS_RUN_TABLE = "jira_census_run"

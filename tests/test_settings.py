@@ -34,6 +34,7 @@ def test_unset_options_take_their_documented_defaults():
         rest_store_connect_timeout_seconds=5,
         rest_not_found_cache_seconds=60,
         rest_projects=None,
+        census_projects=None,
         ledger_retention_days=30,
         status_mailbox_cache_seconds=30.0,
     )
@@ -66,6 +67,11 @@ def test_values_are_parsed_with_blanks_and_case_forgiven():
         ("rest_store_connect_timeout_seconds", "1.5", "a whole number >= 1"),
         ("rest_not_found_cache_seconds", "", "a whole number >= 0"),
         ("rest_projects", "ABC, not a key", "Jira project keys, comma-separated (empty: every project)"),
+        (
+            "census_projects",
+            "ABC, x",
+            "Jira project keys, comma-separated (empty: the projects of the stored tickets)",
+        ),
         ("status_mailbox_cache_seconds", "nan", "a number of seconds >= 0"),
         ("status_mailbox_cache_seconds", "-0.5", "a number of seconds >= 0"),
     ],
