@@ -23,6 +23,7 @@ binary search of that array and never kept. Only the differences are held as Pyt
 
 from __future__ import annotations
 
+import itertools
 import logging
 from array import array
 from bisect import bisect_left
@@ -428,6 +429,7 @@ class CensusResult:
     changed_count: int
     failed: dict[str, str]  # key -> why it could not be classified or healed
     requests: int  # requests made to Jira
+    at: datetime  # the census's time: census_at of every row it confirmed or marked
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -511,7 +513,9 @@ def run_census(
     failed.update({key: "not reached" for key in stored_summary["unresolved"]})
 
     marked = mark_findings(conn, dialect, findings, at=at)
-    stamp_confirmed(conn, dialect, (i for c in comparisons for i in c.confirmed()), at=at)
+    # Confirmed: the rows Jira listed, those just healed included.
+    confirmed = itertools.chain((i for c in comparisons for i in c.confirmed()), unstored)
+    stamp_confirmed(conn, dialect, confirmed, at=at)
 
     healed_keys = {key for key in unstored.values() if key not in failed}
     counts: dict[str, dict[str, int]] = {}
@@ -528,6 +532,6 @@ def run_census(
     healed_changed = set(stored_summary.get("changed") or [])
     changed = sorted(healed_changed | set(marked))
     changed_count = int(stored_summary.get("changed_count", 0)) + len(set(marked) - healed_changed)
-    result = CensusResult(counts, changed, changed_count, failed, client.request_count - requests_before)
+    result = CensusResult(counts, changed, changed_count, failed, client.request_count - requests_before, at)
     log.info("Census done: %s; %d request(s) to Jira", counts, result.requests)
     return result

@@ -1,0 +1,133 @@
+"""include/census.py: the comparison, the guard, and a whole census against the stand-in and a real store."""
+
+from __future__ import annotations
+
+from array import array
+from datetime import UTC, datetime
+
+import pytest
+
+from include.census import (
+    MassChangeRefused,
+    compare,
+    guard,
+    last_runs,
+    record_runs,
+    run_census,
+    stored_projects,
+)
+from include.jira_cloud import JiraCloudClient
+from include.ticket_store import get_ticket
+from tests import census_scenario
+from tests.harness.jira_standin import STANDIN_EMAIL
+
+
+def client_for(jira) -> JiraCloudClient:
+    return JiraCloudClient(jira.url, STANDIN_EMAIL, jira.api_token, max_retry_wait=1)
+
+
+def test_compare_marks_listed_ids_once_and_collects_the_unstored():
+    stored = array("q", [3, 5, 9, 12])
+    listing = [(5, "A-5"), (9, "A-9"), (5, "A-5"), (7, "A-7"), (7, "A-7")]  # pages overlap
+    result = compare("A", stored, listing)
+    assert list(result.unlisted()) == [3, 12]
+    assert list(result.confirmed()) == [5, 9]
+    assert result.unstored == {7: "A-7"}
+    assert result.listed == 3
+
+
+def test_compare_refuses_unsorted_stored_ids():
+    with pytest.raises(ValueError, match="strictly ascending"):
+        compare("A", array("q", [5, 3]), [])
+
+
+def test_the_guard_names_each_project_over_the_fraction_and_ignores_moves_within():
+    a = compare("A", array("q", range(1, 101)), [(i, f"A-{i}") for i in range(1, 95)])  # 6 missing
+    b = compare("B", array("q", range(101, 201)), [(i, f"B-{i}") for i in range(101, 196)])  # 5 missing
+    assert guard([a, b], set(), 0.05) == ["A: 6 of 100 stored tickets (6.0%) are missing from Jira's listing"]
+    assert guard([a, b], {95}, 0.05) == []  # one of A's moved to another synced project
+    assert guard([a, b], set(), 0.06) == []
+
+
+def test_one_census_gets_every_row_right_and_a_second_changes_nothing(jira_standin, store_backend):
+    conn = store_backend.connect()
+    scenario = census_scenario.build(jira_standin, conn, store_backend.dialect, 600)
+    client = client_for(jira_standin)
+    projects = stored_projects(conn, store_backend.dialect)
+    assert projects == list(census_scenario.PROJECTS)
+
+    first = run_census(client, conn, store_backend.dialect, projects)
+
+    census_scenario.check_rows(scenario, census_scenario.store_rows(conn))
+    assert not first.failed
+    counts = first.counts
+    # The 4 lost tickets, and the one that moved between synced projects (its row renamed).
+    assert sum(c["healed"] for c in counts.values()) == 5
+    assert sum(c["deleted_or_hidden"] for c in counts.values()) == 8
+    assert sum(c["archived"] for c in counts.values()) == 3
+    assert sum(c["moved_out"] for c in counts.values()) == 2
+    moved = get_ticket(conn, store_backend.dialect, "OUT-1")
+    assert moved["previous_keys"] == [next(iter(scenario.moved_out))]
+    archived = get_ticket(conn, store_backend.dialect, scenario.archived[0])
+    assert archived["archived_at"] == datetime(2026, 11, 4, 9, 0, tzinfo=UTC)  # the archiveddate Jira gave
+
+    rows = census_scenario.store_rows(conn)
+    second = run_census(client_for(jira_standin), conn, store_backend.dialect, projects)
+    assert second.changed_count == 0 and not second.failed
+    again = census_scenario.store_rows(conn)
+    # Only census_at moves: the rows are confirmed again.
+    assert {k: v[:3] + v[4:] for k, v in again.items()} == {k: v[:3] + v[4:] for k, v in rows.items()}
+    assert all(c["healed"] == 0 and c["deleted_or_hidden"] == 0 for c in second.counts.values())
+    conn.close()
+
+
+def test_lost_access_to_a_project_is_refused_then_marked_when_confirmed(jira_standin, store_backend):
+    conn = store_backend.connect()
+    census_scenario.build(jira_standin, conn, store_backend.dialect, 90, changes=False)
+    jira_standin.deny_project("BET")  # 403 on GET, out of search and bulk fetch
+    before = census_scenario.store_rows(conn)
+
+    with pytest.raises(MassChangeRefused, match=r"BET: 30 of 30 stored tickets \(100.0%\)") as refused:
+        run_census(client_for(jira_standin), conn, store_backend.dialect, list(census_scenario.PROJECTS))
+    assert "confirm_mass_change" in str(refused.value)
+    assert census_scenario.store_rows(conn) == before  # nothing written, not even census_at
+
+    confirmed = run_census(
+        client_for(jira_standin),
+        conn,
+        store_backend.dialect,
+        list(census_scenario.PROJECTS),
+        confirm_mass_change=True,
+    )
+    rows = census_scenario.store_rows(conn)
+    bet = {k: v for k, v in rows.items() if k.startswith("BET-")}
+    assert bet and all(v[0] == "not_visible" and v[1] is not None for v in bet.values())
+    assert confirmed.counts["BET"]["not_visible"] == len(bet)
+    conn.close()
+
+
+def test_a_ticket_fetched_after_the_census_comes_back_alive(jira_standin, store_backend):
+    conn = store_backend.connect()
+    scenario = census_scenario.build(jira_standin, conn, store_backend.dialect, 600)
+    run_census(client_for(jira_standin), conn, store_backend.dialect, list(census_scenario.PROJECTS))
+    key = scenario.archived[0]
+    assert get_ticket(conn, store_backend.dialect, key)["gone_reason"] == "archived"
+    jira_standin.unarchive_issue(key)
+
+    run_census(client_for(jira_standin), conn, store_backend.dialect, list(census_scenario.PROJECTS))
+
+    row = get_ticket(conn, store_backend.dialect, key)
+    assert row["gone_reason"] is None and row["archived_at"] is None
+    conn.close()
+
+
+def test_the_last_census_per_project_is_kept(store_backend):
+    conn = store_backend.connect()
+    at = datetime(2026, 12, 7, 3, 0, tzinfo=UTC)
+    counts = {"ABC": {"listed": 10, "stored": 9, "healed": 1, "archived": 2}}
+    record_runs(conn, store_backend.dialect, counts, at=at, run_id="r1")
+    record_runs(conn, store_backend.dialect, {"ABC": {"listed": 11, "stored": 11}}, at=at, run_id="r2")
+    (row,) = last_runs(conn, store_backend.dialect)
+    assert row["project"] == "ABC" and row["run_id"] == "r2" and row["listed"] == 11 and row["archived"] == 0
+    assert row["census_at"] == at
+    conn.close()
