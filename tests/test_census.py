@@ -131,3 +131,29 @@ def test_the_last_census_per_project_is_kept(store_backend):
     assert row["project"] == "ABC" and row["run_id"] == "r2" and row["listed"] == 11 and row["archived"] == 0
     assert row["census_at"] == at
     conn.close()
+
+
+def test_a_version_2_store_gets_the_census_columns_in_place_with_its_rows(store_backend):
+    from include.store_db import table_columns
+    from include.ticket_store import _V1_DDL, CENSUS_COLUMNS, ensure_table, upgrade_statements
+
+    conn = store_backend.connect()
+    dialect = store_backend.dialect
+    cursor = conn.cursor()
+    for statement in (_V1_DDL[dialect], *upgrade_statements(dialect)):
+        cursor.execute(statement)
+    mark = "?" if dialect == "sqlite" else "%s"
+    cursor.execute(
+        f"INSERT INTO jira_ticket (key, issue_id, summary, status, updated_at, fetched_at, source) "
+        f"VALUES ({', '.join([mark] * 7)})",
+        ("ABC-1", 10001, "kept", "Done", "2026-11-27T10:00:00+00:00", "2026-11-27T10:00:00+00:00", "sweep"),
+    )
+    conn.commit()
+    assert not set(CENSUS_COLUMNS[dialect]) & table_columns(conn, dialect, "jira_ticket")
+
+    ensure_table(conn, dialect)
+
+    assert set(CENSUS_COLUMNS[dialect]) <= table_columns(conn, dialect, "jira_ticket")
+    row = get_ticket(conn, dialect, "ABC-1")
+    assert row["summary"] == "kept" and row["gone_reason"] is None and row["census_at"] is None
+    conn.close()
