@@ -157,3 +157,31 @@ def test_a_version_2_store_gets_the_census_columns_in_place_with_its_rows(store_
     row = get_ticket(conn, dialect, "ABC-1")
     assert row["summary"] == "kept" and row["gone_reason"] is None and row["census_at"] is None
     conn.close()
+
+
+def test_the_stand_in_archives_and_denies_as_jira_does(jira_standin):
+    import requests
+
+    jira_standin.add_issue("ABC-1", summary="archived")
+    jira_standin.add_issue("ABC-2", summary="alive")
+    jira_standin.add_issue("DEN-1", summary="in a project the account lost")
+    jira_standin.archive_issue("ABC-1", at=datetime(2026, 11, 4, 9, 0, tzinfo=UTC))
+    jira_standin.deny_project("DEN")
+    client = client_for(jira_standin)
+
+    listed = list(client.search_ids('project in ("ABC", "DEN")'))
+    assert [key for _, key in listed] == ["ABC-2"]
+    found = client.bulk_fetch_ids([10000, 10001, 10002], ["summary", "archiveddate"])
+    assert [issue["key"] for issue in found] == ["ABC-2"]
+    archived = client.get_issue("ABC-1", ["summary", "archiveddate", "archivedby"])
+    assert archived["fields"]["archiveddate"] == "2026-11-04T09:00:00.000+0000"
+    assert archived["fields"]["archivedby"]["emailAddress"] == STANDIN_EMAIL
+    assert "archiveddate" not in client.get_issue("ABC-2", ["summary", "archiveddate"])["fields"]
+    answer = requests.get(
+        f"{jira_standin.url}/rest/api/3/issue/DEN-1", auth=(STANDIN_EMAIL, jira_standin.api_token), timeout=5
+    )
+    assert answer.status_code == 403
+    assert answer.json() == {
+        "errorMessages": ["You do not have the permission to see the specified issue."],
+        "errors": {},
+    }
