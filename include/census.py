@@ -6,8 +6,10 @@ compares the ids with the store's live rows of that project:
 
 - an id the store has and Jira's listing lacks is classified with one bulk fetch per 1000 ids, then a
   single GET only for those the bulk fetch left out: 404 `deleted_or_hidden`, 403 `not_visible`, found
-  in a project outside the census `moved_out`, found (or answered by GET) in a synced project while
-  absent from its search `archived` (Jira's archive keeps issues reachable directly, not in search);
+  in a project outside the census `moved_out`; in a synced project, answered by a GET after the bulk
+  fetch left it out, or carrying the archive date, `archived` (Jira's archive keeps issues reachable
+  directly, not in search or bulk fetch); a live issue the bulk fetch returns is only Jira's search
+  index lagging, and is left alone;
 - an id Jira lists and the store lacks is fetched and stored (a lost mail or a sweep gap, healed);
 - an id unlisted in one synced project and listed in another moved between them: the heal's fetch
   renames its row (the store's move handling), nothing is marked.
@@ -187,10 +189,11 @@ def classify(
     *,
     at: datetime,
     extra_fields: Sequence[str] = (),
-) -> tuple[list[Finding], dict[str, str]]:
+) -> tuple[list[Finding], dict[str, str], list[str]]:
     """Classify stored ids Jira's listing lacked ({id: stored key}): one bulk fetch per 1000 ids, then a
-    GET only for those it left out. Returns the findings and {key: error} for ids Jira refused to say
-    anything about (neither is marked). JiraUnavailable propagates: an outage never marks anything."""
+    GET only for those it left out. Returns the findings, {key: error} for ids Jira refused to say
+    anything about, and the keys of live issues its search has not caught up with (neither marked).
+    JiraUnavailable propagates: an outage never marks anything."""
     fields = (*TICKET_FIELDS, *extra_fields, *ARCHIVE_FIELDS)
     ids = sorted(candidates)
     found: dict[int, dict[str, Any]] = {}
@@ -199,9 +202,20 @@ def classify(
             found[int(issue["id"])] = issue
     findings: list[Finding] = []
     unresolved: dict[str, str] = {}
+    not_yet_listed: list[str] = []
     for issue_id in ids:
         key = candidates[issue_id]
         issue = found.get(issue_id)
+        if (
+            issue is not None
+            and _project_of(str(issue.get("key", ""))) in projects
+            and not (issue.get("fields") or {}).get("archiveddate")
+        ):
+            # A bulk fetch leaves archived issues out, so a live issue of a synced project that its
+            # search missed is Jira's eventually consistent index (a ticket created or moved moments
+            # ago): nothing to mark; the next census sees it listed.
+            not_yet_listed.append(key)
+            continue
         if issue is None:
             try:
                 issue = client.get_issue(key, fields)
@@ -219,7 +233,9 @@ def classify(
                 unresolved[key] = f"Jira gives {key} to issue {issue.get('id')}, the store to {issue_id}"
                 continue
         findings.append(_finding(issue_id, key, issue, projects, at))
-    return findings, unresolved
+    if not_yet_listed:
+        log.info("Alive in Jira but not in its search yet (left as they are): %s", ", ".join(not_yet_listed))
+    return findings, unresolved, not_yet_listed
 
 
 # ------------------------------------------------------------------------------------------ the store
@@ -430,6 +446,7 @@ class CensusResult:
     failed: dict[str, str]  # key -> why it could not be classified or healed
     requests: int  # requests made to Jira
     at: datetime  # the census's time: census_at of every row it confirmed or marked
+    not_yet_listed: list[str] = field(default_factory=list)  # alive, not in Jira's search yet
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -438,6 +455,7 @@ class CensusResult:
             "changed": self.changed[:CHANGE_FEED_MAX_KEYS],
             "failed": self.failed,
             "requests": self.requests,
+            "not_yet_listed": self.not_yet_listed[:CHANGE_FEED_MAX_KEYS],
         }
 
 
@@ -491,7 +509,9 @@ def run_census(
 
     candidate_ids = [i for c in comparisons for i in c.unlisted() if i not in moved_within]
     candidates = keys_of(conn, dialect, candidate_ids)
-    findings, failed = classify(client, candidates, set(projects), at=at, extra_fields=extra_fields)
+    findings, failed, not_yet_listed = classify(
+        client, candidates, set(projects), at=at, extra_fields=extra_fields
+    )
 
     # Heal: the listed ids the store lacks, the old rows without an id, and the moved-out issues (their
     # rows are renamed to the new key). One store call, so its summary names every change.
@@ -532,6 +552,8 @@ def run_census(
     healed_changed = set(stored_summary.get("changed") or [])
     changed = sorted(healed_changed | set(marked))
     changed_count = int(stored_summary.get("changed_count", 0)) + len(set(marked) - healed_changed)
-    result = CensusResult(counts, changed, changed_count, failed, client.request_count - requests_before, at)
+    result = CensusResult(
+        counts, changed, changed_count, failed, client.request_count - requests_before, at, not_yet_listed
+    )
     log.info("Census done: %s; %d request(s) to Jira", counts, result.requests)
     return result

@@ -185,3 +185,18 @@ def test_the_stand_in_archives_and_denies_as_jira_does(jira_standin):
         "errorMessages": ["You do not have the permission to see the specified issue."],
         "errors": {},
     }
+
+
+def test_a_live_ticket_the_search_has_not_indexed_yet_is_left_alone(jira_standin):
+    from include.census import classify
+
+    jira_standin.add_issue("ABC-1", summary="created a moment ago")
+    jira_standin.add_issue("ABC-2", summary="archived")
+    jira_standin.archive_issue("ABC-2")
+    client = client_for(jira_standin)
+    at = datetime(2026, 12, 7, tzinfo=UTC)
+
+    findings, failed, not_yet_listed = classify(client, {10000: "ABC-1", 10001: "ABC-2"}, {"ABC"}, at=at)
+
+    assert not_yet_listed == ["ABC-1"] and not failed
+    assert [(f.stored_key, f.reason) for f in findings] == [("ABC-2", "archived")]
