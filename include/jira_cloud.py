@@ -684,11 +684,22 @@ class JiraCloudClient:
         """
         wanted = [str(int(issue_id)) for issue_id in dict.fromkeys(issue_ids)]
         size = min(bulk_fetch_limit(fields), BULK_FETCH_LIMIT_PLAIN_FIELDS)
-        if self.bulk_limit_refused:
-            size = min(size, BULK_FETCH_LIMIT_ANY_FIELDS)
         issues: list[dict[str, Any]] = []
-        for start in range(0, len(wanted), size):
-            issues.extend(self._bulk_request(wanted[start : start + size], fields))
+        start = 0
+        while start < len(wanted):
+            if self.bulk_limit_refused:
+                size = min(size, BULK_FETCH_LIMIT_ANY_FIELDS)
+            chunk = wanted[start : start + size]
+            try:
+                issues.extend(self._bulk_request(chunk, fields))
+            except JiraRequestError as exc:
+                # As in bulk_fetch: a site still on the limit of 100 is asked 100 at a time from now on.
+                if exc.status != 400 or len(chunk) <= BULK_FETCH_LIMIT_ANY_FIELDS:
+                    raise
+                with _cloud_ids_lock:
+                    _small_bulk_sites.add(self.site_url)
+                continue
+            start += len(chunk)
         return issues
 
 

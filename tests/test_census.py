@@ -200,3 +200,21 @@ def test_a_live_ticket_the_search_has_not_indexed_yet_is_left_alone(jira_standin
 
     assert not_yet_listed == ["ABC-1"] and not failed
     assert [(f.stored_key, f.reason) for f in findings] == [("ABC-2", "archived")]
+
+
+def test_ids_are_bulk_fetched_100_at_a_time_from_a_site_still_on_the_old_limit(jira_standin):
+    for n in range(1, 251):
+        jira_standin.add_issue(f"ABC-{n}", summary=f"t{n}")
+    jira_standin.large_bulk_fetch = False
+    client = client_for(jira_standin)
+
+    issues = client.bulk_fetch_ids(range(10000, 10250), ["summary"])
+
+    assert len(issues) == 250
+    # One request of 250 refused with 400, then 100, 100 and 50.
+    assert jira_standin.request_count("/rest/api/3/issue/bulkfetch") == 4
+    assert [(len(keys), status) for keys, status in jira_standin.bulk_fetch_requests()] == [
+        (100, 200),
+        (100, 200),
+        (50, 200),
+    ]
