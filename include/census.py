@@ -43,7 +43,16 @@ from include.jira_cloud import (
 )
 from include.jira_rules import BULK_FETCH_LIMIT_PLAIN_FIELDS, is_project_key, normalise_key
 from include.names import CENSUS_RUN_TABLE, CHANGE_FEED_MAX_KEYS
-from include.store_db import check_dialect, create_missing, placeholder, read, timestamp_param, transaction
+from include.store_db import (
+    as_utc_datetime,
+    check_dialect,
+    create_missing,
+    placeholder,
+    read,
+    table_exists,
+    timestamp_param,
+    transaction,
+)
 from include.sync_pipeline import fetch_batch, store_batches
 from include.ticket_fields import TICKET_FIELDS
 from include.ticket_store import GONE_REASONS, TABLE, ensure_table
@@ -63,10 +72,6 @@ HEAL_SOURCE = "sweep"  # the store's source CHECK allows inbox and sweep; a heal
 
 class MassChangeRefused(Exception):
     """The census would mark more of a project gone than `max_gone_fraction` allows; nothing was written."""
-
-
-class CensusIncomplete(Exception):
-    """Some ids could not be classified or healed (Jira refused them); the rest was written."""
 
 
 def census_jql(project: str) -> str:
@@ -421,8 +426,6 @@ def record_runs(
 
 def last_runs(conn: Any, dialect: str) -> list[dict[str, Any]]:
     """Each project's last census, by project; empty before the first census."""
-    from include.store_db import as_utc_datetime, table_exists
-
     if not table_exists(conn, dialect, CENSUS_RUN_TABLE):
         return []
     columns = ("project", "census_at", "run_id", *RUN_COUNTS)
