@@ -739,6 +739,70 @@ class JiraCloudClient:
             tokens.add(token)
         raise JiraError(f"Jira changelog bulk fetch at {self.where} did not finish within {max_pages} pages")
 
+    # ------------------------------------------------------------------- the census (issue #22)
+
+    def search_ids(
+        self, jql: str, *, page_size: int = SEARCH_PAGE_LIMIT_KEYS_ONLY, max_pages: int = DEFAULT_MAX_PAGES
+    ) -> Iterator[tuple[int, str]]:
+        """(issue id, key) of every issue matching `jql`, page by page (`fields=id,key`, 5000 a page).
+
+        The census streams these into its comparison, so no page is kept once read. Like search_keys,
+        an issue seen on two overlapping pages is yielded once per page it is on: the caller's
+        comparison is idempotent, and remembering every id here would cost the memory it saves.
+        """
+        if not 1 <= page_size <= SEARCH_PAGE_LIMIT_KEYS_ONLY:
+            raise ValueError(f"page_size must be in 1..{SEARCH_PAGE_LIMIT_KEYS_ONLY}, got {page_size}")
+        tokens: set[str] = set()
+        token: str | None = None
+        for page in range(1, max_pages + 1):
+            result = self._json(
+                f"GET /rest/api/3/search/jql (page {page})",
+                lambda token=token: self._api.enhanced_jql(
+                    jql, fields="id,key", nextPageToken=token, limit=page_size
+                ),
+            )
+            for issue in result.get("issues") or []:
+                issue_id, key = str(issue.get("id") or ""), issue.get("key")
+                if not issue_id.isdigit() or not is_issue_key(key):
+                    raise JiraError(
+                        f"Jira at {self.site_url} listed an issue without a numeric id and a key: {issue!r}"
+                    )
+                yield int(issue_id), key
+            token = result.get("nextPageToken")
+            if result.get("isLast", token is None) or not token:
+                return
+            if token in tokens:
+                raise JiraError(f"Jira at {self.site_url} repeated a search page token; stopping the search")
+            tokens.add(token)
+        raise JiraError(f"Jira search at {self.site_url} did not finish within {max_pages} pages")
+
+    def bulk_fetch_ids(self, issue_ids: Sequence[int], fields: Sequence[str]) -> list[dict[str, Any]]:
+        """The issues with these ids that a bulk fetch returns (1000 a request when `fields` allow).
+
+        POST /issue/bulkfetch takes ids as well as keys (BulkFetchIssueRequestBean.issueIdsOrKeys in
+        Jira's OpenAPI document); ids never change when an issue moves, so the census asks by id.
+        Deleted, hidden and archived issues are silently left out, as with keys.
+        """
+        wanted = [str(int(issue_id)) for issue_id in dict.fromkeys(issue_ids)]
+        size = min(bulk_fetch_limit(fields), BULK_FETCH_LIMIT_PLAIN_FIELDS)
+        issues: list[dict[str, Any]] = []
+        start = 0
+        while start < len(wanted):
+            if self.bulk_limit_refused:
+                size = min(size, BULK_FETCH_LIMIT_ANY_FIELDS)
+            chunk = wanted[start : start + size]
+            try:
+                issues.extend(self._bulk_request(chunk, fields))
+            except JiraRequestError as exc:
+                # As in bulk_fetch: a site still on the limit of 100 is asked 100 at a time from now on.
+                if exc.status != 400 or len(chunk) <= BULK_FETCH_LIMIT_ANY_FIELDS:
+                    raise
+                with _cloud_ids_lock:
+                    _small_bulk_sites.add(self.site_url)
+                continue
+            start += len(chunk)
+        return issues
+
 
 def parse_jira_datetime(text: str) -> datetime:
     """An aware datetime from Jira's `2026-11-27T10:14:30.123+0000` (or any ISO 8601 with an offset)."""

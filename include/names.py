@@ -52,3 +52,7 @@ HISTORY_FIELDS_OPTION = "history_fields"
 # The Asset fetch_history updates: its events name the issues that got new history rows.
 TICKET_CHANGE_ASSET_NAME = TICKET_CHANGE_TABLE
 TICKET_CHANGE_ASSET_URI = "jira-mail-sync://jira_store/jira_ticket_change"
+
+# The census (include/census.py): its DAG, and the table keeping each project's last census.
+CENSUS_DAG_ID = "jira_census"
+CENSUS_RUN_TABLE = "jira_census_run"

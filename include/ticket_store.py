@@ -51,7 +51,7 @@ _WRITTEN = (
     "source",
 )
 _JSON_COLUMNS = ("progress", "fields", "previous_keys")
-_READ = (*_WRITTEN, "previous_keys", "deleted_at")
+_READ = (*_WRITTEN, "previous_keys", "deleted_at", "archived_at", "gone_reason", "census_at")
 ISSUE_ID_INDEX = f"{TABLE}_issue_id_key"
 
 _V1_DDL = {
@@ -100,6 +100,33 @@ _V2_INDEXES = (
 )
 
 
+# The census (include/census.py) adds these columns, in the same way as version 2: `archived_at` when
+# Jira archived the ticket, `gone_reason` why a census found it gone (GONE_REASONS), `census_at` when a
+# census last confirmed the row (alive, or gone for that reason). A fresh table gets them too.
+GONE_REASONS = ("deleted_or_hidden", "not_visible", "archived", "moved_out")
+_REASONS_SQL = ", ".join(f"'{reason}'" for reason in GONE_REASONS)
+CENSUS_COLUMNS = {
+    "sqlite": {
+        "archived_at": "TEXT",
+        "gone_reason": f"TEXT CHECK (gone_reason IS NULL OR gone_reason IN ({_REASONS_SQL}))",
+        "census_at": "TEXT",
+    },
+    "postgres": {
+        "archived_at": "TIMESTAMPTZ",
+        "gone_reason": f"TEXT CHECK (gone_reason IS NULL OR gone_reason IN ({_REASONS_SQL}))",
+        "census_at": "TIMESTAMPTZ",
+    },
+}
+
+
+def census_upgrade_statements(dialect: str, missing: Iterable[str] | None = None) -> list[str]:
+    """The DDL that adds the census columns to a version-2 table (the README prints it for DBAs)."""
+    check_dialect(dialect)
+    columns = CENSUS_COLUMNS[dialect]
+    wanted = list(columns) if missing is None else [name for name in columns if name in set(missing)]
+    return [f"ALTER TABLE {TABLE} ADD COLUMN {name} {columns[name]}" for name in wanted]
+
+
 def upgrade_statements(dialect: str, missing: Iterable[str] | None = None) -> list[str]:
     """The DDL that brings a version-1 table to version 2 (the README prints it for DBAs)."""
     check_dialect(dialect)
@@ -125,8 +152,15 @@ def _upsert_sql(dialect: str) -> str:
     return (
         f"INSERT INTO {TABLE} ({', '.join(_WRITTEN)}) VALUES ({values}) "
         f"ON CONFLICT (key) DO UPDATE SET {updates}, deleted_at = CASE "
-        f"WHEN excluded.fetched_at > {TABLE}.deleted_at THEN NULL ELSE {TABLE}.deleted_at END "
-        f"WHERE excluded.updated_at >= {TABLE}.updated_at OR excluded.fetched_at > {TABLE}.deleted_at"
+        f"WHEN excluded.fetched_at > {TABLE}.deleted_at THEN NULL ELSE {TABLE}.deleted_at END, "
+        # The census's gone state (archived, moved out, not visible) clears the same way: a fetch made
+        # after the census that found it gone returned the ticket.
+        f"archived_at = CASE WHEN excluded.fetched_at > {TABLE}.census_at THEN NULL "
+        f"ELSE {TABLE}.archived_at END, "
+        f"gone_reason = CASE WHEN excluded.fetched_at > {TABLE}.census_at THEN NULL "
+        f"ELSE {TABLE}.gone_reason END "
+        f"WHERE excluded.updated_at >= {TABLE}.updated_at OR excluded.fetched_at > {TABLE}.deleted_at "
+        f"OR ({TABLE}.gone_reason IS NOT NULL AND excluded.fetched_at > {TABLE}.census_at)"
     )
 
 
@@ -239,9 +273,16 @@ def ensure_table(conn: Any, dialect: str) -> None:
     working once the one-time DDL has run. Concurrent first runs take turns on the schema lock.
     """
     check_dialect(dialect)
-    create_missing(conn, dialect, TABLE, (_V1_DDL[dialect], *upgrade_statements(dialect)))
-    missing = set(V2_COLUMNS[dialect]) - table_columns(conn, dialect, TABLE)
+    create_missing(
+        conn,
+        dialect,
+        TABLE,
+        (_V1_DDL[dialect], *upgrade_statements(dialect), *census_upgrade_statements(dialect)),
+    )
+    present = table_columns(conn, dialect, TABLE)
+    missing = set(V2_COLUMNS[dialect]) - present
     if not missing:
+        _ensure_census_columns(conn, dialect, present)
         return
     with schema_change(conn, dialect, TABLE) as cursor:
         missing &= _v2_columns_missing(cursor, dialect)
@@ -249,6 +290,19 @@ def ensure_table(conn: Any, dialect: str) -> None:
         for statement in statements:
             cursor.execute(statement)
     log.warning("Upgraded table %s in place: added column(s) %s", TABLE, ", ".join(sorted(missing)))
+    _ensure_census_columns(conn, dialect, table_columns(conn, dialect, TABLE))
+
+
+def _ensure_census_columns(conn: Any, dialect: str, present: set[str]) -> None:
+    """Add the census columns to a table that lacks them, in place, under the schema lock."""
+    if not set(CENSUS_COLUMNS[dialect]) - present:
+        return
+    with schema_change(conn, dialect, TABLE) as cursor:
+        missing = set(CENSUS_COLUMNS[dialect]) - table_columns_in(cursor, dialect, TABLE)
+        for statement in census_upgrade_statements(dialect, missing):
+            cursor.execute(statement)
+    if missing:
+        log.warning("Upgraded table %s in place: added column(s) %s", TABLE, ", ".join(sorted(missing)))
 
 
 def _v2_columns_missing(cursor: Any, dialect: str) -> set[str]:
@@ -289,7 +343,9 @@ def _stored_rows(cursor: Any, dialect: str, chunk: list[_Ticket]) -> list[_Store
     ids = sorted({t.issue_id for t in chunk})
     mark = placeholder(dialect)
     cursor.execute(
-        f"SELECT key, issue_id, previous_keys, updated_at, deleted_at FROM {TABLE} "
+        # A row gone by a census's finding (gone_reason) comes back as a change, like a deleted one.
+        f"SELECT key, issue_id, previous_keys, updated_at, "
+        f"CASE WHEN deleted_at IS NOT NULL OR gone_reason IS NOT NULL THEN 1 END FROM {TABLE} "
         f"WHERE key IN ({', '.join([mark] * len(keys))}) OR issue_id IN ({', '.join([mark] * len(ids))})",
         (*keys, *ids),
     )
@@ -455,7 +511,7 @@ def _decoded(row: Sequence[Any]) -> dict[str, Any]:
         if isinstance(ticket[column], str):
             ticket[column] = json.loads(ticket[column])
     ticket["previous_keys"] = _decoded_list(ticket["previous_keys"])
-    for column in ("updated_at", "fetched_at", "deleted_at"):
+    for column in ("updated_at", "fetched_at", "deleted_at", "archived_at", "census_at"):
         if ticket[column] is not None:
             ticket[column] = as_utc_datetime(ticket[column])
     return ticket

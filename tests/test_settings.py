@@ -34,6 +34,7 @@ def test_unset_options_take_their_documented_defaults():
         rest_store_connect_timeout_seconds=5,
         rest_not_found_cache_seconds=60,
         rest_projects=None,
+        census_projects=None,
         ledger_retention_days=30,
         status_mailbox_cache_seconds=30.0,
         history_fields=(
@@ -78,6 +79,11 @@ def test_values_are_parsed_with_blanks_and_case_forgiven():
         ("rest_store_connect_timeout_seconds", "1.5", "a whole number >= 1"),
         ("rest_not_found_cache_seconds", "", "a whole number >= 0"),
         ("rest_projects", "ABC, not a key", "Jira project keys, comma-separated (empty: every project)"),
+        (
+            "census_projects",
+            "ABC, x",
+            "Jira project keys, comma-separated (empty: the projects of the stored tickets)",
+        ),
         ("status_mailbox_cache_seconds", "nan", "a number of seconds >= 0"),
         ("status_mailbox_cache_seconds", "-0.5", "a number of seconds >= 0"),
     ],
@@ -127,17 +133,17 @@ def test_the_readme_settings_table_is_the_settings_module():
 @pytest.mark.parametrize(
     ("name", "raw"), [("store_max_age_seconds", "soon"), ("extra_fields", "Story Points")]
 )
-def test_a_bad_setting_is_an_import_error_of_both_dag_files(monkeypatch, name, raw):
+def test_a_bad_setting_is_an_import_error_of_every_syncing_dag_file(monkeypatch, name, raw):
     from airflow.dag_processing.dagbag import DagBag
 
     monkeypatch.setenv(env_variable(name), raw)
     bag = DagBag(dag_folder=str(REPO / "dags"))
 
     errors = {Path(path).name: error for path, error in bag.import_errors.items()}
-    assert set(errors) == {"jira_inbox.py", "jira_sweep.py"}
+    assert set(errors) == {"jira_census.py", "jira_inbox.py", "jira_sweep.py"}
     for error in errors.values():
         assert f"SettingError: [jira_mail_sync] {name} ({env_variable(name)}) must be" in error
-    assert "jira_inbox" not in bag.dags and "jira_sweep" not in bag.dags
+    assert not {"jira_census", "jira_inbox", "jira_sweep"} & set(bag.dags)
 
 
 @pytest.mark.airflow

@@ -32,6 +32,7 @@ from devkit.imap_relay import ImapRelay
 from devkit.mail_factory import jira_notification
 from devkit.processes import LOOPBACK, free_port, stop_process_group
 from include.api_usage import Throttle, Usage, record_usage
+from include.census import record_runs
 from include.mail_ledger import record_rejected
 from include.sweep_progress import advance_watermark, get_watermark
 from include.ticket_store import ensure_table, upsert_tickets
@@ -122,6 +123,9 @@ def _fill_store(store_path: Path) -> None:
             fetched_at=NOW - timedelta(minutes=10),
         )
         advance_watermark(conn, "sqlite", NOW - timedelta(minutes=30))
+        # The last census of ABC (include/census.py), as jira_census records it.
+        census_counts = {"listed": 9, "stored": 7, "healed": 2, "deleted_or_hidden": 3, "archived": 1}
+        record_runs(conn, "sqlite", {"ABC": census_counts}, at=NOW - timedelta(hours=5), run_id="census-1")
         record_usage(
             conn,
             "sqlite",
@@ -291,6 +295,14 @@ def test_json_figures_are_the_stores(status_server: StatusServer) -> None:
     assert datetime.fromisoformat(figures["jira"]["last_429"]["at"]) == NOW - timedelta(minutes=5)
     assert figures["inbox"]["mode"] in ("poll", "idle")
     assert set(figures["ledger"]) >= {"rejected", "quarantined"}
+    (census,) = figures["census"]
+    assert (census["project"], census["listed"], census["healed"], census["deleted_or_hidden"]) == (
+        "ABC",
+        9,
+        2,
+        3,
+    )
+    assert (census["not_visible"], census["archived"], census["moved_out"]) == (0, 1, 0)
 
 
 def test_mailbox_figures_come_from_the_mailbox_and_are_kept_for_the_cache_time(
@@ -319,6 +331,17 @@ def test_the_page_opened_with_the_ui_session_cookie_shows_the_figures(status_ser
     assert 'data-figure="tickets.total">10<' in page.text
     assert 'data-figure="tickets.by_source.sweep">7<' in page.text
     assert 'data-figure="jira.requests_last_hour">12<' in page.text
+    census_row = page.text[page.text.index('<tr data-project="ABC">') :]
+    census_row = census_row[: census_row.index("</tr>")]
+    assert [cell.split(">", 1)[1] for cell in census_row.split("</td>")[2:-1]] == [
+        "9",
+        "7",
+        "2",
+        "3",
+        "0",
+        "1",
+        "0",
+    ]
 
 
 def test_json_needs_no_cookie_and_a_bad_mailbox_name_is_422(status_server: StatusServer) -> None:

@@ -31,6 +31,7 @@ from include.jira_rules import (
 )
 
 from . import datacenter
+from .census_model import NO_PERMISSION_MESSAGE, CensusModel
 from .changelog import ChangelogBadRequest, ChangelogBook, edit_items, move_items
 from .jql import JqlContext, JqlError, compile_jql, issue_key_parts
 
@@ -334,7 +335,7 @@ class _Handler(BaseHTTPRequestHandler):
         logger.debug("jira stand-in: " + format, *args)
 
 
-class JiraStandin:
+class JiraStandin(CensusModel):
     """An in-process Jira Cloud site: issues, an account, a JQL search, faults, and a request log.
 
     Use it as a context manager, or call start() and stop(). All methods are thread-safe. Another
@@ -414,6 +415,7 @@ class JiraStandin:
             self.dc = datacenter.DataCenterState()
             self.between_pages: Callable[[int, str], None] | None = None
             self.dc_search_pages = 0
+            self._clear_census_state()  # archived issues, denied projects (census_model.py)
 
     # ---------------------------------------------------------------------------------- lifecycle
 
@@ -1102,23 +1104,29 @@ class JiraStandin:
         tokens = _split_fields(params.get("fields", []))
         with self._lock:
             fields = _selected_fields(tokens, self._custom_fields) if tokens else set(ISSUE_FIELDS)
-            issue = self._find(id_or_key)
+            issue = self._find(id_or_key, direct=True)
             if issue is None:
                 return _error_reply(404, ISSUE_NOT_FOUND_MESSAGE)
+            if issue.project_key in self._denied_projects:
+                return _error_reply(403, NO_PERMISSION_MESSAGE)
             rendered = self._issue_json(issue, fields, api_version, self._base_url(), self._time_zone)
+            rendered["fields"].update(self._archive_fields(issue, tokens, self._base_url(), self._time_zone))
         return _json_reply(200, rendered)
 
-    def _find(self, id_or_key: str) -> _Issue | None:
+    def _find(self, id_or_key: str, *, direct: bool = False) -> _Issue | None:
+        # `direct`: a GET, which also reaches archived issues and those of denied projects.
         text = str(id_or_key).strip()
         if text.isdigit():
             key = self._ids.get(int(text))
             issue = self._issues.get(key) if key else None
-            return None if issue is None or issue.id in self._hidden else issue
-        issue = self._issues.get(text.upper())
-        if issue is None and text.upper() in self._former_keys:
-            # A moved issue: Jira answers its old key with the issue under the new key, no redirect.
-            issue = self._issues.get(self._ids[self._former_keys[text.upper()]])
-        return None if issue is None or issue.id in self._hidden else issue
+        else:
+            issue = self._issues.get(text.upper())
+            if issue is None and text.upper() in self._former_keys:
+                # A moved issue: Jira answers its old key with the issue under the new key, no redirect.
+                issue = self._issues.get(self._ids[self._former_keys[text.upper()]])
+        if issue is None or issue.id in self._hidden or not (direct or self._listable(issue)):
+            return None
+        return issue
 
     @staticmethod
     def _json_body(body: bytes) -> dict[str, Any]:
@@ -1265,7 +1273,9 @@ class JiraStandin:
                 return _error_reply(400, str(exc))
             token = params["nextPageToken"]
             offset = self._page_offset(str(token), jql) if token not in (None, "") else 0
-            matched = compiled.select(i for i in self._issues.values() if i.id not in self._hidden)
+            matched = compiled.select(
+                i for i in self._issues.values() if i.id not in self._hidden and self._listable(i)
+            )
             page = matched[offset : offset + page_size]
             fields = _selected_fields(tokens, self._custom_fields)
             base, time_zone = self._base_url(), self._time_zone

@@ -151,6 +151,14 @@ OPTIONS: tuple[Option, ...] = (
         _project_keys,
     ),
     Option(
+        "census_projects",
+        "",
+        "Jira project keys, comma-separated (empty: the projects of the stored tickets)",
+        "The projects the daily jira_census compares with the store, unless a run's projects param "
+        "names others.",
+        _project_keys,
+    ),
+    Option(
         "ledger_retention_days",
         str(DEFAULT_RETENTION.days),
         "a whole number >= 1",
@@ -188,6 +196,7 @@ class Settings:
     rest_store_connect_timeout_seconds: int
     rest_not_found_cache_seconds: int
     rest_projects: frozenset[str] | None
+    census_projects: frozenset[str] | None
     ledger_retention_days: int
     status_mailbox_cache_seconds: float
     history_fields: tuple[str, ...]

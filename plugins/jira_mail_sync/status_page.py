@@ -47,6 +47,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from include.census import last_runs
 from include.imap_wire import MAX_UID, check_mailbox
 from include.names import IMAP_CONN_ID, INBOX_DAG_ID, SWEEP_DAG_ID
 from include.sweep_progress import get_watermark
@@ -380,6 +381,7 @@ def _store_figures(now: datetime) -> dict[str, Any]:
                 "watermark": get_watermark(conn, dialect),
                 "ledger": ledger_figures(conn, dialect, limit=LEDGER_ROWS_SHOWN),
                 "jira": jira_figures(conn, dialect, now=now),
+                "census": last_runs(conn, dialect),  # each project's last census (jira_census)
                 "error": None,
             }
     except Exception as exc:
@@ -429,6 +431,7 @@ def collect_status(mailbox: str, visibility: Visibility) -> dict[str, Any]:
             "changed_last_hour": tickets.get("changed_last_hour"),
             "deleted": tickets.get("deleted"),
         },
+        "census": store.get("census") or [],
         "jira": {
             "requests_last_hour": jira.get("requests_last_hour"),
             "throttled_last_hour": jira.get("throttled_last_hour"),
