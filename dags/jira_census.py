@@ -20,7 +20,7 @@ day this DAG counts every synced project and makes `jira_ticket` agree with it:
    every stored ticket whose history is behind (`jira_ticket_change`; skipped when
    `[jira_mail_sync] history_fields` is empty): the backfill of ticket history.
 
-   Rows are never removed. A later fetch that returns a ticket clears its gone state.
+Rows are never removed. A later fetch that returns a ticket clears its gone state.
 
 **The guard:** if more than `max_gone_fraction` (5%) of a project's stored tickets are missing from
 Jira's listing, the run fails before changing anything and names the count: a revoked permission, a

@@ -100,6 +100,11 @@ class JiraUnavailable(JiraError):
         self.retry_after = retry_after
 
 
+class JiraCloudOnly(JiraError):
+    """A Jira Cloud API that Jira Data Center and Server do not have (the census's id listing and bulk
+    fetch, the changelog bulk fetch): the feature is not available against this Jira."""
+
+
 class JiraRequestError(JiraError):
     """Jira refused the request (400, 401, 403, 410, ...); retrying the same request will not help."""
 
@@ -254,6 +259,8 @@ class JiraCloudClient:
 
     # Which REST version the calls (and the request names in messages) use; Data Center's is 2.
     api_version = "3"
+    # Whether the Cloud-only APIs exist (JiraCloudOnly): the census and ticket history need them.
+    has_cloud_apis = True
 
     def __init__(
         self,

@@ -32,6 +32,7 @@ from atlassian import Jira
 from include.jira_cloud import (
     BulkFetchResult,
     JiraCloudClient,
+    JiraCloudOnly,
     JiraError,
     JiraRequestError,
     _retry_after_seconds,
@@ -82,6 +83,7 @@ class JiraDataCenterClient(JiraCloudClient):
     """Reads issues from Jira Data Center or Server: a PAT (`login` empty) or basic auth (`login` set)."""
 
     api_version = "2"
+    has_cloud_apis = False
 
     def __init__(
         self,
@@ -316,6 +318,25 @@ class JiraDataCenterClient(JiraCloudClient):
                 return
             bound = jql_lower_bound(last, zone)
         raise JiraError(f"Jira search at {self.site_url} did not finish within {max_pages} pages")
+
+    # ------------------------------------------------------- Jira Cloud's APIs that DC does not have
+    # The census lists ids with /rest/api/3/search/jql and bulk-fetches by id; ticket history reads
+    # /rest/api/3/changelog/bulkfetch. Data Center has neither: refuse before sending anything, with
+    # a message a user can act on, rather than letting a 404 look like an outage.
+
+    def _cloud_only(self, feature: str) -> JiraCloudOnly:
+        return JiraCloudOnly(
+            f"{feature} needs Jira Cloud's REST API v3; {self.site_url} is Jira Data Center or Server"
+        )
+
+    def search_ids(self, *_args: Any, **_kwargs: Any) -> Any:
+        raise self._cloud_only("The census (id listing)")
+
+    def bulk_fetch_ids(self, *_args: Any, **_kwargs: Any) -> Any:
+        raise self._cloud_only("The census (bulk fetch by id)")
+
+    def changelog_bulkfetch(self, *_args: Any, **_kwargs: Any) -> Any:
+        raise self._cloud_only("Ticket history (POST /rest/api/3/changelog/bulkfetch)")
 
 
 def detect_flavor(client: JiraDataCenterClient) -> str:

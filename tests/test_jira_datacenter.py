@@ -294,3 +294,18 @@ def test_the_stand_in_validates_keys_like_data_center_unless_told_not_to(jira_dc
         message
     ]
     assert (answer["startAt"], answer["maxResults"], answer["total"]) == (0, 50, 1)
+
+
+def test_the_cloud_only_calls_are_refused_before_anything_is_sent(jira_dc_standin):
+    from include.jira_cloud import JiraCloudOnly
+
+    client = dc_client(jira_dc_standin)
+    jira_dc_standin.clear_requests()
+    for call in (
+        lambda: list(client.search_ids("project = ABC")),
+        lambda: client.bulk_fetch_ids([10000], ["summary"]),
+        lambda: client.changelog_bulkfetch(["10000"]),
+    ):
+        with pytest.raises(JiraCloudOnly, match="Jira Data Center or Server"):
+            call()
+    assert client.has_cloud_apis is False and jira_dc_standin.requests == []

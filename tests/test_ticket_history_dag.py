@@ -151,3 +151,25 @@ def test_the_inbox_settles_its_mail_and_stores_the_history_beside_it(inbox_env, 
     assert result.states["fetch_history"] == ["success"]
     assert all("\\Seen" in flags for flags in imap.flags_by_uid().values())
     assert stored(store)[0] == 1
+
+
+@pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)
+def test_on_jira_data_center_history_is_skipped_and_the_sweep_still_stores(
+    sweep_env, history_on, monkeypatch
+):
+    # Data Center has no changelog bulk fetch: the history branch says so and skips; nothing fails.
+    from tests.harness.jira_standin import DC_PERSONAL_ACCESS_TOKEN
+
+    jira, store = sweep_env
+    jira.use_flavor("datacenter", personal_access_token=DC_PERSONAL_ACCESS_TOKEN)
+    monkeypatch.setenv("AIRFLOW_CONN_JIRA_DEFAULT", json.dumps(jira.airflow_conn()))
+    jira.add_issue("ABC-1", summary="s", updated=HOUR + timedelta(minutes=1))
+    jira.update_issue("ABC-1", status="Done", updated=HOUR + timedelta(minutes=2))
+
+    result = run_dag(load_dag("jira_sweep"), conf=window())
+
+    assert result.state == "success", result.states
+    assert result.states["store_tickets"] == ["success"]
+    assert result.states["plan_ticket_history"] == ["skipped"]
+    assert jira.request_count(BULK) == 0 and jira.request_count("/rest/api/3/") == 0
+    assert stored(store)[0] == 0

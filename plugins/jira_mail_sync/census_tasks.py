@@ -68,6 +68,11 @@ def take_census(plan: dict[str, Any]) -> dict[str, Any]:
         return {"counts": {}, "changed_count": 0, "changed": [], "failed": {}, "requests": 0}
     extra = configured_extra_fields()
     with jira_client() as client, TicketStoreHook().connect() as (conn, dialect):
+        if not client.has_cloud_apis:
+            raise AirflowFailException(
+                "The census lists ids with Jira Cloud's /rest/api/3/search/jql and bulk-fetches them by id; "
+                f"{client.site_url} is Jira Data Center or Server, which has neither: pause jira_census there"
+            )
         bulk_size = planned_fields(client).bulk_size
         try:
             result = run_census(

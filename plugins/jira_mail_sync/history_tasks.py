@@ -72,6 +72,13 @@ def plan_ticket_history(fetched: Any = None, stored: Any = None) -> list[dict[st
     field_ids: list[str] = []
     if chunks:
         with jira_client() as client:
+            if not client.has_cloud_apis:
+                # Skipped, not failed: the inbox and the sweep work on Data Center; only history is missing.
+                raise AirflowSkipException(
+                    "Ticket history reads Jira Cloud's changelog bulk fetch, which Jira Data Center and "
+                    f"Server do not have: no history for {client.site_url} (empty [{CONFIG_SECTION}] "
+                    f"{HISTORY_FIELDS_OPTION} to stop this task)"
+                )
             try:
                 field_ids = list(resolve_history_fields(fields, client.fields_catalogue()))
             except ValueError as exc:
