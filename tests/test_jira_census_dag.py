@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import pytest
 
@@ -86,3 +87,33 @@ def test_losing_a_whole_project_fails_the_run_until_a_human_confirms(census_env,
     gam = {k: v for k, v in census_scenario.store_rows(conn).items() if k.startswith("GAM-")}
     assert len(gam) == 100 and {v[0] for v in gam.values()} == {"not_visible"}
     conn.close()
+
+
+@pytest.mark.parametrize("store_backend", ["sqlite"], indirect=True)
+def test_against_jira_data_center_the_census_fails_at_once_and_sends_nothing(
+    census_env, census_dag, monkeypatch
+):
+    # Data Center has neither the id-only /search/jql nor bulk fetch by id: a clear failure, no marks.
+    from include.ticket_store import ensure_table, upsert_tickets
+    from tests.harness.jira_standin import DC_PERSONAL_ACCESS_TOKEN
+
+    jira, store = census_env
+    issue = jira.add_issue("ABC-1", summary="alive")
+    conn = store.connect()
+    ensure_table(conn, store.dialect)
+    ticket = {"key": "ABC-1", "issue_id": issue["id"], "summary": "alive", "status": "To Do"}
+    at = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
+    upsert_tickets(
+        conn, store.dialect, [{**ticket, "updated_at": at.isoformat()}], source="sweep", fetched_at=at
+    )
+    jira.remove_issue("ABC-1")
+    jira.use_flavor("datacenter", personal_access_token=DC_PERSONAL_ACCESS_TOKEN)
+    monkeypatch.setenv("AIRFLOW_CONN_JIRA_DEFAULT", json.dumps(jira.airflow_conn()))
+    jira.clear_requests()
+
+    result = run_dag(census_dag)
+
+    assert result.state == "failed" and result.states["take_census"] == ["failed"], result.states
+    assert jira.request_count("/rest/api/2/search") == jira.request_count("/rest/api/3/") == 0
+    row = conn.execute("SELECT deleted_at, gone_reason FROM jira_ticket").fetchone()
+    assert tuple(row) == (None, None)
