@@ -24,12 +24,16 @@ import airflow.dag_processing.dagbag  # noqa: F401
 
 # The modules the DAG files import, and with them the clients they use (IMAPClient, requests,
 # atlassian-python-api, SQLAlchemy, psycopg).
+import include.census  # noqa: F401
+import include.history_sync  # noqa: F401
 import include.inbox_run  # noqa: F401
 import include.jira_rules  # noqa: F401
 import include.mail_ledger  # noqa: F401
 import include.sync_pipeline  # noqa: F401
 import include.ticket_store  # noqa: F401
 import jira_mail_sync.assets  # noqa: F401
+import jira_mail_sync.census_tasks  # noqa: F401
+import jira_mail_sync.history_tasks  # noqa: F401
 import jira_mail_sync.hooks.imap  # noqa: F401
 import jira_mail_sync.hooks.jira_cloud  # noqa: F401
 import jira_mail_sync.hooks.ticket_store  # noqa: F401
