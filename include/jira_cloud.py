@@ -649,6 +649,33 @@ class JiraCloudClient:
             moved[normalise_key(key)] = issue
         return MissingKeys(gone=gone, moved=moved)
 
+    def _search_pages(
+        self, jql: str, fields: str, page_size: int, max_pages: int
+    ) -> Iterator[list[dict[str, Any]]]:
+        """The `issues` of each /search/jql page, following nextPageToken until Jira says isLast.
+
+        More than `max_pages` pages, or a repeated token, raises JiraError.
+        """
+        if not 1 <= page_size <= SEARCH_PAGE_LIMIT_KEYS_ONLY:
+            raise ValueError(f"page_size must be in 1..{SEARCH_PAGE_LIMIT_KEYS_ONLY}, got {page_size}")
+        tokens: set[str] = set()
+        token: str | None = None
+        for page in range(1, max_pages + 1):
+            result = self._json(
+                f"GET /rest/api/3/search/jql (page {page})",
+                lambda token=token: self._api.enhanced_jql(
+                    jql, fields=fields, nextPageToken=token, limit=page_size
+                ),
+            )
+            yield result.get("issues") or []
+            token = result.get("nextPageToken")
+            if result.get("isLast", token is None) or not token:
+                return
+            if token in tokens:
+                raise JiraError(f"Jira at {self.site_url} repeated a search page token; stopping the search")
+            tokens.add(token)
+        raise JiraError(f"Jira search at {self.site_url} did not finish within {max_pages} pages")
+
     def search_keys(
         self, jql: str, *, page_size: int = SEARCH_PAGE_LIMIT_KEYS_ONLY, max_pages: int = DEFAULT_MAX_PAGES
     ) -> Iterator[str]:
@@ -657,30 +684,13 @@ class JiraCloudClient:
         Results are eventually consistent and pages can overlap when issues change mid-search, so a
         key is yielded only once. More than `max_pages` pages, or a repeated token, raises JiraError.
         """
-        if not 1 <= page_size <= SEARCH_PAGE_LIMIT_KEYS_ONLY:
-            raise ValueError(f"page_size must be in 1..{SEARCH_PAGE_LIMIT_KEYS_ONLY}, got {page_size}")
         seen: set[str] = set()
-        tokens: set[str] = set()
-        token: str | None = None
-        for page in range(1, max_pages + 1):
-            result = self._json(
-                f"GET /rest/api/3/search/jql (page {page})",
-                lambda token=token: self._api.enhanced_jql(
-                    jql, fields="key", nextPageToken=token, limit=page_size
-                ),
-            )
-            for issue in result.get("issues") or []:
+        for issues in self._search_pages(jql, "key", page_size, max_pages):
+            for issue in issues:
                 key = issue.get("key")
                 if key and key not in seen:
                     seen.add(key)
                     yield key
-            token = result.get("nextPageToken")
-            if result.get("isLast", token is None) or not token:
-                return
-            if token in tokens:
-                raise JiraError(f"Jira at {self.site_url} repeated a search page token; stopping the search")
-            tokens.add(token)
-        raise JiraError(f"Jira search at {self.site_url} did not finish within {max_pages} pages")
 
     # ------------------------------------------------------------- changelogs (ticket history, #25)
 
@@ -753,35 +763,18 @@ class JiraCloudClient:
     ) -> Iterator[tuple[int, str]]:
         """(issue id, key) of every issue matching `jql`, page by page (`fields=id,key`, 5000 a page).
 
-        The census streams these into its comparison, so no page is kept once read. Like search_keys,
+        The census streams these into its comparison, so no page is kept once read. Unlike search_keys,
         an issue seen on two overlapping pages is yielded once per page it is on: the caller's
         comparison is idempotent, and remembering every id here would cost the memory it saves.
         """
-        if not 1 <= page_size <= SEARCH_PAGE_LIMIT_KEYS_ONLY:
-            raise ValueError(f"page_size must be in 1..{SEARCH_PAGE_LIMIT_KEYS_ONLY}, got {page_size}")
-        tokens: set[str] = set()
-        token: str | None = None
-        for page in range(1, max_pages + 1):
-            result = self._json(
-                f"GET /rest/api/3/search/jql (page {page})",
-                lambda token=token: self._api.enhanced_jql(
-                    jql, fields="id,key", nextPageToken=token, limit=page_size
-                ),
-            )
-            for issue in result.get("issues") or []:
+        for issues in self._search_pages(jql, "id,key", page_size, max_pages):
+            for issue in issues:
                 issue_id, key = str(issue.get("id") or ""), issue.get("key")
                 if not issue_id.isdigit() or not is_issue_key(key):
                     raise JiraError(
                         f"Jira at {self.site_url} listed an issue without a numeric id and a key: {issue!r}"
                     )
                 yield int(issue_id), key
-            token = result.get("nextPageToken")
-            if result.get("isLast", token is None) or not token:
-                return
-            if token in tokens:
-                raise JiraError(f"Jira at {self.site_url} repeated a search page token; stopping the search")
-            tokens.add(token)
-        raise JiraError(f"Jira search at {self.site_url} did not finish within {max_pages} pages")
 
     def bulk_fetch_ids(self, issue_ids: Sequence[int], fields: Sequence[str]) -> list[dict[str, Any]]:
         """The issues with these ids that a bulk fetch returns (1000 a request when `fields` allow).

@@ -30,23 +30,34 @@ _FIELD_ID = re.compile(r"customfield_[1-9][0-9]{0,9}|[a-z][A-Za-z0-9]{1,49}")
 _MULTI_VALUED_TYPES = frozenset({"array", "comments-page"})
 
 
-def parse_extra_fields(text: str | None) -> tuple[str, ...]:
-    """The configured extra field ids, in order and de-duplicated; ValueError names what is wrong."""
+def split_field_ids(
+    text: str | None, option: str, pattern: re.Pattern[str], example: str, hint: str = ""
+) -> list[str]:
+    """A comma- or space-separated list of Jira field ids from a setting, in order, de-duplicated.
+
+    `option` names the setting in the ValueError; `pattern` is what a field id may look like there.
+    Shared by extra_fields and history_fields, which differ only in the ids they accept.
+    """
     if text is None or not str(text).strip():
-        return ()
+        return []
     ids: list[str] = []
     for raw in re.split(r"[,\s]+", str(text).strip()):
         if not raw:
             continue
-        if not _FIELD_ID.fullmatch(raw):
-            raise ValueError(
-                f"extra_fields: {raw!r} is not a Jira field id (like customfield_10016 or duedate); "
-                "give ids, not names, comma-separated"
-            )
-        if raw in TICKET_FIELDS:
-            raise ValueError(f"extra_fields: {raw!r} is fetched already (it has its own column)")
+        if not pattern.fullmatch(raw):
+            raise ValueError(f"{option}: {raw!r} is not a Jira field id (like {example}){hint}")
         if raw not in ids:
             ids.append(raw)
+    return ids
+
+
+def parse_extra_fields(text: str | None) -> tuple[str, ...]:
+    """The configured extra field ids, in order and de-duplicated; ValueError names what is wrong."""
+    hint = "; give ids, not names, comma-separated"
+    ids = split_field_ids(text, "extra_fields", _FIELD_ID, "customfield_10016 or duedate", hint)
+    for field_id in ids:
+        if field_id in TICKET_FIELDS:
+            raise ValueError(f"extra_fields: {field_id!r} is fetched already (it has its own column)")
     if len(ids) > MAX_EXTRA_FIELDS:
         raise ValueError(f"extra_fields: {len(ids)} fields given, at most {MAX_EXTRA_FIELDS} are allowed")
     return tuple(ids)

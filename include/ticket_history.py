@@ -43,6 +43,7 @@ from include.store_db import (
     timestamp_param,
     transaction,
 )
+from include.ticket_fields import split_field_ids
 
 log = logging.getLogger(__name__)
 
@@ -501,18 +502,7 @@ _HISTORY_FIELD = re.compile(r"customfield_[1-9][0-9]{0,9}|[a-zA-Z][A-Za-z0-9]{1,
 
 def parse_history_fields(text: str | None) -> tuple[str, ...]:
     """The configured history field ids, in order, de-duplicated; at most 10 (the endpoint's limit)."""
-    if text is None or not str(text).strip():
-        return ()
-    ids: list[str] = []
-    for raw in re.split(r"[,\s]+", str(text).strip()):
-        if not raw:
-            continue
-        if not _HISTORY_FIELD.fullmatch(raw):
-            raise ValueError(
-                f"history_fields: {raw!r} is not a Jira field id (like status or customfield_10020)"
-            )
-        if raw not in ids:
-            ids.append(raw)
+    ids = split_field_ids(text, "history_fields", _HISTORY_FIELD, "status or customfield_10020")
     if len(ids) > CHANGELOG_BULK_MAX_FIELDS:
         raise ValueError(
             f"history_fields: {len(ids)} fields given, at most {CHANGELOG_BULK_MAX_FIELDS} are allowed "
