@@ -36,6 +36,7 @@ def test_unset_options_take_their_documented_defaults():
         rest_projects=None,
         ledger_retention_days=30,
         status_mailbox_cache_seconds=30.0,
+        sites_file=None,
     )
 
 
