@@ -123,7 +123,7 @@ def test_a_bad_setting_is_an_import_error_of_both_dag_files(monkeypatch, name, r
     bag = DagBag(dag_folder=str(REPO / "dags"))
 
     errors = {Path(path).name: error for path, error in bag.import_errors.items()}
-    assert set(errors) == {"jira_inbox.py", "jira_sweep.py"}
+    assert set(errors) == {"jira_inbox.py", "jira_sweep.py", "jira_sites.py"}
     for error in errors.values():
         assert f"SettingError: [jira_mail_sync] {name} ({env_variable(name)}) must be" in error
     assert "jira_inbox" not in bag.dags and "jira_sweep" not in bag.dags
