@@ -68,6 +68,7 @@ def test_zero_entries_no_file_keeps_todays_dags_connections_and_pool(monkeypatch
     assert sweep.get_task("plan_sweep").op_kwargs == {
         "jira_conn_id": "jira_default",
         "store_conn_id": "jira_store",
+        "site": "default",
     }
     assert {t.pool for t in sweep.tasks if t.task_id in JIRA_TASKS["sweep"]} == {"jira_api"}
     sensor = bag.dags["jira_inbox"].get_task("wait_for_unseen_mail")
@@ -154,8 +155,12 @@ def test_three_entries_give_every_site_and_mailbox_its_dag_wired_to_its_own_name
         assert dag.get_task("plan_sweep").op_kwargs == {
             "jira_conn_id": f"jira_{site}",
             "store_conn_id": stores[site],
+            "site": site,
         }
-        assert dag.get_task("record_sweep_progress").op_kwargs == {"store_conn_id": stores[site]}
+        assert dag.get_task("record_sweep_progress").op_kwargs == {
+            "store_conn_id": stores[site],
+            "site": site,
+        }
         assert {t.task_id: t.pool for t in dag.tasks} == {
             t.task_id: pools[site] if t.task_id in JIRA_TASKS["sweep"] else "default_pool" for t in dag.tasks
         }

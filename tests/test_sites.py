@@ -229,3 +229,19 @@ def test_check_connections_sites_validates_without_touching_a_connection(tmp_pat
     assert main(["--sites", "--sites-file", str(bad)]) == 1
     [line] = capsys.readouterr().out.splitlines()
     assert line == f"FAIL sites {bad}: sites[0] (acme), field store_conn_id: is required"
+
+
+def test_each_site_has_its_own_sweep_watermark_and_the_plain_site_keeps_todays(tmp_path):
+    import sqlite3
+    from datetime import UTC, datetime, timedelta
+
+    from include.sweep_progress import SCHEDULED_SCOPE, advance_watermark, get_watermark, site_scope
+
+    assert site_scope(DEFAULT_SITE) == SCHEDULED_SCOPE  # stores written before sites need no migration
+    conn = sqlite3.connect(tmp_path / "store.db")
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    advance_watermark(conn, "sqlite", start, scope=site_scope("acme"))
+    advance_watermark(conn, "sqlite", start + timedelta(hours=1), scope=site_scope("globex"))
+    assert get_watermark(conn, "sqlite", site_scope("acme")) == start
+    assert get_watermark(conn, "sqlite", site_scope("globex")) == start + timedelta(hours=1)
+    assert get_watermark(conn, "sqlite", site_scope(DEFAULT_SITE)) is None

@@ -142,7 +142,9 @@ def build_sweep_dag(site: Site, *, fileloc: str) -> DAG:
         params=sweep_params(site),
     )
     def jira_sweep():
-        plan = plan_sweep.override(**pooled)(jira_conn_id=site.jira_conn_id, store_conn_id=site.store_conn_id)
+        plan = plan_sweep.override(**pooled)(
+            jira_conn_id=site.jira_conn_id, store_conn_id=site.store_conn_id, site=site.name
+        )
         batches = list_changed_keys.override(**pooled)(plan, jira_conn_id=site.jira_conn_id)
         fetched = (
             fetch_tickets.override(**pooled).partial(jira_conn_id=site.jira_conn_id).expand(keys=batches)
@@ -155,7 +157,9 @@ def build_sweep_dag(site: Site, *, fileloc: str) -> DAG:
             store_conn_id=site.store_conn_id,
             site=site.name,
         )
-        record_sweep_progress(plan, batches["reached"], stored, store_conn_id=site.store_conn_id)
+        record_sweep_progress(
+            plan, batches["reached"], stored, store_conn_id=site.store_conn_id, site=site.name
+        )
 
     built = jira_sweep()
     # The @dag decorator takes this module for the DAG's file; the task runner must parse the DAG file.
