@@ -37,7 +37,11 @@ THREE = [
         projects=["ABC"],
     ),
     _site("globex", store_conn_id="globex_store", pool="globex_budget"),
-    _site("initech", {"imap_conn_id": "imap_initech", "rejected_mailbox": "Junk/Jira"}),
+    _site(
+        "initech",
+        {"imap_conn_id": "imap_initech", "rejected_mailbox": "Junk/Jira"},
+        store_conn_id="initech_store",
+    ),
 ]
 
 
@@ -106,7 +110,7 @@ def test_three_entries_give_every_site_and_mailbox_its_dag_wired_to_its_own_name
     sweeps = {"jira_sweep__acme": "acme", "jira_sweep__globex": "globex", "jira_sweep__initech": "initech"}
     assert set(bag.dag_ids) == {*inboxes, *sweeps, "jira_ticket_changes_example"}
     pools = {"acme": "jira_api_acme", "globex": "globex_budget", "initech": "jira_api_initech"}
-    stores = {"acme": "jira_store", "globex": "globex_store", "initech": "jira_store"}
+    stores = {"acme": "jira_store", "globex": "globex_store", "initech": "initech_store"}
 
     for dag_id, (site, imap_conn_id, folder) in inboxes.items():
         dag = bag.dags[dag_id]
@@ -173,7 +177,7 @@ def test_three_entries_give_every_site_and_mailbox_its_dag_wired_to_its_own_name
         bag.dags["jira_sweep__globex"].get_task("store_tickets").outlets[0].name
         == "jira_ticket__globex_store"
     )
-    assert bag.dags["jira_sweep__initech"].get_task("store_tickets").outlets[0].name == "jira_ticket"
+    assert bag.dags["jira_sweep__acme"].get_task("store_tickets").outlets[0].name == "jira_ticket"
 
 
 @pytest.mark.airflow

@@ -150,7 +150,11 @@ def test_a_bad_entry_is_one_error_naming_the_entry_and_the_field(change, expecte
 
 
 def test_the_error_names_the_right_entry_among_several():
-    data = _with(lambda d: d["sites"].append({**copy.deepcopy(d["sites"][0]), "name": "globex"}))
+    data = _with(
+        lambda d: d["sites"].append(
+            {**copy.deepcopy(d["sites"][0]), "name": "globex", "store_conn_id": "globex_store"}
+        )
+    )
     data["sites"][1]["mailboxes"] = [{"imap_conn_id": "imap_globex", "mailbox": ""}]
     assert "sites[1] (globex), field mailboxes[0].mailbox: '' should be non-empty" in _error(data)
 
@@ -170,13 +174,28 @@ def test_names_slugs_pools_and_mailboxes_must_be_unique():
 
     shared = _with(
         lambda d: d["sites"].append(
-            {**copy.deepcopy(d["sites"][0]), "name": "globex", "mailboxes": [{"imap_conn_id": "imap_acme"}]}
+            {
+                **copy.deepcopy(d["sites"][0]),
+                "name": "globex",
+                "store_conn_id": "globex_store",
+                "mailboxes": [{"imap_conn_id": "imap_acme"}],
+            }
         )
     )
     assert (
         "sites[1] (globex), field mailboxes[0]: 'INBOX' on 'imap_acme' is already synced by site 'acme'"
         in _error(shared)
     )
+
+    stores = _with(
+        lambda d: d["sites"].append(
+            {**copy.deepcopy(d["sites"][0]), "name": "globex", "mailboxes": [{"imap_conn_id": "imap_globex"}]}
+        )
+    )
+    assert (
+        "sites[1] (globex), field store_conn_id: the store 'jira_store' is already the store of site 'acme'; "
+        "sites cannot share a store yet"
+    ) in _error(stores)
 
     pools = _with(
         lambda d: d["sites"].append(
