@@ -199,3 +199,27 @@ def test_a_bad_file_is_one_import_error_naming_the_entry_and_the_field_and_build
     assert "SitesFileError" in error
     assert "sites[2] (initech), field mailboxes[0].imap_conn_id: 'has space' does not match" in error
     assert set(bag.dag_ids) == {"jira_ticket_changes_example"}
+
+
+@pytest.mark.airflow
+def test_check_connections_creates_each_sites_pool_sized_by_the_file(airflow_db, tmp_path, capsys):
+    from airflow.models.pool import Pool
+    from jira_mail_sync.check_connections import main
+
+    path = tmp_path / "jira_sites.yaml"
+    path.write_text(yaml.safe_dump({"sites": THREE}))
+    assert main(["--sites", "--sites-file", str(path), "--create-pools"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "ok   pools pool jira_api_acme: created (2 slots) for site acme" in out
+    assert {
+        name: Pool.get_pool(name).slots for name in ("jira_api_acme", "globex_budget", "jira_api_initech")
+    } == {
+        "jira_api_acme": 2,
+        "globex_budget": 4,
+        "jira_api_initech": 4,
+    }
+    # The file is where a site's pool size lives: a rerun sets it back.
+    Pool.create_or_update_pool(name="jira_api_acme", slots=9, description="", include_deferred=False)
+    assert main(["--sites", "--sites-file", str(path), "--create-pools"]) == 0
+    assert "ok   pools pool jira_api_acme: set from 9 (2 slots) for site acme" in capsys.readouterr().out
+    assert Pool.get_pool("jira_api_acme").slots == 2

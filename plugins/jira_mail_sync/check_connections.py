@@ -140,6 +140,36 @@ def check_sites(path: str | None = None) -> tuple[bool, list[str]]:
     return True, lines
 
 
+def create_site_pools(path: str | None = None) -> list[str]:
+    """Create each configured site's pool, sized as the sites file says; one line per pool.
+
+    A file's pool is set to its `pool_slots` (the file is where its size lives); the plain `jira_api`
+    pool, with no file, is only created when missing, so a size an operator chose stays.
+    """
+    from pathlib import Path
+
+    from airflow.models.pool import Pool
+
+    from include.sites import configured_sites
+    from jira_mail_sync.sites_config import sites_file_path
+
+    lines = []
+    for site in configured_sites(Path(path) if path else sites_file_path()):
+        existing = Pool.get_pool(site.pool)
+        if site.plain and existing is not None:
+            lines.append(f"pool {site.pool}: kept ({existing.slots} slots)")
+            continue
+        Pool.create_or_update_pool(
+            name=site.pool,
+            slots=site.pool_slots,
+            description=f"Concurrent Jira REST requests of site {site.name}",
+            include_deferred=False,
+        )
+        verb = "created" if existing is None else f"set from {existing.slots}"
+        lines.append(f"pool {site.pool}: {verb} ({site.pool_slots} slots) for site {site.name}")
+    return lines
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m jira_mail_sync.check_connections", description=__doc__.split("\n\n")[0]
@@ -155,11 +185,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--sites", action="store_true", help="check the sites file against its schema (no connection is used)"
     )
     parser.add_argument("--sites-file", help="the sites file to check (default: [jira_mail_sync] sites_file)")
+    parser.add_argument(
+        "--create-pools",
+        action="store_true",
+        help="with --sites: create each site's pool in the metadata database, sized as the file says",
+    )
     args = parser.parse_args(argv)
     if args.sites or args.sites_file:
         ok, lines = check_sites(args.sites_file)
         for line in lines:
             print(f"{'ok  ' if ok else 'FAIL'} sites {line}", flush=True)
+        if ok and args.create_pools:
+            with contextlib.redirect_stdout(sys.stderr):
+                pools = create_site_pools(args.sites_file)
+            for line in pools:
+                print(f"ok   pools {line}", flush=True)
         return 0 if ok else 1
     checks: dict[str, tuple[str, Callable[[], Check]]] = {
         "jira": (args.jira_conn_id, lambda: check_jira(args.jira_conn_id)),
