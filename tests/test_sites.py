@@ -264,3 +264,13 @@ def test_each_site_has_its_own_sweep_watermark_and_the_plain_site_keeps_todays(t
     assert get_watermark(conn, "sqlite", site_scope("acme")) == start
     assert get_watermark(conn, "sqlite", site_scope("globex")) == start + timedelta(hours=1)
     assert get_watermark(conn, "sqlite", site_scope(DEFAULT_SITE)) is None
+
+
+def test_the_readme_example_is_a_valid_sites_file():
+    section = (REPO / "README.md").read_text().split("\n### Many sites and mailboxes\n", 1)[1]
+    example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    [site] = parse_sites(yaml.safe_load(example))
+    assert [site.inbox_dag_id(m) for m in site.mailboxes] == [
+        "jira_inbox__acme__inbox",
+        "jira_inbox__acme__servicedesk",
+    ]
