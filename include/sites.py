@@ -75,8 +75,12 @@ class Site:
     # The plain site keeps today's DAG ids (jira_inbox, jira_sweep); file entries get suffixed ones.
     plain: bool = field(default=False, compare=False)
 
+    def dag_id(self, prefix: str) -> str:
+        """The id of this site's DAG of one kind: `prefix` for the plain site, `<prefix>__<name>` else."""
+        return prefix if self.plain else DAG_ID_SEPARATOR.join((prefix, self.name))
+
     def sweep_dag_id(self) -> str:
-        return SWEEP_DAG_PREFIX if self.plain else DAG_ID_SEPARATOR.join((SWEEP_DAG_PREFIX, self.name))
+        return self.dag_id(SWEEP_DAG_PREFIX)
 
     def inbox_dag_id(self, mailbox: Mailbox) -> str:
         if self.plain:

@@ -66,6 +66,8 @@ def test_an_entry_takes_its_defaults():
     assert site.mailboxes == (Mailbox(imap_conn_id="imap_acme", mailbox="INBOX", slug="inbox"),)
     assert site.sweep_dag_id() == "jira_sweep__acme"
     assert site.inbox_dag_id(site.mailboxes[0]) == "jira_inbox__acme__inbox"
+    assert site.dag_id("jira_census") == "jira_census__acme"  # how a further per-site DAG is named
+    assert default_site().dag_id("jira_census") == "jira_census"
 
 
 def test_the_example_file_is_valid_and_lists_two_sites_and_three_mailboxes():
