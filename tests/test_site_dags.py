@@ -48,10 +48,13 @@ THREE = [
 def _bag(monkeypatch, tmp_path, sites: list[dict] | None, *, parsing_dag_id: str | None = None):
     from airflow.dag_processing.dagbag import DagBag
 
-    path = tmp_path / "jira_sites.yaml"
-    if sites is not None:
+    if sites is None:  # no setting, and the DAGs folder holds no jira_sites.yaml
+        monkeypatch.delenv("AIRFLOW__JIRA_MAIL_SYNC__SITES_FILE", raising=False)
+        assert not (REPO / "dags" / "jira_sites.yaml").exists()
+    else:
+        path = tmp_path / "jira_sites.yaml"
         path.write_text(yaml.safe_dump({"sites": sites}))
-    monkeypatch.setenv("AIRFLOW__JIRA_MAIL_SYNC__SITES_FILE", str(path))
+        monkeypatch.setenv("AIRFLOW__JIRA_MAIL_SYNC__SITES_FILE", str(path))
     if parsing_dag_id:
         monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID", parsing_dag_id)
     else:
@@ -223,3 +226,22 @@ def test_check_connections_creates_each_sites_pool_sized_by_the_file(airflow_db,
     assert main(["--sites", "--sites-file", str(path), "--create-pools"]) == 0
     assert "ok   pools pool jira_api_acme: set from 9 (2 slots) for site acme" in capsys.readouterr().out
     assert Pool.get_pool("jira_api_acme").slots == 2
+
+
+@pytest.mark.airflow
+def test_a_sites_file_setting_naming_a_missing_file_is_an_import_error_not_the_plain_site(
+    monkeypatch, tmp_path
+):
+    from airflow.dag_processing.dagbag import DagBag
+
+    missing = tmp_path / "jira_sitse.yaml"
+    monkeypatch.setenv("AIRFLOW__JIRA_MAIL_SYNC__SITES_FILE", str(missing))
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    assert {Path(path).name for path in bag.import_errors} == {
+        "jira_inbox.py",
+        "jira_sweep.py",
+        "jira_sites.py",
+    }
+    for error in bag.import_errors.values():
+        assert f"[jira_mail_sync] sites_file names {str(missing)!r}, which does not exist" in error
+    assert set(bag.dag_ids) == {"jira_ticket_changes_example"}

@@ -151,10 +151,10 @@ def create_site_pools(path: str | None = None) -> list[str]:
     from airflow.models.pool import Pool
 
     from include.sites import configured_sites
-    from jira_mail_sync.sites_config import sites_file_path
+    from jira_mail_sync.sites_config import sites_file_in_use
 
     lines = []
-    for site in configured_sites(Path(path) if path else sites_file_path()):
+    for site in configured_sites(Path(path) if path else sites_file_in_use()):
         existing = Pool.get_pool(site.pool)
         if site.plain and existing is not None:
             lines.append(f"pool {site.pool}: kept ({existing.slots} slots)")

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from airflow.providers.common.compat.sdk import conf
 
-from include.sites import SITES_FILE_NAME, Site, configured_sites
+from include.names import CONFIG_SECTION
+from include.sites import SITES_FILE_NAME, Site, SitesFileError, configured_sites
 from jira_mail_sync.settings import Settings, read_settings
 
 
@@ -22,11 +23,20 @@ def sites_file_path(settings: Settings | None = None) -> Path:
 
 
 def sites_file_in_use(settings: Settings | None = None) -> Path | None:
-    """The sites file when there is one; None means the plain single site."""
+    """The sites file when there is one; None means the plain single site.
+
+    A `sites_file` that is set but missing is an error, not the plain site: a mistyped path would
+    otherwise quietly replace every site's DAGs with jira_inbox and jira_sweep.
+    """
+    settings = settings or read_settings()
     path = sites_file_path(settings)
-    return path if path.exists() else None
+    if path.exists():
+        return path
+    if settings.sites_file:
+        raise SitesFileError(f"[{CONFIG_SECTION}] sites_file names {str(path)!r}, which does not exist")
+    return None
 
 
 def read_sites(settings: Settings | None = None) -> tuple[Site, ...]:
     """Every configured site: the file's entries, or the plain site when there is no file."""
-    return configured_sites(sites_file_path(settings))
+    return configured_sites(sites_file_in_use(settings))
