@@ -127,7 +127,10 @@ def test_three_entries_give_every_site_and_mailbox_its_dag_wired_to_its_own_name
         assert dag.get_task("extract_ticket_keys").op_kwargs["jira_conn_id"] == f"jira_{site}"
         fetch = dag.get_task("fetch_tickets")
         assert isinstance(fetch, MappedOperator)
-        assert fetch.partial_kwargs["op_kwargs"] == {"jira_conn_id": f"jira_{site}"}
+        assert fetch.partial_kwargs["op_kwargs"] == {
+            "jira_conn_id": f"jira_{site}",
+            "store_conn_id": stores[site],
+        }
         assert dag.get_task("store_tickets").op_kwargs == {
             "source": "inbox",
             "fail_on_failed_keys": False,
@@ -163,6 +166,10 @@ def test_three_entries_give_every_site_and_mailbox_its_dag_wired_to_its_own_name
             "jira_conn_id": f"jira_{site}",
             "store_conn_id": stores[site],
             "site": site,
+        }
+        assert dag.get_task("list_changed_keys").op_kwargs == {
+            "jira_conn_id": f"jira_{site}",
+            "store_conn_id": stores[site],
         }
         assert dag.get_task("record_sweep_progress").op_kwargs == {
             "store_conn_id": stores[site],

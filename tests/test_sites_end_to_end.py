@@ -19,6 +19,7 @@ import yaml
 
 from devkit.jira_standin import JiraStandin
 from devkit.mail_factory import jira_notification
+from include.store_db import table_exists as store_table_exists
 from include.ticket_store import table_exists
 from tests.harness.airflow_env import load_dag, run_dag
 from tests.harness.jira_standin import STANDIN_EMAIL
@@ -87,6 +88,16 @@ def _tickets(path) -> dict[str, str]:
         conn.close()
 
 
+def _usage_tasks(path) -> set[str]:
+    conn = sqlite3.connect(path)
+    try:
+        if not store_table_exists(conn, "sqlite", "jira_api_usage"):
+            return set()
+        return {row[0] for row in conn.execute("SELECT task FROM jira_api_usage")}
+    finally:
+        conn.close()
+
+
 def test_a_sweep_of_one_site_never_touches_the_other_and_the_same_key_gives_a_row_in_each(two_sites):
     jira, stores, _ = two_sites
     jira["acme"].add_issue("ABC-1", summary="acme's ABC-1", updated=START + timedelta(minutes=3))
@@ -100,6 +111,13 @@ def test_a_sweep_of_one_site_never_touches_the_other_and_the_same_key_gives_a_ro
     assert _tickets(stores["acme"]) == {"ABC-1": "acme's ABC-1"}
     assert _tickets(stores["globex"]) == {}
     assert jira["globex"].requests == []  # not one request to the other site's Jira
+    # What the sweep asked of Jira is counted in its own site's store, task by task.
+    assert _usage_tasks(stores["acme"]) == {
+        "jira_sweep__acme.plan_sweep",
+        "jira_sweep__acme.list_changed_keys",
+        "jira_sweep__acme.fetch_tickets[0]",
+    }
+    assert _usage_tasks(stores["globex"]) == set()
 
     jira["acme"].clear_requests()
     globex = run_dag(load_dag("jira_sweep__globex"), conf=window)

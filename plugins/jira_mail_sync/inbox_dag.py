@@ -219,7 +219,9 @@ def build_inbox_dag(site: Site, mailbox: Mailbox, *, settings: Settings, fileloc
             rejected_mailbox=mailbox.rejected_mailbox,
         )
         fetched = (
-            fetch_tickets.override(**pooled).partial(jira_conn_id=site.jira_conn_id).expand(keys=key_batches)
+            fetch_tickets.override(**pooled)
+            .partial(jira_conn_id=site.jira_conn_id, store_conn_id=site.store_conn_id)
+            .expand(keys=key_batches)
         )
         # A fetch batch that failed outright does not stop the store and the marking of everything else.
         stored = store_tickets.override(

@@ -93,7 +93,9 @@ def extract_ticket_keys(
     if dry_run or not taken.keys:
         return []
     # Keys that failed before get bulk requests of their own: they never hold back fresh mail's keys.
-    return plan_batches(taken.fresh_keys, taken.retry_keys, jira_conn_id=jira_conn_id)
+    return plan_batches(
+        taken.fresh_keys, taken.retry_keys, jira_conn_id=jira_conn_id, store_conn_id=store_conn_id
+    )
 
 
 def _ledger_settings(params: dict[str, Any]) -> tuple[int, timedelta]:

@@ -145,9 +145,13 @@ def build_sweep_dag(site: Site, *, fileloc: str) -> DAG:
         plan = plan_sweep.override(**pooled)(
             jira_conn_id=site.jira_conn_id, store_conn_id=site.store_conn_id, site=site.name
         )
-        batches = list_changed_keys.override(**pooled)(plan, jira_conn_id=site.jira_conn_id)
+        batches = list_changed_keys.override(**pooled)(
+            plan, jira_conn_id=site.jira_conn_id, store_conn_id=site.store_conn_id
+        )
         fetched = (
-            fetch_tickets.override(**pooled).partial(jira_conn_id=site.jira_conn_id).expand(keys=batches)
+            fetch_tickets.override(**pooled)
+            .partial(jira_conn_id=site.jira_conn_id, store_conn_id=site.store_conn_id)
+            .expand(keys=batches)
         )
         stored = store_tickets.override(outlets=[ticket_asset(site.store_conn_id)])(
             fetched,

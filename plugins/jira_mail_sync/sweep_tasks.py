@@ -89,7 +89,7 @@ def plan_sweep(*, jira_conn_id: str, store_conn_id: str, site: str) -> dict[str,
     except ValueError as exc:
         # Bad input is not worth a retry: fail at once with the reason.
         raise AirflowFailException(f"Invalid sweep parameters: {exc}") from exc
-    with jira_client(jira_conn_id) as client:
+    with jira_client(jira_conn_id, store_conn_id) as client:
         account_tz = client.account_time_zone()
     jql = build_sweep_jql(window, account_tz, projects=projects, jql_filter=jql_filter)
     log.info(
@@ -127,7 +127,7 @@ def _keys_up_to(client: Any, jql: str, limit: int) -> list[str] | None:
 
 
 @task(pool=JIRA_API_POOL)
-def list_changed_keys(plan: dict[str, Any], *, jira_conn_id: str) -> list[list[str]]:
+def list_changed_keys(plan: dict[str, Any], *, jira_conn_id: str, store_conn_id: str) -> list[list[str]]:
     """Page through /search/jql asking only for keys (up to 5000 a page) and batch them for the fetch.
 
     When the window holds more than one run may take, a run that records progress takes its oldest
@@ -136,7 +136,7 @@ def list_changed_keys(plan: dict[str, Any], *, jira_conn_id: str) -> list[list[s
     """
     start = parse_iso_instant(plan["window_start"], name="window_start")
     end = parse_iso_instant(plan["window_end"], name="window_end")
-    with jira_client(jira_conn_id) as client:
+    with jira_client(jira_conn_id, store_conn_id) as client:
         keys = _keys_up_to(client, plan["jql"], MAX_KEYS_PER_SWEEP)
         reached = end
         if keys is None:

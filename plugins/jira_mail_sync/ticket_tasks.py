@@ -12,7 +12,7 @@ from airflow.sdk import get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from include.jira_cloud import JiraCloudClient
-from include.names import CONFIG_SECTION, JIRA_API_POOL, JIRA_CONN_ID
+from include.names import CONFIG_SECTION, JIRA_API_POOL, JIRA_CONN_ID, STORE_CONN_ID
 from include.sync_pipeline import change_event, fetch_batch, store_batches
 from include.ticket_fields import FieldPlan, plan_fields
 from jira_mail_sync.assets import TICKET_ASSET, ticket_asset
@@ -26,14 +26,17 @@ log = logging.getLogger(__name__)
 
 
 @contextmanager
-def jira_client(jira_conn_id: str = JIRA_CONN_ID) -> Iterator[JiraCloudClient]:
+def jira_client(
+    jira_conn_id: str = JIRA_CONN_ID, store_conn_id: str = STORE_CONN_ID
+) -> Iterator[JiraCloudClient]:
+    """A client on `jira_conn_id`; what it asked of Jira is recorded in `store_conn_id` when it closes."""
     hook = JiraCloudHook(jira_conn_id)
     with hook:
         client = hook.get_conn()
         try:
             yield client
         finally:
-            record_jira_usage(client)
+            record_jira_usage(client, store_conn_id)
 
 
 def configured_extra_fields() -> tuple[str, ...]:
@@ -48,7 +51,12 @@ def configured_extra_fields() -> tuple[str, ...]:
         raise AirflowFailException(str(exc)) from exc
 
 
-def planned_fields(client: JiraCloudClient | None = None, *, jira_conn_id: str | None = None) -> FieldPlan:
+def planned_fields(
+    client: JiraCloudClient | None = None,
+    *,
+    jira_conn_id: str | None = None,
+    store_conn_id: str = STORE_CONN_ID,
+) -> FieldPlan:
     """The run's fields, checked against Jira's field list (one GET /rest/api/3/field) when extras are set.
 
     Without a `client` it opens one on `jira_conn_id`, the site's connection the DAG builder wired in.
@@ -59,7 +67,7 @@ def planned_fields(client: JiraCloudClient | None = None, *, jira_conn_id: str |
     if client is None:
         if jira_conn_id is None:
             raise ValueError("planned_fields needs a Jira client or the site's jira_conn_id")
-        with jira_client(jira_conn_id) as own:
+        with jira_client(jira_conn_id, store_conn_id) as own:
             return planned_fields(own)
     try:
         plan = plan_fields(extra, client.fields_catalogue())
@@ -75,7 +83,10 @@ def planned_fields(client: JiraCloudClient | None = None, *, jira_conn_id: str |
 
 
 def plan_batches(
-    *key_groups: list[str], client: JiraCloudClient | None = None, jira_conn_id: str | None = None
+    *key_groups: list[str],
+    client: JiraCloudClient | None = None,
+    jira_conn_id: str | None = None,
+    store_conn_id: str = STORE_CONN_ID,
 ) -> list[list[str]]:
     """Each group of keys as mapped fetch batches of one bulk request each, sized for this run's fields.
 
@@ -84,7 +95,7 @@ def plan_batches(
     """
     if not any(key_groups):
         return []
-    size = planned_fields(client, jira_conn_id=jira_conn_id).bulk_size
+    size = planned_fields(client, jira_conn_id=jira_conn_id, store_conn_id=store_conn_id).bulk_size
     return [batch for keys in key_groups for batch in batch_keys(keys, per_request=size)]
 
 
@@ -98,7 +109,7 @@ def plan_batches(
     retry_delay=timedelta(seconds=30),
     retry_exponential_backoff=2.0,
 )
-def fetch_tickets(keys: list[str], *, jira_conn_id: str) -> dict[str, Any]:
+def fetch_tickets(keys: list[str], *, jira_conn_id: str, store_conn_id: str) -> dict[str, Any]:
     """Fetch one batch of tickets with one Jira bulk request; missing keys come back as not found.
 
     If the request fails as a whole while Jira answers this account, the batch is split to isolate
@@ -107,7 +118,7 @@ def fetch_tickets(keys: list[str], *, jira_conn_id: str) -> dict[str, Any]:
     """
     get_current_context()["batch_label"] = describe_batch(keys)
     extra = configured_extra_fields()
-    with jira_client(jira_conn_id) as client:
+    with jira_client(jira_conn_id, store_conn_id) as client:
         return fetch_batch(client, keys, extra)
 
 
