@@ -20,6 +20,18 @@ TABLE = "jira_sweep_watermark"
 # The scheduled sweep over every project; manual runs (since/until, projects, a filter) never move it.
 SCHEDULED_SCOPE = "scheduled"
 
+
+# --- #23 many sites: one watermark per site ---
+def site_scope(site: str) -> str:
+    """The watermark scope of `site`'s scheduled sweep; sites sharing a store never move each other's.
+
+    The plain site keeps SCHEDULED_SCOPE, so a store written before sites existed needs no migration.
+    """
+    from include.names import DEFAULT_SITE
+
+    return SCHEDULED_SCOPE if site == DEFAULT_SITE else f"{SCHEDULED_SCOPE}@{site}"
+
+
 _DDL = {
     "sqlite": (
         f"""CREATE TABLE IF NOT EXISTS {TABLE} (

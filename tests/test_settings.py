@@ -49,6 +49,7 @@ def test_unset_options_take_their_documented_defaults():
             "project",
             "summary",
         ),
+        sites_file=None,
     )
 
 
@@ -140,7 +141,7 @@ def test_a_bad_setting_is_an_import_error_of_every_syncing_dag_file(monkeypatch,
     bag = DagBag(dag_folder=str(REPO / "dags"))
 
     errors = {Path(path).name: error for path, error in bag.import_errors.items()}
-    assert set(errors) == {"jira_census.py", "jira_inbox.py", "jira_sweep.py"}
+    assert set(errors) == {"jira_census.py", "jira_inbox.py", "jira_sweep.py", "jira_sites.py"}
     for error in errors.values():
         assert f"SettingError: [jira_mail_sync] {name} ({env_variable(name)}) must be" in error
     assert not {"jira_census", "jira_inbox", "jira_sweep"} & set(bag.dags)

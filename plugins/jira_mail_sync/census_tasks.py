@@ -16,7 +16,7 @@ from include.census import (
     stored_projects,
     validate_projects,
 )
-from include.names import JIRA_API_POOL
+from include.names import JIRA_API_POOL, JIRA_CONN_ID, STORE_CONN_ID
 from include.sync_pipeline import change_event
 from jira_mail_sync.assets import TICKET_ASSET
 from jira_mail_sync.hooks.ticket_store import TicketStoreHook
@@ -29,9 +29,12 @@ CENSUS_SOURCE = "census"
 
 
 @task
-def plan_census() -> dict[str, Any]:
+def plan_census(
+    *, store_conn_id: str = STORE_CONN_ID, site_projects: list[str] | None = None
+) -> dict[str, Any]:
     """The projects to count: the `projects` param, else `[jira_mail_sync] census_projects`, else the
-    projects of the tickets the store holds. Bad params fail at once, without retries."""
+    projects of the tickets the store holds. A site of the sites file counts its `projects` when it names
+    some, before the setting. Bad params fail at once, without retries."""
     params = get_current_context()["params"]
     try:
         fraction = check_fraction(params.get("max_gone_fraction", 0.05))
@@ -41,10 +44,12 @@ def plan_census() -> dict[str, Any]:
         raise AirflowFailException(f"Invalid census parameters: {exc}") from exc
     if chosen:
         projects, why = chosen, "the run's projects param"
+    elif site_projects:
+        projects, why = sorted(site_projects), "the site's projects in the sites file"
     elif configured:
         projects, why = sorted(configured), "[jira_mail_sync] census_projects"
     else:
-        with TicketStoreHook().connect() as (conn, dialect):
+        with TicketStoreHook(store_conn_id).connect() as (conn, dialect):
             projects, why = stored_projects(conn, dialect), "the projects of the stored tickets"
     log.info("Census of %s (from %s)", ", ".join(projects) or "no project", why)
     return {
@@ -55,7 +60,9 @@ def plan_census() -> dict[str, Any]:
 
 
 @task(pool=JIRA_API_POOL, outlets=[TICKET_ASSET])
-def take_census(plan: dict[str, Any]) -> dict[str, Any]:
+def take_census(
+    plan: dict[str, Any], *, jira_conn_id: str = JIRA_CONN_ID, store_conn_id: str = STORE_CONN_ID
+) -> dict[str, Any]:
     """List every issue id of each project, compare with the store, guard, classify, heal and mark.
 
     Fails without writing anything when the guard stops it (the message names each project's count);
@@ -67,13 +74,19 @@ def take_census(plan: dict[str, Any]) -> dict[str, Any]:
         log.info("No project to count: the store holds no ticket and none was named")
         return {"counts": {}, "changed_count": 0, "changed": [], "failed": {}, "requests": 0}
     extra = configured_extra_fields()
-    with jira_client() as client, TicketStoreHook().connect() as (conn, dialect):
+    with (
+        jira_client(jira_conn_id, store_conn_id) as client,
+        TicketStoreHook(store_conn_id).connect() as (
+            conn,
+            dialect,
+        ),
+    ):
         if not client.has_cloud_apis:
             raise AirflowFailException(
                 "The census lists ids with Jira Cloud's /rest/api/3/search/jql and bulk-fetches them by id; "
                 f"{client.site_url} is Jira Data Center or Server, which has neither: pause jira_census there"
             )
-        bulk_size = planned_fields(client).bulk_size
+        bulk_size = planned_fields(client, store_conn_id=store_conn_id).bulk_size
         try:
             result = run_census(
                 client,
@@ -92,7 +105,9 @@ def take_census(plan: dict[str, Any]) -> dict[str, Any]:
     for project, counts in result.counts.items():
         log.info("Census of %s: %s", project, ", ".join(f"{name} {value}" for name, value in counts.items()))
     window = {"start": None, "end": result.at.isoformat()}
-    context["outlet_events"][TICKET_ASSET].extra = change_event(
+    # The task's one outlet: TICKET_ASSET, or the site store's asset (census_dag.build_census_dag).
+    (outlet,) = context["task"].outlets
+    context["outlet_events"][outlet].extra = change_event(
         summary, source=CENSUS_SOURCE, run_id=context["run_id"], window=window
     ) | {"census": result.counts}
     if result.failed:

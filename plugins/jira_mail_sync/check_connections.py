@@ -1,6 +1,7 @@
 """Command line: check that the jira, imap and store connections work, without touching any mail or ticket.
 
     PYTHONPATH=plugins python -m jira_mail_sync.check_connections [--mailbox INBOX] [--jira-conn-id ...]
+    PYTHONPATH=plugins python -m jira_mail_sync.check_connections --sites [--sites-file PATH]
 
 Airflow's connection form cannot do this for us: the conn types `jira` and `imap` belong to the
 providers' hooks (a plugin cannot register a hook, and when two providers declare one conn type,
@@ -109,6 +110,66 @@ def check_store(conn_id: str = STORE_CONN_ID) -> Check:
         return False, f"{type(exc).__name__}: {exc}"
 
 
+# --- #23 many sites: `--sites` checks the sites file against the schema and lists what it configures ---
+def check_sites(path: str | None = None) -> tuple[bool, list[str]]:
+    """Validate the sites file (default: the configured one) and describe each site and mailbox."""
+    from pathlib import Path
+
+    from include.sites import SitesFileError, load_sites_file
+    from jira_mail_sync.sites_config import sites_file_path
+
+    file = Path(path) if path else sites_file_path()
+    if not file.exists():
+        if path:
+            return False, [f"{file}: no such file"]
+        return True, [f"{file}: no sites file; one site from the plain connections (jira_inbox, jira_sweep)"]
+    try:
+        sites = load_sites_file(file)
+    except SitesFileError as exc:
+        return False, [str(exc)]
+    lines = [f"{file}: valid, {len(sites)} site(s)"]
+    for site in sites:
+        sweep = f"{site.sweep_dag_id()} ({site.schedule}, lookback {site.lookback_minutes} min)"
+        pool = f"pool {site.pool} ({site.pool_slots} slots)"
+        lines.append(
+            f"site {site.name}: {sweep}, jira {site.jira_conn_id}, store {site.store_conn_id}, {pool}"
+        )
+        for mailbox in site.mailboxes:
+            reads = f"reads {mailbox.mailbox} on {mailbox.imap_conn_id}"
+            lines.append(f"site {site.name}: {site.inbox_dag_id(mailbox)} {reads}")
+    return True, lines
+
+
+def create_site_pools(path: str | None = None) -> list[str]:
+    """Create each configured site's pool, sized as the sites file says; one line per pool.
+
+    A file's pool is set to its `pool_slots` (the file is where its size lives); the plain `jira_api`
+    pool, with no file, is only created when missing, so a size an operator chose stays.
+    """
+    from pathlib import Path
+
+    from airflow.models.pool import Pool
+
+    from include.sites import configured_sites
+    from jira_mail_sync.sites_config import sites_file_in_use
+
+    lines = []
+    for site in configured_sites(Path(path) if path else sites_file_in_use()):
+        existing = Pool.get_pool(site.pool)
+        if site.plain and existing is not None:
+            lines.append(f"pool {site.pool}: kept ({existing.slots} slots)")
+            continue
+        Pool.create_or_update_pool(
+            name=site.pool,
+            slots=site.pool_slots,
+            description=f"Concurrent Jira REST requests of site {site.name}",
+            include_deferred=False,
+        )
+        verb = "created" if existing is None else f"set from {existing.slots}"
+        lines.append(f"pool {site.pool}: {verb} ({site.pool_slots} slots) for site {site.name}")
+    return lines
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m jira_mail_sync.check_connections", description=__doc__.split("\n\n")[0]
@@ -120,7 +181,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--only", choices=("jira", "imap", "store"), action="append", help="check only these (repeatable)"
     )
+    parser.add_argument(
+        "--sites", action="store_true", help="check the sites file against its schema (no connection is used)"
+    )
+    parser.add_argument("--sites-file", help="the sites file to check (default: [jira_mail_sync] sites_file)")
+    parser.add_argument(
+        "--create-pools",
+        action="store_true",
+        help="with --sites: create each site's pool in the metadata database, sized as the file says",
+    )
     args = parser.parse_args(argv)
+    if args.sites or args.sites_file:
+        ok, lines = check_sites(args.sites_file)
+        for line in lines:
+            print(f"{'ok  ' if ok else 'FAIL'} sites {line}", flush=True)
+        if ok and args.create_pools:
+            with contextlib.redirect_stdout(sys.stderr):
+                pools = create_site_pools(args.sites_file)
+            for line in pools:
+                print(f"ok   pools {line}", flush=True)
+        return 0 if ok else 1
     checks: dict[str, tuple[str, Callable[[], Check]]] = {
         "jira": (args.jira_conn_id, lambda: check_jira(args.jira_conn_id)),
         "imap": (

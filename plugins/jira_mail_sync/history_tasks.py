@@ -20,6 +20,8 @@ from include.names import (
     CONFIG_SECTION,
     HISTORY_FIELDS_OPTION,
     JIRA_API_POOL,
+    JIRA_CONN_ID,
+    STORE_CONN_ID,
     TICKET_CHANGE_ASSET_NAME,
     TICKET_CHANGE_ASSET_URI,
 )
@@ -53,7 +55,13 @@ def _issue_ids(fetched: Any) -> list[str]:
 
 # It asks Jira for the field list (GET /rest/api/3/field) when there is history to read.
 @task(pool=JIRA_API_POOL)
-def plan_ticket_history(fetched: Any = None, stored: Any = None) -> list[dict[str, Any]]:
+def plan_ticket_history(
+    fetched: Any = None,
+    stored: Any = None,
+    *,
+    jira_conn_id: str = JIRA_CONN_ID,
+    store_conn_id: str = STORE_CONN_ID,
+) -> list[dict[str, Any]]:
     """Which issues need their changelog read: this run's fetched tickets, or every stored one.
 
     Every stored ticket when `fetched` is None (a census) or the run's `history_backfill` param is
@@ -67,11 +75,11 @@ def plan_ticket_history(fetched: Any = None, stored: Any = None) -> list[dict[st
     params = get_current_context().get("params") or {}
     whole_store = fetched is None or bool(params.get("history_backfill"))
     ids = None if whole_store else _issue_ids(fetched)
-    with TicketStoreHook().connect() as (conn, dialect):
+    with TicketStoreHook(store_conn_id).connect() as (conn, dialect):
         chunks = plan_history_chunks(conn, dialect, ids, fields)
     field_ids: list[str] = []
     if chunks:
-        with jira_client() as client:
+        with jira_client(jira_conn_id, store_conn_id) as client:
             if not client.has_cloud_apis:
                 # Skipped, not failed: the inbox and the sweep work on Data Center; only history is missing.
                 raise AirflowSkipException(
@@ -91,7 +99,11 @@ def plan_ticket_history(fetched: Any = None, stored: Any = None) -> list[dict[st
         len(chunks),
         ", ".join(field_ids or fields),
     )
-    return [{"issue_ids": chunk, "field_ids": field_ids, "fields": list(fields)} for chunk in chunks]
+    connections = {"jira_conn_id": jira_conn_id, "store_conn_id": store_conn_id}
+    return [
+        {"issue_ids": chunk, "field_ids": field_ids, "fields": list(fields), **connections}
+        for chunk in chunks
+    ]
 
 
 @task(
@@ -100,10 +112,22 @@ def plan_ticket_history(fetched: Any = None, stored: Any = None) -> list[dict[st
     retry_delay=timedelta(seconds=30),
     retry_exponential_backoff=2.0,
 )
-def fetch_history(issue_ids: list[str], field_ids: list[str], fields: list[str]) -> dict[str, Any]:
+def fetch_history(
+    issue_ids: list[str],
+    field_ids: list[str],
+    fields: list[str],
+    jira_conn_id: str = JIRA_CONN_ID,
+    store_conn_id: str = STORE_CONN_ID,
+) -> dict[str, Any]:
     """Read every changelog page of up to 1000 issues and insert the changes the table lacks."""
     get_current_context()["history_label"] = f"{len(issue_ids)} issues from {issue_ids[0]}"
-    with jira_client() as client, TicketStoreHook().connect() as (conn, dialect):
+    with (
+        jira_client(jira_conn_id, store_conn_id) as client,
+        TicketStoreHook(store_conn_id).connect() as (
+            conn,
+            dialect,
+        ),
+    ):
         result = fetch_and_store_history(client, conn, dialect, issue_ids, fields=fields, field_ids=field_ids)
     log.info(
         "%d issue(s): %d change row(s) read in %d request(s), %d new, for %d issue(s)",
@@ -116,6 +140,16 @@ def fetch_history(issue_ids: list[str], field_ids: list[str], fields: list[str])
     return result
 
 
+def ticket_change_asset(store_conn_id: str = STORE_CONN_ID) -> Asset:
+    """The asset of jira_ticket_change on `store_conn_id`: TICKET_CHANGE_ASSET for the plain store."""
+    if store_conn_id == STORE_CONN_ID:
+        return TICKET_CHANGE_ASSET
+    return Asset(
+        name=f"{TICKET_CHANGE_ASSET_NAME}__{store_conn_id}",
+        uri=TICKET_CHANGE_ASSET_URI.replace(f"//{STORE_CONN_ID}/", f"//{store_conn_id}/"),
+    )
+
+
 @task(outlets=[TICKET_CHANGE_ASSET])
 def announce_history(results: Any) -> dict[str, Any]:
     """Emit the ticket-change asset event naming the issues with new history (skipped when none)."""
@@ -123,15 +157,30 @@ def announce_history(results: Any) -> dict[str, Any]:
     event = history_event(every_batch(results), run_id=context["run_id"])
     if not event["rows_inserted"]:
         raise AirflowSkipException("No new history: no asset event")
-    context["outlet_events"][TICKET_CHANGE_ASSET].extra = event
+    # The task's one outlet: TICKET_CHANGE_ASSET, or the site store's asset (ticket_history).
+    (outlet,) = context["task"].outlets
+    context["outlet_events"][outlet].extra = event
     return event
 
 
-def ticket_history(fetched: Any = None, stored: Any = None, *, trigger_rule: str | None = None) -> Any:
-    """Wire plan → mapped fetch_history → announce; returns the announce task's output."""
-    plan_task = (
-        plan_ticket_history.override(trigger_rule=trigger_rule) if trigger_rule else plan_ticket_history
+def ticket_history(
+    fetched: Any = None,
+    stored: Any = None,
+    *,
+    trigger_rule: str | None = None,
+    jira_conn_id: str = JIRA_CONN_ID,
+    store_conn_id: str = STORE_CONN_ID,
+    pool: str = JIRA_API_POOL,
+) -> Any:
+    """Wire plan → mapped fetch_history → announce for one site's connections and pool.
+
+    Returns the announce task's output.
+    """
+    plan_options: dict[str, Any] = {"pool": pool}
+    if trigger_rule:
+        plan_options["trigger_rule"] = trigger_rule
+    plan = plan_ticket_history.override(**plan_options)(
+        fetched, stored, jira_conn_id=jira_conn_id, store_conn_id=store_conn_id
     )
-    plan = plan_task(fetched, stored)
-    results = fetch_history.expand_kwargs(plan)
-    return announce_history(results)
+    results = fetch_history.override(pool=pool).expand_kwargs(plan)
+    return announce_history.override(outlets=[ticket_change_asset(store_conn_id)])(results)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from airflow.sdk import Asset, AssetOrTimeSchedule, AssetWatcher, CronTriggerTimetable
 
-from include.names import IMAP_CONN_ID
+from include.names import IMAP_CONN_ID, STORE_CONN_ID
 from jira_mail_sync.settings import read_settings
 from jira_mail_sync.triggers.imap_idle import ImapIdleTrigger
 
@@ -29,25 +29,39 @@ WATCHED_MAILBOX = "INBOX"
 UNSEEN_MAIL_ASSET = "jira_unseen_mail"
 
 
-def unseen_mail_asset(imap_conn_id: str = IMAP_CONN_ID, mailbox: str = WATCHED_MAILBOX) -> Asset:
-    """The asset an IMAP IDLE watcher updates whenever the unseen Jira mail in `mailbox` changes."""
+def unseen_mail_asset(
+    imap_conn_id: str = IMAP_CONN_ID,
+    mailbox: str = WATCHED_MAILBOX,
+    *,
+    suffix: str = "",
+    store_conn_id: str = STORE_CONN_ID,
+) -> Asset:
+    """The asset an IMAP IDLE watcher updates whenever the unseen Jira mail in `mailbox` changes.
+
+    One asset and one watcher per watched mailbox: the sites' inbox DAGs pass their own `suffix`
+    (`__<site>__<mailbox slug>`), since Airflow asset and watcher names are unique; the plain site
+    passes none and keeps today's names.
+    """
     return Asset(
-        name=UNSEEN_MAIL_ASSET,
+        name=f"{UNSEEN_MAIL_ASSET}{suffix}",
         uri=f"imap://{imap_conn_id}/{mailbox}",
         watchers=[
             AssetWatcher(
-                name=f"imap_idle_{imap_conn_id}",
-                trigger=ImapIdleTrigger(imap_conn_id=imap_conn_id, mailbox=mailbox),
+                name=f"imap_idle_{imap_conn_id}{suffix}",
+                trigger=ImapIdleTrigger(
+                    imap_conn_id=imap_conn_id, mailbox=mailbox, store_conn_id=store_conn_id
+                ),
             )
         ],
     )
 
 
-def inbox_schedule(mode: str | None = None) -> AssetOrTimeSchedule | str:
-    """The `schedule` of jira_inbox for `mode` (default: the configured one)."""
+def inbox_schedule(mode: str | None = None, asset: Asset | None = None) -> AssetOrTimeSchedule | str:
+    """The `schedule` of an inbox DAG for `mode` (default: the configured one), woken by `asset`'s
+    watcher in idle mode (default: the plain site's, imap_default/INBOX)."""
     mode = mode or read_settings().inbox_mode
     if mode == "poll":
         return POLL_CRON
     return AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable(SAFETY_CRON, timezone="UTC"), assets=unseen_mail_asset()
+        timetable=CronTriggerTimetable(SAFETY_CRON, timezone="UTC"), assets=asset or unseen_mail_asset()
     )

@@ -35,11 +35,20 @@ def _trusted_senders(params: dict[str, Any], site_url: str) -> list[str]:
 
 # With chosen extra fields it checks them against Jira's field list (one request) to size the fetch
 # batches, so it takes a jira_api slot like every task that calls Jira.
+# The DAG builder gives it the site's pool (.override) and the site's connections as arguments.
 @task(pool=JIRA_API_POOL)
-def extract_ticket_keys(sensed_xcom: dict[str, Any]) -> list[list[str]]:
+def extract_ticket_keys(
+    sensed_xcom: dict[str, Any],
+    *,
+    jira_conn_id: str,
+    store_conn_id: str,
+    rejected_mailbox: str | None = None,
+) -> list[list[str]]:
     """Parse the unseen messages' headers and body prefix; record rejected mail and batch the keys.
 
     It reads the connection and mailbox the sensor sensed (carried in its XCom), not the defaults.
+    `rejected_mailbox` is the sites file's folder for rejected mail; None leaves it to the IMAP
+    connection's `rejected_mailbox` extra.
     Rejected mail goes to the mail ledger as it is found, gets the $JiraRejected label where the
     server keeps keywords, and is moved to the `rejected_mailbox` extra's folder; mail the run's time
     budget does not reach waits for the next run (see include.inbox_run.take_mail). Keys named only
@@ -50,12 +59,12 @@ def extract_ticket_keys(sensed_xcom: dict[str, Any]) -> list[list[str]]:
     """
     context = get_current_context()
     params = context["params"]
-    site_url = JiraCloudHook().site_url
+    site_url = JiraCloudHook(jira_conn_id).site_url
     dry_run = bool(params.get("dry_run"))
     sensed = SensedMail.from_xcom(sensed_xcom)
     imap_hook = ImapInboxHook(sensed.imap_conn_id)
     # A dry run records nothing, so it needs no store.
-    store = nullcontext((None, None)) if dry_run else TicketStoreHook().connect()
+    store = nullcontext((None, None)) if dry_run else TicketStoreHook(store_conn_id).connect()
     with imap_hook.inbox(sensed.mailbox) as inbox, store as (conn, dialect):
         if inbox.open(readonly=True) != sensed.uidvalidity:
             raise AirflowSkipException("UIDVALIDITY changed since sensing; the next run starts over")
@@ -69,7 +78,7 @@ def extract_ticket_keys(sensed_xcom: dict[str, Any]) -> list[list[str]]:
             jira_url=site_url,
             sender_auth=imap_hook.sender_auth(),
             retrying=sensed.retrying,
-            rejected_mailbox=imap_hook.rejected_mailbox(sensed.mailbox),
+            rejected_mailbox=rejected_mailbox or imap_hook.rejected_mailbox(sensed.mailbox),
         )
     log.info(
         "%d message(s) accepted, %d rejected; %d distinct key(s)%s: %s",
@@ -84,7 +93,9 @@ def extract_ticket_keys(sensed_xcom: dict[str, Any]) -> list[list[str]]:
     if dry_run or not taken.keys:
         return []
     # Keys that failed before get bulk requests of their own: they never hold back fresh mail's keys.
-    return plan_batches(taken.fresh_keys, taken.retry_keys)
+    return plan_batches(
+        taken.fresh_keys, taken.retry_keys, jira_conn_id=jira_conn_id, store_conn_id=store_conn_id
+    )
 
 
 def _ledger_settings(params: dict[str, Any]) -> tuple[int, timedelta]:
@@ -97,7 +108,9 @@ def _ledger_settings(params: dict[str, Any]) -> tuple[int, timedelta]:
 
 
 @task
-def mark_mail_seen(settlement: dict[str, Any], stored: dict[str, Any]) -> dict[str, Any]:
+def mark_mail_seen(
+    settlement: dict[str, Any], stored: dict[str, Any], *, store_conn_id: str
+) -> dict[str, Any]:
     """Set \\Seen, in one UID STORE, on the messages whose keys were all stored or confirmed not found.
 
     It marks the mailbox the messages were read from (carried in the settlement), not a default one.
@@ -111,7 +124,7 @@ def mark_mail_seen(settlement: dict[str, Any], stored: dict[str, Any]) -> dict[s
     max_attempts, first_delay = _ledger_settings(get_current_context()["params"])
     with (
         ImapInboxHook(run.imap_conn_id).inbox(run.taken.mailbox) as inbox,
-        TicketStoreHook().connect() as (conn, dialect),
+        TicketStoreHook(store_conn_id).connect() as (conn, dialect),
     ):
         try:
             settled = settle_mail(

@@ -8,6 +8,7 @@ from airflow.sdk import get_current_context
 
 from include.api_usage import record_usage
 from include.jira_cloud import JiraCloudClient
+from include.names import STORE_CONN_ID
 from jira_mail_sync.hooks.ticket_store import TicketStoreHook
 
 log = logging.getLogger(__name__)
@@ -24,13 +25,14 @@ def _task_name() -> str:
     return f"{ti.dag_id}.{ti.task_id}{mapped}"
 
 
-def record_jira_usage(client: JiraCloudClient) -> None:
-    """One usage row per task; a store that cannot take it costs a warning, never the task's result."""
+def record_jira_usage(client: JiraCloudClient, store_conn_id: str = STORE_CONN_ID) -> None:
+    """One usage row per task, in the store of the task's site; a store that cannot take it costs a
+    warning, never the task's result."""
     usage = client.usage(_task_name())
     if usage.requests == 0:
         return
     try:
-        with TicketStoreHook().connect() as (conn, dialect):
+        with TicketStoreHook(store_conn_id).connect() as (conn, dialect):
             record_usage(conn, dialect, usage)
     except Exception as exc:
         # The figures only feed the status page; failing the fetch over them would redo Jira's work.

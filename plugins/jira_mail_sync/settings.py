@@ -80,6 +80,15 @@ def _project_keys(raw: str) -> frozenset[str] | None:
     return projects or None
 
 
+def _sites_file(raw: str) -> str | None:
+    # Only the path: whether the file exists and what it holds is include.sites' to say, when the
+    # DAG files load it, so that a bad file is their import error naming the entry and the field.
+    value = raw.strip()
+    if "\x00" in value:
+        raise ValueError
+    return value or None
+
+
 def _extra_fields(raw: str) -> tuple[str, ...]:
     # parse_extra_fields says which field id is wrong and why; SettingError adds the option's name.
     return parse_extra_fields(raw)
@@ -182,6 +191,15 @@ OPTIONS: tuple[Option, ...] = (
         "Checked against Jira's field list when history is fetched; sprint finds the site's Sprint field.",
         parse_history_fields,
     ),
+    # --- #23 many sites: the sites file (include/sites.py) ---
+    Option(
+        "sites_file",
+        "",
+        "a file path (empty: jira_sites.yaml in the DAGs folder)",
+        "The Jira sites and mailboxes file (README: Many sites and mailboxes). With no such file, one "
+        "site from the plain connections: jira_inbox and jira_sweep as before.",
+        _sites_file,
+    ),
 )
 
 
@@ -200,6 +218,7 @@ class Settings:
     ledger_retention_days: int
     status_mailbox_cache_seconds: float
     history_fields: tuple[str, ...]
+    sites_file: str | None
 
 
 def parse_option(option: Option, raw: object) -> Any:

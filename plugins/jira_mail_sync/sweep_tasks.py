@@ -9,7 +9,7 @@ from airflow.sdk import get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from include.names import JIRA_API_POOL
-from include.sweep_progress import advance_watermark, get_watermark
+from include.sweep_progress import advance_watermark, get_watermark, site_scope
 from include.sweep_window import (
     WindowTooDense,
     build_sweep_jql,
@@ -69,17 +69,18 @@ def _is_backfill(context: dict[str, Any]) -> bool:
     return str(getattr(getattr(dag_run, "run_type", None), "value", "")) == "backfill"
 
 
-def _read_watermark() -> Any:
-    with TicketStoreHook().connect() as (conn, dialect):
-        return get_watermark(conn, dialect)
+def _read_watermark(store_conn_id: str, site: str) -> Any:
+    with TicketStoreHook(store_conn_id).connect() as (conn, dialect):
+        return get_watermark(conn, dialect, site_scope(site))
 
 
+# The DAG builder gives these tasks the site's pool (.override) and the site's connections as arguments.
 @task(pool=JIRA_API_POOL)
-def plan_sweep() -> dict[str, Any]:
+def plan_sweep(*, jira_conn_id: str, store_conn_id: str, site: str) -> dict[str, Any]:
     """Validate the params, read the account's time zone from Jira, and build the window's JQL."""
     context = get_current_context()
     params = context["params"]
-    watermark = _read_watermark()
+    watermark = _read_watermark(store_conn_id, site)
     try:
         start, end = _window_bounds(context, watermark)
         window = make_window(start, end, lookback_minutes=int(params["lookback_minutes"]))
@@ -88,7 +89,7 @@ def plan_sweep() -> dict[str, Any]:
     except ValueError as exc:
         # Bad input is not worth a retry: fail at once with the reason.
         raise AirflowFailException(f"Invalid sweep parameters: {exc}") from exc
-    with jira_client() as client:
+    with jira_client(jira_conn_id, store_conn_id) as client:
         account_tz = client.account_time_zone()
     jql = build_sweep_jql(window, account_tz, projects=projects, jql_filter=jql_filter)
     log.info(
@@ -126,7 +127,7 @@ def _keys_up_to(client: Any, jql: str, limit: int) -> list[str] | None:
 
 
 @task(pool=JIRA_API_POOL)
-def list_changed_keys(plan: dict[str, Any]) -> list[list[str]]:
+def list_changed_keys(plan: dict[str, Any], *, jira_conn_id: str, store_conn_id: str) -> list[list[str]]:
     """Page through /search/jql asking only for keys (up to 5000 a page) and batch them for the fetch.
 
     When the window holds more than one run may take, a run that records progress takes its oldest
@@ -135,7 +136,7 @@ def list_changed_keys(plan: dict[str, Any]) -> list[list[str]]:
     """
     start = parse_iso_instant(plan["window_start"], name="window_start")
     end = parse_iso_instant(plan["window_end"], name="window_end")
-    with jira_client() as client:
+    with jira_client(jira_conn_id, store_conn_id) as client:
         keys = _keys_up_to(client, plan["jql"], MAX_KEYS_PER_SWEEP)
         reached = end
         if keys is None:
@@ -171,12 +172,16 @@ def list_changed_keys(plan: dict[str, Any]) -> list[list[str]]:
 
 # An empty window skips the fetch and the store; it still counts as swept. A failure upstream does not.
 @task(trigger_rule="none_failed")
-def record_sweep_progress(plan: dict[str, Any], reached: str, stored: dict[str, Any]) -> str | None:
+def record_sweep_progress(
+    plan: dict[str, Any], reached: str, stored: dict[str, Any], *, store_conn_id: str, site: str
+) -> str | None:
     """Move the sweep's watermark to the end this run reached, once everything before it is stored."""
     if not plan["records_progress"]:
         log.info("This run's window was chosen by hand (or is an old backfill): the watermark stays")
         return plan["watermark"]
-    with TicketStoreHook().connect() as (conn, dialect):
-        watermark = advance_watermark(conn, dialect, parse_iso_instant(reached, name="reached"))
+    with TicketStoreHook(store_conn_id).connect() as (conn, dialect):
+        watermark = advance_watermark(
+            conn, dialect, parse_iso_instant(reached, name="reached"), scope=site_scope(site)
+        )
     log.info("The sweep has stored every change up to %s", watermark.isoformat())
     return watermark.isoformat()

@@ -12,10 +12,10 @@ from airflow.sdk import get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from include.jira_cloud import JiraCloudClient
-from include.names import CONFIG_SECTION, JIRA_API_POOL, JIRA_CONN_ID
+from include.names import CONFIG_SECTION, JIRA_API_POOL, JIRA_CONN_ID, STORE_CONN_ID
 from include.sync_pipeline import change_event, fetch_batch, store_batches
 from include.ticket_fields import FieldPlan, plan_fields
-from jira_mail_sync.assets import TICKET_ASSET
+from jira_mail_sync.assets import TICKET_ASSET, ticket_asset
 from jira_mail_sync.hooks.jira_cloud import JiraCloudHook
 from jira_mail_sync.hooks.ticket_store import TicketStoreHook
 from jira_mail_sync.jira_usage import record_jira_usage
@@ -26,14 +26,17 @@ log = logging.getLogger(__name__)
 
 
 @contextmanager
-def jira_client(jira_conn_id: str = JIRA_CONN_ID) -> Iterator[JiraCloudClient]:
+def jira_client(
+    jira_conn_id: str = JIRA_CONN_ID, store_conn_id: str = STORE_CONN_ID
+) -> Iterator[JiraCloudClient]:
+    """A client on `jira_conn_id`; what it asked of Jira is recorded in `store_conn_id` when it closes."""
     hook = JiraCloudHook(jira_conn_id)
     with hook:
         client = hook.get_conn()
         try:
             yield client
         finally:
-            record_jira_usage(client)
+            record_jira_usage(client, store_conn_id)
 
 
 def configured_extra_fields() -> tuple[str, ...]:
@@ -48,13 +51,23 @@ def configured_extra_fields() -> tuple[str, ...]:
         raise AirflowFailException(str(exc)) from exc
 
 
-def planned_fields(client: JiraCloudClient | None = None) -> FieldPlan:
-    """The run's fields, checked against Jira's field list (one GET /rest/api/3/field) when extras are set."""
+def planned_fields(
+    client: JiraCloudClient | None = None,
+    *,
+    jira_conn_id: str | None = None,
+    store_conn_id: str = STORE_CONN_ID,
+) -> FieldPlan:
+    """The run's fields, checked against Jira's field list (one GET /rest/api/3/field) when extras are set.
+
+    Without a `client` it opens one on `jira_conn_id`, the site's connection the DAG builder wired in.
+    """
     extra = configured_extra_fields()
     if not extra:
         return FieldPlan()
     if client is None:
-        with jira_client() as own:
+        if jira_conn_id is None:
+            raise ValueError("planned_fields needs a Jira client or the site's jira_conn_id")
+        with jira_client(jira_conn_id, store_conn_id) as own:
             return planned_fields(own)
     try:
         plan = plan_fields(extra, client.fields_catalogue())
@@ -69,7 +82,12 @@ def planned_fields(client: JiraCloudClient | None = None) -> FieldPlan:
     return plan
 
 
-def plan_batches(*key_groups: list[str], client: JiraCloudClient | None = None) -> list[list[str]]:
+def plan_batches(
+    *key_groups: list[str],
+    client: JiraCloudClient | None = None,
+    jira_conn_id: str | None = None,
+    store_conn_id: str = STORE_CONN_ID,
+) -> list[list[str]]:
     """Each group of keys as mapped fetch batches of one bulk request each, sized for this run's fields.
 
     Groups never share a batch: the inbox passes fresh mail's keys and retried keys apart, so keys
@@ -77,10 +95,12 @@ def plan_batches(*key_groups: list[str], client: JiraCloudClient | None = None) 
     """
     if not any(key_groups):
         return []
-    size = planned_fields(client).bulk_size
+    size = planned_fields(client, jira_conn_id=jira_conn_id, store_conn_id=store_conn_id).bulk_size
     return [batch for keys in key_groups for batch in batch_keys(keys, per_request=size)]
 
 
+# The pool and the connections here are the plain site's; the DAG builders (inbox_dag, sweep_dag) give
+# every DAG its site's pool with .override(pool=...) and its connections as arguments.
 @task(
     pool=JIRA_API_POOL,
     map_index_template="{{ batch_label }}",
@@ -89,7 +109,7 @@ def plan_batches(*key_groups: list[str], client: JiraCloudClient | None = None) 
     retry_delay=timedelta(seconds=30),
     retry_exponential_backoff=2.0,
 )
-def fetch_tickets(keys: list[str]) -> dict[str, Any]:
+def fetch_tickets(keys: list[str], *, jira_conn_id: str, store_conn_id: str) -> dict[str, Any]:
     """Fetch one batch of tickets with one Jira bulk request; missing keys come back as not found.
 
     If the request fails as a whole while Jira answers this account, the batch is split to isolate
@@ -98,7 +118,7 @@ def fetch_tickets(keys: list[str]) -> dict[str, Any]:
     """
     get_current_context()["batch_label"] = describe_batch(keys)
     extra = configured_extra_fields()
-    with jira_client() as client:
+    with jira_client(jira_conn_id, store_conn_id) as client:
         return fetch_batch(client, keys, extra)
 
 
@@ -131,6 +151,8 @@ def store_tickets(
     fetched: Any,
     *,
     source: str,
+    store_conn_id: str,
+    site: str,
     return_keys: bool = True,
     window: dict[str, Any] | None = None,
     fail_on_failed_keys: bool = True,
@@ -146,7 +168,7 @@ def store_tickets(
     event; the inbox passes False and settles its mail message by message instead.
     """
     context = get_current_context()
-    with TicketStoreHook().connect() as (conn, dialect):
+    with TicketStoreHook(store_conn_id).connect() as (conn, dialect):
         summary = store_batches(
             conn,
             dialect,
@@ -156,14 +178,15 @@ def store_tickets(
             return_keys=return_keys,
         )
     log.info(
-        "Stored %d ticket(s); %d older update(s) ignored; %d key(s) not found in Jira; %d changed",
+        "Site %s: stored %d ticket(s); %d older update(s) ignored; %d key(s) not found in Jira; %d changed",
+        site,
         summary["written"],
         summary["stale_skipped"],
         summary["not_found_count"],
         summary["changed_count"],
     )
     event = change_event(summary, source=source, run_id=context["run_id"], window=_window(context, window))
-    context["outlet_events"][TICKET_ASSET].extra = event
+    context["outlet_events"][ticket_asset(store_conn_id)].extra = event
     failed, unresolved = summary["failed"], summary["unresolved"]
     if (failed or unresolved) and fail_on_failed_keys:
         detail = "; ".join(f"{key}: {why}" for key, why in list(failed.items())[:10])

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 # What the task runner's parse() imports in every task process (airflow.sdk.execution_time.task_runner).
 import airflow.dag_processing.dagbag  # noqa: F401
+import jsonschema  # noqa: F401
+import yaml  # noqa: F401
 
 # The modules the DAG files import, and with them the clients they use (IMAPClient, requests,
 # atlassian-python-api, SQLAlchemy, psycopg).
@@ -29,16 +31,22 @@ import include.history_sync  # noqa: F401
 import include.inbox_run  # noqa: F401
 import include.jira_rules  # noqa: F401
 import include.mail_ledger  # noqa: F401
+import include.sites  # noqa: F401  (the sites file's loader; jsonschema and yaml above are its parsers)
 import include.sync_pipeline  # noqa: F401
 import include.ticket_store  # noqa: F401
 import jira_mail_sync.assets  # noqa: F401
+import jira_mail_sync.census_dag  # noqa: F401
 import jira_mail_sync.census_tasks  # noqa: F401
 import jira_mail_sync.history_tasks  # noqa: F401
 import jira_mail_sync.hooks.imap  # noqa: F401
 import jira_mail_sync.hooks.jira_cloud  # noqa: F401
 import jira_mail_sync.hooks.ticket_store  # noqa: F401
+import jira_mail_sync.inbox_dag  # noqa: F401
 import jira_mail_sync.inbox_schedule  # noqa: F401
 import jira_mail_sync.inbox_tasks  # noqa: F401
 import jira_mail_sync.sensors.unseen_mail  # noqa: F401
+import jira_mail_sync.site_dags  # noqa: F401
+import jira_mail_sync.sites_config  # noqa: F401
+import jira_mail_sync.sweep_dag  # noqa: F401
 import jira_mail_sync.sweep_tasks  # noqa: F401
 import jira_mail_sync.ticket_tasks  # noqa: F401

@@ -63,9 +63,12 @@ class ImapIdleTrigger(BaseEventTrigger):
         renew_idle_s: float = RENEW_IDLE_S,
         poll_interval_s: float = POLL_WITHOUT_IDLE_S,
         max_backoff_s: float = BACKOFF_MAX_S,
+        store_conn_id: str = STORE_CONN_ID,
     ) -> None:
         super().__init__()
         self.imap_conn_id = imap_conn_id
+        # Where the watch state goes: the store of the site this mailbox feeds.
+        self.store_conn_id = store_conn_id
         self.mailbox = mailbox
         self.renew_idle_s = float(renew_idle_s)
         self.poll_interval_s = float(poll_interval_s)
@@ -73,16 +76,18 @@ class ImapIdleTrigger(BaseEventTrigger):
         self._said_no_idle = False
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "imap_conn_id": self.imap_conn_id,
-                "mailbox": self.mailbox,
-                "renew_idle_s": self.renew_idle_s,
-                "poll_interval_s": self.poll_interval_s,
-                "max_backoff_s": self.max_backoff_s,
-            },
-        )
+        kwargs: dict[str, Any] = {
+            "imap_conn_id": self.imap_conn_id,
+            "mailbox": self.mailbox,
+            "renew_idle_s": self.renew_idle_s,
+            "poll_interval_s": self.poll_interval_s,
+            "max_backoff_s": self.max_backoff_s,
+        }
+        # Only a site's own store is written out: the plain site's watcher serializes as it always did,
+        # so its trigger rows keep matching.
+        if self.store_conn_id != STORE_CONN_ID:
+            kwargs["store_conn_id"] = self.store_conn_id
+        return f"{type(self).__module__}.{type(self).__qualname__}", kwargs
 
     @property
     def _where(self) -> str:
@@ -164,7 +169,7 @@ class ImapIdleTrigger(BaseEventTrigger):
         """Tell the Jira sync page (through the store database); a store that cannot be reached only
         costs the page this line, never the watch."""
         try:
-            with TicketStoreHook(STORE_CONN_ID).connect() as (conn, dialect):
+            with TicketStoreHook(self.store_conn_id).connect() as (conn, dialect):
                 save_refused_login(
                     conn, dialect, imap_conn_id=self.imap_conn_id, mailbox=self.mailbox, refusals=refusals
                 )
