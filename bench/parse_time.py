@@ -1,7 +1,7 @@
 """Benchmark: parse time of dags/jira_sites.py for 1, 10 and 50 sites, and what a task run pays.
 
 Run it with `.venv/bin/python -m bench.parse_time`. For each size it writes a sites file of that many
-entries (one mailbox each, so 2 DAGs per entry) and, in a fresh interpreter with Airflow already
+entries (one mailbox each, so 3 DAGs per entry: sweep, census, inbox) and, in a fresh interpreter with Airflow already
 imported (as in the DAG processor's and a task runner's processes), times `DagBag` over the one DAG
 file:
 
@@ -107,7 +107,7 @@ def main() -> None:
     lines = [
         "## Many sites: parse time of `dags/jira_sites.py` (1, 10, 50 entries)",
         "",
-        "Command: `.venv/bin/python -m bench.parse_time`. Each entry has one mailbox (2 DAGs). A fresh "
+        "Command: `.venv/bin/python -m bench.parse_time`. Each entry has one mailbox (3 DAGs: its sweep, census and inbox). A fresh "
         "interpreter per row with Airflow imported before timing; `DagBag` over the one file: the first "
         f"parse (the project's modules imported too) and the median of {REPEATS} more. \"A task's parse\" "
         "sets `_AIRFLOW_PARSING_CONTEXT_DAG_ID` to one inbox DAG, as the task runner does. "
