@@ -1,4 +1,5 @@
-"""The Asset the store updates: downstream DAGs scheduled on it run when jira_ticket changed."""
+"""The Assets the store updates: downstream DAGs scheduled on them run when jira_ticket (or
+jira_ticket_change) changed."""
 
 from __future__ import annotations
 
@@ -16,9 +17,14 @@ def ticket_asset(store_conn_id: str = STORE_CONN_ID) -> Asset:
     Sites that share a store share its asset (downstream DAGs read the event's `site`); another store
     is another asset, with its own name (Airflow asset names are unique).
     """
+    return asset_on_store(TICKET_ASSET, store_conn_id)
+
+
+def asset_on_store(plain: Asset, store_conn_id: str) -> Asset:
+    """`plain` (an asset of a table on the plain store) for the same table on `store_conn_id`."""
     if store_conn_id == STORE_CONN_ID:
-        return TICKET_ASSET
+        return plain
     return Asset(
-        name=f"{TICKET_ASSET_NAME}__{store_conn_id}",
-        uri=TICKET_ASSET_URI.replace(f"//{STORE_CONN_ID}/", f"//{store_conn_id}/"),
+        name=f"{plain.name}__{store_conn_id}",
+        uri=plain.uri.replace(f"//{STORE_CONN_ID}/", f"//{store_conn_id}/"),
     )

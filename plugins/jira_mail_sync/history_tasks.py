@@ -26,6 +26,7 @@ from include.names import (
     TICKET_CHANGE_ASSET_URI,
 )
 from include.ticket_history import resolve_history_fields
+from jira_mail_sync.assets import asset_on_store
 from jira_mail_sync.hooks.ticket_store import TicketStoreHook
 from jira_mail_sync.settings import SettingError, read_settings
 from jira_mail_sync.ticket_tasks import every_batch, jira_client
@@ -142,12 +143,7 @@ def fetch_history(
 
 def ticket_change_asset(store_conn_id: str = STORE_CONN_ID) -> Asset:
     """The asset of jira_ticket_change on `store_conn_id`: TICKET_CHANGE_ASSET for the plain store."""
-    if store_conn_id == STORE_CONN_ID:
-        return TICKET_CHANGE_ASSET
-    return Asset(
-        name=f"{TICKET_CHANGE_ASSET_NAME}__{store_conn_id}",
-        uri=TICKET_CHANGE_ASSET_URI.replace(f"//{STORE_CONN_ID}/", f"//{store_conn_id}/"),
-    )
+    return asset_on_store(TICKET_CHANGE_ASSET, store_conn_id)
 
 
 @task(outlets=[TICKET_CHANGE_ASSET])
