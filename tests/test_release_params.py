@@ -47,7 +47,7 @@ def test_the_trigger_form_refuses_a_uid_beyond_the_imap_range():
 
     from dags.jira_inbox import jira_inbox
 
-    param = jira_inbox().params.get_param("release_uids")
+    param = jira_inbox.params.get_param("release_uids")
 
     assert param.resolve([MAX_UID]) == [MAX_UID]
     with pytest.raises(ParamValidationError, match=str(MAX_UID)):
