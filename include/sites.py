@@ -87,6 +87,19 @@ class Site:
             return INBOX_DAG_PREFIX
         return DAG_ID_SEPARATOR.join((INBOX_DAG_PREFIX, self.name, mailbox.slug))
 
+    def doc_naming_it(self, doc: str, where: str) -> str:
+        """A DAG's `doc` with a line after its title naming this site and `where` it reads and writes.
+
+        The plain site's doc is left as it is (its DAGs keep today's docs). Shared by every builder.
+        """
+        if self.plain:
+            return doc
+        title, rest = doc.strip("\n").split("\n", 1)
+        return f"\n{title}\n\n**Site `{self.name}`**{where}\n{rest}\n"
+
+    def connections_text(self) -> str:
+        return f"Jira `{self.jira_conn_id}`, store `{self.store_conn_id}`, pool `{self.pool}`"
+
 
 def default_site() -> Site:
     """The one site of a deployment without a sites file: the plain connections and the `jira_api` pool."""

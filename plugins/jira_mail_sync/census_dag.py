@@ -51,15 +51,8 @@ project's last census.
 
 
 def census_doc(site: Site) -> str:
-    if site.plain:
-        return CENSUS_DOC
-    title, rest = CENSUS_DOC.strip("\n").split("\n", 1)
     projects = ", ".join(site.projects) or "the projects of the stored tickets"
-    where = (
-        f"**Site `{site.name}`**: Jira `{site.jira_conn_id}`, store `{site.store_conn_id}`, "
-        f"pool `{site.pool}`; projects: {projects}."
-    )
-    return f"\n{title}\n\n{where}\n{rest}\n"
+    return site.doc_naming_it(CENSUS_DOC, f": {site.connections_text()}; projects: {projects}.")
 
 
 def census_params() -> dict[str, Param]:

@@ -76,14 +76,8 @@ def inbox_doc(site: Site, mailbox: Mailbox) -> str:
         jira_conn_id=site.jira_conn_id,
         rejected=rejected,
     )
-    if site.plain:
-        return text
-    title, rest = text.strip("\n").split("\n", 1)
-    where = (
-        f"**Site `{site.name}`**, mailbox `{mailbox.mailbox}` on `{mailbox.imap_conn_id}`: Jira "
-        f"`{site.jira_conn_id}`, store `{site.store_conn_id}`, pool `{site.pool}`."
-    )
-    return f"\n{title}\n\n{where}\n{rest}\n"
+    where = f", mailbox `{mailbox.mailbox}` on `{mailbox.imap_conn_id}`: {site.connections_text()}."
+    return site.doc_naming_it(text, where)
 
 
 def inbox_params(site: Site, mailbox: Mailbox) -> dict[str, Param]:

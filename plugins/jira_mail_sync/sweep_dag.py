@@ -54,15 +54,8 @@ validated `jql_filter` clause. Backfill with
 
 def sweep_doc(site: Site) -> str:
     text = SWEEP_DOC.format(dag_id=site.sweep_dag_id(), schedule=site.schedule)
-    if site.plain:
-        return text
-    title, rest = text.strip("\n").split("\n", 1)
     projects = ", ".join(site.projects) or "every project the account can see"
-    where = (
-        f"**Site `{site.name}`**: Jira `{site.jira_conn_id}`, store `{site.store_conn_id}`, "
-        f"pool `{site.pool}`; projects: {projects}."
-    )
-    return f"\n{title}\n\n{where}\n{rest}\n"
+    return site.doc_naming_it(text, f": {site.connections_text()}; projects: {projects}.")
 
 
 def sweep_params(site: Site) -> dict[str, Param]:
