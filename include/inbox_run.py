@@ -38,6 +38,7 @@ from include.mail_ledger import (
     record_settled,
     release,
 )
+from include.names import DEFAULT_SITE, IMAP_CONN_ID
 from include.rejected_mail import set_rejected_aside
 from include.sender_auth import UNAUTHENTICATED_SENDER, SenderAuthPolicy
 
@@ -76,10 +77,25 @@ class MailBudget:
 
 @dataclass(frozen=True)
 class Ledger:
-    """Where the mail ledger lives: a DB-API connection and its dialect."""
+    """The mail ledger rows of one mailbox: a DB-API connection and its dialect, and whose mailbox.
+
+    A mailbox is its site and IMAP connection as well as its folder: two accounts' INBOX are two
+    mailboxes, even in one store and under one UIDVALIDITY. The defaults are the plain site's.
+    """
 
     conn: Any
     dialect: str
+    site: str = DEFAULT_SITE
+    imap_conn_id: str = IMAP_CONN_ID
+
+    def where(self, mailbox: str, uidvalidity: int) -> dict[str, Any]:
+        """The keyword arguments naming one generation of one mailbox to every mail_ledger function."""
+        return {
+            "site": self.site,
+            "imap_conn_id": self.imap_conn_id,
+            "mailbox": mailbox,
+            "uidvalidity": uidvalidity,
+        }
 
 
 @dataclass
@@ -122,21 +138,14 @@ def sense_mail(
     sensed = SensedUnseen(uidvalidity=uidvalidity)
     conn, dialect = ledger.conn, ledger.dialect
     if (release_uids or release_all) and not dry_run:
-        where = {
-            "mailbox": mailbox,
-            "uidvalidity": uidvalidity,
-            "uids": release_uids,
-            "release_all": release_all,
-        }
+        where = ledger.where(mailbox, uidvalidity) | {"uids": release_uids, "release_all": release_all}
         sensed.released = release(conn, dialect, now=now, **where)
         sensed.not_releasable = moved_away(conn, dialect, **where)
     excluded: set[int] = set()
     retrying: set[int] = set()
 
     def held_in(low: int, high: int) -> set[int]:
-        held = held_uids(
-            conn, dialect, mailbox=mailbox, uidvalidity=uidvalidity, now=now, uid_range=(low, high)
-        )
+        held = held_uids(conn, dialect, **ledger.where(mailbox, uidvalidity), now=now, uid_range=(low, high))
         excluded.update(held["excluded"])
         retrying.update(held["retrying"])
         return held["excluded"]
@@ -325,7 +334,7 @@ def _record_rejections(
     Returns the rejections as recorded. A store that refuses even that minimal row raises: that is
     the store's failure, not the mail's.
     """
-    where = {"mailbox": mailbox, "uidvalidity": uidvalidity, "now": now}
+    where = ledger.where(mailbox, uidvalidity) | {"now": now}
     try:
         record_rejected(ledger.conn, ledger.dialect, entries=[r.ledger_entry() for r in rejected], **where)
         return rejected
@@ -359,7 +368,14 @@ def put_away_rejected(
     """
     label(inbox, uids, REJECTED_KEYWORD, uidvalidity=uidvalidity)
     set_rejected_aside(
-        inbox, ledger.conn, ledger.dialect, uids=uids, uidvalidity=uidvalidity, destination=rejected_mailbox
+        inbox,
+        ledger.conn,
+        ledger.dialect,
+        uids=uids,
+        uidvalidity=uidvalidity,
+        destination=rejected_mailbox,
+        site=ledger.site,
+        imap_conn_id=ledger.imap_conn_id,
     )
 
 
@@ -514,7 +530,7 @@ def settle_mail(
         log.warning("Leaving %d message(s) UNSEEN: uids %s", len(left_unseen), left_unseen)
     marked = inbox.mark_seen(uids, expected_uidvalidity=taken.uidvalidity)
     log.info("Marked %d message(s) seen", len(marked))
-    where = {"mailbox": taken.mailbox, "uidvalidity": taken.uidvalidity, "now": now or datetime.now(UTC)}
+    where = ledger.where(taken.mailbox, taken.uidvalidity) | {"now": now or datetime.now(UTC)}
     conn, dialect = ledger.conn, ledger.dialect
     record_settled(
         conn, dialect, entries=[m.ledger_entry() for m in plan.settled], retention=retention, **where

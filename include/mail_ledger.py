@@ -1,4 +1,10 @@
-"""The mail ledger: what became of each Jira mail, by mailbox, UIDVALIDITY and UID, in the store database.
+"""The mail ledger: what became of each Jira mail, by site, IMAP connection, mailbox, UIDVALIDITY and UID.
+
+A mailbox is named by its site, its IMAP connection id and its folder, never by the folder alone: two
+accounts' `INBOX` (of one site, or of two sites sharing a store) may even share a UIDVALIDITY (Dovecot
+derives it from the creation time), and then a folder-only key would let one mailbox's rejected mail
+hold back the other's and a settle of one overwrite the other's rows. The plain site's rows are
+(`default`, `imap_default`); an older ledger is upgraded in place to that (see ensure_table).
 
 The ledger, not IMAP keywords, decides which unseen messages the inbox leaves out: servers such as
 Exchange Online and keyword-less Courier cannot keep `$JiraRejected`, so a label cannot be the memory.
@@ -40,7 +46,7 @@ from typing import Any
 
 from include.imap_wire import MAX_UID
 from include.jira_mail.parser import MAX_MESSAGE_ID_CHARS
-from include.names import MAIL_LEDGER_TABLE
+from include.names import DEFAULT_SITE, IMAP_CONN_ID, MAIL_LEDGER_TABLE
 from include.store_db import (
     as_utc_datetime,
     check_dialect,
@@ -79,7 +85,12 @@ PRUNED_STATES = ("settled", "rejected")
 # locks on the whole table; later runs delete the rest.
 PRUNE_BATCH = 10_000
 
+# The mailbox identity (site, IMAP connection, folder) and the message (UIDVALIDITY, UID): the key.
+KEY_COLUMNS = ("site", "imap_conn_id", "mailbox", "uidvalidity", "uid")
+_IDENTITY_DEFAULTS = {"site": DEFAULT_SITE, "imap_conn_id": IMAP_CONN_ID}
 _COLUMNS = (
+    "site",
+    "imap_conn_id",
     "mailbox",
     "uidvalidity",
     "uid",
@@ -98,71 +109,98 @@ _COLUMNS = (
 _LOCATION_COLUMNS = {"moved_to": "TEXT", "moved_uidvalidity": "BIGINT", "moved_uid": "BIGINT"}
 _LOCATION_DDL = ",\n    ".join(f"{name} {kind}" for name, kind in _LOCATION_COLUMNS.items())
 _LISTED = (*_COLUMNS, *_LOCATION_COLUMNS)
+_UID_AT = _COLUMNS.index("uid")
 _STATE_CHECK = "CHECK (state IN ('rejected', 'failed', 'quarantined', 'settled'))"
+_KEY = ", ".join(KEY_COLUMNS)
+_INDEX = f"CREATE INDEX IF NOT EXISTS {TABLE}_state_updated_idx ON {TABLE} (state, updated_at)"
 
-_DDL = {
-    "sqlite": (
-        f"""CREATE TABLE IF NOT EXISTS {TABLE} (
+
+def _create_sql(dialect: str, name: str = TABLE) -> str:
+    """The CREATE TABLE of the current ledger under `name` (the SQLite upgrade builds a copy first)."""
+    text, moment = ("TEXT", "TEXT") if dialect == "sqlite" else ("TEXT", "TIMESTAMPTZ")
+    # SQLite checks the JSON itself; PostgreSQL's column stays plain text, as it always was.
+    keys_check = " CHECK (ticket_keys IS NULL OR json_valid(ticket_keys))" if dialect == "sqlite" else ""
+    return f"""CREATE TABLE IF NOT EXISTS {name} (
+    site TEXT NOT NULL DEFAULT '{DEFAULT_SITE}',
+    imap_conn_id TEXT NOT NULL DEFAULT '{IMAP_CONN_ID}',
     mailbox TEXT NOT NULL,
     uidvalidity BIGINT NOT NULL,
     uid BIGINT NOT NULL,
     message_id TEXT,
     sender TEXT,
     subject TEXT CHECK (subject IS NULL OR length(subject) <= {SUBJECT_MAX}),
-    ticket_keys TEXT CHECK (ticket_keys IS NULL OR json_valid(ticket_keys)),
+    ticket_keys {text}{keys_check},
     state TEXT NOT NULL {_STATE_CHECK},
     reason TEXT CHECK (reason IS NULL OR length(reason) <= {REASON_MAX}),
     attempts INTEGER NOT NULL DEFAULT 0,
-    next_try_at TEXT,
-    first_seen_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL,
+    next_try_at {moment},
+    first_seen_at {moment} NOT NULL,
+    updated_at {moment} NOT NULL,
     {_LOCATION_DDL},
-    PRIMARY KEY (mailbox, uidvalidity, uid)
-)""",
-        f"CREATE INDEX IF NOT EXISTS {TABLE}_state_updated_idx ON {TABLE} (state, updated_at)",
-    ),
-    "postgres": (
-        f"""CREATE TABLE IF NOT EXISTS {TABLE} (
-    mailbox TEXT NOT NULL,
-    uidvalidity BIGINT NOT NULL,
-    uid BIGINT NOT NULL,
-    message_id TEXT,
-    sender TEXT,
-    subject TEXT CHECK (subject IS NULL OR length(subject) <= {SUBJECT_MAX}),
-    ticket_keys TEXT,
-    state TEXT NOT NULL {_STATE_CHECK},
-    reason TEXT CHECK (reason IS NULL OR length(reason) <= {REASON_MAX}),
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_try_at TIMESTAMPTZ,
-    first_seen_at TIMESTAMPTZ NOT NULL,
-    updated_at TIMESTAMPTZ NOT NULL,
-    {_LOCATION_DDL},
-    PRIMARY KEY (mailbox, uidvalidity, uid)
-)""",
-        f"CREATE INDEX IF NOT EXISTS {TABLE}_state_updated_idx ON {TABLE} (state, updated_at)",
-    ),
-}
+    PRIMARY KEY ({_KEY})
+)"""
+
+
+_DDL = {dialect: (_create_sql(dialect), _INDEX) for dialect in ("sqlite", "postgres")}
 
 
 def ensure_table(conn: Any, dialect: str) -> None:
-    """Create the ledger, or add the location columns to an older one, when needed.
+    """Create the ledger, or upgrade an older one in place, when needed.
 
-    One read (its column list) when it is up to date, so DML rights suffice then.
+    One read (its column list) when it is up to date, so DML rights suffice then. Upgrades, under
+    the table's schema lock (include.store_db.schema_change), in one transaction:
+    - the location columns (moved_to, ...) are added where missing;
+    - a ledger keyed by (mailbox, uidvalidity, uid) gets `site` and `imap_conn_id`, its rows filled
+      with the plain site's (`default`, `imap_default`: the only mailbox such a ledger can have
+      served), and the key (site, imap_conn_id, mailbox, uidvalidity, uid). PostgreSQL alters the
+      table; SQLite cannot alter a primary key, so the table is rebuilt (copy, drop, rename).
     """
     check_dialect(dialect)
     columns = table_columns(conn, dialect, TABLE)
     if not columns:
         create_missing(conn, dialect, TABLE, _DDL[dialect])
         return
-    if not set(_LOCATION_COLUMNS) - columns:
+    if not set(_LISTED) - columns:
         return
     with schema_change(conn, dialect, TABLE) as cursor:
-        # Looked at again under the lock: another process may have added them meanwhile.
-        missing = set(_LOCATION_COLUMNS) - table_columns_in(cursor, dialect, TABLE)
-        for name in sorted(missing):
-            cursor.execute(f"ALTER TABLE {TABLE} ADD COLUMN {name} {_LOCATION_COLUMNS[name]}")
-    if missing:
-        log.warning("Upgraded table %s in place: added column(s) %s", TABLE, ", ".join(sorted(missing)))
+        # Looked at again under the lock: another process may have upgraded it meanwhile.
+        present = table_columns_in(cursor, dialect, TABLE)
+        missing = sorted(set(_LISTED) - present)
+        if not missing:
+            return
+        if set(_IDENTITY_DEFAULTS) - present:
+            _key_by_mailbox(cursor, dialect, present)
+        else:
+            for name in missing:
+                cursor.execute(f"ALTER TABLE {TABLE} ADD COLUMN {name} {_LOCATION_COLUMNS[name]}")
+    log.warning("Upgraded table %s in place: added column(s) %s", TABLE, ", ".join(missing))
+
+
+def _key_by_mailbox(cursor: Any, dialect: str, present: set[str]) -> None:
+    """Add `site` and `imap_conn_id` to a ledger keyed by folder only, and make them part of its key."""
+    if dialect == "sqlite":
+        kept = [column for column in _LISTED if column in present]
+        rebuilt = f"{TABLE}_upgrade"
+        cursor.execute(f"DROP TABLE IF EXISTS {rebuilt}")
+        cursor.execute(_create_sql(dialect, rebuilt))
+        # The new columns take their defaults: the plain site's identity.
+        cursor.execute(f"INSERT INTO {rebuilt} ({', '.join(kept)}) SELECT {', '.join(kept)} FROM {TABLE}")
+        cursor.execute(f"DROP TABLE {TABLE}")
+        cursor.execute(f"ALTER TABLE {rebuilt} RENAME TO {TABLE}")
+        cursor.execute(_INDEX)
+        return
+    for name, default in _IDENTITY_DEFAULTS.items():
+        if name not in present:
+            cursor.execute(f"ALTER TABLE {TABLE} ADD COLUMN {name} TEXT NOT NULL DEFAULT '{default}'")
+    for name in sorted(set(_LOCATION_COLUMNS) - present):
+        cursor.execute(f"ALTER TABLE {TABLE} ADD COLUMN {name} {_LOCATION_COLUMNS[name]}")
+    cursor.execute(
+        "SELECT conname FROM pg_catalog.pg_constraint WHERE conrelid = to_regclass(%s) AND contype = 'p'",
+        (TABLE,),
+    )
+    for (constraint,) in cursor.fetchall():
+        cursor.execute(f'ALTER TABLE {TABLE} DROP CONSTRAINT "{constraint}"')
+    cursor.execute(f"ALTER TABLE {TABLE} ADD PRIMARY KEY ({_KEY})")
 
 
 def _moment(value: datetime, dialect: str) -> Any:
@@ -194,12 +232,20 @@ def _uid(value: Any) -> int:
     return value
 
 
-def _mailbox_key(mailbox: str, uidvalidity: int) -> tuple[str, int]:
-    if not isinstance(mailbox, str) or not mailbox:
-        raise ValueError(f"mailbox must be a non-empty string, got {mailbox!r}")
+def _mailbox_key(site: str, imap_conn_id: str, mailbox: str, uidvalidity: int) -> tuple[str, str, str, int]:
+    """The checked (site, imap_conn_id, mailbox, uidvalidity): the first four parts of every row's key."""
+    for name, value in (("site", site), ("imap_conn_id", imap_conn_id), ("mailbox", mailbox)):
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"{name} must be a non-empty string, got {value!r}")
     if isinstance(uidvalidity, bool) or not isinstance(uidvalidity, int) or uidvalidity < 1:
         raise ValueError(f"uidvalidity must be a positive integer, got {uidvalidity!r}")
-    return mailbox, uidvalidity
+    return site, imap_conn_id, mailbox, uidvalidity
+
+
+# The WHERE of one mailbox generation's rows; its parameters are _mailbox_key's four values.
+def _generation(dialect: str) -> str:
+    p = placeholder(dialect)
+    return f"site = {p} AND imap_conn_id = {p} AND mailbox = {p} AND uidvalidity = {p}"
 
 
 def _keys_json(keys: Any) -> str | None:
@@ -218,7 +264,7 @@ def _upsert_sql(dialect: str, updates: Sequence[str]) -> str:
     ]
     return (
         f"INSERT INTO {TABLE} ({', '.join(_COLUMNS)}) VALUES ({values}) "
-        f"ON CONFLICT (mailbox, uidvalidity, uid) DO UPDATE SET {', '.join([*keep, *updates])}"
+        f"ON CONFLICT ({_KEY}) DO UPDATE SET {', '.join([*keep, *updates])}"
     )
 
 
@@ -231,8 +277,7 @@ def _write(conn: Any, dialect: str, sql: str, rows: list[tuple[Any, ...]]) -> No
 
 def _rows(
     entries: Iterable[Mapping[str, Any]],
-    mailbox: str,
-    uidvalidity: int,
+    where: tuple[str, str, str, int],
     *,
     state: str,
     now: Any,
@@ -243,8 +288,7 @@ def _rows(
     for entry in entries:
         uid = _uid(entry.get("uid"))
         rows[uid] = (
-            mailbox,
-            uidvalidity,
+            *where,
             uid,
             bounded_text(entry.get("message_id"), MAX_MESSAGE_ID_CHARS),
             bounded_text(entry.get("sender"), SENDER_MAX),
@@ -269,11 +313,13 @@ def record_rejected(
     uidvalidity: int,
     entries: Iterable[Mapping[str, Any]],
     now: datetime,
+    site: str = DEFAULT_SITE,
+    imap_conn_id: str = IMAP_CONN_ID,
 ) -> int:
     """Record refused mail ({"uid", "reason", "message_id"?, "sender"?, "subject"?}); one statement."""
-    mailbox, uidvalidity = _mailbox_key(mailbox, uidvalidity)
+    where = _mailbox_key(site, imap_conn_id, mailbox, uidvalidity)
     ensure_table(conn, dialect)
-    rows = _rows(entries, mailbox, uidvalidity, state="rejected", now=_moment(now, dialect))
+    rows = _rows(entries, where, state="rejected", now=_moment(now, dialect))
     sql = _upsert_sql(
         dialect,
         [
@@ -308,6 +354,8 @@ def record_failures(
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     first_delay: timedelta = DEFAULT_RETRY_DELAY,
     count_attempt: bool = True,
+    site: str = DEFAULT_SITE,
+    imap_conn_id: str = IMAP_CONN_ID,
 ) -> list[dict[str, Any]]:
     """Count one more failed attempt for each message ({"uid", "keys", "reason", ...}).
 
@@ -320,7 +368,7 @@ def record_failures(
     """
     if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1:
         raise ValueError(f"max_attempts must be a positive integer, got {max_attempts!r}")
-    mailbox, uidvalidity = _mailbox_key(mailbox, uidvalidity)
+    where = _mailbox_key(site, imap_conn_id, mailbox, uidvalidity)
     entries = list(entries)
     if not entries:
         return []
@@ -331,9 +379,9 @@ def record_failures(
         read(
             conn,
             dialect,
-            f"SELECT uid, attempts FROM {TABLE} WHERE mailbox = {p} AND uidvalidity = {p} "
+            f"SELECT uid, attempts FROM {TABLE} WHERE {_generation(dialect)} "
             f"AND uid IN ({', '.join(p for _ in uids)})",
-            (mailbox, uidvalidity, *uids),
+            (*where, *uids),
         )
     )
     attempts = {uid: int(earlier.get(uid) or 0) + (1 if count_attempt else 0) for uid in uids}
@@ -345,14 +393,13 @@ def record_failures(
     stamp = _moment(now, dialect)
     rows = _rows(
         failed,
-        mailbox,
-        uidvalidity,
+        where,
         state="failed",
         now=stamp,
         attempts=attempts,
         next_try={uid: _moment(at, dialect) for uid, at in due.items()},
-    ) + _rows(quarantined, mailbox, uidvalidity, state="quarantined", now=stamp, attempts=attempts)
-    rows.sort(key=lambda row: row[2])
+    ) + _rows(quarantined, where, state="quarantined", now=stamp, attempts=attempts)
+    rows.sort(key=lambda row: row[_UID_AT])
     sql = _upsert_sql(
         dialect,
         [
@@ -389,18 +436,20 @@ def record_settled(
     entries: Iterable[Mapping[str, Any]],
     now: datetime,
     retention: timedelta = DEFAULT_RETENTION,
+    site: str = DEFAULT_SITE,
+    imap_conn_id: str = IMAP_CONN_ID,
 ) -> int:
-    """Record mail marked seen ({"uid", "keys", ...}) and drop settled and rejected rows older than
-    `retention` (at most PRUNE_BATCH of them).
+    """Record mail marked seen ({"uid", "keys", ...}) and drop this mailbox's settled and rejected rows
+    older than `retention` (at most PRUNE_BATCH of them, of every UIDVALIDITY it had).
 
     Two statements: one executemany UPSERT and one bounded DELETE (the (state, updated_at) index
     serves its inner SELECT).
     The attempt count stays, so the audit shows how many tries a message needed.
     """
-    mailbox, uidvalidity = _mailbox_key(mailbox, uidvalidity)
+    where = _mailbox_key(site, imap_conn_id, mailbox, uidvalidity)
     ensure_table(conn, dialect)
     stamp = _moment(now, dialect)
-    rows = _rows(entries, mailbox, uidvalidity, state="settled", now=stamp)
+    rows = _rows(entries, where, state="settled", now=stamp)
     sql = _upsert_sql(
         dialect,
         ["state = excluded.state", "reason = NULL", "next_try_at = NULL", "updated_at = excluded.updated_at"],
@@ -410,11 +459,12 @@ def record_settled(
         if rows:
             cursor.executemany(sql, rows)
         pruned = ", ".join(f"'{state}'" for state in PRUNED_STATES)
+        # Only this mailbox's rows: another mailbox's run prunes its own, under its own retention.
         cursor.execute(
-            f"DELETE FROM {TABLE} WHERE (mailbox, uidvalidity, uid) IN ("
-            f"SELECT mailbox, uidvalidity, uid FROM {TABLE} WHERE state IN ({pruned}) AND updated_at < {p} "
-            f"ORDER BY updated_at LIMIT {PRUNE_BATCH})",
-            (_moment(now - retention, dialect),),
+            f"DELETE FROM {TABLE} WHERE ({_KEY}) IN ("
+            f"SELECT {_KEY} FROM {TABLE} WHERE site = {p} AND imap_conn_id = {p} AND mailbox = {p} "
+            f"AND state IN ({pruned}) AND updated_at < {p} ORDER BY updated_at LIMIT {PRUNE_BATCH})",
+            (*where[:3], _moment(now - retention, dialect)),
         )
     return len(rows)
 
@@ -429,45 +479,61 @@ def record_moved(
     moved_to: str,
     moved_uidvalidity: int | None,
     new_uids: Mapping[int, int],
+    site: str = DEFAULT_SITE,
+    imap_conn_id: str = IMAP_CONN_ID,
 ) -> int:
     """Note where rejected mail went (`moved_to`, and each UID's new UID where the server said).
 
     One executemany UPDATE; rows the ledger does not hold are left alone.
     """
-    mailbox, uidvalidity = _mailbox_key(mailbox, uidvalidity)
+    where = _mailbox_key(site, imap_conn_id, mailbox, uidvalidity)
     wanted = sorted({_uid(u) for u in uids})
     if not wanted:
         return 0
     ensure_table(conn, dialect)
     p = placeholder(dialect)
-    rows = [(moved_to, moved_uidvalidity, new_uids.get(uid), mailbox, uidvalidity, uid) for uid in wanted]
+    rows = [(moved_to, moved_uidvalidity, new_uids.get(uid), *where, uid) for uid in wanted]
     _write(
         conn,
         dialect,
         f"UPDATE {TABLE} SET moved_to = {p}, moved_uidvalidity = {p}, moved_uid = {p} "
-        f"WHERE mailbox = {p} AND uidvalidity = {p} AND uid = {p}",
+        f"WHERE {_generation(dialect)} AND uid = {p}",
         rows,
     )
     return len(rows)
 
 
 def _held(
-    conn: Any, dialect: str, mailbox: str, uidvalidity: int, uid_range: tuple[int, int] | None
+    conn: Any,
+    dialect: str,
+    where: tuple[str, str, str, int],
+    uid_range: tuple[int, int] | None,
+    present: set[str] | None = None,
 ) -> list[tuple[int, str, Any]]:
-    mailbox, uidvalidity = _mailbox_key(mailbox, uidvalidity)
-    ensure_table(conn, dialect)
+    """The held rows of one mailbox generation. `present`: a reader's column list (nothing is created
+    or upgraded then); None: a writer's, which makes the table current first."""
+    if present is None:
+        ensure_table(conn, dialect)
+        generation = _generation(dialect)
+    else:
+        p = placeholder(dialect)
+        generation = " AND ".join(f"{_column_or_default(c, present)} = {p}" for c in KEY_COLUMNS[:4])
     p = placeholder(dialect)
     states = ", ".join(f"'{s}'" for s in HELD_STATES)
-    where, params = "", ()
+    window, params = "", ()
     if uid_range is not None:
-        where, params = f" AND uid BETWEEN {p} AND {p}", (_uid(uid_range[0]), _uid(uid_range[1]))
+        window, params = f" AND uid BETWEEN {p} AND {p}", (_uid(uid_range[0]), _uid(uid_range[1]))
     return read(
         conn,
         dialect,
-        f"SELECT uid, state, next_try_at FROM {TABLE} "
-        f"WHERE mailbox = {p} AND uidvalidity = {p} AND state IN ({states}){where}",
-        (mailbox, uidvalidity, *params),
+        f"SELECT uid, state, next_try_at FROM {TABLE} WHERE {generation} AND state IN ({states}){window}",
+        (*where, *params),
     )
+
+
+def _due_again(state: str, next_try_at: Any, now: datetime) -> bool:
+    """A held row the sensor takes again: failed mail whose wait is over (the rest stays excluded)."""
+    return state == "failed" and (next_try_at is None or as_utc_datetime(next_try_at) <= now)
 
 
 def held_uids(
@@ -478,6 +544,8 @@ def held_uids(
     uidvalidity: int,
     now: datetime,
     uid_range: tuple[int, int] | None = None,
+    site: str = DEFAULT_SITE,
+    imap_conn_id: str = IMAP_CONN_ID,
 ) -> dict[str, set[int]]:
     """In one SELECT: {"excluded": UIDs the sensor leaves out, "retrying": failed UIDs due again now}.
 
@@ -486,26 +554,48 @@ def held_uids(
     """
     excluded: set[int] = set()
     retrying: set[int] = set()
-    for uid, state, next_try_at in _held(conn, dialect, mailbox, uidvalidity, uid_range):
-        if state == "failed" and (next_try_at is None or as_utc_datetime(next_try_at) <= now):
+    where = _mailbox_key(site, imap_conn_id, mailbox, uidvalidity)
+    for uid, state, next_try_at in _held(conn, dialect, where, uid_range):
+        if _due_again(state, next_try_at, now):
             retrying.add(int(uid))
         else:
             excluded.add(int(uid))
     return {"excluded": excluded, "retrying": retrying}
 
 
-def excluded_uids(conn: Any, dialect: str, mailbox: str, uidvalidity: int, now: datetime) -> set[int]:
-    """UIDs the sensor leaves out before its max_messages cap: rejected, quarantined, failed and waiting."""
-    return held_uids(conn, dialect, mailbox=mailbox, uidvalidity=uidvalidity, now=now)["excluded"]
+def excluded_uids(
+    conn: Any,
+    dialect: str,
+    mailbox: str,
+    uidvalidity: int,
+    now: datetime,
+    *,
+    site: str = DEFAULT_SITE,
+    imap_conn_id: str = IMAP_CONN_ID,
+) -> set[int]:
+    """UIDs the sensor leaves out before its max_messages cap: rejected, quarantined, failed and waiting.
+
+    A reader (for the Jira sync page): it creates and upgrades nothing; no table holds nothing, and
+    a ledger not upgraded yet holds only the plain site's mail.
+    """
+    where = _mailbox_key(site, imap_conn_id, mailbox, uidvalidity)
+    present = table_columns(conn, dialect, TABLE)
+    if not present:
+        return set()
+    return {
+        int(uid)
+        for uid, state, next_try_at in _held(conn, dialect, where, None, present)
+        if not _due_again(state, next_try_at, now)
+    }
 
 
 def _release_selection(
-    dialect: str, mailbox: str, uidvalidity: int, wanted: list[int], release_all: bool, condition: str
+    dialect: str, generation: tuple[str, str, str, int], wanted: list[int], release_all: bool, condition: str
 ) -> tuple[str, list[Any]]:
     """The WHERE clause and parameters of a manual run's selection: `wanted` UIDs, or all."""
     p = placeholder(dialect)
-    where = f"mailbox = {p} AND uidvalidity = {p} AND {condition}"
-    params: list[Any] = [mailbox, uidvalidity]
+    where = f"{_generation(dialect)} AND {condition}"
+    params: list[Any] = list(generation)
     if not release_all:
         where += f" AND uid IN ({', '.join(p for _ in wanted)})"
         params += wanted
@@ -521,6 +611,8 @@ def release(
     now: datetime,
     uids: Sequence[int] = (),
     release_all: bool = False,
+    site: str = DEFAULT_SITE,
+    imap_conn_id: str = IMAP_CONN_ID,
 ) -> list[int]:
     """Put rejected, failed or quarantined mail back into play: `uids`, or all of them with release_all.
 
@@ -528,7 +620,7 @@ def release(
     takes it again and it gets `max_attempts` fresh tries. Settled mail and UIDs the ledger does not
     hold are left alone. Returns the UIDs released. One statement.
     """
-    mailbox, uidvalidity = _mailbox_key(mailbox, uidvalidity)
+    generation = _mailbox_key(site, imap_conn_id, mailbox, uidvalidity)
     wanted = sorted({_uid(u) for u in uids})
     if not wanted and not release_all:
         return []
@@ -538,7 +630,7 @@ def release(
     # Moved mail is no longer in the inbox: releasing its row would make the sensor wait for a UID
     # that is gone; see moved_away.
     where, params = _release_selection(
-        dialect, mailbox, uidvalidity, wanted, release_all, f"state IN ({states}) AND moved_to IS NULL"
+        dialect, generation, wanted, release_all, f"state IN ({states}) AND moved_to IS NULL"
     )
     # The earlier state stays readable in the reason, for the audit.
     reason = (
@@ -562,16 +654,16 @@ def moved_away(
     uidvalidity: int,
     uids: Sequence[int] = (),
     release_all: bool = False,
+    site: str = DEFAULT_SITE,
+    imap_conn_id: str = IMAP_CONN_ID,
 ) -> list[dict[str, Any]]:
     """The rows among `uids` (or all, with release_all) whose mail was moved out of the inbox, as
     {"uid", "moved_to", "moved_uid"}: what a manual release cannot put back. One SELECT; a reader."""
-    mailbox, uidvalidity = _mailbox_key(mailbox, uidvalidity)
+    generation = _mailbox_key(site, imap_conn_id, mailbox, uidvalidity)
     wanted = sorted({_uid(u) for u in uids})
     if (not wanted and not release_all) or not table_exists(conn, dialect, TABLE):
         return []
-    where, params = _release_selection(
-        dialect, mailbox, uidvalidity, wanted, release_all, "moved_to IS NOT NULL"
-    )
+    where, params = _release_selection(dialect, generation, wanted, release_all, "moved_to IS NOT NULL")
     rows = read(
         conn,
         dialect,
@@ -584,23 +676,44 @@ def moved_away(
     ]
 
 
+def _column_or_default(column: str, present: set[str]) -> str:
+    """`column` in a reader's SQL; on a ledger no writer has upgraded yet, the plain site's value it
+    will be filled with (such a ledger served only the plain site's mailbox)."""
+    if column in present or column not in _IDENTITY_DEFAULTS:
+        return column
+    return f"'{_IDENTITY_DEFAULTS[column]}'"
+
+
+def _narrowed(dialect: str, present: set[str], narrowed: Mapping[str, Any]) -> tuple[str, tuple[Any, ...]]:
+    """A WHERE (with a leading space) matching the given values; None leaves a column unconstrained."""
+    p = placeholder(dialect)
+    chosen = {column: value for column, value in narrowed.items() if value is not None}
+    conditions = [f"{_column_or_default(column, present)} = {p}" for column in chosen]
+    return (f" WHERE {' AND '.join(conditions)}" if conditions else ""), tuple(chosen.values())
+
+
 def count_by_state(
-    conn: Any, dialect: str, *, mailbox: str | None = None, uidvalidity: int | None = None
+    conn: Any,
+    dialect: str,
+    *,
+    mailbox: str | None = None,
+    uidvalidity: int | None = None,
+    site: str | None = None,
+    imap_conn_id: str | None = None,
 ) -> dict[str, int]:
     """How many ledger rows are in each state (every state present, zero included), in one SELECT.
 
-    `mailbox` and `uidvalidity` narrow the count; with both it covers only the mailbox's current
-    generation (rows kept for audit under an earlier UIDVALIDITY name no message there any more).
+    `site`, `imap_conn_id`, `mailbox` and `uidvalidity` narrow the count (None: any); with all four
+    it covers only one mailbox's current generation (rows kept for audit under an earlier UIDVALIDITY
+    name no message there any more). A folder alone is no mailbox: `INBOX` of every account.
     A reader: before the first run has created the table it answers zeros and creates nothing.
     """
     counts = dict.fromkeys(STATES, 0)
-    if not table_exists(conn, dialect, TABLE):
+    present = table_columns(conn, dialect, TABLE)
+    if not present:
         return counts
-    p = placeholder(dialect)
-    narrowed = {"mailbox": mailbox, "uidvalidity": uidvalidity}
-    params = tuple(value for value in narrowed.values() if value is not None)
-    conditions = [f"{column} = {p}" for column, value in narrowed.items() if value is not None]
-    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+    narrowed = {"site": site, "imap_conn_id": imap_conn_id, "mailbox": mailbox, "uidvalidity": uidvalidity}
+    where, params = _narrowed(dialect, present, narrowed)
     for state, count in read(
         conn, dialect, f"SELECT state, count(*) FROM {TABLE}{where} GROUP BY state", params
     ):
@@ -609,10 +722,19 @@ def count_by_state(
 
 
 def list_entries(
-    conn: Any, dialect: str, *, states: Sequence[str] = HELD_STATES, limit: int = 100
+    conn: Any,
+    dialect: str,
+    *,
+    states: Sequence[str] = HELD_STATES,
+    limit: int = 100,
+    site: str | None = None,
+    imap_conn_id: str | None = None,
+    mailbox: str | None = None,
 ) -> list[dict[str, Any]]:
-    """The most recently updated rows in `states`, newest first, as dicts (timestamps as aware UTC).
+    """The most recently updated rows in `states`, newest first, as dicts (timestamps as aware UTC),
+    each naming its mailbox by "site", "imap_conn_id" and "mailbox".
 
+    `site`, `imap_conn_id` and `mailbox` narrow the list (None: any).
     A reader: before the first run has created the table it answers [] and creates nothing.
     """
     unknown = sorted(set(states) - set(STATES))
@@ -623,15 +745,24 @@ def list_entries(
     present = table_columns(conn, dialect, TABLE)
     if not present:
         return []
-    # A table no writer has upgraded yet lacks the location columns: they read as None.
-    listed = [column for column in _LISTED if column in present]
+    # A table no writer has upgraded yet lacks the location columns (they read as None) and the
+    # identity columns (they read as the plain site's).
+    listed = [column for column in _LISTED if column in present or column in _IDENTITY_DEFAULTS]
+    selected = ", ".join(_column_or_default(column, present) for column in listed)
+    where, params = _narrowed(
+        dialect, present, {"site": site, "imap_conn_id": imap_conn_id, "mailbox": mailbox}
+    )
     p = placeholder(dialect)
+    in_states = f"state IN ({', '.join(p for _ in states)})"
+    where = f"{where} AND {in_states}" if where else f" WHERE {in_states}"
+    # (PostgreSQL refuses a constant in ORDER BY: a column not there yet is left out of the order.)
+    order = "".join(f"{column}, " for column in ("site", "imap_conn_id") if column in present)
     rows = read(
         conn,
         dialect,
-        f"SELECT {', '.join(listed)} FROM {TABLE} WHERE state IN ({', '.join(p for _ in states)}) "
-        f"ORDER BY updated_at DESC, mailbox, uidvalidity, uid DESC LIMIT {limit}",
-        tuple(states),
+        f"SELECT {selected} FROM {TABLE}{where} "
+        f"ORDER BY updated_at DESC, {order}mailbox, uidvalidity, uid DESC LIMIT {limit}",
+        (*params, *states),
     )
     entries = []
     for row in rows:

@@ -2,8 +2,8 @@
 
 The ledger row is written first (record_rejected) and the move comes after it, so a move that
 fails leaves the mail held by the ledger as before, never lost from view: the inbox keeps working,
-the mail only stays where it was. After a move the row keeps its key (inbox, UIDVALIDITY, UID) and
-gains the new place, which the Jira sync page shows and a human can follow.
+the mail only stays where it was. After a move the row keeps its key (site, IMAP connection, inbox,
+UIDVALIDITY, UID) and gains the new place, which the Jira sync page shows and a human can follow.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 
 from include.imap_inbox import ImapError, Inbox, MovedMail, UidValidityChanged
 from include.mail_ledger import record_moved
+from include.names import DEFAULT_SITE, IMAP_CONN_ID
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +27,11 @@ def set_rejected_aside(
     uids: Sequence[int],
     uidvalidity: int,
     destination: str | None,
+    site: str = DEFAULT_SITE,
+    imap_conn_id: str = IMAP_CONN_ID,
 ) -> MovedMail | None:
-    """Move recorded rejected mail to `destination` (None: leave it in place) and note where it went.
+    """Move recorded rejected mail to `destination` (None: leave it in place) and note where it went,
+    in the ledger rows of the mailbox `inbox` is on `imap_conn_id` of `site`.
 
     Servers without MOVE or UIDPLUS get the mail marked seen instead (see Inbox.set_aside). A server
     that refuses is logged and changes nothing else: the ledger already holds the mail back.
@@ -43,6 +47,8 @@ def set_rejected_aside(
         record_moved(
             conn,
             dialect,
+            site=site,
+            imap_conn_id=imap_conn_id,
             mailbox=inbox.mailbox,
             uidvalidity=uidvalidity,
             uids=moved.uids,

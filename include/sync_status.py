@@ -16,7 +16,7 @@ from typing import Any
 from include.api_usage import usage_since
 from include.imap_inbox import Inbox
 from include.mail_ledger import count_by_state, excluded_uids, list_entries
-from include.names import MAIL_LEDGER_TABLE, TICKET_TABLE
+from include.names import DEFAULT_SITE, IMAP_CONN_ID, MAIL_LEDGER_TABLE, TICKET_TABLE
 from include.store_db import (
     check_dialect,
     placeholder,
@@ -72,12 +72,25 @@ def jira_figures(conn: Any, dialect: str, *, now: datetime) -> dict[str, Any]:
     }
 
 
-def ledger_figures(conn: Any, dialect: str, *, limit: int = 100) -> dict[str, Any]:
-    """Mail by ledger state and the latest rejected and quarantined entries (zeros before the first run)."""
+def ledger_figures(
+    conn: Any,
+    dialect: str,
+    *,
+    limit: int = 100,
+    site: str | None = None,
+    imap_conn_id: str | None = None,
+    mailbox: str | None = None,
+) -> dict[str, Any]:
+    """Mail by ledger state and the latest rejected and quarantined entries (zeros before the first run).
+
+    `site`, `imap_conn_id` and `mailbox` narrow both to one site or one mailbox (None: the whole
+    store, which several sites may share); each entry names its "site", "imap_conn_id" and "mailbox".
+    """
     check_dialect(dialect)
+    narrowed = {"site": site, "imap_conn_id": imap_conn_id, "mailbox": mailbox}
     return {
-        **count_by_state(conn, dialect),
-        "entries": list_entries(conn, dialect, states=LISTED_STATES, limit=limit),
+        **count_by_state(conn, dialect, **narrowed),
+        "entries": list_entries(conn, dialect, states=LISTED_STATES, limit=limit, **narrowed),
     }
 
 
@@ -89,15 +102,20 @@ def uids_held_back(
     uidvalidity: int,
     uids: Sequence[int],
     now: datetime | None = None,
+    site: str = DEFAULT_SITE,
+    imap_conn_id: str = IMAP_CONN_ID,
 ) -> set[int]:
     """Which of `uids` the mail ledger holds back from jira_inbox: not waiting, so not counted as such.
 
-    The ledger's own rule, the one the sensor applies (failed mail waiting for its next try too).
+    The ledger's own rule, the one the sensor applies (failed mail waiting for its next try too), for
+    the mailbox `mailbox` on `imap_conn_id` of `site` (default: the plain site's).
     """
     # The table_exists check first: the ledger's writers create the table, and the page creates nothing.
     if not uids or not table_exists(conn, dialect, MAIL_LEDGER_TABLE):
         return set()
-    return excluded_uids(conn, dialect, mailbox, uidvalidity, now or datetime.now(UTC)) & set(uids)
+    now = now or datetime.now(UTC)
+    where = {"site": site, "imap_conn_id": imap_conn_id}
+    return excluded_uids(conn, dialect, mailbox, uidvalidity, now, **where) & set(uids)
 
 
 def inbox_figures(

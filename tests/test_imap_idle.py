@@ -364,7 +364,9 @@ def test_a_refused_login_is_tried_once_an_hour_logged_once_an_hour_and_shown_to_
         async with running() as run:
             await run.no_event_for(1.5)
             shown = read_refused_logins(store_conn_env.connect(), "sqlite")
-            assert [(r["imap_conn_id"], r["mailbox"]) for r in shown] == [("imap_default", "INBOX")]
+            assert [(r["site"], r["imap_conn_id"], r["mailbox"]) for r in shown] == [
+                ("default", "imap_default", "INBOX")
+            ]
             assert shown[0]["refused_since"].timestamp() == started
             assert "refused the password login" in shown[0]["detail"] and wrong not in shown[0]["detail"]
             _use(monkeypatch, imap_account.airflow_conn())  # the password is fixed

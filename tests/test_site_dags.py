@@ -132,7 +132,10 @@ def test_three_entries_give_every_site_and_mailbox_its_dag_wired_to_its_own_name
         assert f"mailbox `{folder}` on `{imap_conn_id}`" in dag.doc_md
         sensor = dag.get_task("wait_for_unseen_mail")
         assert (sensor.imap_conn_id, sensor.store_conn_id) == (imap_conn_id, stores[site])
+        # The mail ledger rows of this mailbox are its site's (#23: keyed by site and mailbox).
+        assert sensor.site == site
         assert dag.get_task("extract_ticket_keys").op_kwargs["jira_conn_id"] == f"jira_{site}"
+        assert dag.get_task("extract_ticket_keys").op_kwargs["site"] == site
         fetch = dag.get_task("fetch_tickets")
         assert isinstance(fetch, MappedOperator)
         assert fetch.partial_kwargs["op_kwargs"] == {
@@ -145,7 +148,7 @@ def test_three_entries_give_every_site_and_mailbox_its_dag_wired_to_its_own_name
             "store_conn_id": stores[site],
             "site": site,
         }
-        assert dag.get_task("mark_mail_seen").op_kwargs == {"store_conn_id": stores[site]}
+        assert dag.get_task("mark_mail_seen").op_kwargs == {"store_conn_id": stores[site], "site": site}
         assert {t.task_id: t.pool for t in dag.tasks} == {
             t.task_id: pools[site] if t.task_id in JIRA_TASKS["inbox"] else "default_pool" for t in dag.tasks
         }
@@ -162,6 +165,7 @@ def test_three_entries_give_every_site_and_mailbox_its_dag_wired_to_its_own_name
     [watcher] = globex.watchers
     assert watcher.name == "imap_idle_imap_globex__globex__inbox"
     assert watcher.trigger.serialize()[1]["store_conn_id"] == "globex_store"
+    assert watcher.trigger.serialize()[1]["site"] == "globex"  # the watch state names its site
     initech = bag.dags["jira_inbox__initech__inbox"]
     assert initech.get_task("extract_ticket_keys").op_kwargs["rejected_mailbox"] == "Junk/Jira"
     assert "`Junk/Jira`" in initech.doc_md

@@ -1,7 +1,7 @@
 """Command line: check that the jira, imap and store connections work, without touching any mail or ticket.
 
     PYTHONPATH=plugins python -m jira_mail_sync.check_connections [--mailbox INBOX] [--jira-conn-id ...]
-    PYTHONPATH=plugins python -m jira_mail_sync.check_connections --sites [--sites-file PATH]
+    PYTHONPATH=plugins python -m jira_mail_sync.check_connections --sites [--sites-file PATH] [--mailboxes]
 
 Airflow's connection form cannot do this for us: the conn types `jira` and `imap` belong to the
 providers' hooks (a plugin cannot register a hook, and when two providers declare one conn type,
@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from include.jira_cloud import JiraError
-from include.names import IMAP_CONN_ID, JIRA_CONN_ID, STORE_CONN_ID
+from include.names import DEFAULT_SITE, IMAP_CONN_ID, JIRA_CONN_ID, STORE_CONN_ID
 
 Check = tuple[bool, str]
 
@@ -47,11 +47,15 @@ def check_jira(conn_id: str = JIRA_CONN_ID) -> Check:
 
 
 def check_imap(
-    conn_id: str = IMAP_CONN_ID, mailbox: str = "INBOX", store_conn_id: str = STORE_CONN_ID
+    conn_id: str = IMAP_CONN_ID,
+    mailbox: str = "INBOX",
+    store_conn_id: str = STORE_CONN_ID,
+    site: str = DEFAULT_SITE,
 ) -> Check:
     """Log in as the tasks do (per `auth_type`: password, XOAUTH2 or OAUTHBEARER with a fresh token) and
     EXAMINE `mailbox` read-only: its UIDVALIDITY, its unseen count (nothing is flagged) and how many
-    of its messages the mail ledger in the store holds back."""
+    of its messages the mail ledger in the store holds back (the rows of this mailbox: `site`,
+    `conn_id` and folder; another account's INBOX in the same store is not counted)."""
     import imaplib
 
     from include.imap_inbox import ImapError
@@ -77,18 +81,21 @@ def check_imap(
         checked = f"; senders checked by DKIM ({', '.join(sender_auth.trusted_dkim_domains)})"
     return True, (
         f"{mailbox}: logged in ({hook.auth_type}), UIDVALIDITY {uidvalidity}, "
-        f"{unseen} unseen message(s); {_held_back(store_conn_id, mailbox, uidvalidity)}{checked}"
+        f"{unseen} unseen message(s); "
+        f"{_held_back(store_conn_id, site, conn_id, mailbox, uidvalidity)}{checked}"
     )
 
 
-def _held_back(store_conn_id: str, mailbox: str, uidvalidity: int) -> str:
+def _held_back(store_conn_id: str, site: str, imap_conn_id: str, mailbox: str, uidvalidity: int) -> str:
     """The mail ledger's held-back counts for this generation of `mailbox`, read without creating anything."""
     from include.mail_ledger import HELD_STATES, count_by_state
     from jira_mail_sync.hooks.ticket_store import TicketStoreHook
 
     try:
         with TicketStoreHook(store_conn_id).connect() as (conn, dialect):
-            counts = count_by_state(conn, dialect, mailbox=mailbox, uidvalidity=uidvalidity)
+            counts = count_by_state(
+                conn, dialect, site=site, imap_conn_id=imap_conn_id, mailbox=mailbox, uidvalidity=uidvalidity
+            )
     except Exception as exc:  # any DB-API driver's error, or a missing connection
         # The mailbox itself is fine; the store's own check says what is wrong with the store. Only the
         # error's type here: a driver's message may carry the host or the login.
@@ -138,6 +145,28 @@ def check_sites(path: str | None = None) -> tuple[bool, list[str]]:
             reads = f"reads {mailbox.mailbox} on {mailbox.imap_conn_id}"
             lines.append(f"site {site.name}: {site.inbox_dag_id(mailbox)} {reads}")
     return True, lines
+
+
+def check_site_mailboxes(path: str | None = None) -> tuple[bool, list[str]]:
+    """check_imap for every mailbox of every configured site, on the site's store: one line each."""
+    from pathlib import Path
+
+    from include.sites import configured_sites
+    from jira_mail_sync.sites_config import sites_file_in_use
+
+    ok, lines = True, []
+    for site in configured_sites(Path(path) if path else sites_file_in_use()):
+        for mailbox in site.mailboxes:
+            try:
+                passed, message = check_imap(
+                    mailbox.imap_conn_id, mailbox.mailbox, site.store_conn_id, site=site.name
+                )
+            except Exception as exc:  # a missing connection (AirflowNotFoundException) and the like
+                passed, message = False, f"{type(exc).__name__}: {exc}"
+            ok &= passed
+            status = "ok  " if passed else "FAIL"
+            lines.append(f"{status} imap  site {site.name} {mailbox.imap_conn_id}: {message}")
+    return ok, lines
 
 
 def create_site_pools(path: str | None = None) -> list[str]:
@@ -190,17 +219,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="with --sites: create each site's pool in the metadata database, sized as the file says",
     )
+    parser.add_argument(
+        "--mailboxes",
+        action="store_true",
+        help=(
+            "with --sites: also check every site's mailboxes as --only imap does (log in, EXAMINE, and "
+            "the mail held back by the mail ledger in the site's store, per mailbox)"
+        ),
+    )
     args = parser.parse_args(argv)
     if args.sites or args.sites_file:
         ok, lines = check_sites(args.sites_file)
         for line in lines:
             print(f"{'ok  ' if ok else 'FAIL'} sites {line}", flush=True)
+        mailboxes_ok = True
+        if ok and args.mailboxes:
+            with contextlib.redirect_stdout(sys.stderr):
+                mailboxes_ok, lines = check_site_mailboxes(args.sites_file)
+            for line in lines:
+                print(line, flush=True)
         if ok and args.create_pools:
             with contextlib.redirect_stdout(sys.stderr):
                 pools = create_site_pools(args.sites_file)
             for line in pools:
                 print(f"ok   pools {line}", flush=True)
-        return 0 if ok else 1
+        return 0 if ok and mailboxes_ok else 1
     checks: dict[str, tuple[str, Callable[[], Check]]] = {
         "jira": (args.jira_conn_id, lambda: check_jira(args.jira_conn_id)),
         "imap": (

@@ -179,7 +179,7 @@ def build_inbox_dag(site: Site, mailbox: Mailbox, *, settings: Settings, fileloc
     # The plain site keeps today's asset and watcher names; a site's mailbox gets its own.
     suffix = "" if site.plain else DAG_ID_SEPARATOR + DAG_ID_SEPARATOR.join((site.name, mailbox.slug))
     asset = unseen_mail_asset(
-        mailbox.imap_conn_id, mailbox.mailbox, suffix=suffix, store_conn_id=site.store_conn_id
+        mailbox.imap_conn_id, mailbox.mailbox, suffix=suffix, store_conn_id=site.store_conn_id, site=site.name
     )
     pooled: dict[str, Any] = {"pool": site.pool}
 
@@ -210,12 +210,14 @@ def build_inbox_dag(site: Site, mailbox: Mailbox, *, settings: Settings, fileloc
             release_uids="{{ params.release_uids | tojson }}",
             release_all="{{ params.release_all | tojson }}",
             mode="reschedule",
+            site=site.name,
         )
         key_batches = extract_ticket_keys.override(**pooled)(
             sensed.output,
             jira_conn_id=site.jira_conn_id,
             store_conn_id=site.store_conn_id,
             rejected_mailbox=mailbox.rejected_mailbox,
+            site=site.name,
         )
         fetched = (
             fetch_tickets.override(**pooled)
@@ -232,7 +234,9 @@ def build_inbox_dag(site: Site, mailbox: Mailbox, *, settings: Settings, fileloc
             store_conn_id=site.store_conn_id,
             site=site.name,
         )
-        marked = mark_mail_seen(key_batches["settlement"], stored, store_conn_id=site.store_conn_id)
+        marked = mark_mail_seen(
+            key_batches["settlement"], stored, store_conn_id=site.store_conn_id, site=site.name
+        )
         report_unsettled_mail(marked)
         ticket_history(
             fetched,

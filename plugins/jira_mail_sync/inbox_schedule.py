@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from airflow.sdk import Asset, AssetOrTimeSchedule, AssetWatcher, CronTriggerTimetable
 
-from include.names import IMAP_CONN_ID, STORE_CONN_ID
+from include.names import DEFAULT_SITE, IMAP_CONN_ID, STORE_CONN_ID
 from jira_mail_sync.settings import read_settings
 from jira_mail_sync.triggers.imap_idle import ImapIdleTrigger
 
@@ -35,6 +35,7 @@ def unseen_mail_asset(
     *,
     suffix: str = "",
     store_conn_id: str = STORE_CONN_ID,
+    site: str = DEFAULT_SITE,
 ) -> Asset:
     """The asset an IMAP IDLE watcher updates whenever the unseen Jira mail in `mailbox` changes.
 
@@ -49,7 +50,7 @@ def unseen_mail_asset(
             AssetWatcher(
                 name=f"imap_idle_{imap_conn_id}{suffix}",
                 trigger=ImapIdleTrigger(
-                    imap_conn_id=imap_conn_id, mailbox=mailbox, store_conn_id=store_conn_id
+                    imap_conn_id=imap_conn_id, mailbox=mailbox, store_conn_id=store_conn_id, site=site
                 ),
             )
         ],

@@ -14,7 +14,7 @@ from include.imap_inbox import UidValidityChanged
 from include.inbox_run import Ledger, settle_mail, take_mail
 from include.jira_mail import default_trusted_senders
 from include.mail_ledger import DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_DELAY
-from include.names import JIRA_API_POOL
+from include.names import DEFAULT_SITE, JIRA_API_POOL
 from jira_mail_sync.hooks.imap import ImapInboxHook
 from jira_mail_sync.hooks.jira_cloud import JiraCloudHook
 from jira_mail_sync.hooks.ticket_store import TicketStoreHook
@@ -43,12 +43,14 @@ def extract_ticket_keys(
     jira_conn_id: str,
     store_conn_id: str,
     rejected_mailbox: str | None = None,
+    site: str = DEFAULT_SITE,
 ) -> list[list[str]]:
     """Parse the unseen messages' headers and body prefix; record rejected mail and batch the keys.
 
     It reads the connection and mailbox the sensor sensed (carried in its XCom), not the defaults.
     `rejected_mailbox` is the sites file's folder for rejected mail; None leaves it to the IMAP
-    connection's `rejected_mailbox` extra.
+    connection's `rejected_mailbox` extra. Its ledger rows are `site`'s, of the sensed connection
+    and mailbox.
     Rejected mail goes to the mail ledger as it is found, gets the $JiraRejected label where the
     server keeps keywords, and is moved to the `rejected_mailbox` extra's folder; mail the run's time
     budget does not reach waits for the next run (see include.inbox_run.take_mail). Keys named only
@@ -70,7 +72,7 @@ def extract_ticket_keys(
             raise AirflowSkipException("UIDVALIDITY changed since sensing; the next run starts over")
         taken = take_mail(
             inbox,
-            None if dry_run else Ledger(conn, dialect),
+            None if dry_run else Ledger(conn, dialect, site=site, imap_conn_id=sensed.imap_conn_id),
             sensed.uids,
             mailbox=sensed.mailbox,
             uidvalidity=sensed.uidvalidity,
@@ -109,11 +111,12 @@ def _ledger_settings(params: dict[str, Any]) -> tuple[int, timedelta]:
 
 @task
 def mark_mail_seen(
-    settlement: dict[str, Any], stored: dict[str, Any], *, store_conn_id: str
+    settlement: dict[str, Any], stored: dict[str, Any], *, store_conn_id: str, site: str = DEFAULT_SITE
 ) -> dict[str, Any]:
     """Set \\Seen, in one UID STORE, on the messages whose keys were all stored or confirmed not found.
 
-    It marks the mailbox the messages were read from (carried in the settlement), not a default one.
+    It marks the mailbox the messages were read from (carried in the settlement), not a default one,
+    and writes that mailbox's ledger rows (`site`, the settlement's connection and folder).
     Then it writes the run to the mail ledger: settled messages, and messages whose keys failed for
     good (one more attempt; quarantined, and labelled for humans where keywords are kept, at
     max_attempts). Messages with a key that a failing batch's split did not reach wait as failed mail
@@ -129,7 +132,7 @@ def mark_mail_seen(
         try:
             settled = settle_mail(
                 inbox,
-                Ledger(conn, dialect),
+                Ledger(conn, dialect, site=site, imap_conn_id=run.imap_conn_id),
                 run.taken,
                 stored,
                 max_attempts=max_attempts,

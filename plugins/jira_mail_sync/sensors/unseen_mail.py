@@ -11,7 +11,7 @@ from airflow.sdk.exceptions import AirflowSkipException
 
 from include.imap_wire import MAX_UID
 from include.inbox_run import Ledger, sense_mail
-from include.names import IMAP_CONN_ID, STORE_CONN_ID
+from include.names import DEFAULT_SITE, IMAP_CONN_ID, STORE_CONN_ID
 from jira_mail_sync.hooks.imap import ImapInboxHook
 from jira_mail_sync.hooks.ticket_store import TicketStoreHook
 from jira_mail_sync.xcom_shapes import SensedMail
@@ -49,7 +49,8 @@ class UnseenJiraMailSensor(BaseSensorOperator):
     `UID SEARCH UNSEEN UID a:b`, so any number of unseen messages works in a bounded number of
     commands), leaving out, before the `max_messages` cap, the UIDs the mail ledger (on
     `store_conn_id`) holds in each window as rejected, quarantined or waiting for a retry: nothing
-    depends on IMAP keywords, which Exchange Online and keyword-less servers cannot keep. A manual
+    depends on IMAP keywords, which Exchange Online and keyword-less servers cannot keep. The ledger
+    rows are this mailbox's: its `site`, `imap_conn_id` and folder. A manual
     run's `release_uids` / `release_all` are applied first;
     rejected mail that was moved to the rejected mailbox is not released (it is no longer in the
     inbox): the log says where it is, to be moved back by hand. It pushes
@@ -78,9 +79,12 @@ class UnseenJiraMailSensor(BaseSensorOperator):
         release_uids: list[int] | str = (),
         release_all: bool | str = False,
         skip_when_empty: bool = True,
+        site: str = DEFAULT_SITE,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        # The site whose mail ledger rows this mailbox has (with imap_conn_id and mailbox: its key).
+        self.site = site
         self.imap_conn_id = imap_conn_id
         self.store_conn_id = store_conn_id
         self.mailbox = mailbox
@@ -103,7 +107,7 @@ class UnseenJiraMailSensor(BaseSensorOperator):
         ):
             found = sense_mail(
                 inbox,
-                Ledger(conn, dialect),
+                Ledger(conn, dialect, site=self.site, imap_conn_id=self.imap_conn_id),
                 limit=limit,
                 release_uids=release_uids,
                 release_all=release_all,

@@ -33,7 +33,7 @@ from include.imap_idle import (
     IdleSession,
     UnseenWatch,
 )
-from include.names import IMAP_CONN_ID, STORE_CONN_ID
+from include.names import DEFAULT_SITE, IMAP_CONN_ID, STORE_CONN_ID
 from include.watch_state import RefusedLogins, save_refused_login
 from jira_mail_sync.hooks.imap import DEFAULT_IMAP_TIMEOUT, ImapInboxHook, ImapLoginError
 from jira_mail_sync.hooks.ticket_store import TicketStoreHook
@@ -64,8 +64,11 @@ class ImapIdleTrigger(BaseEventTrigger):
         poll_interval_s: float = POLL_WITHOUT_IDLE_S,
         max_backoff_s: float = BACKOFF_MAX_S,
         store_conn_id: str = STORE_CONN_ID,
+        site: str = DEFAULT_SITE,
     ) -> None:
         super().__init__()
+        # The site this mailbox feeds, written with the watch state so the sync page can name it.
+        self.site = site
         self.imap_conn_id = imap_conn_id
         # Where the watch state goes: the store of the site this mailbox feeds.
         self.store_conn_id = store_conn_id
@@ -83,10 +86,12 @@ class ImapIdleTrigger(BaseEventTrigger):
             "poll_interval_s": self.poll_interval_s,
             "max_backoff_s": self.max_backoff_s,
         }
-        # Only a site's own store is written out: the plain site's watcher serializes as it always did,
-        # so its trigger rows keep matching.
+        # Only a site's own store and name are written out: the plain site's watcher serializes as it
+        # always did, so its trigger rows keep matching.
         if self.store_conn_id != STORE_CONN_ID:
             kwargs["store_conn_id"] = self.store_conn_id
+        if self.site != DEFAULT_SITE:
+            kwargs["site"] = self.site
         return f"{type(self).__module__}.{type(self).__qualname__}", kwargs
 
     @property
@@ -171,7 +176,12 @@ class ImapIdleTrigger(BaseEventTrigger):
         try:
             with TicketStoreHook(self.store_conn_id).connect() as (conn, dialect):
                 save_refused_login(
-                    conn, dialect, imap_conn_id=self.imap_conn_id, mailbox=self.mailbox, refusals=refusals
+                    conn,
+                    dialect,
+                    imap_conn_id=self.imap_conn_id,
+                    mailbox=self.mailbox,
+                    refusals=refusals,
+                    site=self.site,
                 )
         except Exception as exc:  # noqa: BLE001 (the page's view is secondary to the watch)
             self.log.warning("Could not record the login state of %s for the sync page: %s", self._where, exc)
