@@ -81,6 +81,9 @@ def test_imap_check_counts_what_the_mail_ledger_holds_back_in_this_mailbox_gener
         conn, dialect, **box | {"uidvalidity": uidvalidity - 1}, entries=[{"uid": 1, "reason": "old"}]
     )
     record_rejected(conn, dialect, **box | {"mailbox": "Jira"}, entries=[{"uid": 1, "reason": "other"}])
+    # Nor does another account's INBOX, or another site's, under this very UIDVALIDITY (#23).
+    record_rejected(conn, dialect, **box, imap_conn_id="imap_other", entries=[{"uid": 5, "reason": "x"}])
+    record_rejected(conn, dialect, **box, site="acme", entries=[{"uid": 5, "reason": "x"}])
 
     assert check_imap() == (
         True,
@@ -170,3 +173,31 @@ def test_the_module_runs_from_the_command_line(jira_conn_env, imap_conn_env, sto
         ["ok", "store"],
     ]
     assert jira_conn_env["password"] not in proc.stdout + proc.stderr
+
+
+def test_sites_mailboxes_checks_every_sites_mailbox_and_counts_only_its_own_ledger_rows(
+    imap_conn_env, store_conn_env, tmp_path, capsys
+):
+    import yaml
+
+    uidvalidity = imap_conn_env.uidvalidity()
+    imap_conn_env.append(b"Subject: held\r\n\r\nx\r\n")
+    conn, dialect = store_conn_env.connect(), store_conn_env.dialect
+    box = {"mailbox": "INBOX", "uidvalidity": uidvalidity, "now": datetime.now(UTC)}
+    # The same mailbox's rows under the plain site: not acme's, so not counted for it.
+    record_rejected(conn, dialect, **box, entries=[{"uid": 1, "reason": "untrusted sender"}])
+    record_rejected(
+        conn, dialect, **box, site="acme", entries=[{"uid": 1, "reason": "r"}, {"uid": 2, "reason": "r"}]
+    )
+    sites = tmp_path / "jira_sites.yaml"
+    site = {"name": "acme", "jira_conn_id": "jira_acme", "store_conn_id": "jira_store"}
+    mailboxes = [{"imap_conn_id": "imap_default"}, {"imap_conn_id": "imap_missing", "slug": "missing"}]
+    sites.write_text(yaml.safe_dump({"sites": [site | {"mailboxes": mailboxes}]}))
+
+    assert main(["--sites", "--sites-file", str(sites), "--mailboxes"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert (
+        f"ok   imap  site acme imap_default: INBOX: logged in (password), UIDVALIDITY {uidvalidity}, "
+        "1 unseen message(s); held back by the mail ledger: 2 rejected, 0 failed, 0 quarantined"
+    ) in out
+    assert any(line.startswith("FAIL imap  site acme imap_missing: ") for line in out), out
