@@ -176,6 +176,7 @@ def store_tickets(
             source=source,
             fetched_at=datetime.now(UTC),
             return_keys=return_keys,
+            site=site,
         )
     log.info(
         "Site %s: stored %d ticket(s); %d older update(s) ignored; %d key(s) not found in Jira; %d changed",
