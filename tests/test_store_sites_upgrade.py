@@ -299,3 +299,20 @@ def test_concurrent_first_runs_upgrade_a_store_from_before_sites_once(dialect, t
             conn.close()
         if dialect == "postgres":
             request.getfixturevalue("postgres_server").drop_database(database.dbname)
+
+
+def test_the_readme_prints_exactly_the_site_ddl_the_upgrade_runs():
+    from pathlib import Path
+
+    from include.census import run_site_upgrade_statements
+    from include.ticket_store import site_upgrade_statements
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("Sites (several Jira sites in one store") :]
+    start = section.index("```sql\n") + len("```sql\n")
+    block = section[start : section.index("\n```", start)]
+
+    assert [line.rstrip(";") for line in block.splitlines()] == [
+        *site_upgrade_statements("postgres"),
+        *run_site_upgrade_statements("postgres"),
+    ]

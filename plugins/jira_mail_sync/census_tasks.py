@@ -117,7 +117,7 @@ def take_census(
     (outlet,) = context["task"].outlets
     context["outlet_events"][outlet].extra = change_event(
         summary, source=CENSUS_SOURCE, run_id=context["run_id"], window=window
-    ) | {"census": result.counts}
+    ) | {"census": result.counts, "site": site}
     if result.failed:
         detail = "; ".join(f"{key}: {why}" for key, why in list(result.failed.items())[:10])
         raise AirflowFailException(

@@ -152,10 +152,10 @@ def ticket_change_asset(store_conn_id: str = STORE_CONN_ID) -> Asset:
 
 
 @task(outlets=[TICKET_CHANGE_ASSET])
-def announce_history(results: Any) -> dict[str, Any]:
-    """Emit the ticket-change asset event naming the issues with new history (skipped when none)."""
+def announce_history(results: Any, *, site: str = DEFAULT_SITE) -> dict[str, Any]:
+    """Emit the ticket-change asset event naming `site`'s issues with new history (skipped when none)."""
     context = get_current_context()
-    event = history_event(every_batch(results), run_id=context["run_id"])
+    event = history_event(every_batch(results), run_id=context["run_id"]) | {"site": site}
     if not event["rows_inserted"]:
         raise AirflowSkipException("No new history: no asset event")
     # The task's one outlet: TICKET_CHANGE_ASSET, or the site store's asset (ticket_history).
@@ -185,4 +185,4 @@ def ticket_history(
         fetched, stored, jira_conn_id=jira_conn_id, store_conn_id=store_conn_id, site=site
     )
     results = fetch_history.override(pool=pool).expand_kwargs(plan)
-    return announce_history.override(outlets=[ticket_change_asset(store_conn_id)])(results)
+    return announce_history.override(outlets=[ticket_change_asset(store_conn_id)])(results, site=site)
