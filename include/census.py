@@ -42,20 +42,23 @@ from include.jira_cloud import (
     ticket_details,
 )
 from include.jira_rules import BULK_FETCH_LIMIT_PLAIN_FIELDS, is_project_key, normalise_key
-from include.names import CENSUS_RUN_TABLE, CHANGE_FEED_MAX_KEYS
+from include.names import CENSUS_RUN_TABLE, CHANGE_FEED_MAX_KEYS, DEFAULT_SITE
 from include.store_db import (
     as_utc_datetime,
     check_dialect,
     create_missing,
     placeholder,
     read,
+    schema_change,
+    table_columns,
+    table_columns_in,
     table_exists,
     timestamp_param,
     transaction,
 )
 from include.sync_pipeline import fetch_batch, store_batches
 from include.ticket_fields import TICKET_FIELDS
-from include.ticket_store import GONE_REASONS, TABLE, ensure_table
+from include.ticket_store import GONE_REASONS, SITE_COLUMN, TABLE, check_site, ensure_table
 
 log = logging.getLogger(__name__)
 
@@ -272,32 +275,64 @@ _RUN_DDL = {
 )""",
 }
 RUN_COUNTS = ("listed", "stored", "healed", *GONE_REASONS)
+_RUN_COLUMNS = ("project", "census_at", "run_id", *RUN_COUNTS)
+
+
+def run_site_upgrade_statements(dialect: str) -> list[str]:
+    """The DDL that keys jira_census_run by (site, project); existing rows become site 'default'.
+
+    PostgreSQL alters the key in place; SQLite cannot, so the table is rebuilt (in one transaction).
+    A fresh table is created by its first DDL plus these, so fresh and upgraded never differ.
+    """
+    check_dialect(dialect)
+    if dialect == "postgres":
+        return [
+            f"ALTER TABLE {CENSUS_RUN_TABLE} ADD COLUMN {SITE_COLUMN}",
+            f"ALTER TABLE {CENSUS_RUN_TABLE} DROP CONSTRAINT {CENSUS_RUN_TABLE}_pkey",
+            f"ALTER TABLE {CENSUS_RUN_TABLE} ADD CONSTRAINT {CENSUS_RUN_TABLE}_pkey "
+            "PRIMARY KEY (site, project)",
+        ]
+    new = f"{CENSUS_RUN_TABLE}_new"
+    first = _RUN_DDL["sqlite"].replace(f"IF NOT EXISTS {CENSUS_RUN_TABLE} (", f"{new} (", 1)
+    ddl = first.replace("project TEXT PRIMARY KEY,", f"{SITE_COLUMN},\n    project TEXT NOT NULL,", 1)
+    ddl = ddl[: ddl.rindex("\n)")] + ",\n    PRIMARY KEY (site, project)\n)"
+    copied = ", ".join(_RUN_COLUMNS)
+    return [
+        f"DROP TABLE IF EXISTS {new}",
+        ddl,
+        f"INSERT INTO {new} (site, {copied}) SELECT '{DEFAULT_SITE}', {copied} FROM {CENSUS_RUN_TABLE}",
+        f"DROP TABLE {CENSUS_RUN_TABLE}",
+        f"ALTER TABLE {new} RENAME TO {CENSUS_RUN_TABLE}",
+    ]
 
 
 def _live(dialect: str) -> str:
-    """Live rows of one project; binds (len(prefix), prefix). Not LIKE: `_` in a project key is a
-    LIKE wildcard, and SQLite's LIKE ignores case."""
+    """Live rows of one site's project; binds _prefix(site, project). Not LIKE: `_` in a project key is
+    a LIKE wildcard, and SQLite's LIKE ignores case."""
     mark = placeholder(dialect)
-    return f"substr(key, 1, {mark}) = {mark} AND deleted_at IS NULL AND gone_reason IS NULL"
+    return f"site = {mark} AND substr(key, 1, {mark}) = {mark} AND deleted_at IS NULL AND gone_reason IS NULL"
 
 
-def _prefix(project: str) -> tuple[int, str]:
-    return len(project) + 1, f"{project}-"
+def _prefix(site: str, project: str) -> tuple[str, int, str]:
+    return site, len(project) + 1, f"{project}-"
 
 
-def stored_projects(conn: Any, dialect: str) -> list[str]:
-    """The projects of the keys the store holds live (the census's default scope)."""
+def stored_projects(conn: Any, dialect: str, *, site: str = DEFAULT_SITE) -> list[str]:
+    """The projects of the keys `site` holds live in the store (the census's default scope)."""
     rows = read(
         conn,
         dialect,
-        f"SELECT DISTINCT key FROM {TABLE} WHERE deleted_at IS NULL AND gone_reason IS NULL",
-        (),
+        f"SELECT DISTINCT key FROM {TABLE} WHERE site = {placeholder(dialect)} "
+        "AND deleted_at IS NULL AND gone_reason IS NULL",
+        (check_site(site),),
     )
     return sorted({_project_of(str(key)) for (key,) in rows})
 
 
-def live_ids(conn: Any, dialect: str, project: str, *, chunk: int = 10_000) -> array:
-    """A project's live rows' issue ids, ascending, read in pages by the database's own order."""
+def live_ids(
+    conn: Any, dialect: str, project: str, *, chunk: int = 10_000, site: str = DEFAULT_SITE
+) -> array:
+    """A site's project's live rows' issue ids, ascending, read in pages by the database's own order."""
     mark = placeholder(dialect)
     ids = array("q")
     last = 0
@@ -307,7 +342,7 @@ def live_ids(conn: Any, dialect: str, project: str, *, chunk: int = 10_000) -> a
             dialect,
             f"SELECT issue_id FROM {TABLE} WHERE {_live(dialect)} AND issue_id > {mark} "
             f"ORDER BY issue_id LIMIT {int(chunk)}",
-            (*_prefix(project), last),
+            (*_prefix(site, project), last),
         )
         ids.extend(int(issue_id) for (issue_id,) in rows)
         if len(rows) < chunk:
@@ -315,18 +350,18 @@ def live_ids(conn: Any, dialect: str, project: str, *, chunk: int = 10_000) -> a
         last = ids[-1]
 
 
-def keys_without_id(conn: Any, dialect: str, project: str) -> list[str]:
+def keys_without_id(conn: Any, dialect: str, project: str, *, site: str = DEFAULT_SITE) -> list[str]:
     """Live rows written before version 2 (no issue_id): the census refreshes them by key."""
     rows = read(
         conn,
         dialect,
         f"SELECT key FROM {TABLE} WHERE {_live(dialect)} AND issue_id IS NULL",
-        _prefix(project),
+        _prefix(site, project),
     )
     return sorted(str(key) for (key,) in rows)
 
 
-def keys_of(conn: Any, dialect: str, issue_ids: Iterable[int]) -> dict[int, str]:
+def keys_of(conn: Any, dialect: str, issue_ids: Iterable[int], *, site: str = DEFAULT_SITE) -> dict[int, str]:
     mark = placeholder(dialect)
     wanted = sorted(set(issue_ids))
     keys: dict[int, str] = {}
@@ -335,14 +370,17 @@ def keys_of(conn: Any, dialect: str, issue_ids: Iterable[int]) -> dict[int, str]
         rows = read(
             conn,
             dialect,
-            f"SELECT issue_id, key FROM {TABLE} WHERE issue_id IN ({', '.join([mark] * len(chunk))})",
-            tuple(chunk),
+            f"SELECT issue_id, key FROM {TABLE} WHERE site = {mark} "
+            f"AND issue_id IN ({', '.join([mark] * len(chunk))})",
+            (site, *chunk),
         )
         keys.update((int(issue_id), str(key)) for issue_id, key in rows)
     return keys
 
 
-def mark_findings(conn: Any, dialect: str, findings: Sequence[Finding], *, at: datetime) -> list[str]:
+def mark_findings(
+    conn: Any, dialect: str, findings: Sequence[Finding], *, at: datetime, site: str = DEFAULT_SITE
+) -> list[str]:
     """Write what the census found, in one transaction; returns the keys newly marked.
 
     deleted_or_hidden and not_visible set deleted_at (the row is kept), archived sets archived_at,
@@ -366,16 +404,18 @@ def mark_findings(conn: Any, dialect: str, findings: Sequence[Finding], *, at: d
                 sets.append(f"archived_at = {mark}")
                 values.append(timestamp_param(finding.archived_at or at, dialect, "archived_at"))
             cursor.execute(
-                f"UPDATE {TABLE} SET {', '.join(sets)} WHERE issue_id = {mark} AND deleted_at IS NULL "
-                f"AND gone_reason IS NULL AND fetched_at <= {mark} RETURNING key",
-                (*values, finding.issue_id, stamp),
+                f"UPDATE {TABLE} SET {', '.join(sets)} WHERE site = {mark} AND issue_id = {mark} "
+                f"AND deleted_at IS NULL AND gone_reason IS NULL AND fetched_at <= {mark} RETURNING key",
+                (*values, site, finding.issue_id, stamp),
             )
             marked.extend(str(row[0]) for row in cursor.fetchall())
     return marked
 
 
-def stamp_confirmed(conn: Any, dialect: str, issue_ids: Iterable[int], *, at: datetime) -> int:
-    """Set census_at on the live rows Jira listed: when a census last confirmed them."""
+def stamp_confirmed(
+    conn: Any, dialect: str, issue_ids: Iterable[int], *, at: datetime, site: str = DEFAULT_SITE
+) -> int:
+    """Set census_at on `site`'s live rows its Jira listed: when a census last confirmed them."""
     mark = placeholder(dialect)
     stamp = timestamp_param(at, dialect, "census_at")
     count = 0
@@ -383,9 +423,10 @@ def stamp_confirmed(conn: Any, dialect: str, issue_ids: Iterable[int], *, at: da
 
     def flush(cursor: Any) -> int:
         cursor.execute(
-            f"UPDATE {TABLE} SET census_at = {mark} WHERE issue_id IN ({', '.join([mark] * len(chunk))}) "
+            f"UPDATE {TABLE} SET census_at = {mark} WHERE site = {mark} "
+            f"AND issue_id IN ({', '.join([mark] * len(chunk))}) "
             "AND deleted_at IS NULL AND gone_reason IS NULL",
-            (stamp, *chunk),
+            (stamp, site, *chunk),
         )
         chunk.clear()
         return max(cursor.rowcount, 0)
@@ -401,38 +442,72 @@ def stamp_confirmed(conn: Any, dialect: str, issue_ids: Iterable[int], *, at: da
 
 
 def ensure_run_table(conn: Any, dialect: str) -> None:
+    """Create jira_census_run, or key an earlier one by site in place; only reads when up to date."""
     check_dialect(dialect)
-    create_missing(conn, dialect, CENSUS_RUN_TABLE, (_RUN_DDL[dialect],))
+    create_missing(
+        conn, dialect, CENSUS_RUN_TABLE, (_RUN_DDL[dialect], *run_site_upgrade_statements(dialect))
+    )
+    if "site" in table_columns(conn, dialect, CENSUS_RUN_TABLE):
+        return
+    with schema_change(conn, dialect, CENSUS_RUN_TABLE) as cursor:
+        if "site" in table_columns_in(cursor, dialect, CENSUS_RUN_TABLE):
+            return  # another first run did it while this one waited for the lock
+        for statement in run_site_upgrade_statements(dialect):
+            cursor.execute(statement)
+    log.warning(
+        "Upgraded table %s in place: keyed by (site, project); existing rows are site %r",
+        CENSUS_RUN_TABLE,
+        DEFAULT_SITE,
+    )
 
 
 def record_runs(
-    conn: Any, dialect: str, counts: Mapping[str, Mapping[str, int]], *, at: datetime, run_id: str | None
+    conn: Any,
+    dialect: str,
+    counts: Mapping[str, Mapping[str, int]],
+    *,
+    at: datetime,
+    run_id: str | None,
+    site: str = DEFAULT_SITE,
 ) -> None:
-    """Keep each project's last census (one row a project) for the Jira sync page."""
+    """Keep each project's last census of `site` (one row a site and project) for the Jira sync page."""
+    site = check_site(site)
     ensure_run_table(conn, dialect)
     mark = placeholder(dialect)
-    columns = ("project", "census_at", "run_id", *RUN_COUNTS)
-    updates = ", ".join(f"{c} = excluded.{c}" for c in columns[1:])
+    columns = ("site", *_RUN_COLUMNS)
+    updates = ", ".join(f"{c} = excluded.{c}" for c in _RUN_COLUMNS[1:])
     statement = (
         f"INSERT INTO {CENSUS_RUN_TABLE} ({', '.join(columns)}) VALUES ({', '.join([mark] * len(columns))}) "
-        f"ON CONFLICT (project) DO UPDATE SET {updates}"
+        f"ON CONFLICT (site, project) DO UPDATE SET {updates}"
     )
     stamp = timestamp_param(at, dialect, "census_at")
     with transaction(conn, dialect) as cursor:
         for project in sorted(counts):
             row = counts[project]
-            cursor.execute(statement, (project, stamp, run_id, *(int(row.get(c, 0)) for c in RUN_COUNTS)))
+            cursor.execute(
+                statement, (site, project, stamp, run_id, *(int(row.get(c, 0)) for c in RUN_COUNTS))
+            )
 
 
-def last_runs(conn: Any, dialect: str) -> list[dict[str, Any]]:
-    """Each project's last census, by project; empty before the first census."""
+def last_runs(conn: Any, dialect: str, *, site: str = DEFAULT_SITE) -> list[dict[str, Any]]:
+    """Each project's last census of `site`, by project; empty before the first census.
+
+    Read-only (the Jira sync page calls it): a table a census of an earlier version wrote, not yet
+    keyed by site, holds the plain site's rows only.
+    """
     if not table_exists(conn, dialect, CENSUS_RUN_TABLE):
         return []
-    columns = ("project", "census_at", "run_id", *RUN_COUNTS)
-    rows = read(conn, dialect, f"SELECT {', '.join(columns)} FROM {CENSUS_RUN_TABLE} ORDER BY project", ())
+    query = f"SELECT {', '.join(_RUN_COLUMNS)} FROM {CENSUS_RUN_TABLE}"
+    params: tuple[Any, ...] = ()
+    if "site" in table_columns(conn, dialect, CENSUS_RUN_TABLE):
+        query += f" WHERE site = {placeholder(dialect)}"
+        params = (check_site(site),)
+    elif site != DEFAULT_SITE:
+        return []
+    rows = read(conn, dialect, query + " ORDER BY project", params)
     result = []
     for row in rows:
-        item = dict(zip(columns, row, strict=True))
+        item = dict(zip(_RUN_COLUMNS, row, strict=True))
         item["census_at"] = as_utc_datetime(item["census_at"])
         result.append(item)
     return result
@@ -473,8 +548,10 @@ def run_census(
     extra_fields: Sequence[str] = (),
     bulk_size: int = BULK_FETCH_LIMIT_PLAIN_FIELDS,
     at: datetime | None = None,
+    site: str = DEFAULT_SITE,
 ) -> CensusResult:
-    """One census of `projects`: list, compare, guard, classify, heal, mark, stamp (see the module doc).
+    """One census of `site`'s `projects`: list, compare, guard, classify, heal, mark, stamp (see the
+    module doc). `client` is that site's Jira; only that site's rows are read and written.
 
     Raises MassChangeRefused before writing anything when the guard stops it. Ids Jira refused to
     classify or heal are returned in `failed`; everything else is written.
@@ -482,18 +559,21 @@ def run_census(
     at = at or datetime.now(UTC)
     projects = validate_projects(projects)
     max_gone_fraction = check_fraction(max_gone_fraction)
+    site = check_site(site)
     requests_before = client.request_count
     ensure_table(conn, dialect)
     comparisons: list[Comparison] = []
     old_keys: dict[str, list[str]] = {}
     for project in projects:
-        stored = live_ids(conn, dialect, project)
+        stored = live_ids(conn, dialect, project, site=site)
         comparison = compare(project, stored, client.search_ids(census_jql(project)))
         comparisons.append(comparison)
-        old_keys[project] = keys_without_id(conn, dialect, project)
+        old_keys[project] = keys_without_id(conn, dialect, project, site=site)
         log.info(
-            "Census of %s: Jira lists %d issue(s), the store holds %d live; %d listed but not stored",
+            "Census of %s on site %s: Jira lists %d issue(s), the store holds %d live; "
+            "%d listed but not stored",
             project,
+            site,
             comparison.listed,
             len(stored),
             len(comparison.unstored),
@@ -511,7 +591,7 @@ def run_census(
         log.warning("Mass change confirmed by the run's params: %s", "; ".join(refused))
 
     candidate_ids = [i for c in comparisons for i in c.unlisted() if i not in moved_within]
-    candidates = keys_of(conn, dialect, candidate_ids)
+    candidates = keys_of(conn, dialect, candidate_ids, site=site)
     findings, failed, not_yet_listed = classify(
         client, candidates, set(projects), at=at, extra_fields=extra_fields
     )
@@ -531,14 +611,14 @@ def run_census(
         moved_tickets.append(details)
     if moved_tickets:
         batches.append({"tickets": moved_tickets, "fetched_at": at.isoformat()})
-    stored_summary = store_batches(conn, dialect, batches, source=HEAL_SOURCE, fetched_at=at)
+    stored_summary = store_batches(conn, dialect, batches, source=HEAL_SOURCE, fetched_at=at, site=site)
     failed.update(stored_summary["failed"])
     failed.update({key: "not reached" for key in stored_summary["unresolved"]})
 
-    marked = mark_findings(conn, dialect, findings, at=at)
+    marked = mark_findings(conn, dialect, findings, at=at, site=site)
     # Confirmed: the rows Jira listed, those just healed included.
     confirmed = itertools.chain((i for c in comparisons for i in c.confirmed()), unstored)
-    stamp_confirmed(conn, dialect, confirmed, at=at)
+    stamp_confirmed(conn, dialect, confirmed, at=at, site=site)
 
     healed_keys = {key for key in unstored.values() if key not in failed}
     counts: dict[str, dict[str, int]] = {}

@@ -76,7 +76,7 @@ def fetch_and_store_history(
     """
     ensure_history_tables(conn, dialect)
     ids = [int(i) for i in issue_ids]
-    updated = ticket_updated(conn, dialect, ids)
+    updated = ticket_updated(conn, dialect, ids, site=site)
     # The largest page the endpoint allows: 1000 issues × 10 changes fit in one (Jira may send fewer).
     result = client.changelog_bulkfetch(
         [str(i) for i in ids], list(field_ids), max_results=CHANGELOG_BULK_MAX_RESULTS
@@ -87,7 +87,7 @@ def fetch_and_store_history(
         for change in changes_of(issue_id, histories)
     ]
     written = store_history(conn, dialect, changes, synced=updated, fields=fields, site=site)
-    keys = issue_keys(conn, dialect, list(written.issues_with_new[:CHANGE_FEED_MAX_KEYS]))
+    keys = issue_keys(conn, dialect, list(written.issues_with_new[:CHANGE_FEED_MAX_KEYS]), site=site)
     return {
         "issues": len(ids),
         "requests": result.requests,

@@ -187,7 +187,6 @@ def parse_sites(data: Any, *, source: str = SITES_FILE_NAME) -> tuple[Site, ...]
     seen_names: dict[str, int] = {}
     seen_mailboxes: dict[tuple[str, str], str] = {}
     seen_pools: dict[str, str] = {}
-    seen_stores: dict[str, str] = {}
     for index, entry in enumerate(data["sites"]):
         name = entry["name"]
 
@@ -205,15 +204,8 @@ def parse_sites(data: Any, *, source: str = SITES_FILE_NAME) -> tuple[Site, ...]
             # Two sites in one pool would share one site's budget: exactly what pools per site avoid.
             raise fail(f"{at('pool')}: the pool {pool!r} is already the pool of site {seen_pools[pool]!r}")
         seen_pools[pool] = name
-        store = entry["store_conn_id"]
-        if store in seen_stores:
-            # jira_ticket and the mail ledger are not keyed by site yet: two sites in one store would
-            # overwrite each other's ABC-1. Refused until they are, rather than losing rows.
-            raise fail(
-                f"{at('store_conn_id')}: the store {store!r} is already the store of site "
-                f"{seen_stores[store]!r}; sites cannot share a store yet: give each its own"
-            )
-        seen_stores[store] = name
+        # Sites may share a store_conn_id: every store table keys its rows by site (jira_ticket by
+        # (site, key) and (site, issue_id)), so one site's ABC-1 never touches another's.
         mailboxes: list[Mailbox] = []
         slugs: dict[str, int] = {}
         for position, raw in enumerate(entry["mailboxes"]):

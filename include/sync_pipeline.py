@@ -16,7 +16,7 @@ from typing import Any
 
 from include.isolating_fetch import error_text, fetch_isolating
 from include.jira_cloud import JiraCloudClient, JiraRequestError, JiraUnavailable, ticket_details
-from include.names import CHANGE_FEED_MAX_KEYS
+from include.names import CHANGE_FEED_MAX_KEYS, DEFAULT_SITE
 from include.ticket_fields import TICKET_FIELDS
 from include.ticket_store import check_ticket, ensure_table, mark_gone, upsert_tickets
 
@@ -82,8 +82,9 @@ def store_batches(
     source: str,
     fetched_at: datetime,
     return_keys: bool = True,
+    site: str = DEFAULT_SITE,
 ) -> dict[str, Any]:
-    """Upsert fetched batches one at a time (so a large sweep never sits in memory whole).
+    """Upsert fetched batches into `site`'s rows, one at a time (so a large sweep never sits in memory whole).
 
     `batches` may be Airflow's lazy sequence of mapped XComs; a None entry (a skipped instance) is
     ignored. Returns the keys handled when asked, so the inbox can settle exactly those messages.
@@ -102,8 +103,8 @@ def store_batches(
         missing = batch.get("not_found") or []
         # The time of the fetch, not of the store: the freshness the REST channel trusts.
         at = datetime.fromisoformat(batch["fetched_at"]) if batch.get("fetched_at") else fetched_at
-        result = upsert_tickets(conn, dialect, tickets, source=source, fetched_at=at)
-        marked = mark_gone(conn, dialect, missing, confirmed_at=at) if missing else []
+        result = upsert_tickets(conn, dialect, tickets, source=source, fetched_at=at, site=site)
+        marked = mark_gone(conn, dialect, missing, confirmed_at=at, site=site) if missing else []
         written += result.written
         stale += result.stale_skipped
         not_found_count += len(missing)

@@ -368,7 +368,7 @@ def issues_needing_history(
     *,
     site: str = DEFAULT_SITE,
 ) -> dict[int, datetime]:
-    """The stored, not deleted tickets whose history is missing or older than the ticket: id -> updated.
+    """`site`'s stored, not deleted tickets whose history is missing or older than the ticket: id -> updated.
 
     `issue_ids` None means every stored ticket (the backfill). A ticket whose cursor holds its current
     `updated` for the same fields is left out: nothing changed in Jira since its history was read.
@@ -376,9 +376,10 @@ def issues_needing_history(
     check_dialect(dialect)
     mark = placeholder(dialect)
     base = (
+        # The ticket and its cursor are of one site: another site's issue may have the same id.
         f"SELECT t.issue_id, t.updated_at, c.synced_updated_at, c.fields FROM {TICKET_TABLE} t "
-        f"LEFT JOIN {HISTORY_CURSOR_TABLE} c ON c.issue_id = t.issue_id AND c.site = {mark} "
-        "WHERE t.issue_id IS NOT NULL AND t.deleted_at IS NULL"
+        f"LEFT JOIN {HISTORY_CURSOR_TABLE} c ON c.site = t.site AND c.issue_id = t.issue_id "
+        f"WHERE t.site = {mark} AND t.issue_id IS NOT NULL AND t.deleted_at IS NULL"
     )
     signature = fields_signature(fields)
     rows: list[tuple[Any, ...]] = []
@@ -404,22 +405,26 @@ def issues_needing_history(
     return dict(sorted(needing.items()))
 
 
-def ticket_updated(conn: Any, dialect: str, issue_ids: Sequence[int]) -> dict[int, datetime]:
-    """The stored `updated` of these tickets (those stored), by issue id."""
+def ticket_updated(
+    conn: Any, dialect: str, issue_ids: Sequence[int], *, site: str = DEFAULT_SITE
+) -> dict[int, datetime]:
+    """The stored `updated` of these tickets of `site` (those stored), by issue id."""
     check_dialect(dialect)
     found: dict[int, datetime] = {}
     wanted = sorted({int(i) for i in issue_ids})
     for start in range(0, len(wanted), 500):
         chunk = wanted[start : start + 500]
-        where = f"issue_id IN ({_in_list(dialect, len(chunk))})"
+        where = f"site = {placeholder(dialect)} AND issue_id IN ({_in_list(dialect, len(chunk))})"
         query = f"SELECT issue_id, updated_at FROM {TICKET_TABLE} WHERE {where}"
-        for issue_id, updated in read(conn, dialect, query, tuple(chunk)):
+        for issue_id, updated in read(conn, dialect, query, (site, *chunk)):
             found[int(issue_id)] = as_utc_datetime(updated)
     return found
 
 
-def issue_keys(conn: Any, dialect: str, issue_ids: Sequence[int]) -> dict[int, str]:
-    """The current key of each stored issue id (for asset events and logs)."""
+def issue_keys(
+    conn: Any, dialect: str, issue_ids: Sequence[int], *, site: str = DEFAULT_SITE
+) -> dict[int, str]:
+    """The current key of each stored issue id of `site` (for asset events and logs)."""
     check_dialect(dialect)
     keys: dict[int, str] = {}
     wanted = sorted({int(i) for i in issue_ids})
@@ -428,8 +433,9 @@ def issue_keys(conn: Any, dialect: str, issue_ids: Sequence[int]) -> dict[int, s
         for issue_id, key in read(
             conn,
             dialect,
-            f"SELECT issue_id, key FROM {TICKET_TABLE} WHERE issue_id IN ({_in_list(dialect, len(chunk))})",
-            tuple(chunk),
+            f"SELECT issue_id, key FROM {TICKET_TABLE} "
+            f"WHERE site = {placeholder(dialect)} AND issue_id IN ({_in_list(dialect, len(chunk))})",
+            (site, *chunk),
         ):
             keys[int(issue_id)] = str(key)
     return keys

@@ -1,9 +1,12 @@
 """The jira_ticket table on SQLite or PostgreSQL: one row per Jira issue; upserts, moves, deletions.
 
-A row is keyed by the issue's current key and identified by Jira's issue id: a ticket moved to another
-project (ABC-1 becomes XYZ-9, same id) keeps its one row under the new key, with the former keys in
-`previous_keys`. A ticket Jira confirms gone keeps its row with `deleted_at` set; that is cleared when
-Jira shows the ticket again. An older Jira update never overwrites a newer one.
+A row is keyed by (site, the issue's current key) and identified by (site, Jira's issue id): two Jira
+sites sharing one store each have their own ABC-1, and every function here reads and writes one site's
+rows only (`site`, default `include.names.DEFAULT_SITE`). A ticket moved to another project (ABC-1
+becomes XYZ-9, same id) keeps its one row under the new key, with the former keys in
+`previous_keys`; a move is settled within its site. A ticket Jira confirms gone keeps its row with
+`deleted_at` set; that is cleared when Jira shows the ticket again. An older Jira
+update never overwrites a newer one.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from include.jira_rules import is_issue_key
-from include.names import TICKET_TABLE
+from include.names import DEFAULT_SITE, TICKET_TABLE
 from include.store_db import (
     as_utc_datetime,
     check_dialect,
@@ -39,6 +42,7 @@ SOURCES = ("inbox", "sweep")
 CHUNK_SIZE = 500
 # What upsert_tickets writes; previous_keys is kept by the move step, deleted_at by mark_gone.
 _WRITTEN = (
+    "site",
     "key",
     "issue_id",
     "summary",
@@ -53,6 +57,9 @@ _WRITTEN = (
 _JSON_COLUMNS = ("progress", "fields", "previous_keys")
 _READ = (*_WRITTEN, "previous_keys", "deleted_at", "archived_at", "gone_reason", "census_at")
 ISSUE_ID_INDEX = f"{TABLE}_issue_id_key"
+# Since sites: the unique index of (site, issue_id), which replaces ISSUE_ID_INDEX.
+SITE_ISSUE_ID_INDEX = f"{TABLE}_site_issue_id_key"
+UPDATED_AT_INDEX = f"{TABLE}_updated_at_idx"
 
 _V1_DDL = {
     "sqlite": f"""CREATE TABLE IF NOT EXISTS {TABLE} (
@@ -96,7 +103,7 @@ V2_COLUMNS = {
 }
 _V2_INDEXES = (
     f"CREATE UNIQUE INDEX IF NOT EXISTS {ISSUE_ID_INDEX} ON {TABLE} (issue_id)",
-    f"CREATE INDEX IF NOT EXISTS {TABLE}_updated_at_idx ON {TABLE} (updated_at)",
+    f"CREATE INDEX IF NOT EXISTS {UPDATED_AT_INDEX} ON {TABLE} (updated_at)",
 )
 
 
@@ -127,6 +134,80 @@ def census_upgrade_statements(dialect: str, missing: Iterable[str] | None = None
     return [f"ALTER TABLE {TABLE} ADD COLUMN {name} {columns[name]}" for name in wanted]
 
 
+# Sites (issue #23): every row belongs to a site, `site TEXT NOT NULL DEFAULT 'default'`; the primary
+# key becomes (site, key) and the unique index (site, issue_id), so two sites sharing a store may both
+# have an ABC-1. Existing rows are the plain site's ('default'). PostgreSQL alters the table in place;
+# SQLite cannot alter a primary key, so the table is rebuilt (SQLite's documented procedure: create the
+# new table, copy, drop, rename, recreate the indexes), in one transaction. A fresh table is created
+# by the same statements as an upgraded one, so the two never differ.
+SITE_COLUMN = f"site TEXT NOT NULL DEFAULT '{DEFAULT_SITE}'"
+# Every column of the table before sites, in the order the rebuild copies them.
+_PRE_SITE_COLUMNS = (
+    "key",
+    "summary",
+    "status",
+    "assignee_email",
+    "progress",
+    "updated_at",
+    "fetched_at",
+    "source",
+    *V2_COLUMNS["sqlite"],
+    *CENSUS_COLUMNS["sqlite"],
+)
+_SQLITE_V1_COLUMNS = {
+    "key": "TEXT NOT NULL",
+    "summary": "TEXT NOT NULL",
+    "status": "TEXT NOT NULL",
+    "assignee_email": "TEXT",
+    "progress": "TEXT CHECK (progress IS NULL OR json_valid(progress))",
+    "updated_at": "TEXT NOT NULL",
+    "fetched_at": "TEXT NOT NULL",
+    "source": "TEXT NOT NULL CHECK (source IN ('inbox', 'sweep'))",
+}
+_SITE_INDEXES = (
+    f"CREATE UNIQUE INDEX IF NOT EXISTS {SITE_ISSUE_ID_INDEX} ON {TABLE} (site, issue_id)",
+    f"CREATE INDEX IF NOT EXISTS {UPDATED_AT_INDEX} ON {TABLE} (updated_at)",
+)
+
+
+def _sqlite_site_ddl(table: str) -> str:
+    """The whole SQLite table as it is since sites (the rebuild's target)."""
+    columns = {**_SQLITE_V1_COLUMNS, **V2_COLUMNS["sqlite"], **CENSUS_COLUMNS["sqlite"]}
+    lines = [
+        SITE_COLUMN,
+        *(f"{name} {columns[name]}" for name in _PRE_SITE_COLUMNS),
+        "PRIMARY KEY (site, key)",
+    ]
+    return f"CREATE TABLE {table} (\n    " + ",\n    ".join(lines) + "\n)"
+
+
+def site_upgrade_statements(dialect: str) -> list[str]:
+    """The DDL that keys a version-2 table with the census columns by site (the README prints it).
+
+    Existing rows get site 'default' (the plain site). On SQLite these statements rebuild the table
+    and must run in one transaction (ensure_table does; so should a DBA).
+    """
+    check_dialect(dialect)
+    if dialect == "postgres":
+        return [
+            f"ALTER TABLE {TABLE} ADD COLUMN {SITE_COLUMN}",
+            f"ALTER TABLE {TABLE} DROP CONSTRAINT {TABLE}_pkey",
+            f"ALTER TABLE {TABLE} ADD CONSTRAINT {TABLE}_pkey PRIMARY KEY (site, key)",
+            f"DROP INDEX IF EXISTS {ISSUE_ID_INDEX}",
+            _SITE_INDEXES[0],
+        ]
+    new = f"{TABLE}_new"
+    copied = ", ".join(_PRE_SITE_COLUMNS)
+    return [
+        f"DROP TABLE IF EXISTS {new}",
+        _sqlite_site_ddl(new),
+        f"INSERT INTO {new} (site, {copied}) SELECT '{DEFAULT_SITE}', {copied} FROM {TABLE}",
+        f"DROP TABLE {TABLE}",
+        f"ALTER TABLE {new} RENAME TO {TABLE}",
+        *_SITE_INDEXES,
+    ]
+
+
 def upgrade_statements(dialect: str, missing: Iterable[str] | None = None) -> list[str]:
     """The DDL that brings a version-1 table to version 2 (the README prints it for DBAs)."""
     check_dialect(dialect)
@@ -145,13 +226,15 @@ def _upsert_sql(dialect: str) -> str:
     values = ", ".join(
         _json_value(dialect) if column in _JSON_COLUMNS else placeholder(dialect) for column in _WRITTEN
     )
-    updates = ", ".join(f"{column} = excluded.{column}" for column in _WRITTEN if column != "key")
+    updates = ", ".join(
+        f"{column} = excluded.{column}" for column in _WRITTEN if column not in ("site", "key")
+    )
     # An equal updated_at rewrites the same content (harmless, keeps reruns idempotent); only an
     # older one is skipped, so a late or replayed mail can never overwrite a newer state. A ticket
     # marked gone comes back when a fetch made after that confirmation returns it.
     return (
         f"INSERT INTO {TABLE} ({', '.join(_WRITTEN)}) VALUES ({values}) "
-        f"ON CONFLICT (key) DO UPDATE SET {updates}, deleted_at = CASE "
+        f"ON CONFLICT (site, key) DO UPDATE SET {updates}, deleted_at = CASE "
         f"WHEN excluded.fetched_at > {TABLE}.deleted_at THEN NULL ELSE {TABLE}.deleted_at END, "
         # The census's gone state (archived, moved out, not visible) clears the same way: a fetch made
         # after the census that found it gone returned the ticket.
@@ -212,7 +295,9 @@ class _Ticket:
     moved_from: tuple[str, ...]
 
 
-def _ticket(ticket: Mapping[str, Any], dialect: str, source: str, fetched_at: datetime) -> _Ticket:
+def _ticket(
+    ticket: Mapping[str, Any], dialect: str, source: str, fetched_at: datetime, site: str = DEFAULT_SITE
+) -> _Ticket:
     if not isinstance(ticket, Mapping):
         raise ValueError(f"a ticket must be a mapping, got {type(ticket).__name__}")
     key = ticket.get("key")
@@ -237,6 +322,7 @@ def _ticket(ticket: Mapping[str, Any], dialect: str, source: str, fetched_at: da
     progress_json = None if progress is None else _json_text(dict(progress), f"ticket {key}: progress")
     fields_json = None if extra is None else _json_text(dict(extra), f"ticket {key}: fields")
     row = (
+        site,
         key,
         issue_id,
         summary,
@@ -266,8 +352,15 @@ def _chunks(items: Sequence[_Ticket], size: int) -> Iterator[list[_Ticket]]:
         yield chunk
 
 
+def check_site(site: Any) -> str:
+    """A site name as the store keys it; ValueError for anything that is not a non-empty string."""
+    if not isinstance(site, str) or not site.strip():
+        raise ValueError(f"site must be a site's name, got {site!r}")
+    return site
+
+
 def ensure_table(conn: Any, dialect: str) -> None:
-    """Create the table, or upgrade version 1's in place, when needed; safe to call every run.
+    """Create the table, or upgrade an earlier version's in place, when needed; safe to call every run.
 
     An up-to-date table is only read (its column list), so a role with DML rights only keeps
     working once the one-time DDL has run. Concurrent first runs take turns on the schema lock.
@@ -277,20 +370,40 @@ def ensure_table(conn: Any, dialect: str) -> None:
         conn,
         dialect,
         TABLE,
-        (_V1_DDL[dialect], *upgrade_statements(dialect), *census_upgrade_statements(dialect)),
+        (
+            _V1_DDL[dialect],
+            *upgrade_statements(dialect),
+            *census_upgrade_statements(dialect),
+            *site_upgrade_statements(dialect),
+        ),
     )
     present = table_columns(conn, dialect, TABLE)
     missing = set(V2_COLUMNS[dialect]) - present
-    if not missing:
-        _ensure_census_columns(conn, dialect, present)
-        return
+    if missing:
+        with schema_change(conn, dialect, TABLE) as cursor:
+            missing &= _v2_columns_missing(cursor, dialect)
+            for statement in upgrade_statements(dialect, missing):
+                cursor.execute(statement)
+        log.warning("Upgraded table %s in place: added column(s) %s", TABLE, ", ".join(sorted(missing)))
+        present = table_columns(conn, dialect, TABLE)
+    _ensure_census_columns(conn, dialect, present)
+    if "site" not in present:
+        _ensure_site_key(conn, dialect)
+
+
+def _ensure_site_key(conn: Any, dialect: str) -> None:
+    """Key the table by site, in place, under the schema lock (the column is added in the same
+    transaction as the key changes, so its presence means the whole step is done)."""
     with schema_change(conn, dialect, TABLE) as cursor:
-        missing &= _v2_columns_missing(cursor, dialect)
-        statements = upgrade_statements(dialect, missing)
-        for statement in statements:
+        if "site" in table_columns_in(cursor, dialect, TABLE):
+            return  # another first run did it while this one waited for the lock
+        for statement in site_upgrade_statements(dialect):
             cursor.execute(statement)
-    log.warning("Upgraded table %s in place: added column(s) %s", TABLE, ", ".join(sorted(missing)))
-    _ensure_census_columns(conn, dialect, table_columns(conn, dialect, TABLE))
+    log.warning(
+        "Upgraded table %s in place: keyed by (site, key) and (site, issue_id); existing rows are site %r",
+        TABLE,
+        DEFAULT_SITE,
+    )
 
 
 def _ensure_census_columns(conn: Any, dialect: str, present: set[str]) -> None:
@@ -338,7 +451,8 @@ class _Stored:
     deleted: bool
 
 
-def _stored_rows(cursor: Any, dialect: str, chunk: list[_Ticket]) -> list[_Stored]:
+def _stored_rows(cursor: Any, dialect: str, chunk: list[_Ticket], site: str) -> list[_Stored]:
+    """The site's stored rows of these tickets: by key, by former key asked for, or by issue id."""
     keys = sorted({t.key for t in chunk} | {k for t in chunk for k in t.moved_from})
     ids = sorted({t.issue_id for t in chunk})
     mark = placeholder(dialect)
@@ -346,8 +460,9 @@ def _stored_rows(cursor: Any, dialect: str, chunk: list[_Ticket]) -> list[_Store
         # A row gone by a census's finding (gone_reason) comes back as a change, like a deleted one.
         f"SELECT key, issue_id, previous_keys, updated_at, "
         f"CASE WHEN deleted_at IS NOT NULL OR gone_reason IS NOT NULL THEN 1 END FROM {TABLE} "
-        f"WHERE key IN ({', '.join([mark] * len(keys))}) OR issue_id IN ({', '.join([mark] * len(ids))})",
-        (*keys, *ids),
+        f"WHERE site = {mark} AND (key IN ({', '.join([mark] * len(keys))}) "
+        f"OR issue_id IN ({', '.join([mark] * len(ids))}))",
+        (site, *keys, *ids),
     )
     return [
         _Stored(
@@ -359,8 +474,13 @@ def _stored_rows(cursor: Any, dialect: str, chunk: list[_Ticket]) -> list[_Store
     ]
 
 
-def _settle_identity(cursor: Any, dialect: str, ticket: _Ticket, stored: list[_Stored]) -> bool:
+def _settle_identity(
+    cursor: Any, dialect: str, ticket: _Ticket, stored: list[_Stored], *, site: str = DEFAULT_SITE
+) -> bool:
     """Fold every stored row of this issue into one row under its current key; True if one moved.
+
+    `stored` holds the rows of `site` only (_stored_rows), and only that site's rows are changed:
+    another site's row under the same key or id is another issue.
 
     The rows of one issue are: the row with its id, the row with its current key, and rows under the
     keys it was asked for (`moved_from`) that have no id yet (written before version 2). Jira never
@@ -392,15 +512,19 @@ def _settle_identity(cursor: Any, dialect: str, ticket: _Ticket, stored: list[_S
     mark = placeholder(dialect)
     for row in sorted(mine, key=lambda r: r.key):
         if row is not keep:
-            cursor.execute(f"DELETE FROM {TABLE} WHERE key = {mark}", (row.key,))
+            cursor.execute(f"DELETE FROM {TABLE} WHERE site = {mark} AND key = {mark}", (site, row.key))
             stored.remove(row)
     cursor.execute(
         f"UPDATE {TABLE} SET key = {mark}, issue_id = {mark}, previous_keys = {_json_value(dialect)} "
-        f"WHERE key = {mark}",
-        (ticket.key, ticket.issue_id, json.dumps(former), keep.key),
+        f"WHERE site = {mark} AND key = {mark}",
+        (ticket.key, ticket.issue_id, json.dumps(former), site, keep.key),
     )
     log.info(
-        "Ticket %s (issue %s) was stored as %s: moved to its current key", ticket.key, ticket.issue_id, former
+        "Site %s: ticket %s (issue %s) was stored as %s: moved to its current key",
+        site,
+        ticket.key,
+        ticket.issue_id,
+        former,
     )
     keep.key, keep.issue_id, keep.previous_keys = ticket.key, ticket.issue_id, former
     return True
@@ -413,8 +537,9 @@ def upsert_tickets(
     *,
     source: str,
     fetched_at: datetime,
+    site: str = DEFAULT_SITE,
 ) -> UpsertResult:
-    """Insert or update tickets in one transaction; only an equal or newer updated_at replaces a row.
+    """Insert or update `site`'s tickets in one transaction; only an equal or newer updated_at replaces a row.
 
     Each ticket carries its `issue_id`; one that moved (a new key for a stored id, or a stored old key
     in `moved_from`) has its row renamed first. Rows are written in key order, so two transactions
@@ -428,17 +553,18 @@ def upsert_tickets(
     if not isinstance(fetched_at, datetime):
         raise ValueError(f"fetched_at must be a datetime, got {type(fetched_at).__name__}")
     fetched_at = _aware(fetched_at, "fetched_at")
+    site = check_site(site)
     # The last of several copies of one key wins, as it would row by row; then key order (see above).
-    by_key = {t.key: t for t in (_ticket(ticket, dialect, source, fetched_at) for ticket in tickets)}
+    by_key = {t.key: t for t in (_ticket(ticket, dialect, source, fetched_at, site) for ticket in tickets)}
     ordered = [by_key[key] for key in sorted(by_key)]
     statement = _upsert_sql(dialect)
     written = moved = 0
     changed: list[str] = []
     with transaction(conn, dialect) as cursor:
         for chunk in _chunks(ordered, CHUNK_SIZE):
-            stored = _stored_rows(cursor, dialect, chunk)
+            stored = _stored_rows(cursor, dialect, chunk, site)
             for ticket in chunk:
-                if _settle_identity(cursor, dialect, ticket, stored):
+                if _settle_identity(cursor, dialect, ticket, stored, site=site):
                     moved += 1
                     changed.append(ticket.key)
             current = {row.key: row for row in stored}
@@ -455,7 +581,8 @@ def upsert_tickets(
         written=written, stale_skipped=len(ordered) - written, changed=tuple(sorted(changed)), moved=moved
     )
     log.info(
-        "Upserted %s ticket(s) from %s: %s written, %s stale skipped, %s moved",
+        "Site %s: upserted %s ticket(s) from %s: %s written, %s stale skipped, %s moved",
+        site,
         len(ordered),
         source,
         result.written,
@@ -472,8 +599,11 @@ def _had_key(dialect: str) -> str:
     return "previous_keys @> jsonb_build_array(%s::text)"
 
 
-def mark_gone(conn: Any, dialect: str, keys: Iterable[str], *, confirmed_at: datetime) -> list[str]:
-    """Set deleted_at on the rows of tickets Jira confirmed gone (a 404 after a bulk fetch left them out).
+def mark_gone(
+    conn: Any, dialect: str, keys: Iterable[str], *, confirmed_at: datetime, site: str = DEFAULT_SITE
+) -> list[str]:
+    """Set deleted_at on `site`'s rows of tickets its Jira confirmed gone (a 404 after a bulk fetch left
+    them out).
 
     A key matches a row by its current key or one of its previous keys. Rows are kept, never removed;
     a row fetched after `confirmed_at` is left alone (that later fetch saw the ticket). Returns the
@@ -481,6 +611,7 @@ def mark_gone(conn: Any, dialect: str, keys: Iterable[str], *, confirmed_at: dat
     """
     check_dialect(dialect)
     confirmed_at = _aware(confirmed_at, "confirmed_at")
+    site = check_site(site)
     wanted = sorted({str(key).upper() for key in keys if is_issue_key(str(key).upper())})
     if not wanted:
         return []
@@ -491,14 +622,15 @@ def mark_gone(conn: Any, dialect: str, keys: Iterable[str], *, confirmed_at: dat
     with transaction(conn, dialect) as cursor:
         for key in wanted:
             cursor.execute(
-                f"UPDATE {TABLE} SET deleted_at = {mark} WHERE deleted_at IS NULL AND fetched_at <= {mark} "
-                f"AND (key = {mark} OR {former}) RETURNING key",
-                (at, at, key, key),
+                f"UPDATE {TABLE} SET deleted_at = {mark} WHERE site = {mark} AND deleted_at IS NULL "
+                f"AND fetched_at <= {mark} AND (key = {mark} OR {former}) RETURNING key",
+                (at, site, at, key, key),
             )
             marked.extend(row[0] for row in cursor.fetchall())
     if marked:
         log.warning(
-            "Jira confirmed %d ticket(s) gone (deleted, or hidden from this account): %s",
+            "Site %s: Jira confirmed %d ticket(s) gone (deleted, or hidden from this account): %s",
+            site,
             len(marked),
             ", ".join(marked),
         )
@@ -517,8 +649,8 @@ def _decoded(row: Sequence[Any]) -> dict[str, Any]:
     return ticket
 
 
-def get_ticket(conn: Any, dialect: str, key: str) -> dict[str, Any] | None:
-    """The stored ticket under its current key, or under a key it had before it moved; else None.
+def get_ticket(conn: Any, dialect: str, key: str, *, site: str = DEFAULT_SITE) -> dict[str, Any] | None:
+    """`site`'s stored ticket under its current key, or under a key it had before it moved; else None.
 
     progress and fields come back as dicts (or None), previous_keys as a list, timestamps as aware
     UTC datetimes; deleted_at is None unless Jira confirmed the ticket gone.
@@ -526,21 +658,34 @@ def get_ticket(conn: Any, dialect: str, key: str) -> dict[str, Any] | None:
     check_dialect(dialect)
     mark = placeholder(dialect)
     columns = ", ".join(_READ)
-    rows = read(conn, dialect, f"SELECT {columns} FROM {TABLE} WHERE key = {mark}", (key,))
+    site = check_site(site)
+    rows = read(
+        conn, dialect, f"SELECT {columns} FROM {TABLE} WHERE site = {mark} AND key = {mark}", (site, key)
+    )
     if not rows and is_issue_key(key):
-        rows = read(conn, dialect, f"SELECT {columns} FROM {TABLE} WHERE {_had_key(dialect)}", (key,))
+        rows = read(
+            conn,
+            dialect,
+            f"SELECT {columns} FROM {TABLE} WHERE site = {mark} AND {_had_key(dialect)}",
+            (site, key),
+        )
     return _decoded(rows[0]) if rows else None
 
 
-def count_tickets(conn: Any, dialect: str, *, source: str | None = None) -> int:
-    """How many tickets are stored, optionally only those last written by `source`."""
+def count_tickets(conn: Any, dialect: str, *, source: str | None = None, site: str = DEFAULT_SITE) -> int:
+    """How many tickets `site` has stored, optionally only those last written by `source`."""
     check_dialect(dialect)
     if source is not None and source not in SOURCES:
         raise ValueError(f"source must be one of {SOURCES} or None, got {source!r}")
+    mark = placeholder(dialect)
+    site = check_site(site)
     if source is None:
-        rows = read(conn, dialect, f"SELECT COUNT(*) FROM {TABLE}", ())
+        rows = read(conn, dialect, f"SELECT COUNT(*) FROM {TABLE} WHERE site = {mark}", (site,))
     else:
         rows = read(
-            conn, dialect, f"SELECT COUNT(*) FROM {TABLE} WHERE source = {placeholder(dialect)}", (source,)
+            conn,
+            dialect,
+            f"SELECT COUNT(*) FROM {TABLE} WHERE site = {mark} AND source = {mark}",
+            (site, source),
         )
     return int(rows[0][0])

@@ -205,7 +205,8 @@ def test_three_entries_give_every_site_and_mailbox_its_dag_wired_to_its_own_name
     for dag_id in (*inboxes, *sweeps, *censuses):
         site = dag_id.split("__")[1]
         plan = bag.dags[dag_id].get_task("plan_ticket_history")
-        assert plan.op_kwargs == {"jira_conn_id": f"jira_{site}", "store_conn_id": stores[site]}
+        assert plan.op_kwargs == {"jira_conn_id": f"jira_{site}", "store_conn_id": stores[site], "site": site}
+        assert bag.dags[dag_id].get_task("announce_history").op_kwargs == {"site": site}
         [outlet] = bag.dags[dag_id].get_task("announce_history").outlets
         assert outlet.uri == f"jira-mail-sync://{stores[site]}/jira_ticket_change"
     for dag_id, site in censuses.items():
@@ -215,8 +216,10 @@ def test_three_entries_give_every_site_and_mailbox_its_dag_wired_to_its_own_name
         assert dag.get_task("take_census").op_kwargs == {
             "jira_conn_id": f"jira_{site}",
             "store_conn_id": stores[site],
+            "site": site,
         }
         assert dag.get_task("plan_census").op_kwargs["store_conn_id"] == stores[site]
+        assert dag.get_task("plan_census").op_kwargs["site"] == site
         assert {t.task_id: t.pool for t in dag.tasks} == {
             t.task_id: pools[site] if t.task_id in JIRA_TASKS["census"] else "default_pool" for t in dag.tasks
         }

@@ -1,7 +1,7 @@
 """Two sites end to end: two Jira stand-ins, two mailboxes, two stores, the generated DAGs in dag.test().
 
-Each site has its own mailbox (a Dovecot account) and, for now, its own store (the sites file refuses
-a shared one until jira_ticket is keyed by site). The same key ABC-1 on both sites lands once in each
+Each site has its own mailbox (a Dovecot account) and here its own store (tests/test_sites_shared_store.py
+has two sites in one store). The same key ABC-1 on both sites lands once in each
 site's store; a run of one site sends no request to the other's Jira, reads none of its mail and writes
 nothing to its store.
 """

@@ -17,6 +17,7 @@ from include.ticket_store import (
     ensure_table,
     get_ticket,
     mark_gone,
+    site_upgrade_statements,
     upgrade_statements,
     upsert_tickets,
 )
@@ -370,8 +371,12 @@ def test_an_upgraded_postgres_store_needs_only_dml_rights_afterwards(postgres_db
             ensure_table(limited, "postgres")
         limited.rollback()
     with postgres_db.connect(autocommit=True) as admin:
-        # What the README gives a DBA: the version-2 statements, then the census columns.
-        for statement in [*upgrade_statements("postgres"), *census_upgrade_statements("postgres")]:
+        # What the README gives a DBA: the version-2 statements, the census columns, the site key.
+        for statement in [
+            *upgrade_statements("postgres"),
+            *census_upgrade_statements("postgres"),
+            *site_upgrade_statements("postgres"),
+        ]:
             admin.execute(statement)
     with psycopg.connect(dsn) as limited:
         ensure_table(limited, "postgres")

@@ -113,13 +113,20 @@ def build_census_dag(site: Site, *, fileloc: str) -> DAG:
         params=census_params(),
     )
     def jira_census():
-        plan = plan_census(store_conn_id=site.store_conn_id, site_projects=list(site.projects))
+        plan = plan_census(
+            store_conn_id=site.store_conn_id, site_projects=list(site.projects), site=site.name
+        )
         census = take_census.override(pool=site.pool, outlets=[ticket_asset(site.store_conn_id)])(
-            plan, jira_conn_id=site.jira_conn_id, store_conn_id=site.store_conn_id
+            plan, jira_conn_id=site.jira_conn_id, store_conn_id=site.store_conn_id, site=site.name
         )
         # The whole store's history (a backfill), after the census settled which tickets exist.
         ticket_history(
-            None, census, jira_conn_id=site.jira_conn_id, store_conn_id=site.store_conn_id, pool=site.pool
+            None,
+            census,
+            jira_conn_id=site.jira_conn_id,
+            store_conn_id=site.store_conn_id,
+            pool=site.pool,
+            site=site.name,
         )
 
     built = jira_census()

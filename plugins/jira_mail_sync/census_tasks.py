@@ -16,7 +16,7 @@ from include.census import (
     stored_projects,
     validate_projects,
 )
-from include.names import JIRA_API_POOL, JIRA_CONN_ID, STORE_CONN_ID
+from include.names import DEFAULT_SITE, JIRA_API_POOL, JIRA_CONN_ID, STORE_CONN_ID
 from include.sync_pipeline import change_event
 from jira_mail_sync.assets import TICKET_ASSET
 from jira_mail_sync.hooks.ticket_store import TicketStoreHook
@@ -30,7 +30,7 @@ CENSUS_SOURCE = "census"
 
 @task
 def plan_census(
-    *, store_conn_id: str = STORE_CONN_ID, site_projects: list[str] | None = None
+    *, store_conn_id: str = STORE_CONN_ID, site_projects: list[str] | None = None, site: str = DEFAULT_SITE
 ) -> dict[str, Any]:
     """The projects to count: the `projects` param, else `[jira_mail_sync] census_projects`, else the
     projects of the tickets the store holds. A site of the sites file counts its `projects` when it names
@@ -50,7 +50,10 @@ def plan_census(
         projects, why = sorted(configured), "[jira_mail_sync] census_projects"
     else:
         with TicketStoreHook(store_conn_id).connect() as (conn, dialect):
-            projects, why = stored_projects(conn, dialect), "the projects of the stored tickets"
+            projects, why = (
+                stored_projects(conn, dialect, site=site),
+                "the projects of the site's stored tickets",
+            )
     log.info("Census of %s (from %s)", ", ".join(projects) or "no project", why)
     return {
         "projects": projects,
@@ -61,7 +64,11 @@ def plan_census(
 
 @task(pool=JIRA_API_POOL, outlets=[TICKET_ASSET])
 def take_census(
-    plan: dict[str, Any], *, jira_conn_id: str = JIRA_CONN_ID, store_conn_id: str = STORE_CONN_ID
+    plan: dict[str, Any],
+    *,
+    jira_conn_id: str = JIRA_CONN_ID,
+    store_conn_id: str = STORE_CONN_ID,
+    site: str = DEFAULT_SITE,
 ) -> dict[str, Any]:
     """List every issue id of each project, compare with the store, guard, classify, heal and mark.
 
@@ -97,10 +104,11 @@ def take_census(
                 confirm_mass_change=plan["confirm_mass_change"],
                 extra_fields=extra,
                 bulk_size=bulk_size,
+                site=site,
             )
         except MassChangeRefused as exc:
             raise AirflowFailException(str(exc)) from exc
-        record_runs(conn, dialect, result.counts, at=result.at, run_id=context["run_id"])
+        record_runs(conn, dialect, result.counts, at=result.at, run_id=context["run_id"], site=site)
     summary = result.summary()
     for project, counts in result.counts.items():
         log.info("Census of %s: %s", project, ", ".join(f"{name} {value}" for name, value in counts.items()))
@@ -109,7 +117,7 @@ def take_census(
     (outlet,) = context["task"].outlets
     context["outlet_events"][outlet].extra = change_event(
         summary, source=CENSUS_SOURCE, run_id=context["run_id"], window=window
-    ) | {"census": result.counts}
+    ) | {"census": result.counts, "site": site}
     if result.failed:
         detail = "; ".join(f"{key}: {why}" for key, why in list(result.failed.items())[:10])
         raise AirflowFailException(

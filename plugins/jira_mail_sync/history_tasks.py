@@ -18,6 +18,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from include.history_sync import fetch_and_store_history, history_event, plan_history_chunks
 from include.names import (
     CONFIG_SECTION,
+    DEFAULT_SITE,
     HISTORY_FIELDS_OPTION,
     JIRA_API_POOL,
     JIRA_CONN_ID,
@@ -62,6 +63,7 @@ def plan_ticket_history(
     *,
     jira_conn_id: str = JIRA_CONN_ID,
     store_conn_id: str = STORE_CONN_ID,
+    site: str = DEFAULT_SITE,
 ) -> list[dict[str, Any]]:
     """Which issues need their changelog read: this run's fetched tickets, or every stored one.
 
@@ -77,7 +79,7 @@ def plan_ticket_history(
     whole_store = fetched is None or bool(params.get("history_backfill"))
     ids = None if whole_store else _issue_ids(fetched)
     with TicketStoreHook(store_conn_id).connect() as (conn, dialect):
-        chunks = plan_history_chunks(conn, dialect, ids, fields)
+        chunks = plan_history_chunks(conn, dialect, ids, fields, site=site)
     field_ids: list[str] = []
     if chunks:
         with jira_client(jira_conn_id, store_conn_id) as client:
@@ -100,7 +102,7 @@ def plan_ticket_history(
         len(chunks),
         ", ".join(field_ids or fields),
     )
-    connections = {"jira_conn_id": jira_conn_id, "store_conn_id": store_conn_id}
+    connections = {"jira_conn_id": jira_conn_id, "store_conn_id": store_conn_id, "site": site}
     return [
         {"issue_ids": chunk, "field_ids": field_ids, "fields": list(fields), **connections}
         for chunk in chunks
@@ -119,6 +121,7 @@ def fetch_history(
     fields: list[str],
     jira_conn_id: str = JIRA_CONN_ID,
     store_conn_id: str = STORE_CONN_ID,
+    site: str = DEFAULT_SITE,
 ) -> dict[str, Any]:
     """Read every changelog page of up to 1000 issues and insert the changes the table lacks."""
     get_current_context()["history_label"] = f"{len(issue_ids)} issues from {issue_ids[0]}"
@@ -129,7 +132,9 @@ def fetch_history(
             dialect,
         ),
     ):
-        result = fetch_and_store_history(client, conn, dialect, issue_ids, fields=fields, field_ids=field_ids)
+        result = fetch_and_store_history(
+            client, conn, dialect, issue_ids, fields=fields, field_ids=field_ids, site=site
+        )
     log.info(
         "%d issue(s): %d change row(s) read in %d request(s), %d new, for %d issue(s)",
         result["issues"],
@@ -147,10 +152,10 @@ def ticket_change_asset(store_conn_id: str = STORE_CONN_ID) -> Asset:
 
 
 @task(outlets=[TICKET_CHANGE_ASSET])
-def announce_history(results: Any) -> dict[str, Any]:
-    """Emit the ticket-change asset event naming the issues with new history (skipped when none)."""
+def announce_history(results: Any, *, site: str = DEFAULT_SITE) -> dict[str, Any]:
+    """Emit the ticket-change asset event naming `site`'s issues with new history (skipped when none)."""
     context = get_current_context()
-    event = history_event(every_batch(results), run_id=context["run_id"])
+    event = history_event(every_batch(results), run_id=context["run_id"]) | {"site": site}
     if not event["rows_inserted"]:
         raise AirflowSkipException("No new history: no asset event")
     # The task's one outlet: TICKET_CHANGE_ASSET, or the site store's asset (ticket_history).
@@ -167,8 +172,9 @@ def ticket_history(
     jira_conn_id: str = JIRA_CONN_ID,
     store_conn_id: str = STORE_CONN_ID,
     pool: str = JIRA_API_POOL,
+    site: str = DEFAULT_SITE,
 ) -> Any:
-    """Wire plan → mapped fetch_history → announce for one site's connections and pool.
+    """Wire plan → mapped fetch_history → announce for one site's connections, pool and rows.
 
     Returns the announce task's output.
     """
@@ -176,7 +182,7 @@ def ticket_history(
     if trigger_rule:
         plan_options["trigger_rule"] = trigger_rule
     plan = plan_ticket_history.override(**plan_options)(
-        fetched, stored, jira_conn_id=jira_conn_id, store_conn_id=store_conn_id
+        fetched, stored, jira_conn_id=jira_conn_id, store_conn_id=store_conn_id, site=site
     )
     results = fetch_history.override(pool=pool).expand_kwargs(plan)
-    return announce_history.override(outlets=[ticket_change_asset(store_conn_id)])(results)
+    return announce_history.override(outlets=[ticket_change_asset(store_conn_id)])(results, site=site)

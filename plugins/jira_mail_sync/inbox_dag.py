@@ -245,6 +245,7 @@ def build_inbox_dag(site: Site, mailbox: Mailbox, *, settings: Settings, fileloc
             jira_conn_id=site.jira_conn_id,
             store_conn_id=site.store_conn_id,
             pool=site.pool,
+            site=site.name,
         )
 
     built = jira_inbox()

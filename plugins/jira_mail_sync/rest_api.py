@@ -9,6 +9,11 @@ Served by Airflow's api-server under the prefix the plugin gives it (`/jira-mail
 The token is an Airflow access token from `POST /auth/token`. The ticket comes from the `jira_store`
 connection's `jira_ticket` table when the copy there is fresh, and from Jira (`jira_default`) otherwise.
 
+With a sites file (`dags/jira_sites.yaml`), the query parameter `site` names the Jira site to answer
+for (`/jira-mail-sync/ticket?site=acme`): its store connection and rows, its Jira connection and its
+pool. It may be left out when there is one site (with no sites file, the plain site `default`); with
+several, a missing `site` is a 400, and a `site` no entry is called is a 404; both name the sites.
+
 Why this module checks tokens itself: the api-server mounts a plugin's `fastapi_apps` as a plain
 sub-application. Airflow's authentication is a dependency of its own routers (/api/v2, /ui), not a
 middleware, so nothing in front of a plugin app asks for a token (seen on 3.3.2). Left alone, this
@@ -22,11 +27,13 @@ Settings: `store_max_age_seconds` and the `rest_*` options of `[jira_mail_sync]`
 jira_mail_sync/settings.py (the README's settings table lists them). The plugin mounts this app only
 when they are valid.
 
-Jira calls stay inside the `jira_api` pool's budget: a pool is an Airflow scheduling idea that only
-task instances can hold, so a cache miss asks Jira only while the pool has more open slots than this
-process has Jira lookups in flight, and answers 503 with `Retry-After` otherwise (no pool: no check).
+Jira calls stay inside the site's pool's budget (`jira_api` for the plain site): a pool is an Airflow
+scheduling idea that only task instances can hold, so a cache miss asks Jira only while the pool has
+more open slots than this process has Jira lookups of that site in flight, and answers 503 with
+`Retry-After` otherwise (no pool: no check).
 
-Answers: 200 with the ticket; 401 with `WWW-Authenticate: Bearer` when the token is missing, malformed,
+Answers: 200 with the ticket; 400 when `site` is missing while there are several sites; 404 too when
+`site` names no configured site; 401 with `WWW-Authenticate: Bearer` when the token is missing, malformed,
 badly signed, for another audience, expired or revoked; 403 for a user who may not read the
 `jira_inbox` DAG; 404 when Jira has no such issue (or the sync
 account may not see it); 413 for a body over 4 KiB; 422 for a body that is not
@@ -51,18 +58,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from airflow.sdk.exceptions import AirflowNotFoundException
-from fastapi import Depends, FastAPI, HTTPException, Request, status
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from include.jira_cloud import JiraError, JiraNotFound, JiraRequestError, JiraUnavailable, ticket_details
 from include.jira_rules import ISSUE_KEY_PATTERN, is_issue_key, normalise_key
-from include.names import JIRA_API_POOL
+from include.sites import Site, SitesFileError, default_site
 from include.ticket_store import get_ticket
 from jira_mail_sync.auth import inbox_reader
 from jira_mail_sync.hooks.jira_cloud import JiraCloudHook
 from jira_mail_sync.hooks.ticket_store import TicketStoreHook
 from jira_mail_sync.settings import read_settings
+from jira_mail_sync.sites_config import read_sites
 
 log = logging.getLogger(__name__)
 
@@ -193,8 +201,10 @@ class LookupLimits:
         self._clock = clock
         self._lock = threading.Lock()
         self._lookups = 0
-        self._jira_lookups = 0
-        self._not_found: OrderedDict[str, float] = OrderedDict()
+        # Per pool: each site's Jira lookups are held against its own pool's open slots.
+        self._jira_lookups: dict[str, int] = {}
+        # Keyed by (site name, key): ABC-404 missing on one site may exist on another.
+        self._not_found: OrderedDict[tuple[str, str], float] = OrderedDict()
 
     def enter_lookup(self) -> None:
         limit = read_settings().rest_max_concurrent_lookups
@@ -207,37 +217,40 @@ class LookupLimits:
         with self._lock:
             self._lookups -= 1
 
-    def enter_jira(self) -> None:
-        open_slots = _pool_open_slots()
+    def enter_jira(self, pool: str | None = None) -> None:
+        pool = pool or default_site().pool
+        open_slots = _pool_open_slots(pool)
         with self._lock:
-            if open_slots is not None and self._jira_lookups >= open_slots:
+            if open_slots is not None and self._jira_lookups.get(pool, 0) >= open_slots:
                 raise _busy(
-                    f"Jira's request budget (the {JIRA_API_POOL} pool) is in use by the sync; "
-                    "try again shortly"
+                    f"Jira's request budget (the {pool} pool) is in use by the sync; try again shortly"
                 )
-            self._jira_lookups += 1
+            self._jira_lookups[pool] = self._jira_lookups.get(pool, 0) + 1
 
-    def leave_jira(self) -> None:
+    def leave_jira(self, pool: str | None = None) -> None:
+        pool = pool or default_site().pool
         with self._lock:
-            self._jira_lookups -= 1
+            self._jira_lookups[pool] -= 1
 
-    def known_missing(self, key: str) -> bool:
+    def known_missing(self, key: str, site: str | None = None) -> bool:
+        entry = (site or default_site().name, key)
         with self._lock:
-            expires = self._not_found.get(key)
+            expires = self._not_found.get(entry)
             if expires is None:
                 return False
             if expires > self._clock():
                 return True
-            del self._not_found[key]
+            del self._not_found[entry]
             return False
 
-    def remember_missing(self, key: str) -> None:
+    def remember_missing(self, key: str, site: str | None = None) -> None:
         seconds = read_settings().rest_not_found_cache_seconds
         if seconds == 0:
             return
+        entry = (site or default_site().name, key)
         with self._lock:
-            self._not_found[key] = self._clock() + seconds
-            self._not_found.move_to_end(key)
+            self._not_found[entry] = self._clock() + seconds
+            self._not_found.move_to_end(entry)
             while len(self._not_found) > NOT_FOUND_CACHE_ENTRIES:
                 self._not_found.popitem(last=False)
 
@@ -245,18 +258,55 @@ class LookupLimits:
 limits = LookupLimits()
 
 
-def _pool_open_slots() -> float | None:
-    """Open slots of the jira_api pool in the metadata database; None when there is no such pool."""
+def _pool_open_slots(name: str) -> float | None:
+    """Open slots of the pool `name` in the metadata database; None when there is no such pool."""
     from airflow.models.pool import Pool
     from airflow.utils.session import create_session
 
     try:
         with create_session() as session:
-            pool = Pool.get_pool(JIRA_API_POOL, session=session)
+            pool = Pool.get_pool(name, session=session)
             return None if pool is None else pool.open_slots(session=session)
     except Exception as exc:  # the metadata database is the api-server's own: rare, and not fatal here
-        log.warning("Could not read the %s pool (%s); not checking it", JIRA_API_POOL, type(exc).__name__)
+        log.warning("Could not read the %s pool (%s); not checking it", name, type(exc).__name__)
         return None
+
+
+def choose_site(sites: tuple[Site, ...], requested: str | None) -> Site:
+    """The site a lookup is for: the one named, or the only one.
+
+    400 when several sites are configured and none is named; 404 for a name no site has (like an
+    unknown issue: the request is well-formed, what it names does not exist). Both name the sites.
+    """
+    names = ", ".join(site.name for site in sites)
+    if requested is None or requested == "":
+        if len(sites) == 1:
+            return sites[0]
+        raise HTTPException(
+            status.HTTP_400_BAD_REQUEST,
+            detail=f"Several Jira sites are configured: name one with ?site= (one of: {names})",
+        )
+    for site in sites:
+        if site.name == requested:
+            return site
+    # The name is the caller's own text: echoed only when it is a plausible site name.
+    shown = repr(requested) if len(requested) <= 64 and requested.isprintable() else "that name"
+    raise HTTPException(
+        status.HTTP_404_NOT_FOUND, detail=f"No Jira site is called {shown}: the sites are {names}"
+    )
+
+
+def requested_site(requested: str | None) -> Site:
+    """choose_site over the configured sites (the sites file, read now, or the plain site)."""
+    try:
+        sites = read_sites()
+    except SitesFileError as exc:
+        log.error("The sites file cannot be used: %s", exc)
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail="The server's sites file is not valid; ask an Airflow administrator",
+        ) from None
+    return choose_site(sites, requested)
 
 
 def _not_found(key: str) -> HTTPException:
@@ -266,11 +316,12 @@ def _not_found(key: str) -> HTTPException:
     )
 
 
-def _stored_ticket(key: str) -> dict[str, Any] | None:
+def _stored_ticket(key: str, site: Site | None = None) -> dict[str, Any] | None:
+    site = site or default_site()
     timeout = read_settings().rest_store_connect_timeout_seconds
     try:
-        with TicketStoreHook(connect_timeout=timeout).connect() as (conn, dialect):
-            return get_ticket(conn, dialect, key)
+        with TicketStoreHook(site.store_conn_id, connect_timeout=timeout).connect() as (conn, dialect):
+            return get_ticket(conn, dialect, key, site=site.name)
     except Exception as exc:
         # Here the store is only a cache in front of Jira: a store that is missing, not migrated yet
         # or down must not take the channel down with it.
@@ -355,17 +406,21 @@ def _jira_failure(key: str, exc: Exception) -> HTTPException:
     return HTTPException(status.HTTP_502_BAD_GATEWAY, detail=f"Jira could not be asked for {key}")
 
 
-def _from_jira(key: str) -> TicketDetails:
+def _from_jira(key: str, site: Site | None = None) -> TicketDetails:
+    site = site or default_site()
     hook = JiraCloudHook(
-        timeout=JIRA_TIMEOUT_SECONDS, max_retries=JIRA_MAX_RETRIES, max_retry_wait=JIRA_MAX_RETRY_WAIT_SECONDS
+        site.jira_conn_id,
+        timeout=JIRA_TIMEOUT_SECONDS,
+        max_retries=JIRA_MAX_RETRIES,
+        max_retry_wait=JIRA_MAX_RETRY_WAIT_SECONDS,
     )
-    limits.enter_jira()
+    limits.enter_jira(site.pool)
     try:
         with hook:
             try:
                 client = hook.get_conn()
             except (AirflowNotFoundException, ValueError) as exc:
-                # A missing or incomplete jira_default connection: the message names it, no secret.
+                # A missing or incomplete Jira connection: the message names it, no secret.
                 log.error("Cannot ask Jira for %s: %s: %s", key, type(exc).__name__, exc)
                 raise HTTPException(
                     status.HTTP_503_SERVICE_UNAVAILABLE,
@@ -375,12 +430,12 @@ def _from_jira(key: str) -> TicketDetails:
     except HTTPException:
         raise
     except JiraNotFound:
-        limits.remember_missing(key)
+        limits.remember_missing(key, site.name)
         raise _not_found(key) from None
     except Exception as exc:
         raise _jira_failure(key, exc) from None
     finally:
-        limits.leave_jira()
+        limits.leave_jira(site.pool)
     return details_from_jira(key, issue)
 
 
@@ -391,8 +446,9 @@ def _not_synced(projects: frozenset[str]) -> HTTPException:
     )
 
 
-def lookup_ticket(key: str) -> TicketDetails:
-    """The stored copy of `key` if it is fresh enough, else Jira's current state (never written back).
+def lookup_ticket(key: str, site: Site | None = None) -> TicketDetails:
+    """`site`'s stored copy of `key` if it is fresh enough, else its Jira's current state (never written
+    back). `site` None is the plain site.
 
     Jira's answer is not stored: the store's `source` allows only the DAGs ('inbox', 'sweep'), and a
     read-only channel cannot race their writes.
@@ -400,7 +456,7 @@ def lookup_ticket(key: str) -> TicketDetails:
     projects = read_settings().rest_projects
     if projects is not None and key.partition("-")[0] not in projects:
         raise _not_synced(projects)
-    answer = _lookup(key)
+    answer = _lookup(key, site or default_site())
     # Checked again on the key that came back: Jira answers an old key with the issue under its new
     # one, so PUB-1 moved to SECRET-9 would otherwise show SECRET-9 through a PUB-only channel.
     if projects is not None and answer.key.partition("-")[0] not in projects:
@@ -409,11 +465,11 @@ def lookup_ticket(key: str) -> TicketDetails:
     return answer
 
 
-def _lookup(key: str) -> TicketDetails:
+def _lookup(key: str, site: Site) -> TicketDetails:
     max_age = store_max_age()
     limits.enter_lookup()
     try:
-        stored = _stored_ticket(key)
+        stored = _stored_ticket(key, site)
         # A row Jira confirmed gone is not served: Jira answers for it (404, or the ticket if it is back).
         if (
             stored is not None
@@ -421,9 +477,9 @@ def _lookup(key: str) -> TicketDetails:
             and datetime.now(UTC) - stored["fetched_at"] <= max_age
         ):
             return _from_store(stored)
-        if limits.known_missing(key):
+        if limits.known_missing(key, site.name):
             raise _not_found(key)
-        return _from_jira(key)
+        return _from_jira(key, site)
     finally:
         limits.leave_lookup()
 
@@ -461,6 +517,7 @@ def retry_after_header(description: str) -> dict[str, Any]:
 # The error answers the route can give, declared so that its OpenAPI document is the whole truth
 # (tests/test_openapi_fuzz.py holds the running server to it).
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": Problem, "description": "`site` is missing while several Jira sites are configured"},
     401: {
         "model": Problem,
         "description": "No valid Airflow access token",
@@ -471,7 +528,11 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "The user may not read the jira_inbox DAG, or the issue's project is not synced "
         "(checked on the key asked for and on the key the issue has now)",
     },
-    404: {"model": Problem, "description": "Jira has no such issue, or the sync account may not see it"},
+    404: {
+        "model": Problem,
+        "description": "Jira has no such issue, or the sync account may not see it; or `site` names no "
+        "configured Jira site",
+    },
     413: {"model": Problem, "description": f"The body is larger than {MAX_BODY_BYTES} bytes"},
     422: {"model": InvalidRequest, "description": 'The body is not JSON of the form {"key": "PROJECT-123"}'},
     502: {"model": Problem, "description": "Jira failed, refused the sync account, or answered nonsense"},
@@ -510,6 +571,15 @@ app = FastAPI(
         }
     },
 )
-def get_ticket_details(request: Annotated[TicketRequest, Depends(ticket_request)]) -> TicketDetails:
-    """A Jira issue's assignee and progress: the store's copy when fresh, Jira's otherwise."""
-    return lookup_ticket(request.key)
+def get_ticket_details(
+    request: Annotated[TicketRequest, Depends(ticket_request)],
+    site: Annotated[
+        str | None,
+        Query(
+            max_length=200,
+            description="The Jira site (a `name` of the sites file); may be left out when there is one",
+        ),
+    ] = None,
+) -> TicketDetails:
+    """A Jira issue's assignee and progress: the site's stored copy when fresh, its Jira's otherwise."""
+    return lookup_ticket(request.key, requested_site(site))

@@ -181,6 +181,7 @@ def build_sweep_dag(site: Site, *, fileloc: str) -> DAG:
             jira_conn_id=site.jira_conn_id,
             store_conn_id=site.store_conn_id,
             pool=site.pool,
+            site=site.name,
         )
 
     built = jira_sweep()

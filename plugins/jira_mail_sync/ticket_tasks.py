@@ -176,6 +176,7 @@ def store_tickets(
             source=source,
             fetched_at=datetime.now(UTC),
             return_keys=return_keys,
+            site=site,
         )
     log.info(
         "Site %s: stored %d ticket(s); %d older update(s) ignored; %d key(s) not found in Jira; %d changed",
@@ -185,7 +186,10 @@ def store_tickets(
         summary["not_found_count"],
         summary["changed_count"],
     )
-    event = change_event(summary, source=source, run_id=context["run_id"], window=_window(context, window))
+    # `site` tells the sites sharing one store (and so one asset) apart.
+    event = change_event(
+        summary, source=source, run_id=context["run_id"], window=_window(context, window)
+    ) | {"site": site}
     context["outlet_events"][ticket_asset(store_conn_id)].extra = event
     failed, unresolved = summary["failed"], summary["unresolved"]
     if (failed or unresolved) and fail_on_failed_keys:
