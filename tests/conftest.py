@@ -69,7 +69,7 @@ SERVICE_FIXTURES = frozenset(
         "imap_account",
         "imap_conn_env",
         "jira_standin_server",
-        "second_jira_standin",  # tests/test_sites_end_to_end.py: a second Jira site
+        "second_jira_standin",  # tests/harness/jira_standin.py: a second Jira site (#23)
         "jira_standin",
         "jira_conn_env",
         "jira_dc_standin",

@@ -9,41 +9,20 @@ nothing to its store.
 from __future__ import annotations
 
 import json
-import secrets
 import sqlite3
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import yaml
 
-from devkit.jira_standin import JiraStandin
 from devkit.mail_factory import jira_notification
 from include.store_db import table_exists as store_table_exists
 from include.ticket_store import table_exists
 from tests.harness.airflow_env import load_dag, run_dag
-from tests.harness.jira_standin import STANDIN_EMAIL
 
 pytestmark = pytest.mark.airflow
 START = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 MAIL_SITE = {"acme": "acme.atlassian.net", "globex": "globex.atlassian.net"}
-
-
-@pytest.fixture
-def second_jira_standin() -> Iterator[JiraStandin]:
-    """A second Jira site: its own stand-in on its own port (its own issues, its own request log)."""
-    standin = JiraStandin(
-        "127.0.0.1",
-        0,
-        email=STANDIN_EMAIL,
-        api_token=f"standin-token-{secrets.token_hex(12)}",
-        time_zone="UTC",
-    )
-    standin.start()
-    try:
-        yield standin
-    finally:
-        standin.stop()
 
 
 @pytest.fixture

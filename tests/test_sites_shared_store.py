@@ -10,41 +10,20 @@ in one site is settled in that site only, and the census of one site marks nothi
 from __future__ import annotations
 
 import json
-import secrets
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import yaml
 from fastapi import HTTPException
 
-from devkit.jira_standin import JiraStandin
 from include.census import last_runs
 from include.names import HISTORY_CURSOR_TABLE, TICKET_CHANGE_TABLE
 from include.ticket_store import TABLE
 from tests.harness.airflow_env import load_dag, run_dag
-from tests.harness.jira_standin import STANDIN_EMAIL
 
 pytestmark = pytest.mark.airflow
 START = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 SITES = ("acme", "globex")
-
-
-@pytest.fixture
-def second_jira_standin() -> Iterator[JiraStandin]:
-    """A second Jira site: its own stand-in on its own port (its own issues, its own request log)."""
-    standin = JiraStandin(
-        "127.0.0.1",
-        0,
-        email=STANDIN_EMAIL,
-        api_token=f"standin-token-{secrets.token_hex(12)}",
-        time_zone="UTC",
-    )
-    standin.start()
-    try:
-        yield standin
-    finally:
-        standin.stop()
 
 
 @pytest.fixture

@@ -13,9 +13,8 @@ from devkit.jira_standin import JiraStandin
 STANDIN_EMAIL = "bot@example.com"
 
 
-@pytest.fixture(scope="session")
-def jira_standin_server() -> Iterator[JiraStandin]:
-    """The session's stand-in, listening on a free loopback port."""
+def _started_standin() -> JiraStandin:
+    """A fresh stand-in listening on a free loopback port."""
     standin = JiraStandin(
         "127.0.0.1",
         0,
@@ -27,8 +26,25 @@ def jira_standin_server() -> Iterator[JiraStandin]:
         standin.start()
     except OSError as exc:
         pytest.fail(f"the Jira stand-in could not listen on 127.0.0.1: {exc}")
+    return standin
+
+
+@pytest.fixture(scope="session")
+def jira_standin_server() -> Iterator[JiraStandin]:
+    """The session's stand-in, listening on a free loopback port."""
+    standin = _started_standin()
     yield standin
     standin.stop()
+
+
+@pytest.fixture
+def second_jira_standin() -> Iterator[JiraStandin]:
+    """A second Jira site (#23): its own stand-in on its own port, its own issues and request log."""
+    standin = _started_standin()
+    try:
+        yield standin
+    finally:
+        standin.stop()
 
 
 @pytest.fixture
