@@ -18,10 +18,22 @@ right to trigger `jira_inbox` runs. Form posts are also refused when they come f
 (Origin check, `same_origin`), on top of the cookie's SameSite=Lax. The page may be framed only by
 its own origin (the Airflow UI): `Content-Security-Policy: frame-ancestors 'self'`.
 
-Which mailboxes: only those the DAGs read (`known_mailboxes`): `INBOX` of `imap_default`, the one the
-idle watcher listens to, and the default of jira_inbox's `mailbox` param as the deployed DAG has it
-(its serialized copy in the metadata database). Any other `?mailbox=` answers 404 before an IMAP
-session is opened, so readers cannot make the sync account log in at will.
+Which site (a sites file, README "Many sites and mailboxes"): `?site=<name>` chooses the site whose
+figures are shown, and `?mailbox=` one of its mailboxes (its folder name or its slug). Every answer
+lists the sites the user may read (`sites`: each with its mailboxes and DAG ids, at most
+MAX_SITES_SHOWN sites of MAX_MAILBOXES_SHOWN mailboxes each). Without `?site=` the first site the
+user may read is shown and `site.selected_by` says "first": a monitoring script that watches every
+site asks once per name of the `sites` list, since each site's figures cost an IMAP login and store
+reads, and one answer for all sites would grow with the file. An unknown site is 404. The rights
+are those of the chosen site's DAGs (its sweep DAG and the mailbox's inbox DAG), and a release
+triggers the chosen mailbox's own inbox DAG, checked for the right to trigger that DAG. With no
+sites file there is one site, `default`, and the page is as before (no site selector).
+
+Which mailboxes of the plain site: only those the DAGs read (`known_mailboxes`): `INBOX` of
+`imap_default`, the one the idle watcher listens to, and the default of jira_inbox's `mailbox` param
+as the deployed DAG has it (its serialized copy in the metadata database). Any other `?mailbox=`
+answers 404 before an IMAP session is opened, so readers cannot make the sync account log in at will.
+A file site's mailboxes are those of its entry, and nothing else.
 
 Cost: the store figures are a handful of indexed or single-scan queries (bench/status_page.py); the
 mailbox figures need an IMAP login and are cached for `[jira_mail_sync] status_mailbox_cache_seconds`
@@ -37,20 +49,22 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
-from fastapi import APIRouter, HTTPException, Request, status
+from fastapi import APIRouter, HTTPException, Query, Request, status
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from pydantic import BaseModel, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from include.census import last_runs
 from include.imap_wire import MAX_UID, check_mailbox
-from include.names import IMAP_CONN_ID, INBOX_DAG_ID, SWEEP_DAG_ID
-from include.sweep_progress import get_watermark
+from include.names import DEFAULT_SITE, IMAP_CONN_ID, INBOX_DAG_ID, STORE_CONN_ID, SWEEP_DAG_ID
+from include.sites import Mailbox, Site, SitesFileError
+from include.sweep_progress import get_watermark, site_scope
 from include.sync_status import (
     as_json,
     inbox_figures,
@@ -85,6 +99,11 @@ LEDGER_ROWS_SHOWN = 100
 PENDING_RUNS_SHOWN = 20
 TEMPLATES = Path(__file__).parent / "templates"
 READ_DAGS = (INBOX_DAG_ID, SWEEP_DAG_ID)
+# The site list of the page and the JSON stays bounded however long the sites file is: each shown site
+# and mailbox costs a permission check per view. A site past the bound is still chosen by `?site=`.
+MAX_SITES_SHOWN = 50
+MAX_MAILBOXES_SHOWN = 20
+MAX_SITE_NAME = 200
 # A viewer waits this long for another viewer's refresh of the same mailbox, then gets 503.
 MAILBOX_WAIT_SECONDS = 2.0
 MAILBOX_BUSY_RETRY_AFTER_SECONDS = 5
@@ -105,24 +124,181 @@ router = APIRouter()
 # ------------------------------------------------------------------------------------------- who asks
 
 
-def _as_figure_reader(user: BaseUser) -> BaseUser:
-    """403 unless `user` may read both DAGs: the least the page and the JSON show (the counts)."""
-    require_dag_access(user, READ_DAGS)
-    return user
-
-
 class Visibility(BaseModel):
-    """What of the figures this user may see beyond the counts."""
+    """What of the figures this user may see beyond the counts (of the chosen site's DAGs)."""
 
     mail_details: bool
     runs: dict[str, bool]
 
     @classmethod
-    def of(cls, user: BaseUser) -> Visibility:
+    def of(cls, user: BaseUser, chosen: Selection | None = None) -> Visibility:
+        inbox_dag_id, sweep_dag_id = chosen.read_dags if chosen is not None else READ_DAGS
         return cls(
-            mail_details=may_read_any(user, INBOX_DAG_ID, MAIL_DETAIL_ENTITIES),
-            runs={dag_id: may_access_dag(user, dag_id, entity="RUN") for dag_id in READ_DAGS},
+            mail_details=may_read_any(user, inbox_dag_id, MAIL_DETAIL_ENTITIES),
+            runs={
+                dag_id: may_access_dag(user, dag_id, entity="RUN") for dag_id in (inbox_dag_id, sweep_dag_id)
+            },
         )
+
+
+# ----------------------------------------------------------------------------------------- the sites
+
+_sites_cache: dict[str, Any] = {"key": None, "sites": None}
+_sites_guard = threading.Lock()
+
+
+def configured_sites() -> tuple[Site, ...]:
+    """The sites of the sites file (jira_mail_sync/sites_config.py), or the plain site without one.
+
+    Parsed again only when the file changes (its modification time and size), not on every view.
+    A bad file is 503 with the same message as the DAG files' import error, never a 500.
+    """
+    from jira_mail_sync.sites_config import sites_file_in_use
+
+    try:
+        path = sites_file_in_use()
+        if path is None:
+            from include.sites import default_site
+
+            return (default_site(),)
+        stat = path.stat()
+        key = (str(path), stat.st_mtime_ns, stat.st_size)
+        with _sites_guard:
+            if _sites_cache["key"] == key:
+                return _sites_cache["sites"]
+        from include.sites import load_sites_file
+
+        sites = load_sites_file(path)
+    except (SitesFileError, SettingError, OSError) as exc:
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            detail=f"The sites file cannot be used: {exc}",
+            headers=SECURITY_HEADERS,
+        ) from None
+    with _sites_guard:
+        _sites_cache.update(key=key, sites=sites)
+    return sites
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The site and mailbox whose figures are shown, and how the site was chosen."""
+
+    site: Site
+    mailbox: Mailbox
+    # "site parameter" when asked for by name, "first" when no `site` was given.
+    selected_by: str
+
+    @property
+    def inbox_dag_id(self) -> str:
+        return self.site.inbox_dag_id(self.mailbox)
+
+    @property
+    def read_dags(self) -> tuple[str, str]:
+        """The DAGs a reader must be allowed to read (the plain site's order: jira_inbox first)."""
+        return (self.inbox_dag_id, self.site.sweep_dag_id())
+
+    def query(self, **extra: str) -> str:
+        """The page's own query string for this choice; the plain site's is today's (`mailbox=` only)."""
+        fields = {} if self.site.plain else {"site": self.site.name}
+        return urlencode({**fields, "mailbox": self.mailbox.mailbox, **extra}, quote_via=quote)
+
+
+def _may_read_site(user: BaseUser, site: Site) -> bool:
+    return may_access_dag(user, site.sweep_dag_id())
+
+
+def _site_mailbox(site: Site, name: str | None) -> Mailbox:
+    """The mailbox of a file site named by its folder or slug (the first without a name); 404 else."""
+    if name is None:
+        return site.mailboxes[0]
+    for mailbox in site.mailboxes:
+        if name == mailbox.slug:
+            return mailbox
+    named = [mailbox for mailbox in site.mailboxes if mailbox.mailbox == name]
+    if len(named) == 1:
+        return named[0]
+    known = ", ".join(f"{m.mailbox} ({m.slug})" for m in site.mailboxes[:MAX_MAILBOXES_SHOWN])
+    why = "names more than one mailbox: give its slug" if named else "is not one of its mailboxes"
+    raise HTTPException(
+        status.HTTP_404_NOT_FOUND,
+        detail=f"Site {site.name}: {name!r} {why}; it reads {known}",
+    )
+
+
+def select(user: BaseUser, site_name: str | None, mailbox: str | None) -> Selection:
+    """The site and mailbox `user` asked for, checked: 404 for an unknown site or mailbox, 403 without
+    the right to read that site's DAGs, 422 for a mailbox name IMAP cannot carry.
+
+    Blocking (the auth manager, the metadata database): called in a worker thread.
+    """
+    sites = configured_sites()
+    if site_name is not None:
+        site = next((s for s in sites if s.name == site_name), None)
+        if site is None:
+            # The names of the other sites are not listed here: `sites` of an answer lists those this
+            # user may read, and the rest are not theirs to learn.
+            raise HTTPException(
+                status.HTTP_404_NOT_FOUND,
+                detail=f"No site is called {site_name[:MAX_SITE_NAME]!r}: the sites you may read are "
+                "listed under `sites` of the status JSON",
+            )
+        selected_by = "site parameter"
+    else:
+        # The first site this user may read, so a user of one site is not refused for another's.
+        site = next((s for s in sites if _may_read_site(user, s)), sites[0])
+        selected_by = "first"
+    if site.plain:
+        # The plain site's DAG ids do not depend on the mailbox: the rights first, then the mailbox
+        # (which reads the metadata database), as before sites existed.
+        require_dag_access(user, (INBOX_DAG_ID, SWEEP_DAG_ID))
+        chosen = Mailbox(imap_conn_id=IMAP_CONN_ID, mailbox=checked_mailbox(mailbox or DEFAULT_MAILBOX))
+        return Selection(site, chosen, selected_by)
+    require_dag_access(user, (site.sweep_dag_id(),))
+    if mailbox is not None:
+        try:
+            check_mailbox(mailbox)
+        except ValueError as exc:
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail=str(exc)) from None
+    chosen = _site_mailbox(site, mailbox)
+    require_dag_access(user, (site.inbox_dag_id(chosen),))
+    return Selection(site, chosen, selected_by)
+
+
+def site_listing(user: BaseUser, chosen: Selection) -> dict[str, Any]:
+    """The sites `user` may read (the chosen one always), each with the mailboxes it may read; bounded."""
+    sites = configured_sites()
+    listed: list[dict[str, Any]] = []
+    for site in sites[:MAX_SITES_SHOWN]:
+        if site != chosen.site and not _may_read_site(user, site):
+            continue
+        listed.append(_site_entry(user, site))
+    if chosen.site not in sites[:MAX_SITES_SHOWN]:
+        listed.append(_site_entry(user, chosen.site))
+    return {
+        "sites": listed,
+        "sites_configured": len(sites),
+        "sites_truncated": len(sites) > MAX_SITES_SHOWN,
+        "from_sites_file": not chosen.site.plain,
+    }
+
+
+def _site_entry(user: BaseUser, site: Site) -> dict[str, Any]:
+    mailboxes = [
+        {
+            "imap_conn_id": mailbox.imap_conn_id,
+            "mailbox": mailbox.mailbox,
+            "slug": mailbox.slug,
+            "inbox_dag_id": site.inbox_dag_id(mailbox),
+        }
+        for mailbox in site.mailboxes[:MAX_MAILBOXES_SHOWN]
+        if may_access_dag(user, site.inbox_dag_id(mailbox))
+    ]
+    return {
+        **_site_names(site),
+        "mailboxes": mailboxes,
+        "mailboxes_truncated": len(site.mailboxes) > MAX_MAILBOXES_SHOWN,
+    }
 
 
 # ------------------------------------------------------------------------------------- the mailboxes
@@ -179,11 +355,14 @@ def _store_connect_timeout() -> int:
     return read_settings().rest_store_connect_timeout_seconds
 
 
-def _refused_logins() -> list[dict[str, Any]]:
-    """The IDLE watcher's refused logins, read whether or not IMAP answers this page; without the
-    server's answer text, which names host and login."""
+def _refused_logins(store_conn_id: str = STORE_CONN_ID) -> list[dict[str, Any]]:
+    """The IDLE watchers' refused logins in a store, read whether or not IMAP answers this page;
+    without the server's answer text, which names host and login."""
     try:
-        with TicketStoreHook(connect_timeout=_store_connect_timeout()).connect() as (conn, dialect):
+        with TicketStoreHook(store_conn_id, connect_timeout=_store_connect_timeout()).connect() as (
+            conn,
+            dialect,
+        ):
             rows = read_refused_logins(conn, dialect)
     except Exception as exc:
         log.warning("Status page: reading the IDLE watcher's state failed: %s", type(exc).__name__)
@@ -215,24 +394,29 @@ class MailboxCache:
         self._wait_seconds = wait_seconds
         self._imap_timeout = imap_timeout
         self._guard = threading.Lock()
-        self._locks: dict[tuple[str, str], threading.Lock] = {}
-        self._entries: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
+        self._locks: dict[tuple[str, str, str, str], threading.Lock] = {}
+        self._entries: dict[tuple[str, str, str, str], tuple[float, dict[str, Any]]] = {}
         self.logins = 0
 
     def clear(self) -> None:
         with self._guard:
             self._entries.clear()
 
-    def _fresh(self, key: tuple[str, str]) -> dict[str, Any] | None:
+    def _fresh(self, key: tuple[str, str, str, str]) -> dict[str, Any] | None:
         with self._guard:
             cached = self._entries.get(key)
         if cached is not None and self._clock() - cached[0] < cache_seconds():
             return cached[1]
         return None
 
-    def get(self, conn_id: str, mailbox: str) -> dict[str, Any]:
-        """The figures of `mailbox` (one the DAGs read: the callers check), fresh or from the cache."""
-        key = (conn_id, mailbox)
+    def get(
+        self, conn_id: str, mailbox: str, *, store_conn_id: str = STORE_CONN_ID, site: str = DEFAULT_SITE
+    ) -> dict[str, Any]:
+        """The figures of `mailbox` (one the DAGs read: the callers check), fresh or from the cache.
+
+        `store_conn_id` is the store of the mailbox's `site` (its held mail and watcher state).
+        """
+        key = (store_conn_id, site, conn_id, mailbox)
         with self._guard:
             lock = self._locks.setdefault(key, threading.Lock())
         figures = self._fresh(key)
@@ -244,27 +428,34 @@ class MailboxCache:
             # Whoever held the lock may have just refreshed the figures.
             figures = self._fresh(key)
             if figures is None:
-                figures = self._read(conn_id, mailbox)
+                figures = self._read(conn_id, mailbox, store_conn_id, site)
                 with self._guard:
                     self._entries[key] = (self._clock(), figures)
             return figures
         finally:
             lock.release()
 
-    def _read(self, conn_id: str, mailbox: str) -> dict[str, Any]:
+    def _read(self, conn_id: str, mailbox: str, store_conn_id: str, site: str) -> dict[str, Any]:
         now = datetime.now(UTC)
         with self._guard:
             self.logins += 1
-        refused = _refused_logins()
+        refused = _refused_logins(store_conn_id)
 
         def held(uidvalidity: int, uids: list[int]) -> set[int]:
             # The store is opened only once the mailbox has answered, and with a connect timeout.
-            with TicketStoreHook(connect_timeout=_store_connect_timeout()).connect() as (
+            with TicketStoreHook(store_conn_id, connect_timeout=_store_connect_timeout()).connect() as (
                 conn,
                 dialect,
             ):
                 return uids_held_back(
-                    conn, dialect, mailbox=mailbox, uidvalidity=uidvalidity, uids=uids, now=now
+                    conn,
+                    dialect,
+                    site=site,
+                    imap_conn_id=conn_id,
+                    mailbox=mailbox,
+                    uidvalidity=uidvalidity,
+                    uids=uids,
+                    now=now,
                 )
 
         try:
@@ -291,9 +482,12 @@ class MailboxCache:
 mailbox_cache = MailboxCache()
 
 
-def _mailbox_figures(mailbox: str) -> dict[str, Any]:
+def _mailbox_figures(chosen: Selection) -> dict[str, Any]:
+    mailbox = chosen.mailbox.mailbox
     try:
-        return mailbox_cache.get(IMAP_CONN_ID, mailbox)
+        return mailbox_cache.get(
+            chosen.mailbox.imap_conn_id, mailbox, store_conn_id=chosen.site.store_conn_id, site=chosen.site.name
+        )
     except MailboxBusy:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
@@ -305,8 +499,10 @@ def _mailbox_figures(mailbox: str) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------ Airflow's side
 
 
-def inbox_mode() -> str:
-    """`idle` or `poll`, as jira_inbox is scheduled; a bad setting is shown, not raised."""
+def inbox_mode(mailbox: Mailbox | None = None) -> str:
+    """`idle` or `poll`, as the mailbox's inbox DAG is scheduled; a bad setting is shown, not raised."""
+    if mailbox is not None and mailbox.inbox_mode:
+        return mailbox.inbox_mode
     try:
         return read_settings().inbox_mode
     except SettingError:
@@ -328,32 +524,34 @@ def _run(dag_run: Any) -> dict[str, Any]:
     }
 
 
-def run_figures(visible: dict[str, bool]) -> dict[str, Any]:
-    """The latest run of each DAG, and the sweep runs still queued or running (backfills included).
+def run_figures(visible: dict[str, bool], read_dags: tuple[str, str] = READ_DAGS) -> dict[str, Any]:
+    """The latest run of each DAG of `read_dags` (inbox, sweep), and the sweep runs still queued or
+    running (backfills included).
 
     Only for the DAGs in `visible` that map to True (the user may read their runs); None for the others.
     """
+    sweep_dag_id = read_dags[1]
     from airflow.models.dagrun import DagRun
     from airflow.utils.session import create_session
     from airflow.utils.state import DagRunState
     from sqlalchemy import func, select
 
     pending_states = (DagRunState.QUEUED, DagRunState.RUNNING)
-    latest: dict[str, Any] = dict.fromkeys(READ_DAGS)
+    latest: dict[str, Any] = dict.fromkeys(read_dags)
     pending: list[dict[str, Any]] | None = None
     pending_count: int | None = None
     if not any(visible.values()):
         return {"latest": latest, "pending": pending, "pending_count": pending_count}
     with create_session() as session:
-        for dag_id in READ_DAGS:
+        for dag_id in read_dags:
             if not visible.get(dag_id):
                 continue
             dag_run = session.scalars(
                 select(DagRun).where(DagRun.dag_id == dag_id).order_by(DagRun.run_after.desc()).limit(1)
             ).first()
             latest[dag_id] = _run(dag_run) if dag_run is not None else None
-        if visible.get(SWEEP_DAG_ID):
-            where = (DagRun.dag_id == SWEEP_DAG_ID, DagRun.state.in_(pending_states))
+        if visible.get(sweep_dag_id):
+            where = (DagRun.dag_id == sweep_dag_id, DagRun.state.in_(pending_states))
             pending = [
                 _run(dag_run)
                 for dag_run in session.scalars(
@@ -370,18 +568,21 @@ def run_figures(visible: dict[str, bool]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------- the figures
 
 
-def _store_figures(now: datetime) -> dict[str, Any]:
+def _store_figures(now: datetime, site: Site) -> dict[str, Any]:
+    """The figures of `site` in its store. Sites may share a store: every reader takes the site (the
+    watermark has its own scope per site)."""
     try:
-        with TicketStoreHook(connect_timeout=_store_connect_timeout()).connect() as (
+        with TicketStoreHook(site.store_conn_id, connect_timeout=_store_connect_timeout()).connect() as (
             conn,
             dialect,
         ):
             return {
-                "tickets": ticket_figures(conn, dialect, now=now),
-                "watermark": get_watermark(conn, dialect),
-                "ledger": ledger_figures(conn, dialect, limit=LEDGER_ROWS_SHOWN),
+                "tickets": ticket_figures(conn, dialect, now=now, site=site.name),
+                "watermark": get_watermark(conn, dialect, site_scope(site.name)),
+                "ledger": ledger_figures(conn, dialect, limit=LEDGER_ROWS_SHOWN, site=site.name),
+                # Jira usage rows are per store, not per site: sites sharing a store share this figure.
                 "jira": jira_figures(conn, dialect, now=now),
-                "census": last_runs(conn, dialect),  # each project's last census (jira_census)
+                "census": last_runs(conn, dialect, site=site.name),  # each project's last census (the site's census DAG)
                 "error": None,
             }
     except Exception as exc:
@@ -403,25 +604,62 @@ def _ledger(ledger: dict[str, Any] | None, *, mail_details: bool) -> dict[str, A
     }
 
 
-def collect_status(mailbox: str, visibility: Visibility) -> dict[str, Any]:
-    """Every figure of the page the user may see, as plain data (datetimes included)."""
+def _site_watchers(inbox: dict[str, Any], site: Site) -> dict[str, Any]:
+    """`inbox` with only the refused logins of `site`'s own mailboxes (another site may share the store)."""
+    if site.plain or "refused_logins" not in inbox:
+        return inbox
+    own = {(m.imap_conn_id, m.mailbox) for m in site.mailboxes}
+    refused = [r for r in inbox["refused_logins"] if (r["imap_conn_id"], r["mailbox"]) in own]
+    return {**inbox, "refused_logins": refused}
+
+
+def collect_status(
+    mailbox: str | Selection,
+    visibility: Visibility,
+    listing: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Every figure of the page the user may see, as plain data (datetimes included).
+
+    `mailbox`: the chosen site and mailbox (a folder name alone means the plain site's).
+    """
+    from include.sites import default_site
+
+    if isinstance(mailbox, str):
+        mailbox = Selection(default_site(), Mailbox(imap_conn_id=IMAP_CONN_ID, mailbox=mailbox), "first")
+    chosen = mailbox
+    site = chosen.site
+    inbox_dag_id, sweep_dag_id = chosen.read_dags
     now = datetime.now(UTC)
-    inbox = _mailbox_figures(mailbox)
-    store = _store_figures(now)
-    runs = run_figures(visibility.runs)
+    inbox = _site_watchers(_mailbox_figures(chosen), site)
+    store = _store_figures(now, site)
+    runs = run_figures(visibility.runs, chosen.read_dags)
     watermark = store.get("watermark")
     tickets = store.get("tickets") or {}
     jira = store.get("jira") or {}
+    listing = listing or {"sites": [], "sites_configured": 1, "sites_truncated": False}
     return {
         "generated_at": now,
+        "site": {
+            **_site_names(site),
+            "selected_by": chosen.selected_by,
+        },
+        **listing,
         "store_error": store["error"],
         "runs_shown": visibility.runs,
-        "inbox": {**inbox, "mode": inbox_mode(), "last_run": runs["latest"][INBOX_DAG_ID]},
+        "inbox": {
+            **inbox,
+            "imap_conn_id": chosen.mailbox.imap_conn_id,
+            "slug": chosen.mailbox.slug,
+            "dag_id": inbox_dag_id,
+            "mode": inbox_mode(chosen.mailbox),
+            "last_run": runs["latest"][inbox_dag_id],
+        },
         "ledger": _ledger(store.get("ledger"), mail_details=visibility.mail_details),
         "sweep": {
+            "dag_id": sweep_dag_id,
             "watermark": watermark,
             "behind_seconds": (now - watermark).total_seconds() if watermark else None,
-            "last_run": runs["latest"][SWEEP_DAG_ID],
+            "last_run": runs["latest"][sweep_dag_id],
             "pending": runs["pending"],
             "pending_count": runs["pending_count"],
         },
@@ -440,9 +678,24 @@ def collect_status(mailbox: str, visibility: Visibility) -> dict[str, Any]:
     }
 
 
-def _figures_for(user: BaseUser, mailbox: str) -> dict[str, Any]:
-    """The figures `user` may see, in a worker thread: IMAP, the store and the metadata DB block."""
-    return collect_status(checked_mailbox(mailbox), Visibility.of(user))
+def _site_names(site: Site) -> dict[str, Any]:
+    from jira_mail_sync.census_dag import CENSUS_DAG_PREFIX
+
+    return {
+        "name": site.name,
+        "jira_conn_id": site.jira_conn_id,
+        "store_conn_id": site.store_conn_id,
+        "pool": site.pool,
+        "sweep_dag_id": site.sweep_dag_id(),
+        "census_dag_id": site.dag_id(CENSUS_DAG_PREFIX),
+    }
+
+
+def _figures_for(user: BaseUser, site: str | None, mailbox: str | None) -> tuple[Selection, dict[str, Any]]:
+    """The chosen site and the figures `user` may see of it, in a worker thread: the auth manager,
+    IMAP, the store and the metadata DB block."""
+    chosen = select(user, site, mailbox)
+    return chosen, collect_status(chosen, Visibility.of(user, chosen), site_listing(user, chosen))
 
 
 @router.get(
@@ -450,19 +703,26 @@ def _figures_for(user: BaseUser, mailbox: str) -> dict[str, Any]:
     responses={
         401: {"model": Problem, "description": "No valid token"},
         403: {"model": Problem, "description": "No rights"},
-        404: {"model": Problem, "description": "The DAGs read no such mailbox"},
+        404: {"model": Problem, "description": "No such site, or the DAGs read no such mailbox"},
         422: {"model": ErrorAnswer, "description": "The mailbox is not a valid name"},
         503: {
             "model": Problem,
-            "description": "The mailbox is being read for another viewer",
+            "description": "The mailbox is being read for another viewer, or the sites file is bad",
             "headers": retry_after_header("Seconds to wait before asking again"),
         },
     },
 )
-async def get_status(user: SessionUser, mailbox: str = DEFAULT_MAILBOX) -> JSONResponse:
-    """The sync's state as JSON: inbox backlog, held-back mail, sweep progress, store, Jira usage."""
-    _as_figure_reader(user)
-    figures = await run_in_threadpool(_figures_for, user, mailbox)
+async def get_status(
+    user: SessionUser,
+    site: Annotated[str | None, Query(max_length=MAX_SITE_NAME)] = None,
+    mailbox: str | None = None,
+) -> JSONResponse:
+    """The sync's state as JSON: inbox backlog, held-back mail, sweep progress, store, Jira usage.
+
+    `site` chooses the site (default: the first the user may read, `site.selected_by` "first"),
+    `mailbox` one of its mailboxes (folder or slug; default: its first, INBOX for the plain site).
+    """
+    _, figures = await run_in_threadpool(_figures_for, user, site, mailbox)
     return JSONResponse(as_json(figures), headers=SECURITY_HEADERS)
 
 
@@ -532,17 +792,19 @@ def shown_release(released: str | None) -> str | None:
 async def get_status_page(
     request: Request,
     credentials: Credentials,
-    mailbox: str = DEFAULT_MAILBOX,
+    site: Annotated[str | None, Query(max_length=MAX_SITE_NAME)] = None,
+    mailbox: str | None = None,
     released: str | None = None,
 ) -> HTMLResponse:
     """The page itself; without a session it says so (and links to the login) instead of showing anything."""
     try:
-        user = _as_figure_reader(await session_user(request, credentials))
+        user = await session_user(request, credentials)
         # Blocking I/O (IMAP, the store, the metadata database) stays off the api-server's event loop.
-        figures = await run_in_threadpool(_figures_for, user, mailbox)
+        chosen, figures = await run_in_threadpool(_figures_for, user, site, mailbox)
     except HTTPException as exc:
         return _refused(request, exc)
-    may_release = may_access_dag(user, INBOX_DAG_ID, entity="RUN", method="POST")
+    # The right to release is the right to trigger the chosen mailbox's own inbox DAG.
+    may_release = may_access_dag(user, chosen.inbox_dag_id, entity="RUN", method="POST")
     page = (
         _templates()
         .get_template("status_page.html")
@@ -551,7 +813,9 @@ async def get_status_page(
             s=figures,
             may_release=may_release,
             released=shown_release(released),
-            mailbox=figures["inbox"]["mailbox"],
+            mailbox=chosen.mailbox.mailbox,
+            query=chosen.query(),
+            plain=chosen.site.plain,
             base=base_path(),
         )
     )
@@ -565,7 +829,10 @@ async def get_status_page(
 class ReleaseRequest(BaseModel):
     """Which held-back mail to hand back to jira_inbox: UIDs of one mailbox (its current UIDVALIDITY)."""
 
-    mailbox: str = Field(default=DEFAULT_MAILBOX, max_length=200)
+    # The site whose mailbox it is (default: the first the user may read; the plain site without a file).
+    site: str | None = Field(default=None, max_length=MAX_SITE_NAME)
+    # None: the site's first mailbox (INBOX for the plain site); else its folder or slug.
+    mailbox: str | None = Field(default=None, max_length=200)
     uids: list[Annotated[int, Field(ge=1, le=MAX_UID)]] = Field(min_length=1, max_length=MAX_RELEASE_UIDS)
 
 
@@ -618,23 +885,26 @@ def release_run_id(now: datetime) -> str:
     return f"{RELEASE_RUN_PREFIX}{now.strftime(RELEASE_RUN_TIME_FORMAT)}"
 
 
-def trigger_release(release: ReleaseRequest, user: BaseUser) -> str:
-    """Trigger a jira_inbox run releasing `release.uids` (the mail ledger's params); returns its run id."""
+def trigger_release(release: ReleaseRequest, user: BaseUser, chosen: Selection | None = None) -> str:
+    """Trigger a run of the chosen mailbox's inbox DAG releasing `release.uids` (the mail ledger's
+    params); returns its run id. Without `chosen`: jira_inbox and `release.mailbox` (the plain site)."""
     from airflow.api.common.trigger_dag import trigger_dag
     from airflow.utils.types import DagRunTriggeredByType
 
+    dag_id = chosen.inbox_dag_id if chosen is not None else INBOX_DAG_ID
+    folder = chosen.mailbox.mailbox if chosen is not None else release.mailbox or DEFAULT_MAILBOX
     uids = sorted(set(release.uids))
     dag_run = trigger_dag(
-        INBOX_DAG_ID,
+        dag_id,
         triggered_by=DagRunTriggeredByType.UI,
         triggering_user_name=user.get_name(),
         run_id=release_run_id(datetime.now(UTC)),
-        conf={"mailbox": release.mailbox, "release_uids": uids, "release_all": False},
+        conf={"mailbox": folder, "release_uids": uids, "release_all": False},
         note=f"Released {len(uids)} held-back mail(s) from the {PAGE_NAME} page",
     )
     if dag_run is None:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail="Airflow did not create the run")
-    log.info("%s released UIDs %s of %s: run %s", user.get_name(), uids, release.mailbox, dag_run.run_id)
+    log.info("%s released UIDs %s of %s (%s): run %s", user.get_name(), uids, folder, dag_id, dag_run.run_id)
     # Cached mailbox figures would hide the released mail's progress.
     mailbox_cache.clear()
     return dag_run.run_id
@@ -648,7 +918,8 @@ async def _release_request(request: Request) -> tuple[ReleaseRequest, bool]:
         if from_form:
             fields = parse_qs(body.decode("utf-8", errors="strict"), strict_parsing=False)
             payload: Any = {
-                "mailbox": (fields.get("mailbox") or [DEFAULT_MAILBOX])[0],
+                "site": (fields.get("site") or [None])[0],
+                "mailbox": (fields.get("mailbox") or [None])[0],
                 "uids": fields.get("uid", []),
             }
             return ReleaseRequest.model_validate(payload), True
@@ -664,25 +935,35 @@ async def _release_request(request: Request) -> tuple[ReleaseRequest, bool]:
     "/status/release",
     responses={
         401: {"description": "No valid token or session"},
-        403: {"description": "The user may not trigger jira_inbox, or the form came from another site"},
-        404: {"description": "The DAGs read no such mailbox"},
+        403: {
+            "description": "The user may not trigger the mailbox's inbox DAG, "
+            "or the form came from another site"
+        },
+        404: {"description": "No such site, or the DAGs read no such mailbox"},
         422: {"description": "No or malformed UIDs"},
     },
 )
 async def release_mail(request: Request, user: SessionUser) -> Any:
-    """Hand rejected or quarantined mail back to jira_inbox: triggers a run with `release_uids`."""
-    _as_figure_reader(user)
-    require_dag_access(user, (INBOX_DAG_ID,), method="POST", run=True)
+    """Hand rejected or quarantined mail back to its inbox DAG: triggers a run with `release_uids`.
+
+    `site` and `mailbox` choose the mailbox as on the page; the run is of that mailbox's own inbox DAG,
+    and the user needs the right to trigger that DAG (not jira_inbox's).
+    """
     if not same_origin(request):
         raise HTTPException(
             status.HTTP_403_FORBIDDEN, detail="A release must come from this Airflow's own page"
         )
     release, from_form = await _release_request(request)
-    await run_in_threadpool(checked_mailbox, release.mailbox)
-    run_id = await run_in_threadpool(trigger_release, release, user)
+    chosen = await run_in_threadpool(select, user, release.site, release.mailbox)
+    require_dag_access(user, (chosen.inbox_dag_id,), method="POST", run=True)
+    run_id = await run_in_threadpool(trigger_release, release, user, chosen)
     if from_form:
         return RedirectResponse(
-            f"page?mailbox={quote(release.mailbox)}&released={quote(run_id)}",
-            status_code=status.HTTP_303_SEE_OTHER,
+            f"page?{chosen.query(released=run_id)}", status_code=status.HTTP_303_SEE_OTHER
         )
-    return {"dag_id": INBOX_DAG_ID, "dag_run_id": run_id, "release_uids": sorted(set(release.uids))}
+    return {
+        "site": chosen.site.name,
+        "dag_id": chosen.inbox_dag_id,
+        "dag_run_id": run_id,
+        "release_uids": sorted(set(release.uids)),
+    }

@@ -6,6 +6,8 @@ a DAG but not its logs, or not its runs. Everything else (users, passwords, toke
 is the simple auth manager's own.
 
 `JMS_REFUSED_DAG_ENTITIES`: JSON `{"username": ["TASK_LOGS", "XCOM", "RUN", ...]}` (DagAccessEntity names).
+`JMS_REFUSED_DAG_METHODS`: JSON `{"username": {"dag_id": ["POST", ...]}}`: those methods refused on that
+DAG alone (a user who may trigger one site's inbox DAG and not another's; tests/test_status_sites.py).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 from airflow.api_fastapi.auth.managers.simple.simple_auth_manager import SimpleAuthManager
 
 REFUSED_ENTITIES_ENV = "JMS_REFUSED_DAG_ENTITIES"
+REFUSED_METHODS_ENV = "JMS_REFUSED_DAG_METHODS"
 CLASS_PATH = "tests.harness.auth_manager.EntityRefusingAuthManager"
 
 
@@ -26,6 +29,10 @@ class EntityRefusingAuthManager(SimpleAuthManager):
     ) -> bool:
         refused = json.loads(os.environ.get(REFUSED_ENTITIES_ENV) or "{}").get(user.get_name(), [])
         if access_entity is not None and access_entity.name in refused:
+            return False
+        by_dag = json.loads(os.environ.get(REFUSED_METHODS_ENV) or "{}").get(user.get_name(), {})
+        dag_id = getattr(details, "id", None)
+        if dag_id in by_dag and str(getattr(method, "value", method)) in by_dag[dag_id]:
             return False
         return super().is_authorized_dag(
             method=method, user=user, access_entity=access_entity, details=details
