@@ -660,6 +660,7 @@ def start() -> int:
         for site in DEMO_SITES:
             parsed = configured[site.name]
             sites[site.name] = {
+                "name": site.name,
                 "jira": jira[site.name],
                 "imap": imap[site.name],
                 "store": str(site.store_path),
