@@ -1,14 +1,15 @@
 """The demo's activity generator: every minute it edits a few stand-in tickets and mails their notifications.
 
-Run by `scripts/demo.py start` in the background with the demo's state file:
+Run by `scripts/demo.py start` in the background, one per demo site, with the demo's state file:
 
-    .venv/bin/python scripts/activity.py --state .demo/state.json
+    .venv/bin/python scripts/activity.py --state .demo/state.json --site acme
 
-Each tick changes two to four tickets on the Jira stand-in (status, logged work, assignee, a comment, or
-a brand-new ticket) through its admin endpoint `POST /_standin/issues`, then appends one real-format Jira
-Cloud notification per change to the demo mailbox over IMAP, from `jira@<host of jira_default>`, the
-sender `jira_inbox` trusts by default. About one tick in four also delivers a spoofed or junk message,
-which `jira_inbox` must reject and label `$JiraRejected`.
+Each tick changes two to four tickets on the site's Jira stand-in (status, logged work, assignee, a
+comment, or a brand-new ticket) through its admin endpoint `POST /_standin/issues`, then appends one
+real-format Jira Cloud notification per change to the site's mailbox over IMAP, from
+`jira@<host of the site's Jira connection>`, the sender the site's inbox DAG trusts by default.
+About one tick in four also delivers a spoofed or junk message, which the inbox DAG must reject and
+label `$JiraRejected`.
 
 The generator keeps its own copy of every ticket, seeded from the same deterministic demo site the
 stand-in was started with, because the admin upsert replaces a whole issue and the REST API hides some
@@ -167,7 +168,7 @@ class DemoSite:
 
 
 def rejected_mail(rng: random.Random, site_host: str, known_key: str) -> tuple[str, bytes]:
-    """A message jira_inbox must refuse: a look-alike sender, a display-name spoof, or plain junk."""
+    """A message the inbox DAG must refuse: a look-alike sender, a display-name spoof, or plain junk."""
     kind = rng.choice(("lookalike", "display_name", "junk"))
     if kind == "lookalike":
         return kind, jira_notification(
@@ -195,10 +196,10 @@ def rejected_mail(rng: random.Random, site_host: str, known_key: str) -> tuple[s
 
 
 class Generator:
-    """Drives the stand-in and the mailbox from the demo's state file."""
+    """Drives one site's stand-in and mailbox from its entry in the demo's state file."""
 
-    def __init__(self, state: dict[str, Any], rng: random.Random) -> None:
-        jira, imap = state["jira"], state["imap"]
+    def __init__(self, site: dict[str, Any], rng: random.Random) -> None:
+        jira, imap = site["jira"], site["imap"]
         self.jira_url = jira["url"].rstrip("/")
         self.site_host = urlsplit(self.jira_url).hostname or "127.0.0.1"
         self._auth = "Basic " + base64.b64encode(f"{jira['email']}:{jira['api_token']}".encode()).decode()
@@ -226,7 +227,7 @@ class Generator:
         try:
             client.login(self.imap["login"], self.imap["password"])
             for raw in messages:
-                typ, data = client.append("INBOX", None, None, raw)
+                typ, data = client.append(self.imap.get("mailbox", "INBOX"), None, None, raw)
                 if typ != "OK":
                     raise imaplib.IMAP4.error(f"APPEND refused: {data!r}")
         finally:
@@ -258,7 +259,7 @@ class Generator:
         if self.rng.random() < REJECTED_MAIL_CHANCE:
             kind, raw = rejected_mail(self.rng, self.site_host, self.rng.choice(sorted(self.site.tickets)))
             mails.append(raw)
-            log.info("Also mailing a message jira_inbox must reject (%s)", kind)
+            log.info("Also mailing a message the inbox DAG must reject (%s)", kind)
         if not mails:
             return
         try:
@@ -272,17 +273,20 @@ class Generator:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--state", type=Path, required=True, help="the demo's state file (.demo/state.json)")
+    parser.add_argument("--site", required=True, help="the demo site whose tickets and mailbox to drive")
     parser.add_argument("--interval", type=float, default=60.0, help="seconds between ticks (default 60)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the random edits (default: random)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     state = json.loads(args.state.read_text())
-    generator = Generator(state, random.Random(args.seed))
+    if args.site not in state["sites"]:
+        parser.error(f"--site {args.site!r} is not a demo site ({', '.join(state['sites'])})")
+    generator = Generator(state["sites"][args.site], random.Random(args.seed))
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    log.info("Editing tickets on %s every %.0f s", generator.jira_url, args.interval)
+    log.info("Editing tickets of site %s on %s every %.0f s", args.site, generator.jira_url, args.interval)
     while not stop.is_set():
         generator.tick()
         stop.wait(args.interval)

@@ -1,18 +1,28 @@
 """Runs jira-mail-sync live on this machine, all state under .demo/: `start`, `stop`, `check`, `info`.
 
+The demo runs two Jira sites, `acme` and `globex` (DEMO_SITES), from a sites file it writes to
+.demo/jira_sites.yaml (`[jira_mail_sync] sites_file`): each site has its own Jira stand-in, its own
+mailbox, its own SQLite store and its own pool, and so its own DAGs (`jira_sweep__acme`,
+`jira_inbox__acme__inbox`, ...). `acme` keeps the plain connection ids (`jira_default`,
+`imap_default`, `jira_store`), as a deployment that had one site and then added a second would;
+`globex` has its own.
+
 `start` (what `make demo` runs) starts, each in a session of its own with its PID in .demo/pids/:
 
-- Dovecot on loopback with one mailbox account (the `imap_default` connection, plain IMAP);
-- the Jira Cloud stand-in with a generated demo site (`jira_default`);
-- PostgreSQL on loopback, holding Airflow's metadata database (the ticket store stays SQLite);
+- Dovecot on loopback with one mailbox account per site (plain IMAP);
+- one Jira Cloud stand-in per site, each with its own generated demo site (the same projects, so
+  both have an ABC-1, but different tickets);
+- PostgreSQL on loopback, holding Airflow's metadata database (the ticket stores stay SQLite);
 - `airflow standalone` (LocalExecutor) on 127.0.0.1;
-- the activity generator (scripts/activity.py), which edits tickets and mails their notifications.
+- one activity generator per site (scripts/activity.py), which edits its tickets and mails their
+  notifications to its mailbox.
 
-It waits (bounded) until the api-server answers, every component is healthy and both DAGs are
-parsed, then creates the `jira_api` pool, unpauses both DAGs, triggers one `jira_sweep` run over the
-demo site's whole history (the initial load) and prints how to use it all. `check` asserts, by exit
-code, that the demo is ready and that the store holds tickets from both DAGs. `stop` ends every process
-`start` began, session by session, and is safe to run any number of times.
+It waits (bounded) until the api-server answers, every component is healthy and every site's DAGs
+are parsed, then creates each site's pool with the size the sites file gives it, unpauses each site's
+inbox and sweep DAGs, triggers one run of each site's sweep over its whole history (the initial load)
+and prints how to use it all. `check` asserts, by exit code, that the demo is ready and that, for each
+site, its store holds tickets from both of its DAGs and its mailbox has settled mail. `stop` ends
+every process `start` began, session by session, and is safe to run any number of times.
 
 Why PostgreSQL for the metadata: Airflow refuses to create a backfill on SQLite while other writers are
 busy ("Database is locked. Backfill creation is not supported on SQLite under concurrent access"), so on
@@ -34,6 +44,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -41,7 +52,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 # Only the standard library at the top: `stop` must work without .venv (see scripts/demo.sh).
-from devkit.airflow_env import DAG_IDS, SCHEDULER_IDLE_SLEEP_S, airflow_env  # noqa: E402
+from devkit.airflow_env import SCHEDULER_IDLE_SLEEP_S, airflow_env  # noqa: E402
 from devkit.processes import (  # noqa: E402
     LOOPBACK,
     free_port,
@@ -52,13 +63,19 @@ from devkit.processes import (  # noqa: E402
     spawn,
     terminate,
 )
-from include.names import IMAP_CONN_ID, JIRA_API_POOL, JIRA_CONN_ID, STORE_CONN_ID, TICKET_TABLE  # noqa: E402
+from include.names import (  # noqa: E402
+    IMAP_CONN_ID,
+    JIRA_CONN_ID,
+    MAIL_LEDGER_TABLE,
+    STORE_CONN_ID,
+    TICKET_TABLE,
+)
 
 DEMO = REPO / ".demo"
 PIDS = DEMO / "pids"
 LOGS = DEMO / "logs"
 STATE = DEMO / "state.json"
-STORE = DEMO / "store.db"
+SITES_FILE = DEMO / "jira_sites.yaml"
 AIRFLOW_HOME = DEMO / "airflow"
 # Every process the demo starts carries this variable, so `stop` can find any that left its session.
 MARKER_ENV = "JMS_DEMO_ROOT"
@@ -66,15 +83,47 @@ MARKER_ENV = "JMS_DEMO_ROOT"
 DEFAULT_API_PORT = 8080
 ADMIN_USER = "admin"
 JIRA_EMAIL = "sync-bot@example.com"
-JIRA_TIME_ZONE = "Europe/Berlin"
-DEMO_ISSUES = 300
-DEMO_SEED = 1
-JIRA_POOL_SLOTS = 3
+
+
+@dataclass(frozen=True)
+class DemoSite:
+    """One Jira site of the demo: its generated tickets, its connection ids and its pool's size."""
+
+    name: str
+    issues: int
+    seed: int
+    time_zone: str
+    jira_conn_id: str
+    imap_conn_id: str
+    store_conn_id: str
+    pool_slots: int
+
+    @property
+    def store_path(self) -> Path:
+        """The site's SQLite store. The one place the demo chooses stores: one file per site, because
+        sites cannot share a store until the store is keyed by site (include/sites.py refuses it)."""
+        return DEMO / f"store_{self.name}.db"
+
+
+# Different seeds and sizes give different tickets; both sites draw from the same projects (ABC, OPS,
+# WEB), so both have an ABC-1: one key, two sites, two rows in two stores. Different time zones show
+# each site's JQL is written in its own account's zone. Pools of 3 and 2 slots within parallelism 4:
+# neither site's Jira tasks can take every worker from the other.
+DEMO_SITES = (
+    DemoSite("acme", 300, 1, "Europe/Berlin", JIRA_CONN_ID, IMAP_CONN_ID, STORE_CONN_ID, 3),
+    DemoSite("globex", 200, 2, "America/New_York", "jira_globex", "imap_globex", "jira_store_globex", 2),
+)
 # Two cores: four LocalExecutor workers keep the scheduler and the api-server responsive.
 PARALLELISM = 4
 # The order `stop` ends them in: producers first, so nothing writes into a service that is going away.
 # PostgreSQL last: Airflow writes into it until it has stopped.
-SERVICES = ("activity", "airflow", "jira-standin", "dovecot", "postgres")
+SERVICES = (
+    *(f"activity-{site.name}" for site in DEMO_SITES),
+    "airflow",
+    *(f"jira-{site.name}" for site in DEMO_SITES),
+    "dovecot",
+    "postgres",
+)
 
 READY_TIMEOUT_S = float(os.environ.get("DEMO_READY_TIMEOUT", "240"))
 SERVICE_START_TIMEOUT_S = 20.0
@@ -251,8 +300,8 @@ def _remove_demo_dir() -> None:
     shutil.rmtree(DEMO)
 
 
-def _start_dovecot(env: dict[str, str]) -> dict[str, Any]:
-    """Dovecot with one account, started as the tests start it, living in .demo/dovecot."""
+def _start_dovecot(env: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Dovecot with one account per site, started as the tests start it, living in .demo/dovecot."""
     from devkit.dovecot import DOVECOT_BINARY, DovecotStartError, start_dovecot
 
     if not os.access(DOVECOT_BINARY, os.X_OK):
@@ -267,8 +316,17 @@ def _start_dovecot(env: dict[str, str]) -> dict[str, Any]:
     except DovecotStartError as exc:
         raise DemoError(f"Dovecot did not start (see .demo/logs/dovecot.log): {exc}") from exc
     _record("dovecot", server.process)
-    account = server.create_account()
-    return {"host": server.host, "port": server.port, "login": account.user, "password": account.password}
+    mailboxes = {}
+    for site in DEMO_SITES:
+        account = server.create_account()
+        mailboxes[site.name] = {
+            "host": server.host,
+            "port": server.port,
+            "login": account.user,
+            "password": account.password,
+            "mailbox": "INBOX",
+        }
+    return mailboxes
 
 
 def _start_postgres() -> dict[str, Any]:
@@ -303,11 +361,12 @@ def _metadata_url(postgres: dict[str, Any]) -> str:
     return f"postgresql+psycopg://{credentials}@{postgres['host']}:{postgres['port']}/{postgres['dbname']}"
 
 
-def _start_jira_standin(env: dict[str, str], anchor: datetime) -> dict[str, Any]:
+def _spawn_jira_standin(site: DemoSite, env: dict[str, str], anchor: datetime) -> dict[str, Any]:
+    """Start the site's stand-in with its generated tickets; returns what `_wait_for_jira` needs."""
     port = free_port()
     token = secrets.token_urlsafe(24)
     process = _spawn(
-        "jira-standin",
+        f"jira-{site.name}",
         [
             sys.executable,
             "-m",
@@ -319,49 +378,114 @@ def _start_jira_standin(env: dict[str, str], anchor: datetime) -> dict[str, Any]
             "--email",
             JIRA_EMAIL,
             "--time-zone",
-            JIRA_TIME_ZONE,
+            site.time_zone,
             "--demo-issues",
-            str(DEMO_ISSUES),
+            str(site.issues),
             "--seed",
-            str(DEMO_SEED),
+            str(site.seed),
             "--anchor",
             anchor.isoformat(),
         ],
         {**env, "PYTHONPATH": str(REPO), "JIRA_STANDIN_API_TOKEN": token},
     )
-    url = f"http://{LOOPBACK}:{port}"
+    return {
+        "url": f"http://{LOOPBACK}:{port}",
+        "email": JIRA_EMAIL,
+        "api_token": token,
+        "time_zone": site.time_zone,
+        "demo_issues": site.issues,
+        "seed": site.seed,
+        "anchor": anchor.isoformat(),
+        "_process": process,
+    }
+
+
+def _wait_for_jira(site: DemoSite, jira: dict[str, Any]) -> dict[str, Any]:
+    """Wait until the site's stand-in answers `myself`; returns its state entry (without the process)."""
     import requests
 
+    process = jira.pop("_process")
+    log = f".demo/logs/jira-{site.name}.log"
     deadline = time.monotonic() + SERVICE_START_TIMEOUT_S
     while True:
         if process.poll() is not None:
-            raise DemoError("The Jira stand-in exited: see .demo/logs/jira-standin.log")
+            raise DemoError(f"The Jira stand-in of {site.name} exited: see {log}")
         with contextlib.suppress(requests.RequestException):
             myself = requests.get(
-                f"{url}/rest/api/3/myself", auth=(JIRA_EMAIL, token), timeout=HTTP_TIMEOUT_S
+                f"{jira['url']}/rest/api/3/myself",
+                auth=(jira["email"], jira["api_token"]),
+                timeout=HTTP_TIMEOUT_S,
             )
             if myself.status_code == 200:
-                break
+                return jira
         if time.monotonic() > deadline:
-            raise DemoError(f"The Jira stand-in did not answer on {url}: see .demo/logs/jira-standin.log")
+            raise DemoError(f"The Jira stand-in of {site.name} did not answer on {jira['url']}: see {log}")
         time.sleep(0.1)
+
+
+# ------------------------------------------------------------------------------------------ the sites
+
+
+def sites_file_data(stores: dict[str, str] | None = None) -> dict[str, Any]:
+    """The demo's sites file: each site's connections, pool and one mailbox (the account's INBOX).
+
+    The inbox mode and trusted senders are left to their defaults: `[jira_mail_sync] inbox_mode`
+    (idle, below) and `jira@<host of the site's Jira connection>`, the sender the activity generator
+    mails from.
+    """
     return {
-        "url": url,
-        "email": JIRA_EMAIL,
-        "api_token": token,
-        "time_zone": JIRA_TIME_ZONE,
-        "demo_issues": DEMO_ISSUES,
-        "seed": DEMO_SEED,
-        "anchor": anchor.isoformat(),
+        "sites": [
+            {
+                "name": site.name,
+                "jira_conn_id": site.jira_conn_id,
+                "store_conn_id": site.store_conn_id,
+                "pool_slots": site.pool_slots,
+                "mailboxes": [{"imap_conn_id": site.imap_conn_id, "mailbox": "INBOX"}],
+            }
+            for site in DEMO_SITES
+        ]
     }
+
+
+def write_sites_file(path: Path = SITES_FILE) -> tuple[Any, ...]:
+    """Write the sites file and read it back as the DAG files will; returns its include.sites.Site list.
+
+    Read back through include/sites.py (the schema and its rules), so a mistake here fails the start
+    at once, naming the entry and the field, instead of as an import error in the UI.
+    """
+    import yaml
+
+    from include.sites import SitesFileError, load_sites_file
+
+    header = "# Written by `make demo` (scripts/demo.py); read by dags/jira_sites.py.\n"
+    path.write_text(header + yaml.safe_dump(sites_file_data(), sort_keys=False))
+    try:
+        return load_sites_file(path)
+    except SitesFileError as exc:
+        raise DemoError(f"The demo's sites file is wrong: {exc}") from exc
+
+
+def _site_state(state: dict[str, Any], site: DemoSite) -> dict[str, Any]:
+    return state["sites"][site.name]
+
+
+def site_dag_ids(state: dict[str, Any]) -> list[str]:
+    """Every site's sweep and inbox DAG ids, as the state file records them."""
+    return [
+        dag_id
+        for site in DEMO_SITES
+        for dag_id in (_site_state(state, site)["sweep_dag_id"], *_site_state(state, site)["inbox_dag_ids"])
+    ]
 
 
 def _airflow_env(env: dict[str, str], state: dict[str, Any]) -> dict[str, str]:
     api = state["airflow"]
     venv_bin = str(Path(sys.executable).parent)
-    jira, imap = state["jira"], state["imap"]
-    connections = {
-        IMAP_CONN_ID: {
+    connections: dict[str, dict[str, Any]] = {}
+    for site in DEMO_SITES:
+        entry = _site_state(state, site)
+        jira, imap = entry["jira"], entry["imap"]
+        connections[site.imap_conn_id] = {
             "conn_type": "imap",
             "host": imap["host"],
             "port": imap["port"],
@@ -369,15 +493,14 @@ def _airflow_env(env: dict[str, str], state: dict[str, Any]) -> dict[str, str]:
             "password": imap["password"],
             # Plain IMAP, on loopback only, so said explicitly; a real mailbox takes IMAPS on 993.
             "extra": {"use_ssl": False, "allow_insecure_transport": True},
-        },
-        JIRA_CONN_ID: {
+        }
+        connections[site.jira_conn_id] = {
             "conn_type": "jira",
             "host": jira["url"],
             "login": jira["email"],
             "password": jira["api_token"],
-        },
-        STORE_CONN_ID: {"conn_type": "sqlite", "host": str(STORE)},
-    }
+        }
+        connections[site.store_conn_id] = {"conn_type": "sqlite", "host": entry["store"]}
     return airflow_env(
         env,
         home=AIRFLOW_HOME,
@@ -397,6 +520,8 @@ def _airflow_env(env: dict[str, str], state: dict[str, Any]) -> dict[str, str]:
             # Spelled out although it is the default: the demo shows the IMAP IDLE watcher, which
             # runs in the triggerer that `airflow standalone` starts.
             "AIRFLOW__JIRA_MAIL_SYNC__INBOX_MODE": "idle",
+            # Two sites from one file: jira_sites.py builds their DAGs, the plain DAG files none.
+            "AIRFLOW__JIRA_MAIL_SYNC__SITES_FILE": state["sites_file"],
             # As in docker-compose.yaml: each task of a run is scheduled sooner after the one before.
             "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": SCHEDULER_IDLE_SLEEP_S,
         },
@@ -412,7 +537,7 @@ def _rest(state: dict[str, Any]):
 
 
 def readiness(state: dict[str, Any]) -> tuple[bool, str]:
-    """Whether the api-server answers, every component is healthy and both DAGs are parsed, and why not."""
+    """Whether the api-server answers, every component is healthy and every site's DAGs parsed; why not."""
     from devkit.airflow_rest import AirflowRestError
 
     with _rest(state) as rest:
@@ -429,7 +554,7 @@ def readiness(state: dict[str, Any]) -> tuple[bool, str]:
         except OSError as exc:
             return False, f"the api-server dropped a request ({exc})"
         try:
-            missing = [dag for dag in DAG_IDS if not rest.has_dag(dag)]
+            missing = [dag for dag in site_dag_ids(state) if not rest.has_dag(dag)]
             if missing:
                 errors = rest.import_errors()
                 if errors:
@@ -467,27 +592,37 @@ def _wait_until_ready(state: dict[str, Any], airflow: subprocess.Popen[bytes], l
         time.sleep(1.0)
 
 
-def _set_up_airflow(state: dict[str, Any]) -> str:
-    """Create the pool, unpause both DAGs and trigger the initial-load sweep; returns its run id."""
+def _set_up_airflow(state: dict[str, Any]) -> dict[str, str]:
+    """Create each site's pool, unpause its DAGs and trigger its initial-load sweep; run id by site."""
     from devkit.airflow_rest import AirflowRestError
 
     now = datetime.now(UTC).replace(microsecond=0)
-    # The demo site's tickets were updated over the 14 days before the anchor: one sweep loads them all,
-    # as a first backfill would; from then on the inbox keeps the store current.
-    since = datetime.fromisoformat(state["jira"]["anchor"]) - timedelta(days=15)
+    run_ids = {}
     try:
         with _rest(state) as rest:
-            rest.set_pool(JIRA_API_POOL, JIRA_POOL_SLOTS, "Concurrent Jira REST requests")
-            for dag_id in DAG_IDS:
-                rest.set_paused(dag_id, False)
-            return rest.trigger(
-                "jira_sweep",
-                {"since": since.isoformat(), "until": now.isoformat()},
-                dag_run_id=f"demo_initial_load__{now:%Y%m%dT%H%M%S}",
-                note="Initial load triggered by `make demo`: every ticket of the demo site.",
-            )
+            for site in DEMO_SITES:
+                entry = _site_state(state, site)
+                # The size the sites file gives the pool (what check_connections --create-pools sets).
+                pool = entry["pool"]
+                rest.set_pool(
+                    pool["name"], pool["slots"], f"Concurrent Jira REST requests of site {site.name}"
+                )
+                for dag_id in (entry["sweep_dag_id"], *entry["inbox_dag_ids"]):
+                    rest.set_paused(dag_id, False)
+            for site in DEMO_SITES:
+                entry = _site_state(state, site)
+                # The site's tickets were updated over the 14 days before the anchor: one sweep loads
+                # them all, as a first backfill would; from then on the inbox keeps the store current.
+                since = datetime.fromisoformat(entry["jira"]["anchor"]) - timedelta(days=15)
+                run_ids[site.name] = rest.trigger(
+                    entry["sweep_dag_id"],
+                    {"since": since.isoformat(), "until": now.isoformat()},
+                    dag_run_id=f"demo_initial_load__{now:%Y%m%dT%H%M%S}",
+                    note=f"Initial load triggered by `make demo`: every ticket of the demo site {site.name}.",
+                )
     except AirflowRestError as exc:
         raise DemoError(f"Setting up Airflow failed: {exc}") from exc
+    return run_ids
 
 
 def start() -> int:
@@ -510,19 +645,40 @@ def start() -> int:
     started_at = datetime.now(UTC)
     env = _base_env()
     try:
-        print("Starting Dovecot (IMAP) …", flush=True)
+        names = ", ".join(site.name for site in DEMO_SITES)
+        # Spawned first: they generate their tickets while Dovecot and PostgreSQL start.
+        print(f"Starting a Jira stand-in per site ({names}) …", flush=True)
+        anchor = started_at.replace(second=0, microsecond=0)
+        standins = {site.name: _spawn_jira_standin(site, env, anchor) for site in DEMO_SITES}
+        print("Starting Dovecot (IMAP, a mailbox account per site) …", flush=True)
         imap = _start_dovecot(env)
         print("Starting PostgreSQL (Airflow's metadata database) …", flush=True)
         postgres = _start_postgres()
-        print("Starting the Jira stand-in …", flush=True)
-        jira = _start_jira_standin(env, started_at.replace(second=0, microsecond=0))
+        jira = {site.name: _wait_for_jira(site, standins[site.name]) for site in DEMO_SITES}
+        configured = {site.name: site for site in write_sites_file()}
+        sites: dict[str, Any] = {}
+        for site in DEMO_SITES:
+            parsed = configured[site.name]
+            sites[site.name] = {
+                "name": site.name,
+                "jira": jira[site.name],
+                "imap": imap[site.name],
+                "store": str(site.store_path),
+                "connections": {
+                    "jira": site.jira_conn_id,
+                    "imap": site.imap_conn_id,
+                    "store": site.store_conn_id,
+                },
+                "pool": {"name": parsed.pool, "slots": parsed.pool_slots},
+                "sweep_dag_id": parsed.sweep_dag_id(),
+                "inbox_dag_ids": [parsed.inbox_dag_id(mailbox) for mailbox in parsed.mailboxes],
+            }
         api_port = _api_port()
         state: dict[str, Any] = {
             "started_at": started_at.isoformat(),
-            "imap": imap,
             "postgres": postgres,
-            "jira": jira,
-            "store": str(STORE),
+            "sites_file": str(SITES_FILE),
+            "sites": sites,
             "airflow": {
                 "url": f"http://{LOOPBACK}:{api_port}",
                 "port": api_port,
@@ -540,12 +696,20 @@ def start() -> int:
             AIRFLOW_HOME / "simple_auth_manager_passwords.json.generated",
             json.dumps({ADMIN_USER: state["airflow"]["password"]}) + "\n",
         )
-        print("Starting the activity generator …", flush=True)
-        _spawn(
-            "activity",
-            [sys.executable, str(REPO / "scripts" / "activity.py"), "--state", str(STATE)],
-            {**env, "PYTHONPATH": str(REPO)},
-        )
+        print("Starting an activity generator per site …", flush=True)
+        for site in DEMO_SITES:
+            _spawn(
+                f"activity-{site.name}",
+                [
+                    sys.executable,
+                    str(REPO / "scripts" / "activity.py"),
+                    "--state",
+                    str(STATE),
+                    "--site",
+                    site.name,
+                ],
+                {**env, "PYTHONPATH": str(REPO)},
+            )
         print(
             f"Starting airflow standalone on {state['airflow']['url']} (up to {READY_TIMEOUT_S:.0f} s) …",
             flush=True,
@@ -555,7 +719,7 @@ def start() -> int:
             "airflow", [str(Path(sys.executable).parent / "airflow"), "standalone"], _airflow_env(env, state)
         )
         ready_after = _wait_until_ready(state, airflow, launched)
-        run_id = _set_up_airflow(state)
+        run_ids = _set_up_airflow(state)
     except BaseException:
         print("Start failed; stopping what was started (logs stay in .demo/logs/).", file=sys.stderr)
         stop(quiet=True)
@@ -563,9 +727,12 @@ def start() -> int:
     state["ready_after_s"] = round(ready_after, 1)
     state["start_took_s"] = round(time.monotonic() - began, 1)
     _write_private(STATE, json.dumps(state, indent=2) + "\n")
+    triggered = ", ".join(
+        f"{_site_state(state, site)['sweep_dag_id']} run {run_ids[site.name]}" for site in DEMO_SITES
+    )
     print(
         f"\nAirflow was ready {ready_after:.0f} s after launch"
-        f" ({state['start_took_s']:.0f} s for the whole start). Triggered jira_sweep run {run_id}.\n"
+        f" ({state['start_took_s']:.0f} s for the whole start). Triggered {triggered}.\n"
     )
     print(info_text(state))
     return 0
@@ -574,20 +741,55 @@ def start() -> int:
 # ------------------------------------------------------------------------------------------ reporting
 
 
-def store_counts(path: Path = STORE) -> dict[str, int]:
-    """Rows of jira_ticket by source; empty while the store does not exist yet."""
+def _read_store(path: Path, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of a read-only query; none while the store or its table does not exist yet."""
     if not path.exists():
-        return {}
+        return []
     try:
         with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as conn:
-            rows = conn.execute(f"SELECT source, count(*) FROM {TICKET_TABLE} GROUP BY source").fetchall()
+            return conn.execute(sql).fetchall()
     except sqlite3.OperationalError:
-        return {}
-    return {source: count for source, count in rows}
+        return []
+
+
+def store_counts(path: Path) -> dict[str, int]:
+    """Rows of jira_ticket by source (inbox, sweep) in one site's store."""
+    return dict(_read_store(path, f"SELECT source, count(*) FROM {TICKET_TABLE} GROUP BY source"))
+
+
+def ledger_counts(path: Path, mailbox: str) -> dict[str, int]:
+    """Rows of the mail ledger by state (settled, rejected, ...) for one mailbox of one site's store."""
+    quoted = mailbox.replace("'", "''")
+    return dict(
+        _read_store(
+            path, f"SELECT state, count(*) FROM {MAIL_LEDGER_TABLE} WHERE mailbox = '{quoted}' GROUP BY state"
+        )
+    )
+
+
+def site_progress(state: dict[str, Any]) -> list[tuple[str, bool, str]]:
+    """Per site: (name, settled, what it shows). Settled: rows from both DAGs and settled mail.
+
+    Each site is read from its own store, so a sweep or mail that landed under the wrong site leaves
+    the right one short and the check failing.
+    """
+    found = []
+    for site in DEMO_SITES:
+        entry = _site_state(state, site)
+        store, mailbox = Path(entry["store"]), entry["imap"]["mailbox"]
+        tickets, ledger = store_counts(store), ledger_counts(store, mailbox)
+        inbox, sweep, settled = tickets.get("inbox", 0), tickets.get("sweep", 0), ledger.get("settled", 0)
+        shown = (
+            f"{site.name}: {inbox} ticket(s) from {', '.join(entry['inbox_dag_ids'])}, {sweep} from "
+            f"{entry['sweep_dag_id']}; {settled} settled mail in {mailbox}"
+            f" ({ledger.get('rejected', 0)} rejected)"
+        )
+        found.append((site.name, inbox > 0 and sweep > 0 and settled > 0, shown))
+    return found
 
 
 def check(wait_s: float) -> int:
-    """Exit 0 once the demo is ready and the store holds rows from both DAGs; 1 if not within wait_s."""
+    """Exit 0 once the demo is ready and every site has settled (site_progress); 1 if not within wait_s."""
     state = _load_state()
     started = datetime.fromisoformat(state["started_at"])
     deadline = time.monotonic() + wait_s
@@ -596,16 +798,25 @@ def check(wait_s: float) -> int:
             ready, why = readiness(state)
         except DemoError as exc:
             ready, why = False, str(exc)
-        counts = store_counts()
+        progress = site_progress(state)
         since_start = (datetime.now(UTC) - started).total_seconds()
-        stored = f"store: {counts.get('inbox', 0)} from jira_inbox, {counts.get('sweep', 0)} from jira_sweep"
-        if ready and counts.get("inbox", 0) > 0 and counts.get("sweep", 0) > 0:
-            print(f"OK: Airflow ready, both DAGs parsed; {stored} ({since_start:.0f} s after start).")
+        shown = "; ".join(text for _, _, text in progress)
+        if ready and all(ok for _, ok, _ in progress):
+            print(f"OK: Airflow ready, every site's DAGs parsed; {shown} ({since_start:.0f} s after start).")
             return 0
         if time.monotonic() >= deadline:
-            print(f"NOT OK: {'Airflow ready' if ready else why}; {stored} ({since_start:.0f} s after start).")
+            waiting = ", ".join(name for name, ok, _ in progress if not ok) or "none"
+            print(
+                f"NOT OK: {'Airflow ready' if ready else why}; sites not settled: {waiting}; {shown}"
+                f" ({since_start:.0f} s after start)."
+            )
             return 1
         time.sleep(5)
+
+
+def _store_shown(state: dict[str, Any], site: DemoSite) -> Path:
+    """The site's store as a path from the repository, as the printed commands use it."""
+    return Path(_site_state(state, site)["store"]).relative_to(REPO)
 
 
 STORE_QUERY = f"select key, status, assignee_email, progress, source from {TICKET_TABLE}"
@@ -613,36 +824,59 @@ STORE_QUERY = f"select key, status, assignee_email, progress, source from {TICKE
 
 def info_text(state: dict[str, Any]) -> str:
     """What `start` prints once everything is up: addresses, logins and commands to try."""
-    api, imap, jira = state["airflow"], state["imap"], state["jira"]
+    api = state["airflow"]
     url, user, password = api["url"], api["user"], api["password"]
     py = ".venv/bin/python"
-    python_query = (
-        f"{py} -c \"import sqlite3; [print(r) for r in sqlite3.connect('.demo/store.db')"
-        f".execute('{STORE_QUERY} order by updated_at desc limit 20')]\""
-    )
     login_body = json.dumps({"username": user, "password": password})
     read_token = f"{py} -c 'import json,sys; print(json.load(sys.stdin)[\"access_token\"])'"
     lines = [
         "jira-mail-sync demo is running (state and logs in .demo/)",
         "",
         f"  Airflow UI     {url}   login: {user} / {password}",
-        f"  Jira stand-in  {jira['url']}   ({jira['demo_issues']} demo tickets in ABC, OPS, WEB;"
-        f" time zone {jira['time_zone']})",
-        f"  IMAP mailbox   {imap['host']}:{imap['port']}   login: {imap['login']} / {imap['password']}",
-        "  Activity       every minute a few tickets change and their Jira mail arrives"
-        " (.demo/logs/activity.log)",
-        "  Inbox mode     idle: the triggerer's IMAP IDLE watcher starts jira_inbox within seconds of"
-        " new mail (runs of type asset_triggered; the asset jira_unseen_mail under Assets)",
+        f"  Sites file     {Path(state['sites_file']).relative_to(REPO)}"
+        f"   ({len(DEMO_SITES)} sites: {', '.join(site.name for site in DEMO_SITES)})",
+        "  Activity       every minute a few tickets of each site change and their Jira mail arrives"
+        " in the site's mailbox (.demo/logs/activity-<site>.log)",
+        "  Inbox mode     idle: the triggerer runs one IMAP IDLE watcher per mailbox, which starts that"
+        " mailbox's inbox DAG within seconds of new mail (asset jira_unseen_mail__<site>__<mailbox>)",
+    ]
+    for site in DEMO_SITES:
+        entry = _site_state(state, site)
+        jira, imap, conns = entry["jira"], entry["imap"], entry["connections"]
+        store = _store_shown(state, site)
+        lines += [
+            "",
+            f"Site {site.name}:",
+            f"  DAGs           {entry['sweep_dag_id']} (sweep, pool {entry['pool']['name']}"
+            f" with {entry['pool']['slots']} slots), {', '.join(entry['inbox_dag_ids'])} (inbox)",
+            f"  Jira stand-in  {jira['url']}   ({jira['demo_issues']} demo tickets in ABC, OPS, WEB;"
+            f" time zone {jira['time_zone']}; connection {conns['jira']})",
+            f"  IMAP mailbox   {imap['host']}:{imap['port']} {imap['mailbox']}   login: {imap['login']} /"
+            f" {imap['password']}   (connection {conns['imap']})",
+            f"  Store          {store}   (connection {conns['store']})",
+            f"                 {py} -c \"import sqlite3; [print(r) for r in sqlite3.connect('{store}')"
+            f".execute('{STORE_QUERY} order by updated_at desc limit 20')]\"",
+        ]
+    first = DEMO_SITES[0]
+    first_store = _store_shown(state, first)
+    lines += [
         "",
-        "The store (connection jira_store = .demo/store.db):",
-        f"  sqlite3 .demo/store.db '{STORE_QUERY}'",
-        f"  {python_query}",
+        "The same key on both sites is two rows, one in each site's store:",
+        *(
+            f"  {py} -c \"import sqlite3; print(sqlite3.connect('{_store_shown(state, site)}')"
+            f".execute('{STORE_QUERY} where key = ?', ('ABC-1',)).fetchall())\""
+            for site in DEMO_SITES
+        ),
         "",
-        "The REST channel (an Airflow token, then the seed's ticket lookup):",
+        f"The REST ticket lookup (an Airflow token, then a key; it answers from the {first.store_conn_id}"
+        f" connection, {first.name}'s store {first_store}):",
         f"  TOKEN=$(curl -s -X POST {url}/auth/token -H 'Content-Type: application/json' \\",
         f"          -d '{login_body}' | {read_token})",
         f'  curl -s -X POST {url}/jira-mail-sync/ticket -H "Authorization: Bearer $TOKEN"'
         """ -d '{"key": "OPS-1"}'""",
+        "",
+        f'The status page: "Jira sync" in the UI\'s navigation ({url}/plugin/jira-sync);',
+        f'  as JSON: curl -s {url}/jira-mail-sync/status -H "Authorization: Bearer $TOKEN"',
         "",
         "Check it:  bash scripts/demo.sh check --wait 180",
         "Again:     bash scripts/demo.sh info",
@@ -656,7 +890,9 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("start", help="start everything and wait until it is ready")
     commands.add_parser("stop", help="stop every process the demo started")
-    check_parser = commands.add_parser("check", help="exit 0 if ready and the store has rows from both DAGs")
+    check_parser = commands.add_parser(
+        "check", help="exit 0 if ready and every site's store has rows from both its DAGs and settled mail"
+    )
     check_parser.add_argument("--wait", type=float, default=0.0, help="keep trying this many seconds")
     commands.add_parser("info", help="print the addresses and logins again")
     args = parser.parse_args(argv)

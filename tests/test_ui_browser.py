@@ -137,6 +137,23 @@ def demo() -> Iterator[dict[str, Any]]:
             subprocess.run(["bash", str(DEMO_SH), "stop"], cwd=REPO, env=env, timeout=180, check=False)
 
 
+# --- the two-site demo (scripts/demo.py DEMO_SITES): which site's DAGs, mailbox and store a test uses
+
+
+def _sites(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every demo site's entry of the state file: jira, imap, store, sweep_dag_id, inbox_dag_ids."""
+    return state["sites"]
+
+
+def _first(state: dict[str, Any]) -> dict[str, Any]:
+    """The first site: it has the plain connection ids (jira_store, imap_default) the page reads."""
+    return next(iter(_sites(state).values()))
+
+
+def _inbox_dag(site: dict[str, Any]) -> str:
+    return site["inbox_dag_ids"][0]
+
+
 def _demo_status_ok() -> bool:
     try:
         state = json.loads(STATE.read_text())
@@ -253,7 +270,7 @@ def _keys_in_label(label: str) -> list[str]:
 
 
 def _mailed_keys(state: dict[str, Any]) -> set[str]:
-    """Keys named by mail in the demo mailbox from the sender jira_inbox trusts (jira@<Jira host>)."""
+    """Keys named by mail in a site's mailbox (`state`: the site's entry) from jira@<its Jira host>."""
     imap = state["imap"]
     trusted = f"jira@{urlsplit(state['jira']['url']).hostname}"
     client = imaplib.IMAP4(imap["host"], int(imap["port"]), timeout=15)
@@ -297,18 +314,18 @@ def _mapped_labels(api: _Api, dag_id: str, run_id: str) -> list[str]:
     return [ti["rendered_map_index"] for ti in mapped["task_instances"]]
 
 
-def _latest_inbox_run_with_fetches(api: _Api) -> str:
+def _latest_inbox_run_with_fetches(api: _Api, dag_id: str) -> str:
     deadline = time.monotonic() + MAPPED_FETCH_TIMEOUT_S
     while True:
         found = api.get(
-            "/api/v2/dags/jira_inbox/dagRuns/~/taskInstances"
+            f"/api/v2/dags/{dag_id}/dagRuns/~/taskInstances"
             "?task_id=fetch_tickets&state=success&order_by=-start_date&limit=1"
         )["task_instances"]
         if found:
             return found[0]["dag_run_id"]
         if time.monotonic() > deadline:
             pytest.fail(
-                f"No jira_inbox run fetched any ticket within {MAPPED_FETCH_TIMEOUT_S} s of the demo's start",
+                f"No {dag_id} run fetched any ticket within {MAPPED_FETCH_TIMEOUT_S} s of the demo's start",
                 pytrace=False,
             )
         time.sleep(5)
@@ -321,7 +338,11 @@ def test_admin_signs_in_with_the_printed_password_and_sees_both_dags(
     signed_in: Any, demo: dict[str, Any]
 ) -> None:
     signed_in.get(f"{demo['airflow']['url']}/dags")
-    _wait_for_texts(signed_in, ["jira_inbox", "jira_sweep"])
+    dag_ids = [
+        dag for site in _sites(demo).values() for dag in (site["sweep_dag_id"], *site["inbox_dag_ids"])
+    ]
+    assert len(dag_ids) == 4, dag_ids  # two sites, each a sweep and one inbox
+    _wait_for_texts(signed_in, dag_ids)
     assert "/auth/login" not in signed_in.current_url
     _screenshot(signed_in, "dags.png")
 
@@ -329,58 +350,74 @@ def test_admin_signs_in_with_the_printed_password_and_sees_both_dags(
 def test_inbox_fetches_are_labelled_with_the_jira_keys_from_the_mail(
     signed_in: Any, demo: dict[str, Any], api: _Api
 ) -> None:
-    run_id = _latest_inbox_run_with_fetches(api)
-    labels = _mapped_labels(api, "jira_inbox", run_id)
-    assert labels and all(labels), f"fetch_tickets of {run_id} has unlabelled instances: {labels}"
-    mailed = _mailed_keys(demo)
-    for label in labels:
-        keys = _keys_in_label(label)
-        assert keys, f"the label {label!r} names no Jira key"
-        assert set(keys) <= mailed, (
-            f"{label!r} names keys that no trusted Jira mail named (mailed: {sorted(mailed)})"
-        )
+    # Each site's inbox fetches only keys mailed to that site's mailbox: mail lands under its own site.
+    for name, site in _sites(demo).items():
+        inbox = _inbox_dag(site)
+        run_id = _latest_inbox_run_with_fetches(api, inbox)
+        labels = _mapped_labels(api, inbox, run_id)
+        assert labels and all(labels), f"fetch_tickets of {inbox} {run_id} has unlabelled instances: {labels}"
+        mailed = _mailed_keys(site)
+        for label in labels:
+            keys = _keys_in_label(label)
+            assert keys, f"the label {label!r} names no Jira key"
+            assert set(keys) <= mailed, (
+                f"{inbox}: {label!r} names keys that no trusted Jira mail to {name}'s mailbox named"
+                f" (mailed: {sorted(mailed)})"
+            )
+        if site is _first(demo):
+            first_inbox, first_run, first_labels = inbox, run_id, labels
 
-    tasks = [task["task_id"] for task in api.get("/api/v2/dags/jira_inbox/tasks")["tasks"]]
-    signed_in.get(f"{demo['airflow']['url']}/dags/jira_inbox")
-    _wait_for_texts(signed_in, ["jira_inbox", *tasks])
+    tasks = [task["task_id"] for task in api.get(f"/api/v2/dags/{first_inbox}/tasks")["tasks"]]
+    signed_in.get(f"{demo['airflow']['url']}/dags/{first_inbox}")
+    _wait_for_texts(signed_in, [first_inbox, *tasks])
     _screenshot(signed_in, "jira_inbox.png")
 
     signed_in.get(
-        f"{demo['airflow']['url']}/dags/jira_inbox/runs/{quote(run_id, safe='')}/tasks/fetch_tickets/mapped"
+        f"{demo['airflow']['url']}/dags/{first_inbox}/runs/{quote(first_run, safe='')}"
+        "/tasks/fetch_tickets/mapped"
     )
-    _wait_for_texts(signed_in, ["Map Index", *labels])
+    _wait_for_texts(signed_in, ["Map Index", *first_labels])
     _screenshot(signed_in, "jira_inbox_fetch_tickets.png")
 
 
 def test_sweep_batches_are_labelled_with_their_first_and_last_key(
     signed_in: Any, demo: dict[str, Any], api: _Api
 ) -> None:
-    runs = api.get("/api/v2/dags/jira_sweep/dagRuns?run_type=manual&order_by=start_date&limit=1")["dag_runs"]
-    assert runs, "scripts/demo.sh start must have triggered the initial-load jira_sweep run"
-    run_id = runs[0]["dag_run_id"]
-    deadline = time.monotonic() + MAPPED_FETCH_TIMEOUT_S
-    while api.get(f"/api/v2/dags/jira_sweep/dagRuns/{quote(run_id, safe='')}")["state"] != "success":
-        assert time.monotonic() < deadline, f"jira_sweep run {run_id} did not succeed in time"
-        time.sleep(5)
-    batches = api.get(
-        f"/api/v2/dags/jira_sweep/dagRuns/{quote(run_id, safe='')}/taskInstances/list_changed_keys"
-        "/xcomEntries/return_value?deserialize=true"
-    )["value"]
-    # One mapped fetch per bulk request of up to 1000 issues (the demo fetches no multi-valued field).
-    total = sum(len(batch) for batch in batches)
-    assert total >= 300, f"the initial load should take the demo site's 300 tickets, got {total}"
-    assert len(batches) == -(-total // BULK_FETCH_LIMIT_PLAIN_FIELDS), [len(batch) for batch in batches]
-    labels = _mapped_labels(api, "jira_sweep", run_id)
-    for batch, label in zip(batches, labels, strict=True):
-        assert label.startswith(batch[0]) and batch[-1] in label and f"({len(batch)} keys)" in label, (
-            f"{label!r} does not describe a batch of {len(batch)} keys from {batch[0]} to {batch[-1]}"
-        )
-        assert _jira_has(demo, batch[0]) and _jira_has(demo, batch[-1])
+    # Each site's initial load takes that site's tickets, checked against that site's own Jira.
+    for name, site in _sites(demo).items():
+        sweep = site["sweep_dag_id"]
+        runs = api.get(f"/api/v2/dags/{sweep}/dagRuns?run_type=manual&order_by=start_date&limit=1")[
+            "dag_runs"
+        ]
+        assert runs, f"scripts/demo.sh start must have triggered the initial-load {sweep} run"
+        run_id = runs[0]["dag_run_id"]
+        deadline = time.monotonic() + MAPPED_FETCH_TIMEOUT_S
+        while api.get(f"/api/v2/dags/{sweep}/dagRuns/{quote(run_id, safe='')}")["state"] != "success":
+            assert time.monotonic() < deadline, f"{sweep} run {run_id} did not succeed in time"
+            time.sleep(5)
+        batches = api.get(
+            f"/api/v2/dags/{sweep}/dagRuns/{quote(run_id, safe='')}/taskInstances/list_changed_keys"
+            "/xcomEntries/return_value?deserialize=true"
+        )["value"]
+        # One mapped fetch per bulk request of up to 1000 issues (the demo fetches no multi-valued field).
+        total = sum(len(batch) for batch in batches)
+        expected = site["jira"]["demo_issues"]
+        assert total >= expected, f"the initial load should take {name}'s {expected} tickets, got {total}"
+        assert len(batches) == -(-total // BULK_FETCH_LIMIT_PLAIN_FIELDS), [len(batch) for batch in batches]
+        labels = _mapped_labels(api, sweep, run_id)
+        for batch, label in zip(batches, labels, strict=True):
+            assert label.startswith(batch[0]) and batch[-1] in label and f"({len(batch)} keys)" in label, (
+                f"{label!r} does not describe a batch of {len(batch)} keys from {batch[0]} to {batch[-1]}"
+            )
+            assert _jira_has(site, batch[0]) and _jira_has(site, batch[-1])
+        if site is _first(demo):
+            first_sweep, first_run, first_labels = sweep, run_id, labels
 
     signed_in.get(
-        f"{demo['airflow']['url']}/dags/jira_sweep/runs/{quote(run_id, safe='')}/tasks/fetch_tickets/mapped"
+        f"{demo['airflow']['url']}/dags/{first_sweep}/runs/{quote(first_run, safe='')}"
+        "/tasks/fetch_tickets/mapped"
     )
-    _wait_for_texts(signed_in, ["Map Index", *labels])
+    _wait_for_texts(signed_in, ["Map Index", *first_labels])
     _screenshot(signed_in, "jira_sweep_fetch_tickets.png")
 
 
@@ -392,7 +429,8 @@ def test_sweep_trigger_form_shows_every_param_with_its_title_and_description(
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
-    params = api.get("/api/v2/dags/jira_sweep/details")["params"]
+    sweep = _first(demo)["sweep_dag_id"]
+    params = api.get(f"/api/v2/dags/{sweep}/details")["params"]
     sections: dict[str, list[tuple[str, str]]] = {}
     for name, param in params.items():
         title = param["schema"].get("title") or name
@@ -401,8 +439,8 @@ def test_sweep_trigger_form_shows_every_param_with_its_title_and_description(
 
     signed_in.set_window_size(WINDOW[0], 1300)
     try:
-        signed_in.get(f"{demo['airflow']['url']}/dags/jira_sweep")
-        _wait_for_texts(signed_in, ["jira_sweep", "Trigger"])
+        signed_in.get(f"{demo['airflow']['url']}/dags/{sweep}")
+        _wait_for_texts(signed_in, [sweep, "Trigger"])
         WebDriverWait(signed_in, PAGE_TIMEOUT_S).until(
             lambda d: [b for b in d.find_elements(By.TAG_NAME, "button") if b.text.strip() == "Trigger"]
         )
@@ -410,7 +448,7 @@ def test_sweep_trigger_form_shows_every_param_with_its_title_and_description(
         dialog = WebDriverWait(signed_in, PAGE_TIMEOUT_S).until(
             lambda d: d.find_element(By.CSS_SELECTOR, "[data-scope=dialog][data-part=content]")
         )
-        _wait_for_texts(signed_in, ["jira_sweep", *[s for s in sections if s]], within=dialog)
+        _wait_for_texts(signed_in, [sweep, *[s for s in sections if s]], within=dialog)
         for section, fields in sections.items():
             if section:
                 # The form shows one section at a time: open this one.
@@ -429,7 +467,13 @@ def test_sweep_trigger_form_shows_every_param_with_its_title_and_description(
 # ------------------------------------------------------------------------------- the Jira sync page
 
 JIRA_SYNC_ROUTE = "/plugin/jira-sync"
-STORE = REPO / ".demo" / "store.db"
+
+
+def _store() -> Path:
+    """The first demo site's store: the page reads the plain connections (`jira_store`), which are its."""
+    return Path(_first(json.loads(STATE.read_text()))["store"])
+
+
 RUN_TIMEOUT_S = 300
 
 
@@ -441,7 +485,7 @@ def _store_figures() -> dict[str, Any]:
     from include.store_db import sqlite_timestamp
 
     since = sqlite_timestamp(datetime.now(UTC) - timedelta(hours=1))
-    with contextlib.closing(sqlite3.connect(f"file:{STORE}?mode=ro", uri=True, timeout=10)) as conn:
+    with contextlib.closing(sqlite3.connect(f"file:{_store()}?mode=ro", uri=True, timeout=10)) as conn:
         by_source = dict(conn.execute("SELECT source, count(*) FROM jira_ticket GROUP BY source").fetchall())
         (requests,) = conn.execute(
             "SELECT coalesce(sum(requests), 0) FROM jira_api_usage WHERE recorded_at >= ?", (since,)
@@ -494,7 +538,7 @@ def _wait_for_sweep_rows(timeout: float = MAPPED_FETCH_TIMEOUT_S) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            if STORE.exists() and _store_figures()["by_source"].get("sweep"):
+            if _store().exists() and _store_figures()["by_source"].get("sweep"):
                 return
         except sqlite3.OperationalError:
             pass  # no such table yet
@@ -593,13 +637,14 @@ def test_backfill_of_jira_sweep_created_from_the_ui_runs_to_success(
     now = datetime.now(UTC)
     start = (now - timedelta(hours=3)).replace(minute=0, second=0, microsecond=0)
     end = start + timedelta(minutes=45)
-    known = {b["id"] for b in api.get("/api/v2/backfills?dag_id=jira_sweep")["backfills"]}
+    sweep = _first(demo)["sweep_dag_id"]
+    known = {b["id"] for b in api.get(f"/api/v2/backfills?dag_id={sweep}")["backfills"]}
 
     signed_in.switch_to.default_content()
     signed_in.set_window_size(WINDOW[0], 1300)
     try:
-        signed_in.get(f"{demo['airflow']['url']}/dags/jira_sweep")
-        _wait_for_texts(signed_in, ["jira_sweep", "Trigger"])
+        signed_in.get(f"{demo['airflow']['url']}/dags/{sweep}")
+        _wait_for_texts(signed_in, [sweep, "Trigger"])
         _click_button(signed_in, signed_in, "Trigger")
         dialog = WebDriverWait(signed_in, PAGE_TIMEOUT_S).until(
             lambda d: d.find_element(By.CSS_SELECTOR, "[data-scope=dialog][data-part=content]")
@@ -623,7 +668,7 @@ def test_backfill_of_jira_sweep_created_from_the_ui_runs_to_success(
         deadline = time.monotonic() + PAGE_TIMEOUT_S
         while not (
             created := [
-                b for b in api.get("/api/v2/backfills?dag_id=jira_sweep")["backfills"] if b["id"] not in known
+                b for b in api.get(f"/api/v2/backfills?dag_id={sweep}")["backfills"] if b["id"] not in known
             ]
         ):
             assert time.monotonic() < deadline, (
@@ -636,7 +681,7 @@ def test_backfill_of_jira_sweep_created_from_the_ui_runs_to_success(
     assert datetime.fromisoformat(backfill["from_date"].replace("Z", "+00:00")) == start
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while True:
-        runs = api.get("/api/v2/dags/jira_sweep/dagRuns?run_type=backfill&limit=100")["dag_runs"]
+        runs = api.get(f"/api/v2/dags/{sweep}/dagRuns?run_type=backfill&limit=100")["dag_runs"]
         ours = [
             r
             for r in runs
@@ -690,12 +735,25 @@ def _flags(state: dict[str, Any], uid: int) -> str:
 def _ledger_state(uidvalidity: int, uid: int) -> str | None:
     import sqlite3
 
-    with contextlib.closing(sqlite3.connect(STORE, timeout=10)) as conn:
+    with contextlib.closing(sqlite3.connect(_store(), timeout=10)) as conn:
         row = conn.execute(
             "SELECT state FROM jira_mail_ledger WHERE mailbox = 'INBOX' AND uidvalidity = ? AND uid = ?",
             (uidvalidity, uid),
         ).fetchone()
     return row[0] if row else None
+
+
+def _ledger_site(site: dict[str, Any]) -> dict[str, str]:
+    """`site=<name>` once the mail ledger is keyed by site (its functions then take `site`), else nothing.
+
+    With a keyed ledger the site's inbox only sees rows of its own site, so the held-back row must
+    carry it; a ledger that is not keyed yet has one site per store and takes no such argument.
+    """
+    import inspect
+
+    if "site" in inspect.signature(record_failures).parameters:
+        return {"site": site["name"]}
+    return {}
 
 
 def _quarantine_next_mail(state: dict[str, Any], key: str) -> tuple[int, int]:
@@ -718,7 +776,7 @@ def _quarantine_next_mail(state: dict[str, Any], key: str) -> tuple[int, int]:
     }
     for _ in range(5):
         uidnext, uidvalidity = _uidnext_and_validity(state)
-        with contextlib.closing(sqlite3.connect(STORE, timeout=10)) as conn:
+        with contextlib.closing(sqlite3.connect(_store(), timeout=10)) as conn:
             # As the DAG quarantines: one failed attempt after another until max_attempts.
             for _attempt in range(DEFAULT_MAX_ATTEMPTS):
                 (outcome,) = record_failures(
@@ -729,12 +787,13 @@ def _quarantine_next_mail(state: dict[str, Any], key: str) -> tuple[int, int]:
                     entries=[{"uid": uidnext, **held_back}],
                     now=datetime.now(UTC),
                     max_attempts=DEFAULT_MAX_ATTEMPTS,
+                    **_ledger_site(state),
                 )
             assert (outcome["state"], outcome["attempts"]) == ("quarantined", DEFAULT_MAX_ATTEMPTS), outcome
         uid = _append(state, jira_notification(key, site=site, summary="held back by the UI test"))
         if uid == uidnext:
             return uidvalidity, uid
-        with contextlib.closing(sqlite3.connect(STORE, timeout=10)) as conn, conn:
+        with contextlib.closing(sqlite3.connect(_store(), timeout=10)) as conn, conn:
             conn.execute(
                 "DELETE FROM jira_mail_ledger WHERE uidvalidity = ? AND uid = ?", (uidvalidity, uidnext)
             )
@@ -750,14 +809,15 @@ def test_a_quarantined_mail_released_from_the_page_is_processed(
     _wait_for_sweep_rows()
     import sqlite3
 
-    with contextlib.closing(sqlite3.connect(STORE, timeout=10)) as conn:
+    with contextlib.closing(sqlite3.connect(_store(), timeout=10)) as conn:
         (key,) = conn.execute(
             "SELECT key FROM jira_ticket WHERE source = 'sweep' ORDER BY key LIMIT 1"
         ).fetchone()
-    uidvalidity, uid = _quarantine_next_mail(demo, key)
+    site = _first(demo)
+    uidvalidity, uid = _quarantine_next_mail(site, key)
     # Held back: a scheduled run leaves it alone.
     time.sleep(70)
-    assert "\\Seen" not in _flags(demo, uid) and _ledger_state(uidvalidity, uid) == "quarantined"
+    assert "\\Seen" not in _flags(site, uid) and _ledger_state(uidvalidity, uid) == "quarantined"
 
     _open_jira_sync_from_the_navigation(signed_in, demo)
     row = WebDriverWait(signed_in, PAGE_TIMEOUT_S).until(
@@ -773,14 +833,15 @@ def test_a_quarantined_mail_released_from_the_page_is_processed(
     run_id = notice.find_element(By.TAG_NAME, "strong").text
     signed_in.switch_to.default_content()
 
-    run = api.get(f"/api/v2/dags/jira_inbox/dagRuns/{quote(run_id, safe='')}")
+    inbox = _inbox_dag(site)
+    run = api.get(f"/api/v2/dags/{inbox}/dagRuns/{quote(run_id, safe='')}")
     assert run["conf"] == {"mailbox": "INBOX", "release_uids": [uid], "release_all": False}
     deadline = time.monotonic() + RUN_TIMEOUT_S
-    while not ("\\Seen" in _flags(demo, uid) and _ledger_state(uidvalidity, uid) in ("settled", None)):
-        state = api.get(f"/api/v2/dags/jira_inbox/dagRuns/{quote(run_id, safe='')}")["state"]
+    while not ("\\Seen" in _flags(site, uid) and _ledger_state(uidvalidity, uid) in ("settled", None)):
+        state = api.get(f"/api/v2/dags/{inbox}/dagRuns/{quote(run_id, safe='')}")["state"]
         assert state != "failed", f"the release run {run_id} failed"
         assert time.monotonic() < deadline, (
-            f"UID {uid} was not processed in time: flags {_flags(demo, uid)!r}, "
+            f"UID {uid} was not processed in time: flags {_flags(site, uid)!r}, "
             f"ledger {_ledger_state(uidvalidity, uid)!r}, run {state}"
         )
         time.sleep(5)
