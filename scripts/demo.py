@@ -868,11 +868,11 @@ def info_text(state: dict[str, Any]) -> str:
             for site in DEMO_SITES
         ),
         "",
-        f"The REST ticket lookup (an Airflow token, then a key; it answers from the {first.store_conn_id}"
-        f" connection, {first.name}'s store {first_store}):",
+        f"The REST ticket lookup (an Airflow token, then a key; `?site=` names the site, here {first.name},"
+        f" whose store is {first_store}):",
         f"  TOKEN=$(curl -s -X POST {url}/auth/token -H 'Content-Type: application/json' \\",
         f"          -d '{login_body}' | {read_token})",
-        f'  curl -s -X POST {url}/jira-mail-sync/ticket -H "Authorization: Bearer $TOKEN"'
+        f'  curl -s -X POST "{url}/jira-mail-sync/ticket?site={first.name}" -H "Authorization: Bearer $TOKEN"'
         """ -d '{"key": "OPS-1"}'""",
         "",
         f'The status page: "Jira sync" in the UI\'s navigation ({url}/plugin/jira-sync);',

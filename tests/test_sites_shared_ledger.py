@@ -39,9 +39,7 @@ def _same_uidvalidity_pair(dovecot):
 
 
 @pytest.fixture
-def shared_store(
-    airflow_db, dovecot, jira_standin, second_jira_standin, postgres_db, tmp_path, monkeypatch
-):
+def shared_store(airflow_db, dovecot, jira_standin, second_jira_standin, postgres_db, tmp_path, monkeypatch):
     first, second = _same_uidvalidity_pair(dovecot)
     jira = {"acme": jira_standin, "globex": second_jira_standin}
     imap = {"acme": first, "globex": second}

@@ -486,7 +486,10 @@ def _mailbox_figures(chosen: Selection) -> dict[str, Any]:
     mailbox = chosen.mailbox.mailbox
     try:
         return mailbox_cache.get(
-            chosen.mailbox.imap_conn_id, mailbox, store_conn_id=chosen.site.store_conn_id, site=chosen.site.name
+            chosen.mailbox.imap_conn_id,
+            mailbox,
+            store_conn_id=chosen.site.store_conn_id,
+            site=chosen.site.name,
         )
     except MailboxBusy:
         raise HTTPException(
@@ -582,7 +585,8 @@ def _store_figures(now: datetime, site: Site) -> dict[str, Any]:
                 "ledger": ledger_figures(conn, dialect, limit=LEDGER_ROWS_SHOWN, site=site.name),
                 # Jira usage rows are per store, not per site: sites sharing a store share this figure.
                 "jira": jira_figures(conn, dialect, now=now),
-                "census": last_runs(conn, dialect, site=site.name),  # each project's last census (the site's census DAG)
+                # Each project's last census (the site's census DAG).
+                "census": last_runs(conn, dialect, site=site.name),
                 "error": None,
             }
     except Exception as exc:
