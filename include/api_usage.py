@@ -3,6 +3,11 @@
 Each task that talks to Jira writes one row when its client closes: how many requests it sent, how
 many Jira answered 429 (Too Many Requests), and the last such answer with its `Retry-After`. The page
 sums the last hour and shows the latest 429, so a user sees whether Jira is throttling the sync.
+
+Each row names the Jira connection the requests went to (`jira_conn_id`): Jira rate-limits each site
+on its own, and sites of a sites file may share a store, so the page shows each site its own figures.
+Rows written before the column existed are the plain site's (`jira_default`): it is added in place
+with that default.
 """
 
 from __future__ import annotations
@@ -11,13 +16,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from include.names import API_USAGE_TABLE
+from include.names import API_USAGE_TABLE, JIRA_CONN_ID
 from include.store_db import (
     as_utc_datetime,
     check_dialect,
     create_missing,
     placeholder,
     read,
+    schema_change,
+    table_columns,
+    table_columns_in,
     table_exists,
     timestamp_param,
     transaction,
@@ -35,7 +43,8 @@ _DDL = {
     requests INTEGER NOT NULL CHECK (requests >= 0),
     throttled INTEGER NOT NULL CHECK (throttled >= 0),
     last_throttled_at TEXT,
-    last_retry_after_seconds REAL
+    last_retry_after_seconds REAL,
+    jira_conn_id TEXT NOT NULL DEFAULT '{JIRA_CONN_ID}'
 )""",
         f"CREATE INDEX IF NOT EXISTS {TABLE}_recorded_at_idx ON {TABLE} (recorded_at)",
         f"CREATE INDEX IF NOT EXISTS {TABLE}_last_throttled_at_idx ON {TABLE} (last_throttled_at)",
@@ -48,7 +57,8 @@ _DDL = {
     requests INTEGER NOT NULL CHECK (requests >= 0),
     throttled INTEGER NOT NULL CHECK (throttled >= 0),
     last_throttled_at TIMESTAMPTZ,
-    last_retry_after_seconds DOUBLE PRECISION
+    last_retry_after_seconds DOUBLE PRECISION,
+    jira_conn_id TEXT NOT NULL DEFAULT '{JIRA_CONN_ID}'
 )""",
         f"CREATE INDEX IF NOT EXISTS {TABLE}_recorded_at_idx ON {TABLE} (recorded_at)",
         f"CREATE INDEX IF NOT EXISTS {TABLE}_last_throttled_at_idx ON {TABLE} (last_throttled_at)",
@@ -72,11 +82,24 @@ class Usage:
     requests: int
     throttled: int = 0
     last_throttle: Throttle | None = None
+    # The Jira connection (so the site) the requests went to.
+    jira_conn_id: str = JIRA_CONN_ID
+
+
+CONN_COLUMN = "jira_conn_id"
+CONN_COLUMN_DDL = f"ALTER TABLE {TABLE} ADD COLUMN {CONN_COLUMN} TEXT NOT NULL DEFAULT '{JIRA_CONN_ID}'"
 
 
 def ensure_table(conn: Any, dialect: str) -> None:
+    """Create the table, or add `jira_conn_id` to an older one in place (one read when up to date)."""
     check_dialect(dialect)
     create_missing(conn, dialect, TABLE, _DDL[dialect])
+    if CONN_COLUMN in table_columns(conn, dialect, TABLE):
+        return
+    with schema_change(conn, dialect, TABLE) as cursor:
+        # Another process may have added it while this one waited for the schema lock.
+        if CONN_COLUMN not in table_columns_in(cursor, dialect, TABLE):
+            cursor.execute(CONN_COLUMN_DDL)
 
 
 def _moment(value: datetime | None, dialect: str) -> Any:
@@ -95,7 +118,7 @@ def record_usage(conn: Any, dialect: str, usage: Usage, *, now: datetime | None 
     with transaction(conn, dialect) as cursor:
         cursor.execute(
             f"INSERT INTO {TABLE} (recorded_at, task, requests, throttled, last_throttled_at, "
-            f"last_retry_after_seconds) VALUES ({p}, {p}, {p}, {p}, {p}, {p})",
+            f"last_retry_after_seconds, {CONN_COLUMN}) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p})",
             (
                 _moment(now or datetime.now(UTC), dialect),
                 usage.task[:MAX_TASK_CHARS],
@@ -103,32 +126,44 @@ def record_usage(conn: Any, dialect: str, usage: Usage, *, now: datetime | None 
                 usage.throttled,
                 _moment(throttle.at if throttle else None, dialect),
                 throttle.retry_after_seconds if throttle else None,
+                usage.jira_conn_id,
             ),
         )
 
 
-def usage_since(conn: Any, dialect: str, since: datetime) -> dict[str, Any]:
+def usage_since(
+    conn: Any, dialect: str, since: datetime, *, jira_conn_id: str | None = None
+) -> dict[str, Any]:
     """Requests and 429s recorded since `since`, and the latest 429 ever recorded (or None).
 
-    Read-only: a store the sync has not written to yet answers zeros instead of creating the table.
+    `jira_conn_id` narrows them to the requests sent to that connection's Jira (None: every one).
+    Read-only: a store the sync has not written to yet answers zeros instead of creating the table,
+    and a table without `jira_conn_id` yet holds the plain site's rows only.
     """
     check_dialect(dialect)
+    empty = {"requests": 0, "throttled": 0, "last_throttle": None}
     if not table_exists(conn, dialect, TABLE):
-        return {"requests": 0, "throttled": 0, "last_throttle": None}
+        return empty
     p = placeholder(dialect)
+    mine, narrowed = "", ()
+    if jira_conn_id is not None:
+        if CONN_COLUMN in table_columns(conn, dialect, TABLE):
+            mine, narrowed = f" AND {CONN_COLUMN} = {p}", (jira_conn_id,)
+        elif jira_conn_id != JIRA_CONN_ID:
+            return empty
     ((requests, throttled),) = read(
         conn,
         dialect,
         f"SELECT coalesce(sum(requests), 0), coalesce(sum(throttled), 0) FROM {TABLE} "
-        f"WHERE recorded_at >= {p}",
-        (_moment(since, dialect),),
+        f"WHERE recorded_at >= {p}{mine}",
+        (_moment(since, dialect), *narrowed),
     )
     latest = read(
         conn,
         dialect,
         f"SELECT last_throttled_at, last_retry_after_seconds, task FROM {TABLE} "
-        "WHERE last_throttled_at IS NOT NULL ORDER BY last_throttled_at DESC LIMIT 1",
-        (),
+        f"WHERE last_throttled_at IS NOT NULL{mine} ORDER BY last_throttled_at DESC LIMIT 1",
+        narrowed,
     )
     last = None
     if latest:

@@ -79,8 +79,11 @@ def ticket_figures(conn: Any, dialect: str, *, now: datetime, site: str = DEFAUL
     }
 
 
-def jira_figures(conn: Any, dialect: str, *, now: datetime) -> dict[str, Any]:
-    usage = usage_since(conn, dialect, now - RECENT)
+def jira_figures(
+    conn: Any, dialect: str, *, now: datetime, jira_conn_id: str | None = None
+) -> dict[str, Any]:
+    """The last hour's requests and 429s sent to `jira_conn_id`'s Jira (None: every Jira of the store)."""
+    usage = usage_since(conn, dialect, now - RECENT, jira_conn_id=jira_conn_id)
     return {
         "requests_last_hour": usage["requests"],
         "throttled_last_hour": usage["throttled"],

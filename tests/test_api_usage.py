@@ -7,9 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from include.api_usage import TABLE, Throttle, Usage, record_usage, usage_since
+from include.api_usage import _DDL, TABLE, Throttle, Usage, record_usage, usage_since
 from include.jira_cloud import JiraCloudClient
-from include.store_db import table_exists
+from include.names import JIRA_CONN_ID
+from include.store_db import table_columns, table_exists, timestamp_param
 
 T0 = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
 
@@ -97,5 +98,61 @@ def test_the_shared_jira_client_writes_one_row_when_it_closes(jira_standin, jira
     figures = usage_since(conn, store_conn_env.dialect, datetime.now(UTC) - timedelta(minutes=5))
     assert figures["requests"] == 2
     with contextlib.closing(conn.cursor()) as cursor:
-        cursor.execute(f"SELECT task, requests FROM {TABLE}")
-        assert cursor.fetchall() == [("outside a task", 2)]
+        cursor.execute(f"SELECT task, requests, jira_conn_id FROM {TABLE}")
+        assert cursor.fetchall() == [("outside a task", 2, "jira_default")]
+
+
+# --- #23 many sites: each row names the Jira connection it asked, so sites sharing a store keep apart
+
+
+def test_each_jira_connections_requests_and_429s_are_read_apart_in_one_store(store_backend):
+    conn = store_backend.connect()
+    dialect = store_backend.dialect
+    now = datetime.now(UTC)
+    throttle = Throttle(now - timedelta(minutes=5), 10.0)
+    record_usage(conn, dialect, Usage("jira_sweep__acme.list_changed_keys", 7, 3, throttle, "jira_acme"))
+    record_usage(conn, dialect, Usage("jira_sweep__globex.list_changed_keys", 2, 0, None, "jira_globex"))
+    since = now - timedelta(hours=1)
+
+    acme = usage_since(conn, dialect, since, jira_conn_id="jira_acme")
+    globex = usage_since(conn, dialect, since, jira_conn_id="jira_globex")
+    every = usage_since(conn, dialect, since)
+
+    assert (acme["requests"], acme["throttled"], acme["last_throttle"]["task"]) == (
+        7,
+        3,
+        "jira_sweep__acme.list_changed_keys",
+    )
+    # acme's 429s are not globex's: its page shows no throttling.
+    assert globex == {"requests": 2, "throttled": 0, "last_throttle": None}
+    assert (every["requests"], every["throttled"]) == (9, 3)
+
+
+def test_an_older_usage_table_gets_the_connection_column_in_place_and_its_rows_are_the_plain_sites(
+    store_backend,
+):
+    conn = store_backend.connect()
+    dialect = store_backend.dialect
+    now = datetime.now(UTC)
+    old = _DDL[dialect][0].replace(f",\n    jira_conn_id TEXT NOT NULL DEFAULT '{JIRA_CONN_ID}'", "")
+    assert "jira_conn_id" not in old
+    with contextlib.closing(conn.cursor()) as cursor:
+        cursor.execute(old)
+        mark = "?" if dialect == "sqlite" else "%s"
+        cursor.execute(
+            f"INSERT INTO {TABLE} (recorded_at, task, requests, throttled) "
+            f"VALUES ({mark}, 'jira_sweep.x', 4, 0)",
+            (timestamp_param(now - timedelta(minutes=1), dialect),),
+        )
+    conn.commit()
+    since = now - timedelta(hours=1)
+    # A reader before the upgrade changes nothing and counts the old rows as the plain site's.
+    assert usage_since(conn, dialect, since, jira_conn_id=JIRA_CONN_ID)["requests"] == 4
+    assert usage_since(conn, dialect, since, jira_conn_id="jira_acme")["requests"] == 0
+    assert "jira_conn_id" not in table_columns(conn, dialect, TABLE)
+
+    record_usage(conn, dialect, Usage("jira_sweep__acme.x", 1, jira_conn_id="jira_acme"))
+
+    assert "jira_conn_id" in table_columns(conn, dialect, TABLE)
+    assert usage_since(conn, dialect, since, jira_conn_id=JIRA_CONN_ID)["requests"] == 4
+    assert usage_since(conn, dialect, since, jira_conn_id="jira_acme")["requests"] == 1

@@ -17,7 +17,7 @@ import yaml
 from fastapi import HTTPException
 
 from include.census import last_runs
-from include.names import HISTORY_CURSOR_TABLE, TICKET_CHANGE_TABLE
+from include.names import API_USAGE_TABLE, HISTORY_CURSOR_TABLE, TICKET_CHANGE_TABLE
 from include.ticket_store import TABLE
 from tests.harness.airflow_env import load_dag, run_dag
 
@@ -123,6 +123,12 @@ def test_two_sites_sharing_one_store_keep_their_own_abc_1_through_sweep_lookup_m
     assert globex_ids["ABC-1"] == acme_ids["ABC-3"]  # the same id, two issues, two rows
     assert _rows(backend, "acme") == acme_before  # not a column of acme's rows changed
     assert acme.requests == []
+
+    # The Jira usage rows (the status page's requests and 429s) name the connection each site asked.
+    assert _pairs(backend, f"SELECT DISTINCT jira_conn_id FROM {API_USAGE_TABLE}") == {
+        ("jira_acme",),
+        ("jira_globex",),
+    }
 
     # Ticket history: each site's cursor and change rows carry that site's name and its own ids.
     cursors = _pairs(backend, f"SELECT site, issue_id FROM {HISTORY_CURSOR_TABLE}")

@@ -81,6 +81,7 @@ def _fill(store: Path, site: str) -> None:
             ],
             source="sweep",
             fetched_at=NOW - timedelta(hours=3),
+            site=site,
         )
         if site in WATERMARK:
             advance_watermark(conn, "sqlite", WATERMARK[site], scope=site_scope(site))
@@ -92,6 +93,8 @@ def _fill(store: Path, site: str) -> None:
                 "sqlite",
                 mailbox="INBOX",
                 uidvalidity=1,
+                site=site,
+                imap_conn_id=f"imap_{site}",
                 entries=[
                     {
                         "uid": uid,

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 from airflow.sdk import get_current_context
 
 from include.api_usage import record_usage
 from include.jira_cloud import JiraCloudClient
-from include.names import STORE_CONN_ID
+from include.names import JIRA_CONN_ID, STORE_CONN_ID
 from jira_mail_sync.hooks.ticket_store import TicketStoreHook
 
 log = logging.getLogger(__name__)
@@ -25,10 +26,12 @@ def _task_name() -> str:
     return f"{ti.dag_id}.{ti.task_id}{mapped}"
 
 
-def record_jira_usage(client: JiraCloudClient, store_conn_id: str = STORE_CONN_ID) -> None:
-    """One usage row per task, in the store of the task's site; a store that cannot take it costs a
-    warning, never the task's result."""
-    usage = client.usage(_task_name())
+def record_jira_usage(
+    client: JiraCloudClient, store_conn_id: str = STORE_CONN_ID, jira_conn_id: str = JIRA_CONN_ID
+) -> None:
+    """One usage row per task, in the store of the task's site, naming the Jira connection it asked; a
+    store that cannot take it costs a warning, never the task's result."""
+    usage = replace(client.usage(_task_name()), jira_conn_id=jira_conn_id)
     if usage.requests == 0:
         return
     try:

@@ -583,8 +583,7 @@ def _store_figures(now: datetime, site: Site) -> dict[str, Any]:
                 "tickets": ticket_figures(conn, dialect, now=now, site=site.name),
                 "watermark": get_watermark(conn, dialect, site_scope(site.name)),
                 "ledger": ledger_figures(conn, dialect, limit=LEDGER_ROWS_SHOWN, site=site.name),
-                # Jira usage rows are per store, not per site: sites sharing a store share this figure.
-                "jira": jira_figures(conn, dialect, now=now),
+                "jira": jira_figures(conn, dialect, now=now, jira_conn_id=site.jira_conn_id),
                 # Each project's last census (the site's census DAG).
                 "census": last_runs(conn, dialect, site=site.name),
                 "error": None,

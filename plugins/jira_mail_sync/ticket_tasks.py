@@ -36,7 +36,7 @@ def jira_client(
         try:
             yield client
         finally:
-            record_jira_usage(client, store_conn_id)
+            record_jira_usage(client, store_conn_id, jira_conn_id)
 
 
 def configured_extra_fields() -> tuple[str, ...]:
