@@ -325,23 +325,29 @@ class TwoSiteStack:
         *,
         throttle: str | None = None,
         retry_after_s: float = 10.0,
+        min_throttle_s: float = 0.0,
         meanwhile: Callable[[], None] | None = None,
     ) -> dict[str, SweepResult]:
         """Both sites sweep `window` at once; with `throttle`, that site answers 429 while the other runs.
 
-        The 429s last from before the trigger until every other site's sweep has ended, so they cover
-        the whole of the runs being compared; then they stop, `meanwhile` runs (if given), and the
-        throttled site's run is waited for.
+        The 429s last from before the trigger until every other site's sweep has ended (and at least
+        `min_throttle_s`), so they cover the whole of the runs being compared; then they stop,
+        `meanwhile` runs (if given), and the throttled site's run is waited for.
         """
         for site in self.sites:
             site.jira.clear_requests()
-        throttling = throttled(self.site(throttle), retry_after_s) if throttle else contextlib.nullcontext()
+        throttling = (
+            throttled(self.site(throttle).jira, retry_after_s) if throttle else contextlib.nullcontext()
+        )
         states: dict[str, str] = {}
         with throttling:
+            triggered = time.monotonic()
             run_ids = self.trigger_sweeps(window)
             for site in self.sites:
                 if site.name != throttle:
                     states[site.name] = self.wait_for_run(site, run_ids[site.name])
+            if throttle:
+                time.sleep(max(0.0, triggered + min_throttle_s - time.monotonic()))
         if meanwhile is not None:
             meanwhile()
         for site in self.sites:
@@ -351,6 +357,12 @@ class TwoSiteStack:
             site.name: self.result(site, run_ids[site.name], states[site.name], keys[site.name])
             for site in self.sites
         }
+
+    def warm_up(self) -> None:
+        """Both sites sweep an empty hour, unmeasured: the first task runs of a fresh stack (the
+        workers' first task processes, the first parse of the DAG file) are slower than any later one."""
+        window = past_hour(48)
+        self.run_sweeps(window, {site.name: [] for site in self.sites})
 
 
 def past_hour(hours_ago: int) -> tuple[datetime, datetime]:
