@@ -8,7 +8,8 @@ process per site), with a sites file of two sites, `alpha` and `beta`, each with
 connection, pool and store.
 
 Each round seeds `--tickets` fresh issues per site in a closed past hour and triggers both sites'
-sweeps of that hour at once over REST; the scheduler runs them on the workers. Rounds alternate:
+sweeps of that hour at once over REST; the scheduler runs them on the workers (after one unmeasured
+warm-up sweep of an empty hour). Rounds alternate:
 (a) no 429s; (b) alpha's stand-in answers every API request 429 with `Retry-After: --retry-after-s`
 from before the trigger until beta's sweep has ended, then its 429s stop. Wall time is the run's
 `queued_at` → `end_date` in the metadata database; tickets are those of the round found in the
@@ -44,6 +45,8 @@ def measure(args: argparse.Namespace) -> tuple[list[tuple[str, dict[str, SweepRe
             ) as sites:
                 assert sites.stack is not None
                 start_s = sites.stack.timings["start_total_s"]
+                # Unmeasured: a fresh stack's first task runs are slower than any later one.
+                sites.warm_up()
                 rounds: list[tuple[str, dict[str, SweepResult]]] = []
                 for number in range(args.rounds):
                     for phase in PHASES:
@@ -81,7 +84,8 @@ def report(rounds: list[tuple[str, dict[str, SweepResult]]], start_s: float, arg
         f"({args.pool_slots} slots each, created by `check_connections --sites --create-pools`).",
         "",
         f"Each round seeds {args.tickets} fresh issues per site in a closed past hour and triggers both "
-        "sweeps of that hour at once; the scheduler runs them. In (b) alpha's stand-in answers every API "
+        "sweeps of that hour at once; the scheduler runs them (after one unmeasured warm-up sweep of an empty "
+        "hour). In (b) alpha's stand-in answers every API "
         f"request 429 with `Retry-After: {args.retry_after_s:g}` from before the trigger until beta's "
         "sweep has ended, then stops. Wall time: the run's `queued_at` → `end_date`; tickets: the round's "
         "issues found in the site's store afterwards.",
