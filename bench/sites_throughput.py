@@ -11,7 +11,8 @@ Each round seeds `--tickets` fresh issues per site in a closed past hour and tri
 sweeps of that hour at once over REST; the scheduler runs them on the workers (after one unmeasured
 warm-up sweep of an empty hour). Rounds alternate:
 (a) no 429s; (b) alpha's stand-in answers every API request 429 with `Retry-After: --retry-after-s`
-from before the trigger until beta's sweep has ended, then its 429s stop. Wall time is the run's
+from before the trigger for at least `--throttle-s` and until beta's sweep has ended, then its 429s
+stop. Wall time is the run's
 `queued_at` → `end_date` in the metadata database; tickets are those of the round found in the
 site's store afterwards.
 """
@@ -56,7 +57,11 @@ def measure(args: argparse.Namespace) -> tuple[list[tuple[str, dict[str, SweepRe
                         keys = sites.seed(f"R{len(rounds)}", args.tickets, window)
                         throttle = THROTTLED if phase == "b" else None
                         results = sites.run_sweeps(
-                            window, keys, throttle=throttle, retry_after_s=args.retry_after_s
+                            window,
+                            keys,
+                            throttle=throttle,
+                            retry_after_s=args.retry_after_s,
+                            min_throttle_s=args.throttle_s,
                         )
                         rounds.append((phase, results))
                         for name, result in results.items():
@@ -76,7 +81,7 @@ def report(rounds: list[tuple[str, dict[str, SweepResult]]], start_s: float, arg
         "## Many sites: two sites' sweeps side by side on the Celery stack, without and with 429s on one",
         "",
         f"Command: `.venv/bin/python -m bench.sites_throughput --rounds {args.rounds} --tickets {args.tickets} "
-        f"--retry-after-s {args.retry_after_s:g}`. One native stack for the whole run "
+        f"--retry-after-s {args.retry_after_s:g} --throttle-s {args.throttle_s:g}`. One native stack for the whole run "
         "(scripts/distributed/sites.py, the helpers tests_distributed/test_sites_stack.py uses): PostgreSQL "
         "with a store database per site, Redis, api-server, scheduler, dag-processor, triggerer, "
         f"two Celery workers × {args.worker_concurrency} slots, and one Jira stand-in process per site; the "
@@ -86,8 +91,8 @@ def report(rounds: list[tuple[str, dict[str, SweepResult]]], start_s: float, arg
         f"Each round seeds {args.tickets} fresh issues per site in a closed past hour and triggers both "
         "sweeps of that hour at once; the scheduler runs them (after one unmeasured warm-up sweep of an empty "
         "hour). In (b) alpha's stand-in answers every API "
-        f"request 429 with `Retry-After: {args.retry_after_s:g}` from before the trigger until beta's "
-        "sweep has ended, then stops. Wall time: the run's `queued_at` → `end_date`; tickets: the round's "
+        f"request 429 with `Retry-After: {args.retry_after_s:g}` from before the trigger for at least "
+        f"{args.throttle_s:g} s and until beta's sweep has ended, then stops. Wall time: the run's `queued_at` → `end_date`; tickets: the round's "
         "issues found in the site's store afterwards.",
         "",
         "| round | phase | site | state | tickets stored | wall time | tickets/s | 429 answers |",
@@ -119,6 +124,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="rounds of (a) then (b)")
     parser.add_argument("--tickets", type=int, default=500, help="issues per site and round")
     parser.add_argument("--retry-after-s", type=float, default=10.0)
+    parser.add_argument(
+        "--throttle-s", type=float, default=30.0, help="in (b), alpha answers 429s at least this long"
+    )
     parser.add_argument("--pool-slots", type=int, default=2)
     parser.add_argument("--worker-concurrency", type=int, default=3)
     parser.add_argument("--no-write", action="store_true", help="print the section, leave docs/benchmarks.md")

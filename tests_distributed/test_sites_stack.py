@@ -35,8 +35,8 @@ pytestmark = pytest.mark.timeout(900)
 
 TICKETS_PER_SITE = 300
 RETRY_AFTER_S = 10.0
-# Alpha answers 429s at least this long (and until beta's sweep has ended): longer than its client's
-# retries last, so its first plan_sweep attempt fails and Airflow's task retry (1 minute) takes over.
+# Alpha answers 429s at least this long (and until beta's sweep has ended): as long as its client's
+# three retries wait (3 × Retry-After), so alpha's sweep sits out the whole window while beta's runs.
 THROTTLE_S = 30.0
 STORE_TIMEOUT_S = 120.0
 THROTTLED, STEADY = "alpha", "beta"
