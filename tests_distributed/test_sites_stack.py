@@ -218,8 +218,9 @@ def test_a_429_on_one_site_does_not_slow_the_other(sites_story: SitesStory) -> N
     assert during.state == "success" and during.tickets == TICKETS_PER_SITE
     assert during.throttled_answers == 0
     # Generous for a shared 2-core machine (bench/sites_throughput.py gives the numbers); a beta that
-    # waited for alpha's sleeping requests would take at least 3 × Retry-After (30 s) longer.
-    assert during.wall_s <= before.wall_s * 1.3 + 10.0, (
+    # waited for alpha's sleeping requests would take at least 3 × Retry-After (30 s) longer: with both
+    # sites in one 1-slot pool it took 43.7 s where its baseline was 13.0 s.
+    assert during.wall_s <= before.wall_s * 1.5 + 15.0, (
         f"beta: {before.wall_s:.1f} s before, {during.wall_s:.1f} s during"
     )
 
