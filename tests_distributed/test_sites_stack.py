@@ -28,6 +28,7 @@ import pytest
 from devkit.dovecot import DovecotServer
 from devkit.mail_factory import jira_notification
 from devkit.unavailable import service_unavailable
+from include.names import TICKET_TABLE
 from scripts.distributed.sites import StackSite, SweepResult, TwoSiteStack, past_hour
 from scripts.distributed.stack import DistributedStack, StackError
 
@@ -265,7 +266,7 @@ def test_mail_to_each_mailbox_wakes_only_its_own_inbox_dag_through_its_own_asset
     for site, other in ((alpha, beta), (beta, alpha)):
         key = sites_story.mail_keys[site.name]
         rows = sites_story.stack.store_rows(
-            "SELECT source FROM jira_ticket WHERE key = %s", (key,), conn_id=site.store_conn_id
+            f"SELECT source FROM {TICKET_TABLE} WHERE key = %s", (key,), conn_id=site.store_conn_id
         )
         assert rows == [("inbox",)], f"{key} in {site.name}'s store: {rows}"
         assert sites_story.mail_keys[site.name] not in sites.stored_keys(other)

@@ -32,6 +32,7 @@ import yaml
 
 from devkit.dovecot import DovecotServer, ImapAccount
 from devkit.processes import LOOPBACK, free_port, log_tail, spawn, stop_process_group
+from include.names import TICKET_TABLE
 from include.sites import Site, default_pool, load_sites_file
 from scripts.distributed.stack import (
     DistributedStack,
@@ -285,7 +286,8 @@ class TwoSiteStack:
     def stored_keys(self, site: StackSite) -> set[str]:
         assert self.stack is not None
         return {
-            row[0] for row in self.stack.store_rows("SELECT key FROM jira_ticket", conn_id=site.store_conn_id)
+            row[0]
+            for row in self.stack.store_rows(f"SELECT key FROM {TICKET_TABLE}", conn_id=site.store_conn_id)
         }
 
     def trigger_sweeps(self, window: tuple[datetime, datetime]) -> dict[str, str]:
