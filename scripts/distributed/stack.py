@@ -69,6 +69,13 @@ class StackSettings:
     # The compose file's worker preload and scheduler idle sleep; False gives Airflow's defaults
     # (bench/idle_latency.py measures both).
     latency_settings: bool = True
+    # Many sites (#23): a sites file for every component ([jira_mail_sync] sites_file). Its pools are
+    # then made by `check_connections --sites --create-pools`, sized as the file says, instead of the
+    # plain `jira_api` pool, and readiness waits for `dag_ids` (the file's DAGs) instead of DAG_IDS.
+    sites_file: Path | None = None
+    dag_ids: tuple[str, ...] = DAG_IDS
+    # Each of these store connections gets a database of its own on the stack's PostgreSQL.
+    store_conn_ids: tuple[str, ...] = (STORE_CONN_ID,)
 
 
 def _ledger_append(line: str) -> None:
@@ -113,8 +120,9 @@ class Component:
 class DistributedStack:
     """The compose topology as local processes: use as a context manager, or start() and stop().
 
-    `connections` maps connection ids to their JSON form (as in AIRFLOW_CONN_*); `jira_store` is
-    added, pointing at a second database on the stack's PostgreSQL.
+    `connections` maps connection ids to their JSON form (as in AIRFLOW_CONN_*); `jira_store` (or
+    each of `settings.store_conn_ids`) is added, pointing at a database of its own on the stack's
+    PostgreSQL.
     """
 
     def __init__(
@@ -130,6 +138,8 @@ class DistributedStack:
         self.postgres: PostgresServer | None = None
         self.metadata: PostgresDatabase | None = None
         self.store: PostgresDatabase | None = None
+        # Every store database by its connection id; `store` is the first of them.
+        self.stores: dict[str, PostgresDatabase] = {}
         self.components: dict[str, Component] = {}
         self.api_port = 0
         self.redis_port = 0
@@ -242,8 +252,10 @@ class DistributedStack:
             # pg_ctl starts the postmaster in its own session, so its pid is its process group.
             record_process_group(int(pid_file.read_text().splitlines()[0]), "postgres")
         self.metadata = self.postgres.create_database()
-        self.store = self.postgres.create_database()
-        self._connections[STORE_CONN_ID] = self.store.airflow_conn()
+        for conn_id in self.settings.store_conn_ids:
+            self.stores[conn_id] = self.postgres.create_database()
+            self._connections[conn_id] = self.stores[conn_id].airflow_conn()
+        self.store = self.stores[self.settings.store_conn_ids[0]]
         done()
 
     def _start_redis(self) -> None:
@@ -292,6 +304,11 @@ class DistributedStack:
                 "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.home / "logs"),
                 "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
                 "AIRFLOW__JIRA_MAIL_SYNC__INBOX_MODE": self.settings.inbox_mode,
+                **(
+                    {"AIRFLOW__JIRA_MAIL_SYNC__SITES_FILE": str(self.settings.sites_file)}
+                    if self.settings.sites_file is not None
+                    else {}
+                ),
                 **(
                     {
                         "AIRFLOW__CELERY__EXTRA_CELERY_CONFIG": CELERY_WORKER_PRELOAD,
@@ -357,10 +374,28 @@ class DistributedStack:
                 ],
                 hostname,
             )
-        add(
-            "pools-set",
-            ["pools", "set", JIRA_API_POOL, str(self.settings.jira_pool_slots), "Concurrent Jira requests"],
-        )
+        if self.settings.sites_file is None:
+            add(
+                "pools-set",
+                [
+                    "pools",
+                    "set",
+                    JIRA_API_POOL,
+                    str(self.settings.jira_pool_slots),
+                    "Concurrent Jira requests",
+                ],
+            )
+        else:
+            # What README tells an operator to run: every site's pool, sized as the sites file says.
+            name = "pools-set"
+            component = Component(
+                name,
+                [sys.executable, "-m", "jira_mail_sync.check_connections", "--sites", "--create-pools"],
+                {**env, HOSTNAME_ENV: f"jms-{name}"},
+                self.root / f"{name}.log",
+            )
+            self.components[name] = component
+            component.start(self.root)
 
     # ------------------------------------------------------------------------------------- readiness
 
@@ -452,7 +487,7 @@ class DistributedStack:
             return False
         assert self.rest is not None
         try:
-            return all(self.rest.has_dag(dag_id) for dag_id in DAG_IDS)
+            return all(self.rest.has_dag(dag_id) for dag_id in self.settings.dag_ids)
         except requests.RequestException:
             return False
 
@@ -470,10 +505,14 @@ class DistributedStack:
         with self.metadata.connect() as conn:
             return conn.execute(query, params).fetchall()
 
-    def store_rows(self, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        """Rows of a read-only query on the ticket store (`jira_store`); [] while the table is missing."""
-        assert self.store is not None
-        with self.store.connect() as conn:
+    def store_rows(
+        self, query: str, params: tuple[Any, ...] = (), *, conn_id: str | None = None
+    ) -> list[tuple[Any, ...]]:
+        """Rows of a read-only query on a ticket store (default: the first, `jira_store`); [] while the
+        table is missing."""
+        store = self.store if conn_id is None else self.stores[conn_id]
+        assert store is not None
+        with store.connect() as conn:
             try:
                 return conn.execute(query, params).fetchall()
             except psycopg.errors.UndefinedTable:  # the first store_tickets creates it
