@@ -23,12 +23,11 @@ from include.store_db import (
     create_missing,
     placeholder,
     read,
-    schema_change,
     table_columns,
-    table_columns_in,
     table_exists,
     timestamp_param,
     transaction,
+    upgrade_missing,
 )
 
 TABLE = API_USAGE_TABLE
@@ -94,12 +93,7 @@ def ensure_table(conn: Any, dialect: str) -> None:
     """Create the table, or add `jira_conn_id` to an older one in place (one read when up to date)."""
     check_dialect(dialect)
     create_missing(conn, dialect, TABLE, _DDL[dialect])
-    if CONN_COLUMN in table_columns(conn, dialect, TABLE):
-        return
-    with schema_change(conn, dialect, TABLE) as cursor:
-        # Another process may have added it while this one waited for the schema lock.
-        if CONN_COLUMN not in table_columns_in(cursor, dialect, TABLE):
-            cursor.execute(CONN_COLUMN_DDL)
+    upgrade_missing(conn, dialect, TABLE, CONN_COLUMN, (CONN_COLUMN_DDL,))
 
 
 def _moment(value: datetime | None, dialect: str) -> Any:

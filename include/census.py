@@ -49,12 +49,11 @@ from include.store_db import (
     create_missing,
     placeholder,
     read,
-    schema_change,
     table_columns,
-    table_columns_in,
     table_exists,
     timestamp_param,
     transaction,
+    upgrade_missing,
 )
 from include.sync_pipeline import fetch_batch, store_batches
 from include.ticket_fields import TICKET_FIELDS
@@ -447,18 +446,12 @@ def ensure_run_table(conn: Any, dialect: str) -> None:
     create_missing(
         conn, dialect, CENSUS_RUN_TABLE, (_RUN_DDL[dialect], *run_site_upgrade_statements(dialect))
     )
-    if "site" in table_columns(conn, dialect, CENSUS_RUN_TABLE):
-        return
-    with schema_change(conn, dialect, CENSUS_RUN_TABLE) as cursor:
-        if "site" in table_columns_in(cursor, dialect, CENSUS_RUN_TABLE):
-            return  # another first run did it while this one waited for the lock
-        for statement in run_site_upgrade_statements(dialect):
-            cursor.execute(statement)
-    log.warning(
-        "Upgraded table %s in place: keyed by (site, project); existing rows are site %r",
-        CENSUS_RUN_TABLE,
-        DEFAULT_SITE,
-    )
+    if upgrade_missing(conn, dialect, CENSUS_RUN_TABLE, "site", run_site_upgrade_statements(dialect)):
+        log.warning(
+            "Upgraded table %s in place: keyed by (site, project); existing rows are site %r",
+            CENSUS_RUN_TABLE,
+            DEFAULT_SITE,
+        )
 
 
 def record_runs(

@@ -142,6 +142,23 @@ def create_missing(conn: Any, dialect: str, table: str, statements: tuple[str, .
             cursor.execute(statement)
 
 
+def upgrade_missing(conn: Any, dialect: str, table: str, column: str, statements: tuple[str, ...]) -> bool:
+    """Run an in-place upgrade's statements unless `table` already has `column`; True when this call ran them.
+
+    One read when up to date (DML rights suffice). Otherwise, under the table's schema lock, it looks
+    again (another first run may have upgraded it while this one waited) and runs the statements in
+    one transaction: `column` must be one they add, so its presence means the whole step is done.
+    """
+    if column in table_columns(conn, dialect, table):
+        return False
+    with schema_change(conn, dialect, table) as cursor:
+        if column in table_columns_in(cursor, dialect, table):
+            return False
+        for statement in statements:
+            cursor.execute(statement)
+    return True
+
+
 def read(conn: Any, dialect: str, query: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
     """Run one SELECT and return its rows, leaving no transaction open that was not open before."""
     # A psycopg SELECT outside a transaction would leave one open ("idle in transaction");

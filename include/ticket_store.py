@@ -32,6 +32,7 @@ from include.store_db import (
     table_columns_in,
     timestamp_param,
     transaction,
+    upgrade_missing,
 )
 from include.store_db import table_exists as _table_exists
 
@@ -387,23 +388,14 @@ def ensure_table(conn: Any, dialect: str) -> None:
         log.warning("Upgraded table %s in place: added column(s) %s", TABLE, ", ".join(sorted(missing)))
         present = table_columns(conn, dialect, TABLE)
     _ensure_census_columns(conn, dialect, present)
-    if "site" not in present:
-        _ensure_site_key(conn, dialect)
-
-
-def _ensure_site_key(conn: Any, dialect: str) -> None:
-    """Key the table by site, in place, under the schema lock (the column is added in the same
-    transaction as the key changes, so its presence means the whole step is done)."""
-    with schema_change(conn, dialect, TABLE) as cursor:
-        if "site" in table_columns_in(cursor, dialect, TABLE):
-            return  # another first run did it while this one waited for the lock
-        for statement in site_upgrade_statements(dialect):
-            cursor.execute(statement)
-    log.warning(
-        "Upgraded table %s in place: keyed by (site, key) and (site, issue_id); existing rows are site %r",
-        TABLE,
-        DEFAULT_SITE,
-    )
+    # The site column is added in the same transaction as the keys change: its presence means done.
+    keyed = "site" in present
+    if not keyed and upgrade_missing(conn, dialect, TABLE, "site", site_upgrade_statements(dialect)):
+        log.warning(
+            "Upgraded table %s in place: keyed by (site, key) and (site, issue_id); rows are site %r",
+            TABLE,
+            DEFAULT_SITE,
+        )
 
 
 def _ensure_census_columns(conn: Any, dialect: str, present: set[str]) -> None:
