@@ -18,6 +18,7 @@ from fastapi import HTTPException
 
 from include.census import last_runs
 from include.names import API_USAGE_TABLE, HISTORY_CURSOR_TABLE, TICKET_CHANGE_TABLE
+from include.sites import Site
 from include.ticket_store import TABLE
 from tests.harness.airflow_env import load_dag, run_dag
 
@@ -137,7 +138,10 @@ def test_two_sites_sharing_one_store_keep_their_own_abc_1_through_sweep_lookup_m
     assert changes == {("acme", acme_ids["ABC-1"], "In Progress")}
 
     # The REST lookup: the site decides the rows (and, for a miss, the Jira asked).
-    from jira_mail_sync.rest_api import lookup_ticket, requested_site
+    from jira_mail_sync.rest_api import choose_site, configured_sites, lookup_ticket
+
+    def requested_site(name: str | None) -> Site:
+        return choose_site(configured_sites(), name)
 
     for site, summary in (("acme", "acme's ABC-1"), ("globex", "globex's ABC-1")):
         answer = lookup_ticket("ABC-1", requested_site(site))

@@ -40,6 +40,9 @@ from tests.test_status_api import PAGE, RELEASE, STATUS, StatusServer
 pytestmark = pytest.mark.airflow
 NOW = datetime.now(UTC).replace(microsecond=0)
 OPERATOR = "operator"
+# May read every DAG but site b's sweep: the REST channel must not answer it with b's tickets.
+NOT_B = "not_b"
+TICKET = "/jira-mail-sync/ticket"
 B_INBOX = "jira_inbox__b__inbox"
 B_DESK = "jira_inbox__b__service-desk"
 SITES = [
@@ -154,7 +157,7 @@ def sites_env(airflow_db: str, dovecot) -> Iterator[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def server(sites_env: dict[str, Any]) -> Iterator[StatusServer]:
     work = sites_env["work"]
-    passwords = {name: secrets.token_urlsafe(12) for name in ("admin", "watcher", OPERATOR)}
+    passwords = {name: secrets.token_urlsafe(12) for name in ("admin", "watcher", OPERATOR, NOT_B)}
     passwords_file = work / "passwords.json"
     passwords_file.write_text(json.dumps(passwords))
     port = free_port()
@@ -173,11 +176,15 @@ def server(sites_env: dict[str, Any]) -> Iterator[StatusServer]:
         passwords_file=passwords_file,
         log_path=server.log_path,
         cwd=work,
-        users=f"admin:admin,watcher:viewer,{OPERATOR}:admin",
+        users=f"admin:admin,watcher:viewer,{OPERATOR}:admin,{NOT_B}:viewer",
         settings={
             **sites_env["env"],
             "AIRFLOW__CORE__AUTH_MANAGER": REFUSING_AUTH_MANAGER,
-            REFUSED_METHODS_ENV: json.dumps({OPERATOR: {B_INBOX: ["POST"]}}),
+            REFUSED_METHODS_ENV: json.dumps(
+                {OPERATOR: {B_INBOX: ["POST"]}, NOT_B: {"jira_sweep__b": ["GET"]}}
+            ),
+            # The fixtures' rows are 3 hours old: served from the store, no Jira asked.
+            "AIRFLOW__JIRA_MAIL_SYNC__STORE_MAX_AGE_SECONDS": str(24 * 3600),
             "AIRFLOW__API__BASE_URL": f"http://{LOOPBACK}:{port}",
         },
     )
@@ -349,3 +356,31 @@ def test_a_viewer_reads_every_site_but_releases_none(server: StatusServer) -> No
     assert [answer.status_code for answer in answers] == [200, 200, 200]
     assert [answer.status_code for answer in releases] == [403, 403]
     assert "jira_inbox__a__inbox" in releases[0].text and B_INBOX in releases[1].text
+
+
+# ------------------------------------------------------------------------------------ the REST lookup
+
+
+def test_the_rest_lookup_answers_from_the_named_sites_store_and_needs_the_right_to_read_that_site(
+    server: StatusServer,
+) -> None:
+    def lookup(key: str, token: str, **params: str) -> requests.Response:
+        return server.post(TICKET, token=token, json={"key": key}, params=params)
+
+    # ABC-5 is in b's store only (a holds ABC-1..2): b answers it from its store, a does not have it.
+    from_b = lookup("ABC-5", server.token, site="b")
+    assert from_b.status_code == 200, f"{from_b.text}\n{server.log_tail()}"
+    assert from_b.json()["key"] == "ABC-5"
+    from_a = lookup("ABC-5", server.token, site="a")
+    assert from_a.status_code != 200, from_a.text  # a's Jira connection is not set up here
+    several = lookup("ABC-1", server.token)
+    assert several.status_code == 400 and "one of: a, b, c" in several.json()["detail"], several.text
+
+    not_b = server.token_for(NOT_B)
+    refused = lookup("ABC-5", not_b, site="b")
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["detail"] == "This user may not read the jira_sweep__b DAG"
+    assert lookup("ABC-1", not_b, site="a").status_code == 200
+    # The sites this user is told about are the ones it may read.
+    unnamed = lookup("ABC-1", not_b)
+    assert unnamed.status_code == 400 and "one of: a, c" in unnamed.json()["detail"], unnamed.text

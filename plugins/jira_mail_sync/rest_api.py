@@ -18,8 +18,9 @@ Why this module checks tokens itself: the api-server mounts a plugin's `fastapi_
 sub-application. Airflow's authentication is a dependency of its own routers (/api/v2, /ui), not a
 middleware, so nothing in front of a plugin app asks for a token (seen on 3.3.2). Left alone, this
 endpoint would hand Jira data, read with the sync account's API token, to anyone who can reach the
-api-server. So every route here depends on `auth.inbox_reader`, which hands the bearer token to the
-configured auth manager's `get_user_from_token`, the same call Airflow's own routes make. Signature,
+api-server. So every route here depends on `site_reader`: `auth.token_user` hands the bearer token to the
+configured auth manager's `get_user_from_token`, the same call Airflow's own routes make, and the user
+must then be allowed to read the chosen site's DAG (`reader_dag_id`). Signature,
 audience, issuer, expiry, leeway, JWKS keys and revoked (logged-out) tokens therefore follow the
 `[api_auth]` settings, and this module never decodes a JWT itself.
 
@@ -34,9 +35,9 @@ more open slots than this process has Jira lookups of that site in flight, and a
 
 Answers: 200 with the ticket; 400 when `site` is missing while there are several sites; 404 too when
 `site` names no configured site; 401 with `WWW-Authenticate: Bearer` when the token is missing, malformed,
-badly signed, for another audience, expired or revoked; 403 for a user who may not read the
-`jira_inbox` DAG; 404 when Jira has no such issue (or the sync
-account may not see it); 413 for a body over 4 KiB; 422 for a body that is not
+badly signed, for another audience, expired or revoked; 403 for a user who may not read the site's
+DAG (`jira_inbox` for the plain site, `jira_sweep__<site>` for a site of the sites file); 404 when Jira
+has no such issue (or the sync account may not see it); 413 for a body over 4 KiB; 422 for a body that is not
 `{"key": "PROJECT-123"}`; 502 when Jira fails (5xx, unreachable), refuses the sync account or answers
 something that is no issue; 503 with `Retry-After` when Jira rate-limits or is busy (429, 503), or
 when the channel is busy; 503 when the Jira connection is unusable; 504 when Jira does not answer in
@@ -57,6 +58,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
+from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
 from airflow.sdk.exceptions import AirflowNotFoundException
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
 from fastapi.exceptions import RequestValidationError
@@ -66,7 +68,7 @@ from include.jira_cloud import JiraError, JiraNotFound, JiraRequestError, JiraUn
 from include.jira_rules import ISSUE_KEY_PATTERN, is_issue_key, normalise_key
 from include.sites import Site, SitesFileError, default_site
 from include.ticket_store import get_ticket
-from jira_mail_sync.auth import inbox_reader
+from jira_mail_sync.auth import may_access_dag, require_dag_access, token_user
 from jira_mail_sync.hooks.jira_cloud import JiraCloudHook
 from jira_mail_sync.hooks.ticket_store import TicketStoreHook
 from jira_mail_sync.settings import read_settings
@@ -272,13 +274,25 @@ def _pool_open_slots(name: str) -> float | None:
         return None
 
 
-def choose_site(sites: tuple[Site, ...], requested: str | None) -> Site:
+def reader_dag_id(site: Site) -> str:
+    """The DAG a caller must be allowed to read to be answered with `site`'s tickets.
+
+    The plain site's is jira_inbox, as before sites existed. A file site's is its sweep DAG: every site
+    has one (mailboxes come and go), and it is the Jira sync page's rule for showing a site too.
+    """
+    return site.inbox_dag_id(site.mailboxes[0]) if site.plain else site.sweep_dag_id()
+
+
+def choose_site(
+    sites: tuple[Site, ...], requested: str | None, *, shown: tuple[Site, ...] | None = None
+) -> Site:
     """The site a lookup is for: the one named, or the only one.
 
     400 when several sites are configured and none is named; 404 for a name no site has (like an
-    unknown issue: the request is well-formed, what it names does not exist). Both name the sites.
+    unknown issue: the request is well-formed, what it names does not exist). Both name the sites in
+    `shown` (all of them by default): a caller learns only the sites it may read.
     """
-    names = ", ".join(site.name for site in sites)
+    names = ", ".join(site.name for site in (sites if shown is None else shown))
     if requested is None or requested == "":
         if len(sites) == 1:
             return sites[0]
@@ -290,23 +304,50 @@ def choose_site(sites: tuple[Site, ...], requested: str | None) -> Site:
         if site.name == requested:
             return site
     # The name is the caller's own text: echoed only when it is a plausible site name.
-    shown = repr(requested) if len(requested) <= 64 and requested.isprintable() else "that name"
+    shown_name = repr(requested) if len(requested) <= 64 and requested.isprintable() else "that name"
     raise HTTPException(
-        status.HTTP_404_NOT_FOUND, detail=f"No Jira site is called {shown}: the sites are {names}"
+        status.HTTP_404_NOT_FOUND, detail=f"No Jira site is called {shown_name}: the sites are {names}"
     )
 
 
-def requested_site(requested: str | None) -> Site:
-    """choose_site over the configured sites (the sites file, read now, or the plain site)."""
+def configured_sites() -> tuple[Site, ...]:
+    """The configured sites (the sites file, read now, or the plain site); 503 for a bad file."""
     try:
-        sites = read_sites()
+        return read_sites()
     except SitesFileError as exc:
         log.error("The sites file cannot be used: %s", exc)
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
             detail="The server's sites file is not valid; ask an Airflow administrator",
         ) from None
-    return choose_site(sites, requested)
+
+
+def site_reader(
+    user: Annotated[BaseUser, Depends(token_user)],
+    site: Annotated[
+        str | None,
+        Query(
+            max_length=200,
+            description="The Jira site (a `name` of the sites file); may be left out when there is one",
+        ),
+    ] = None,
+) -> Site:
+    """The site a token's user asked for and may read: 401, then 403, 400 or 404 (see choose_site).
+
+    A user who may read no site's DAG is refused before anything names a site. Blocking (the auth
+    manager, the sites file): FastAPI runs it in a worker thread.
+    """
+    sites = configured_sites()
+    readable = tuple(s for s in sites if may_access_dag(user, reader_dag_id(s)))
+    if len(sites) == 1:
+        require_dag_access(user, (reader_dag_id(sites[0]),))
+    elif not readable:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, detail="This user may not read any site's jira_sweep__<site> DAG"
+        )
+    chosen = choose_site(sites, site, shown=readable)
+    require_dag_access(user, (reader_dag_id(chosen),))
+    return chosen
 
 
 def _not_found(key: str) -> HTTPException:
@@ -525,7 +566,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     },
     403: {
         "model": Problem,
-        "description": "The user may not read the jira_inbox DAG, or the issue's project is not synced "
+        "description": "The user may not read the site's DAG (jira_inbox, or jira_sweep__<site> from a "
+        "sites file), or the issue's project is not synced "
         "(checked on the key asked for and on the key the issue has now)",
     },
     404: {
@@ -561,7 +603,6 @@ app = FastAPI(
 
 @app.post(
     "/ticket",
-    dependencies=[Depends(inbox_reader)],
     response_model=TicketDetails,
     responses=ERROR_RESPONSES,
     openapi_extra={
@@ -572,14 +613,9 @@ app = FastAPI(
     },
 )
 def get_ticket_details(
+    # The site (and the caller's right to it) first: 401/403 come before the body is read (413/422).
+    site: Annotated[Site, Depends(site_reader)],
     request: Annotated[TicketRequest, Depends(ticket_request)],
-    site: Annotated[
-        str | None,
-        Query(
-            max_length=200,
-            description="The Jira site (a `name` of the sites file); may be left out when there is one",
-        ),
-    ] = None,
 ) -> TicketDetails:
     """A Jira issue's assignee and progress: the site's stored copy when fresh, its Jira's otherwise."""
-    return lookup_ticket(request.key, requested_site(site))
+    return lookup_ticket(request.key, site)
