@@ -201,3 +201,51 @@ def test_sites_mailboxes_checks_every_sites_mailbox_and_counts_only_its_own_ledg
         "1 unseen message(s); held back by the mail ledger: 2 rejected, 0 failed, 0 quarantined"
     ) in out
     assert any(line.startswith("FAIL imap  site acme imap_missing: ") for line in out), out
+
+
+def test_sites_connections_checks_each_sites_jira_store_and_mailboxes_counting_its_own_tickets(
+    jira_conn_env, imap_conn_env, store_conn_env, tmp_path, capsys
+):
+    import yaml
+
+    from include.ticket_store import ensure_table, upsert_tickets
+    from tests.harness.tickets import stored_ticket
+
+    conn, dialect = store_conn_env.connect(), store_conn_env.dialect
+    ensure_table(conn, dialect)
+    now = datetime.now(UTC)
+    for site, count in (("default", 1), ("acme", 3)):
+        tickets = [stored_ticket(f"ABC-{n}", updated_at=now) for n in range(1, count + 1)]
+        upsert_tickets(conn, dialect, tickets, source="sweep", fetched_at=now, site=site)
+    sites = tmp_path / "jira_sites.yaml"
+    entries = [
+        {
+            "name": "acme",
+            "jira_conn_id": "jira_default",
+            "store_conn_id": "jira_store",
+            "mailboxes": [{"imap_conn_id": "imap_default"}],
+        },
+        {
+            "name": "globex",
+            "jira_conn_id": "jira_missing",
+            "store_conn_id": "jira_store",
+            "mailboxes": [{"imap_conn_id": "imap_missing"}],
+        },
+    ]
+    sites.write_text(yaml.safe_dump({"sites": entries}))
+
+    assert main(["--sites", "--sites-file", str(sites), "--connections"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    checks = [line.split(":")[0].split() for line in out if not line.startswith("ok   sites")]
+    assert checks == [
+        ["ok", "jira", "site", "acme", "jira_default"],
+        ["ok", "store", "site", "acme", "jira_store"],
+        ["ok", "imap", "site", "acme", "imap_default"],
+        ["FAIL", "jira", "site", "globex", "jira_missing"],
+        ["ok", "store", "site", "globex", "jira_store"],
+        ["FAIL", "imap", "site", "globex", "imap_missing"],
+    ], out
+    for site, count in (("acme", 3), ("globex", 0)):
+        stored = f"{dialect}: reachable, {count} ticket(s) stored for site {site}"
+        assert f"ok   store site {site} jira_store: {stored}" in out
+    assert jira_conn_env["password"] not in "\n".join(out)

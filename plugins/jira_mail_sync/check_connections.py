@@ -1,7 +1,8 @@
 """Command line: check that the jira, imap and store connections work, without touching any mail or ticket.
 
     PYTHONPATH=plugins python -m jira_mail_sync.check_connections [--mailbox INBOX] [--jira-conn-id ...]
-    PYTHONPATH=plugins python -m jira_mail_sync.check_connections --sites [--sites-file PATH] [--mailboxes]
+    PYTHONPATH=plugins python -m jira_mail_sync.check_connections --sites [--sites-file PATH] \
+        [--mailboxes | --connections]
 
 Airflow's connection form cannot do this for us: the conn types `jira` and `imap` belong to the
 providers' hooks (a plugin cannot register a hook, and when two providers declare one conn type,
@@ -16,9 +17,13 @@ import argparse
 import contextlib
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from include.jira_cloud import JiraError
 from include.names import DEFAULT_SITE, IMAP_CONN_ID, JIRA_CONN_ID, STORE_CONN_ID
+
+if TYPE_CHECKING:
+    from include.sites import Site
 
 Check = tuple[bool, str]
 
@@ -103,8 +108,8 @@ def _held_back(store_conn_id: str, site: str, imap_conn_id: str, mailbox: str, u
     return "held back by the mail ledger: " + ", ".join(f"{counts[state]} {state}" for state in HELD_STATES)
 
 
-def check_store(conn_id: str = STORE_CONN_ID) -> Check:
-    """Open the store and count its tickets (or say the table is not created yet)."""
+def check_store(conn_id: str = STORE_CONN_ID, *, site: str = DEFAULT_SITE) -> Check:
+    """Open the store and count `site`'s tickets (or say the table is not created yet)."""
     from include.ticket_store import count_tickets, table_exists
     from jira_mail_sync.hooks.ticket_store import TicketStoreHook
 
@@ -112,7 +117,9 @@ def check_store(conn_id: str = STORE_CONN_ID) -> Check:
         with TicketStoreHook(conn_id).connect() as (conn, dialect):
             if not table_exists(conn, dialect):
                 return True, f"{dialect}: reachable; the ticket table is created on the first run"
-            return True, f"{dialect}: reachable, {count_tickets(conn, dialect)} ticket(s) stored"
+            stored = count_tickets(conn, dialect, site=site)
+            whose = "" if site == DEFAULT_SITE else f" for site {site}"
+            return True, f"{dialect}: reachable, {stored} ticket(s) stored{whose}"
     except Exception as exc:  # any DB-API driver's error
         return False, f"{type(exc).__name__}: {exc}"
 
@@ -147,8 +154,35 @@ def check_sites(path: str | None = None) -> tuple[bool, list[str]]:
     return True, lines
 
 
-def check_site_mailboxes(path: str | None = None) -> tuple[bool, list[str]]:
-    """check_imap for every mailbox of every configured site, on the site's store: one line each."""
+def _site_checks(site: Site, kinds: Sequence[str]) -> list[tuple[str, str, Callable[[], Check]]]:
+    """The checks of `kinds` (jira, store, imap) for one site: (kind, connection id, check)."""
+    checks: list[tuple[str, str, Callable[[], Check]]] = []
+    if "jira" in kinds:
+        checks.append(("jira", site.jira_conn_id, lambda: check_jira(site.jira_conn_id)))
+    if "store" in kinds:
+        checks.append(("store", site.store_conn_id, lambda: check_store(site.store_conn_id, site=site.name)))
+    if "imap" in kinds:
+        for mailbox in site.mailboxes:
+            checks.append(
+                (
+                    "imap",
+                    mailbox.imap_conn_id,
+                    lambda mailbox=mailbox: check_imap(
+                        mailbox.imap_conn_id, mailbox.mailbox, site.store_conn_id, site=site.name
+                    ),
+                )
+            )
+    return checks
+
+
+def check_site_connections(
+    path: str | None = None, *, kinds: Sequence[str] = ("imap",)
+) -> tuple[bool, list[str]]:
+    """Check every configured site's connections of `kinds`: one line each.
+
+    jira as --only jira does, on the site's Jira connection; store on the site's store, counting the
+    site's own tickets; imap for each of its mailboxes, counting its own ledger rows in its store.
+    """
     from pathlib import Path
 
     from include.sites import configured_sites
@@ -156,16 +190,14 @@ def check_site_mailboxes(path: str | None = None) -> tuple[bool, list[str]]:
 
     ok, lines = True, []
     for site in configured_sites(Path(path) if path else sites_file_in_use()):
-        for mailbox in site.mailboxes:
+        for kind, conn_id, check in _site_checks(site, kinds):
             try:
-                passed, message = check_imap(
-                    mailbox.imap_conn_id, mailbox.mailbox, site.store_conn_id, site=site.name
-                )
+                passed, message = check()
             except Exception as exc:  # a missing connection (AirflowNotFoundException) and the like
                 passed, message = False, f"{type(exc).__name__}: {exc}"
             ok &= passed
             status = "ok  " if passed else "FAIL"
-            lines.append(f"{status} imap  site {site.name} {mailbox.imap_conn_id}: {message}")
+            lines.append(f"{status} {kind:5} site {site.name} {conn_id}: {message}")
     return ok, lines
 
 
@@ -227,15 +259,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             "the mail held back by the mail ledger in the site's store, per mailbox)"
         ),
     )
+    parser.add_argument(
+        "--connections",
+        action="store_true",
+        help=(
+            "with --sites: check every site's Jira connection, store (its own tickets) and mailboxes, "
+            "as the plain checks do"
+        ),
+    )
     args = parser.parse_args(argv)
     if args.sites or args.sites_file:
         ok, lines = check_sites(args.sites_file)
         for line in lines:
             print(f"{'ok  ' if ok else 'FAIL'} sites {line}", flush=True)
         mailboxes_ok = True
-        if ok and args.mailboxes:
+        if ok and (args.mailboxes or args.connections):
+            kinds = ("jira", "store", "imap") if args.connections else ("imap",)
             with contextlib.redirect_stdout(sys.stderr):
-                mailboxes_ok, lines = check_site_mailboxes(args.sites_file)
+                mailboxes_ok, lines = check_site_connections(args.sites_file, kinds=kinds)
             for line in lines:
                 print(line, flush=True)
         if ok and args.create_pools:
