@@ -470,22 +470,23 @@ JIRA_SYNC_ROUTE = "/plugin/jira-sync"
 
 
 def _store() -> Path:
-    """The first demo site's store: the page reads the plain connections (`jira_store`), which are its."""
+    """The first demo site's store: the page shows the first site when no `?site=` is given."""
     return Path(_first(json.loads(STATE.read_text()))["store"])
 
 
 RUN_TIMEOUT_S = 300
 
 
-def _store_figures() -> dict[str, Any]:
-    """Tickets by source and Jira requests of the last hour, read from the demo's store directly."""
+def _store_figures(store: Path | None = None) -> dict[str, Any]:
+    """Tickets by source and Jira requests of the last hour, read from a demo store (the first site's)."""
     import sqlite3
     from datetime import UTC, datetime, timedelta
 
     from include.store_db import sqlite_timestamp
 
     since = sqlite_timestamp(datetime.now(UTC) - timedelta(hours=1))
-    with contextlib.closing(sqlite3.connect(f"file:{_store()}?mode=ro", uri=True, timeout=10)) as conn:
+    store = store or _store()
+    with contextlib.closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=10)) as conn:
         by_source = dict(conn.execute("SELECT source, count(*) FROM jira_ticket GROUP BY source").fetchall())
         (requests,) = conn.execute(
             "SELECT coalesce(sum(requests), 0) FROM jira_api_usage WHERE recorded_at >= ?", (since,)
@@ -531,14 +532,15 @@ def _open_jira_sync_from_the_navigation(driver: Any, demo: dict[str, Any]) -> No
     )
 
 
-def _wait_for_sweep_rows(timeout: float = MAPPED_FETCH_TIMEOUT_S) -> None:
+def _wait_for_sweep_rows(store: Path | None = None, timeout: float = MAPPED_FETCH_TIMEOUT_S) -> None:
     """Until the initial sweep has stored tickets (the store and its tables appear with its first run)."""
     import sqlite3
 
+    store = store or _store()
     deadline = time.monotonic() + timeout
     while True:
         try:
-            if _store().exists() and _store_figures()["by_source"].get("sweep"):
+            if store.exists() and _store_figures(store)["by_source"].get("sweep"):
                 return
         except sqlite3.OperationalError:
             pass  # no such table yet
@@ -576,6 +578,38 @@ def test_jira_sync_page_opens_from_the_navigation_and_its_numbers_are_the_stores
     assert _figure(signed_in, "inbox.unseen").isdigit()
     signed_in.switch_to.default_content()
     _screenshot(signed_in, "jira_sync_page.png")
+
+
+def test_the_site_selector_switches_the_page_to_the_other_sites_store(
+    signed_in: Any, demo: dict[str, Any]
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    names = list(_sites(demo))
+    other = _sites(demo)[names[1]]
+    store = Path(other["store"])
+    _wait_for_sweep_rows(store)
+    _open_jira_sync_from_the_navigation(signed_in, demo)
+    selector = Select(signed_in.find_element(By.ID, "site-select"))
+    # No site chosen: the first is shown, and the page says so.
+    assert [option.get_attribute("value") for option in selector.options] == names
+    assert selector.first_selected_option.get_attribute("value") == names[0]
+    assert signed_in.find_elements(By.ID, "site-first")
+
+    before = _store_figures(store)
+    selector.select_by_value(names[1])
+    _click_button(signed_in, signed_in.find_element(By.ID, "site-selector"), "Show")
+    WebDriverWait(signed_in, PAGE_TIMEOUT_S).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, f'tr.selected[data-site="{names[1]}"]')
+    )
+    shown = int(_figure(signed_in, "tickets.total"))
+    after = _store_figures(store)
+
+    assert before["total"] <= shown <= after["total"], (before, shown, after)
+    assert not signed_in.find_elements(By.ID, "site-first")
+    assert f"{other['inbox_dag_ids'][0]} (shown)" in _body_text(signed_in)
+    signed_in.switch_to.default_content()
 
 
 def test_jira_sync_page_refuses_a_browser_without_a_session(demo: dict[str, Any]) -> None:
@@ -743,19 +777,6 @@ def _ledger_state(uidvalidity: int, uid: int) -> str | None:
     return row[0] if row else None
 
 
-def _ledger_site(site: dict[str, Any]) -> dict[str, str]:
-    """`site=<name>` once the mail ledger is keyed by site (its functions then take `site`), else nothing.
-
-    With a keyed ledger the site's inbox only sees rows of its own site, so the held-back row must
-    carry it; a ledger that is not keyed yet has one site per store and takes no such argument.
-    """
-    import inspect
-
-    if "site" in inspect.signature(record_failures).parameters:
-        return {"site": site["name"]}
-    return {}
-
-
 def _quarantine_next_mail(state: dict[str, Any], key: str) -> tuple[int, int]:
     """Deliver a good Jira mail for `key` that the ledger already holds as quarantined; (uidvalidity, uid).
 
@@ -787,7 +808,7 @@ def _quarantine_next_mail(state: dict[str, Any], key: str) -> tuple[int, int]:
                     entries=[{"uid": uidnext, **held_back}],
                     now=datetime.now(UTC),
                     max_attempts=DEFAULT_MAX_ATTEMPTS,
-                    **_ledger_site(state),
+                    site=state["name"],
                 )
             assert (outcome["state"], outcome["attempts"]) == ("quarantined", DEFAULT_MAX_ATTEMPTS), outcome
         uid = _append(state, jira_notification(key, site=site, summary="held back by the UI test"))
