@@ -100,8 +100,8 @@ class DemoSite:
 
     @property
     def store_path(self) -> Path:
-        """The site's SQLite store. The one place the demo chooses stores: one file per site, because
-        sites cannot share a store until the store is keyed by site (include/sites.py refuses it)."""
+        """The site's SQLite store. The one place the demo chooses stores: one file per site (sites may
+        share a store, but SQLite takes one writer at a time, and two sites' DAGs write at once here)."""
         return DEMO / f"store_{self.name}.db"
 
 

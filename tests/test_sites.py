@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 from include.names import DEFAULT_SITE, IMAP_CONN_ID, JIRA_API_POOL, JIRA_CONN_ID, STORE_CONN_ID
 from include.sites import (
@@ -277,3 +279,93 @@ def test_the_readme_example_is_a_valid_sites_file():
         "jira_inbox__acme__inbox",
         "jira_inbox__acme__servicedesk",
     ]
+
+
+# --- fuzz: whatever the file holds, parse_sites gives sites or one SitesFileError, nothing else --------
+
+_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=True)
+    | st.text(max_size=40)
+    | st.sampled_from(["acme", "jira_acme", "INBOX", "*/15 * * * *", "", " ", "a__b", "ABC", "x" * 300])
+)
+_ANY = st.recursive(
+    _SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=20,
+)
+# Each field: a valid value most of the time, anything at all otherwise, so both outcomes are reached.
+_SITE_VALUES = {
+    "name": st.sampled_from(["acme", "globex", "a1"]),
+    "jira_conn_id": st.sampled_from(["jira_acme", "jira_default"]),
+    "store_conn_id": st.sampled_from(["jira_store", "jira_store_b"]),
+    "schedule": st.sampled_from(["*/15 * * * *", "@hourly"]),
+    "lookback_minutes": st.integers(min_value=0, max_value=60),
+    "projects": st.lists(st.sampled_from(["ABC", "OPS"]), min_size=1, max_size=2, unique=True),
+    "pool": st.sampled_from(["jira_api_x", "pool_b"]),
+    "pool_slots": st.integers(min_value=1, max_value=8),
+}
+_MAILBOX_VALUES = {
+    "mailbox": st.sampled_from(["INBOX", "Service Desk", "Jira/Notes"]),
+    "trusted_senders": st.just(["jira@acme.atlassian.net"]),
+    "rejected_mailbox": st.sampled_from(["Jira/Rejected", "INBOX"]),
+    "inbox_mode": st.sampled_from(["poll", "idle", "push"]),
+}
+
+
+def _either(valid: st.SearchStrategy) -> st.SearchStrategy:
+    """Valid seven times in eight, anything at all otherwise."""
+    return st.integers(min_value=0, max_value=7).flatmap(lambda n: _ANY if n == 0 else valid)
+
+
+def _mutated_entry() -> st.SearchStrategy[dict]:
+    """An entry whose fields are mostly valid, sometimes anything, its optional ones sometimes missing."""
+    mailbox = st.fixed_dictionaries(
+        {"imap_conn_id": _either(st.sampled_from(["imap_acme", "imap_b"]))},
+        optional={field: _either(values) for field, values in _MAILBOX_VALUES.items()},
+    )
+    required = ("name", "jira_conn_id", "store_conn_id")
+    return st.fixed_dictionaries(
+        {
+            **{field: _either(_SITE_VALUES[field]) for field in required},
+            "mailboxes": _either(st.lists(mailbox, min_size=1, max_size=3)),
+        },
+        # Unknown fields are the other test's (and the hand-picked cases'): here they would hide the rest.
+        optional={field: _either(values) for field, values in _SITE_VALUES.items() if field not in required},
+    )
+
+
+_FUZZ = settings(
+    max_examples=500, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
+
+
+def _parses_or_refuses_in_one_error(data) -> None:
+    try:
+        sites = parse_sites(data, source="jira_sites.yaml")
+    except SitesFileError as exc:
+        message = str(exc)
+        assert message.startswith("jira_sites.yaml: ") and "\n" not in message[:200], message
+        event("refused")
+        return
+    event("accepted")
+    # Accepted: every site is whole, and the names that become DAG ids are unique.
+    assert sites and all(site.mailboxes for site in sites)
+    dag_ids = [site.sweep_dag_id() for site in sites] + [
+        site.inbox_dag_id(mailbox) for site in sites for mailbox in site.mailboxes
+    ]
+    assert len(dag_ids) == len(set(dag_ids)), dag_ids
+
+
+@_FUZZ
+@given(st.one_of(_ANY, st.builds(lambda entries: {"sites": entries}, st.lists(_ANY, max_size=3))))
+def test_any_file_content_gives_sites_or_one_sites_file_error(data) -> None:
+    _parses_or_refuses_in_one_error(data)
+
+
+@_FUZZ
+@given(st.lists(_mutated_entry(), max_size=3).map(lambda entries: {"sites": entries}))
+def test_near_valid_entries_give_sites_or_one_sites_file_error(data) -> None:
+    _parses_or_refuses_in_one_error(data)
