@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -38,6 +39,64 @@ def test_airflow_init_creates_every_pool_the_dags_use():
     assert used <= set(created), f"pools used but never created: {sorted(used - set(created))}"
     assert all(int(slots) >= 1 for slots in created.values()), created
     assert created == {JIRA_API_POOL: "4"}
+
+
+_SITES_STEP = re.compile(r"PYTHONPATH=(\S+) \\\n\s*/entrypoint python -m (\S+) ([^\n]+)")
+# The image's layout (Dockerfile: the repo's folders under /opt/airflow), mapped onto this checkout.
+_IMAGE_ROOT = "/opt/airflow"
+
+
+@pytest.mark.airflow
+def test_airflow_init_checks_the_sites_file_and_creates_its_pools_as_written(airflow_db, tmp_path):
+    """The step of the compose file itself, run here: its PYTHONPATH finds the module and the file's
+    pools are created; no file means the plain jira_api pool is kept; a bad file fails the init."""
+    import yaml
+    from airflow.models.pool import Pool
+
+    command = "\n".join(services()["airflow-init"]["command"])
+    step = _SITES_STEP.search(command)
+    assert step, "airflow-init no longer runs check_connections --sites with its own PYTHONPATH"
+    path, module, args = step.groups()
+    assert module == "jira_mail_sync.check_connections" and args.split() == ["--sites", "--create-pools"]
+    python_path = os.pathsep.join(part.replace(_IMAGE_ROOT, str(REPO)) for part in path.split(":"))
+
+    def init_step(dags: Path) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "PYTHONPATH": python_path, "AIRFLOW__CORE__DAGS_FOLDER": str(dags)}
+        env.pop("AIRFLOW__JIRA_MAIL_SYNC__SITES_FILE", None)
+        return subprocess.run(
+            [sys.executable, "-m", module, *args.split()],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    plain = init_step(tmp_path / "no-sites")
+    assert plain.returncode == 0, plain.stdout + plain.stderr[-2000:]
+    assert "no sites file" in plain.stdout and "pool jira_api" in plain.stdout
+
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    entry = {"jira_conn_id": "jira_a", "store_conn_id": "jira_store", "pool_slots": 3}
+    sites = [
+        {**entry, "name": "compose_a", "mailboxes": [{"imap_conn_id": "imap_a"}]},
+        {**entry, "name": "compose_b", "mailboxes": [{"imap_conn_id": "imap_b"}]},
+    ]
+    (dags / "jira_sites.yaml").write_text(yaml.safe_dump({"sites": sites}))
+    created = init_step(dags)
+    assert created.returncode == 0, created.stdout + created.stderr[-2000:]
+    assert {name: Pool.get_pool(name).slots for name in ("jira_api_compose_a", "jira_api_compose_b")} == {
+        "jira_api_compose_a": 3,
+        "jira_api_compose_b": 3,
+    }
+
+    (dags / "jira_sites.yaml").write_text(yaml.safe_dump({"sites": [{**sites[0], "pool_slots": 0}]}))
+    refused = init_step(dags)
+    assert refused.returncode == 1 and "sites[0] (compose_a), field pool_slots" in refused.stdout, (
+        refused.stdout
+    )
 
 
 # ------------------------------------------------------------- airflow-init's database step, for real
